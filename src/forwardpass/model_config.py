@@ -1,0 +1,179 @@
+"""Model configuration: frozen dataclasses with the fields of Triton's ``ModelConfig``.
+
+Field names follow Triton's ``model_config.proto`` so a Triton repository reads unchanged
+(``config.pbtxt``) and the native YAML form uses the same keys. Parsing lives in
+``forwardpass.repository``; this module only defines the shape and its invariants.
+
+``TensorSpec.dims`` exclude the batch dimension when ``max_batch_size > 0``, exactly as in
+Triton; ``-1`` marks a variable dimension.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Literal
+
+from forwardpass.datatypes import DataType
+
+__all__ = [
+    "DynamicBatching",
+    "ExecutionAccelerator",
+    "InstanceGroup",
+    "ModelConfig",
+    "ModelWarmup",
+    "Optimization",
+    "QueuePolicy",
+    "TensorSpec",
+    "VersionPolicy",
+    "WarmupInput",
+]
+
+_EMPTY: Mapping[str, str] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    """An input or output of a model, as the configuration declares it."""
+
+    name: str
+    datatype: DataType
+    dims: tuple[int, ...]
+    #: Output only: a labels file in the model folder (one label per line, line = class index).
+    label_filename: str = ""
+    #: Input only: the request may omit it.
+    optional: bool = False
+    #: Triton's ``reshape``: the shape the model sees, when it differs from ``dims``.
+    reshape: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class QueuePolicy:
+    """Triton's ``ModelQueuePolicy``: how long a request may wait and how many may wait.
+
+    ``max_queue_size`` 0 means "the server's default bound", never unbounded: a queue that
+    grows without limit turns overload into unbounded latency.
+    """
+
+    timeout_action: Literal["REJECT", "DELAY"] = "REJECT"
+    default_timeout_microseconds: int = 0
+    allow_timeout_override: bool = False
+    max_queue_size: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class DynamicBatching:
+    """Triton's ``ModelDynamicBatching``."""
+
+    max_queue_delay_microseconds: int = 0
+    preferred_batch_size: tuple[int, ...] = ()
+    preserve_ordering: bool = False
+    #: 0 disables priorities; otherwise levels 1..priority_levels, 1 the highest.
+    priority_levels: int = 0
+    default_priority_level: int = 0
+    default_queue_policy: QueuePolicy = field(default_factory=QueuePolicy)
+    priority_queue_policy: Mapping[int, QueuePolicy] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceGroup:
+    """Triton's ``ModelInstanceGroup``: ``count`` copies of the model on ``kind`` hardware."""
+
+    count: int = 1
+    kind: Literal["KIND_AUTO", "KIND_CPU", "KIND_GPU"] = "KIND_AUTO"
+    gpus: tuple[int, ...] = ()
+    name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class VersionPolicy:
+    """Which version folders are served: the latest N, all, or a specific list."""
+
+    kind: Literal["latest", "all", "specific"] = "latest"
+    num_versions: int = 1
+    versions: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionAccelerator:
+    """An entry of ``optimization.execution_accelerators`` (``tensorrt``, ``openvino`` ...)."""
+
+    name: str
+    parameters: Mapping[str, str] = _EMPTY
+
+
+@dataclass(frozen=True, slots=True)
+class Optimization:
+    """Triton's ``ModelOptimizationPolicy``, the parts ONNX Runtime reads.
+
+    ``graph_level``: Triton's onnxruntime backend maps -1 to basic, 1 to extended and
+    anything else (default 0) to all optimizations.
+    """
+
+    graph_level: int = 0
+    gpu_execution_accelerator: tuple[ExecutionAccelerator, ...] = ()
+    cpu_execution_accelerator: tuple[ExecutionAccelerator, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class WarmupInput:
+    """One input of a warm-up sample: zeros, random values or a file's raw bytes."""
+
+    data_type: DataType
+    dims: tuple[int, ...]
+    source: Literal["zero_data", "random_data", "input_data_file"] = "zero_data"
+    input_data_file: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelWarmup:
+    """Triton's ``ModelWarmup``: a synthetic request run before the model is READY."""
+
+    name: str
+    batch_size: int
+    inputs: Mapping[str, WarmupInput]
+    count: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    """The effective configuration of one model (all versions share it)."""
+
+    name: str
+    platform: str = "onnxruntime_onnx"
+    backend: str = "onnxruntime"
+    max_batch_size: int = 0
+    inputs: tuple[TensorSpec, ...] = ()
+    outputs: tuple[TensorSpec, ...] = ()
+    dynamic_batching: DynamicBatching | None = None
+    instance_group: tuple[InstanceGroup, ...] = (InstanceGroup(),)
+    version_policy: VersionPolicy = field(default_factory=VersionPolicy)
+    default_model_filename: str = "model.onnx"
+    #: Free-form string parameters (``intra_op_thread_count`` ...), as Triton's ``parameters``.
+    parameters: Mapping[str, str] = _EMPTY
+    optimization: Optimization = field(default_factory=Optimization)
+    model_warmup: tuple[ModelWarmup, ...] = ()
+
+    @property
+    def batching(self) -> bool:
+        """Whether requests carry a leading batch dimension that the server may merge."""
+        return self.max_batch_size > 0
+
+    @property
+    def instance_count(self) -> int:
+        return max(1, sum(g.count for g in self.instance_group))
+
+    def input(self, name: str) -> TensorSpec | None:
+        for spec in self.inputs:
+            if spec.name == name:
+                return spec
+        return None
+
+    def output(self, name: str) -> TensorSpec | None:
+        for spec in self.outputs:
+            if spec.name == name:
+                return spec
+        return None

@@ -1,0 +1,25 @@
+"""Backends: each loads one model version and runs batches of named arrays."""
+
+from __future__ import annotations
+
+from forwardpass.errors import InvalidModelConfig
+from forwardpass.model_config import ModelConfig
+from forwardpass.runtime.base import Backend, BackendIO, NamedArrays
+
+__all__ = ["Backend", "BackendIO", "NamedArrays", "backend_class"]
+
+
+def backend_class(config: ModelConfig) -> type[Backend]:
+    """The backend implementation named by ``config.backend`` / ``config.platform``."""
+    name = config.backend or config.platform
+    if name in ("onnxruntime", "onnxruntime_onnx", "onnx"):
+        from forwardpass.runtime.onnx import OnnxRuntimeBackend
+
+        return OnnxRuntimeBackend
+    if name == "null":
+        from forwardpass.runtime.null import NullBackend
+
+        return NullBackend
+    raise InvalidModelConfig(
+        f"model {config.name!r}: unknown backend {name!r} (available: onnxruntime, null)"
+    )

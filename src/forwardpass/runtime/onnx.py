@@ -1,0 +1,233 @@
+"""ONNX Runtime backend.
+
+Reads the same ``parameters`` keys as Triton's onnxruntime backend (``intra_op_thread_count``,
+``inter_op_thread_count``, ``execution_mode``, ``enable_mem_arena``, ``enable_mem_pattern``)
+and ``optimization`` (graph level, TensorRT/OpenVINO accelerators). Execution providers are an
+explicit ordered list; a provider that is asked for but missing is an error unless the model
+sets ``parameters { key: "provider_fallback" value: { string_value: "true" } }``, in which case
+the fallback is logged as a warning and reported in ``providers``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from forwardpass.datatypes import DataType
+from forwardpass.errors import ForwardpassError, InternalError, InvalidArgument, InvalidModelConfig
+from forwardpass.model_config import ModelConfig, TensorSpec
+from forwardpass.runtime.base import Backend, BackendIO, NamedArrays
+
+__all__ = ["OnnxRuntimeBackend", "describe_onnx", "select_providers"]
+
+log = logging.getLogger("forwardpass.runtime.onnx")
+
+# onnx.TensorProto element types → protocol datatypes.
+_ONNX_TYPES: dict[int, DataType] = {
+    1: DataType.FP32,
+    2: DataType.UINT8,
+    3: DataType.INT8,
+    4: DataType.UINT16,
+    5: DataType.INT16,
+    6: DataType.INT32,
+    7: DataType.INT64,
+    8: DataType.BYTES,
+    9: DataType.BOOL,
+    10: DataType.FP16,
+    11: DataType.FP64,
+    12: DataType.UINT32,
+    13: DataType.UINT64,
+    16: DataType.BF16,
+}
+
+
+def _dims(type_proto: Any) -> tuple[int, ...] | None:
+    tensor = type_proto.tensor_type
+    if not tensor.HasField("shape"):
+        return None
+    return tuple(
+        d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else -1
+        for d in tensor.shape.dim
+    )
+
+
+def describe_onnx(path: Path) -> BackendIO:
+    """Inputs and outputs an ONNX file declares (full shapes, -1 for symbolic dimensions).
+
+    Raises :class:`InvalidModelConfig` for an unreadable file, an unsupported element type
+    or an input/output of unknown rank.
+    """
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        raise InvalidModelConfig(f"cannot read ONNX model {path.name}: {exc}") from exc
+    initializers = {init.name for init in model.graph.initializer}
+
+    def specs(values: Any, kind: str) -> tuple[TensorSpec, ...]:
+        out = []
+        for value in values:
+            if value.name in initializers:
+                continue
+            if not value.type.HasField("tensor_type"):
+                raise InvalidModelConfig(f"{kind} {value.name!r} is not a tensor (sequence/map)")
+            elem = value.type.tensor_type.elem_type
+            if elem not in _ONNX_TYPES:
+                raise InvalidModelConfig(f"{kind} {value.name!r} has unsupported ONNX type {elem}")
+            dims = _dims(value.type)
+            if dims is None:
+                raise InvalidModelConfig(
+                    f"{kind} {value.name!r} has no declared rank; write a config with its dims"
+                )
+            out.append(TensorSpec(name=value.name, datatype=_ONNX_TYPES[elem], dims=dims))
+        return tuple(out)
+
+    return BackendIO(
+        inputs=specs(model.graph.input, "input"), outputs=specs(model.graph.output, "output")
+    )
+
+
+def select_providers(config: ModelConfig, available: Sequence[str]) -> tuple[list[Any], list[str]]:
+    """The ordered provider list for ``config`` and the warnings of any fallback taken."""
+    wanted: list[Any] = []
+    kinds = {g.kind for g in config.instance_group}
+    gpu_id = next((g.gpus[0] for g in config.instance_group if g.gpus), 0)
+    want_gpu = "KIND_GPU" in kinds or (
+        "KIND_AUTO" in kinds and "CUDAExecutionProvider" in available
+    )
+    if want_gpu:
+        for acc in config.optimization.gpu_execution_accelerator:
+            if acc.name.lower() == "tensorrt":
+                options = {"device_id": gpu_id}
+                if acc.parameters.get("precision_mode", "").upper() == "FP16":
+                    options["trt_fp16_enable"] = True
+                if "max_workspace_size_bytes" in acc.parameters:
+                    options["trt_max_workspace_size"] = int(acc.parameters["max_workspace_size_bytes"])
+                wanted.append(("TensorrtExecutionProvider", options))
+            else:
+                raise InvalidModelConfig(f"unknown gpu_execution_accelerator {acc.name!r}")
+        wanted.append(("CUDAExecutionProvider", {"device_id": gpu_id}))
+    for acc in config.optimization.cpu_execution_accelerator:
+        if acc.name.lower() == "openvino":
+            wanted.append(("OpenVINOExecutionProvider", dict(acc.parameters)))
+        else:
+            raise InvalidModelConfig(f"unknown cpu_execution_accelerator {acc.name!r}")
+    wanted.append("CPUExecutionProvider")
+
+    fallback = config.parameters.get("provider_fallback", "false").lower() in ("1", "true", "yes")
+    chosen: list[Any] = []
+    warnings: list[str] = []
+    for entry in wanted:
+        name = entry[0] if isinstance(entry, tuple) else entry
+        if name in available:
+            chosen.append(entry)
+        elif fallback:
+            warnings.append(f"{name} is not available in this onnxruntime build; falling back")
+        else:
+            raise InvalidModelConfig(
+                f"{name} was requested but this onnxruntime build offers only {list(available)}; "
+                "install the matching onnxruntime package or set parameter provider_fallback=true"
+            )
+    return chosen, warnings
+
+
+def _bool_param(params: Mapping[str, str], key: str) -> bool | None:
+    if key not in params:
+        return None
+    value = params[key].strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise InvalidModelConfig(f"parameter {key} must be true or false, got {params[key]!r}")
+
+
+def _int_param(params: Mapping[str, str], key: str) -> int | None:
+    if key not in params:
+        return None
+    try:
+        return int(params[key])
+    except ValueError:
+        raise InvalidModelConfig(f"parameter {key} must be an integer, got {params[key]!r}") from None
+
+
+class OnnxRuntimeBackend(Backend):
+    """One ``onnxruntime.InferenceSession``."""
+
+    name = "onnxruntime"
+
+    def __init__(self, config: ModelConfig, version_dir: Path, instance: int = 0) -> None:
+        super().__init__(config, version_dir, instance)
+        self.session: Any = None
+        self.fallback_warnings: list[str] = []
+        self._bf16_inputs: set[str] = set()
+
+    @property
+    def model_path(self) -> Path:
+        return self.version_dir / (self.config.default_model_filename or "model.onnx")
+
+    def _load(self) -> None:
+        import onnxruntime as ort
+
+        path = self.model_path
+        if not path.is_file():
+            raise InvalidModelConfig(f"model file {path} does not exist")
+        params = self.config.parameters
+        options = ort.SessionOptions()
+        if (n := _int_param(params, "intra_op_thread_count")) is not None:
+            options.intra_op_num_threads = n
+        if (n := _int_param(params, "inter_op_thread_count")) is not None:
+            options.inter_op_num_threads = n
+        if (n := _int_param(params, "execution_mode")) is not None:
+            options.execution_mode = (
+                ort.ExecutionMode.ORT_PARALLEL if n == 1 else ort.ExecutionMode.ORT_SEQUENTIAL
+            )
+        if (b := _bool_param(params, "enable_mem_arena")) is not None:
+            options.enable_cpu_mem_arena = b
+        if (b := _bool_param(params, "enable_mem_pattern")) is not None:
+            options.enable_mem_pattern = b
+        level = self.config.optimization.graph_level
+        options.graph_optimization_level = {
+            -1: ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            1: ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        }.get(level, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+        options.log_severity_level = 3
+
+        providers, warnings = select_providers(self.config, ort.get_available_providers())
+        for warning in warnings:
+            log.warning("model %s: %s", self.config.name, warning)
+        self.fallback_warnings = warnings
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as exc:
+            raise InvalidModelConfig(f"onnxruntime cannot load {path.name}: {exc}") from exc
+        self.providers = list(self.session.get_providers())
+        self._bf16_inputs = {i.name for i in self.session.get_inputs() if i.type == "tensor(bfloat16)"}
+
+    def _infer(self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]) -> NamedArrays:
+        session = self.session
+        if session is None:
+            raise InternalError("onnxruntime session is not loaded")
+        feed: dict[str, Any] = dict(inputs)
+        if self._bf16_inputs:
+            import onnxruntime as ort
+
+            for name in self._bf16_inputs & feed.keys():
+                feed[name] = ort.OrtValue.ortvalue_from_numpy_with_onnx_type(feed[name], 16)
+        results = session.run(list(outputs), feed)
+        return dict(zip(outputs, results, strict=True))
+
+    def translate_error(self, exc: Exception) -> ForwardpassError:
+        text = str(exc)
+        kind = type(exc).__name__
+        if kind in ("InvalidArgument", "InvalidGraph", "NotImplemented") or "INVALID_ARGUMENT" in text:
+            return InvalidArgument(f"onnxruntime: {text}")
+        return InternalError(f"onnxruntime: {text}")
+
+    def unload(self) -> None:
+        self.session = None
