@@ -102,7 +102,7 @@ class ExecutionAccelerator:
     """An entry of ``optimization.execution_accelerators`` (``tensorrt``, ``openvino`` ...)."""
 
     name: str
-    parameters: Mapping[str, str] = _EMPTY
+    parameters: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +153,7 @@ class ModelConfig:
     version_policy: VersionPolicy = field(default_factory=VersionPolicy)
     default_model_filename: str = "model.onnx"
     #: Free-form string parameters (``intra_op_thread_count`` ...), as Triton's ``parameters``.
-    parameters: Mapping[str, str] = _EMPTY
+    parameters: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
     optimization: Optimization = field(default_factory=Optimization)
     model_warmup: tuple[ModelWarmup, ...] = ()
 

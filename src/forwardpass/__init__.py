@@ -1,0 +1,5 @@
+"""forwardpass: fast, monitored neural-network inference."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"

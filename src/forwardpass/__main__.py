@@ -1,0 +1,3 @@
+from forwardpass.cli.main import main
+
+main()

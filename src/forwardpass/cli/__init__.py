@@ -1,0 +1,1 @@
+"""The ``forwardpass`` command line."""

@@ -1,0 +1,26 @@
+"""Registers every command module with the click group."""
+
+from __future__ import annotations
+
+import click
+
+__all__ = ["register"]
+
+
+def register(group: click.Group) -> None:
+    import importlib
+
+    for module_name, command_name in (
+        ("forwardpass.cli.serve", "serve"),
+        ("forwardpass.cli.predict", "predict"),
+        ("forwardpass.cli.models", "models"),
+        ("forwardpass.cli.inspect", "inspect"),
+        ("forwardpass.cli.bench", "bench"),
+    ):
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == module_name:
+                continue  # not written yet
+            raise
+        group.add_command(getattr(module, command_name))

@@ -1,0 +1,60 @@
+"""``forwardpass serve``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+__all__ = ["serve"]
+
+
+@click.command()
+@click.option(
+    "--model-repository",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Model repository folder (default: the embedded repository).",
+)
+@click.option("--host", default=None, help="Interface to bind (default 127.0.0.1).")
+@click.option("--http-port", type=int, default=None, help="HTTP port (default 8000; 0 picks one).")
+@click.option("--max-request-bytes", type=int, default=None, help="Largest request body accepted.")
+@click.option(
+    "--model",
+    "models",
+    multiple=True,
+    help="Load only these models at start (others can be loaded through the repository API).",
+)
+@click.option("--log-level", default=None, help="DEBUG, INFO, WARNING or ERROR.")
+def serve(
+    model_repository: Path | None,
+    host: str | None,
+    http_port: int | None,
+    max_request_bytes: int | None,
+    models: tuple[str, ...],
+    log_level: str | None,
+) -> None:
+    """Serve a model repository over the Open Inference Protocol (KServe V2) on HTTP."""
+    from forwardpass.config import ServerConfig
+    from forwardpass.errors import ForwardpassError
+    from forwardpass.serving import run_server
+
+    try:
+        config = ServerConfig.from_env(
+            model_repository=model_repository,
+            host=host,
+            http_port=http_port,
+            max_request_bytes=max_request_bytes,
+            load_all=False if models else None,
+            load_models=models or None,
+            log_level=log_level,
+        )
+    except ForwardpassError as exc:
+        raise click.ClickException(exc.message) from None
+    if not config.model_repository.is_dir():
+        raise click.ClickException(f"model repository {config.model_repository} is not a folder")
+
+    def announce(port: int) -> None:
+        click.echo(f"forwardpass listening on http://{config.host}:{port}", err=False)
+
+    run_server(config, on_ready=announce)

@@ -1,0 +1,95 @@
+"""Prometheus exposition of the engine's counters.
+
+A custom collector reads :class:`ModelStats` at scrape time, so recording on the request path
+costs a few integer additions and nothing here runs per request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+
+from forwardpass.monitor.stats import Histogram
+
+if TYPE_CHECKING:
+    from forwardpass.engine import Engine
+
+__all__ = ["EngineCollector", "metrics_renderer"]
+
+_LABELS = ["model", "version"]
+
+
+def _histogram(name: str, doc: str) -> HistogramMetricFamily:
+    return HistogramMetricFamily(name, doc, labels=_LABELS)
+
+
+def _add(family: HistogramMetricFamily, labels: list[str], hist: Histogram) -> None:
+    family.add_metric(labels, hist.buckets(), hist.total)
+
+
+class EngineCollector:
+    """Yields forwardpass_* metrics for every loaded model version."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def collect(self) -> Iterator[Metric]:
+        success = CounterMetricFamily(
+            "forwardpass_request_success", "Successful inference requests", labels=_LABELS
+        )
+        failure = CounterMetricFamily(
+            "forwardpass_request_failure",
+            "Failed inference requests by error code",
+            labels=[*_LABELS, "reason"],
+        )
+        inferences = CounterMetricFamily(
+            "forwardpass_inference_count", "Samples inferred (batch rows)", labels=_LABELS
+        )
+        executions = CounterMetricFamily(
+            "forwardpass_execution_count", "Batches executed", labels=_LABELS
+        )
+        pending = GaugeMetricFamily(
+            "forwardpass_pending_requests", "Requests queued or running", labels=_LABELS
+        )
+        request = _histogram(
+            "forwardpass_request_duration_seconds", "Time from validation to response"
+        )
+        queue = _histogram("forwardpass_queue_duration_seconds", "Time spent queued")
+        compute = _histogram(
+            "forwardpass_compute_duration_seconds", "Batch merge + forward pass + split time"
+        )
+        batch = _histogram("forwardpass_batch_size", "Rows per executed batch")
+        for handle in self.engine.models():
+            for version, loaded in sorted(handle.versions.items()):
+                labels = [handle.name, str(version)]
+                stats = loaded.stats
+                success.add_metric(labels, stats.success_count)
+                for reason, n in sorted(stats.fail_reasons.items()):
+                    failure.add_metric([*labels, reason], n)
+                inferences.add_metric(labels, stats.inference_count)
+                executions.add_metric(labels, stats.execution_count)
+                pending.add_metric(labels, loaded.batcher.pending)
+                _add(request, labels, stats.request_latency)
+                _add(queue, labels, stats.queue_latency)
+                _add(compute, labels, stats.compute_latency)
+                _add(batch, labels, stats.batch_size)
+        yield from (success, failure, inferences, executions, pending, request, queue, compute, batch)
+
+
+def metrics_renderer(engine: Engine) -> Callable[[], bytes]:
+    """A function that renders the Prometheus text exposition for ``engine``."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(EngineCollector(engine))  # type: ignore[arg-type]
+
+    def render() -> bytes:
+        return generate_latest(registry)
+
+    return render

@@ -1,0 +1,294 @@
+"""The Open Inference Protocol (KServe V2) over HTTP, with Triton's extensions.
+
+:class:`HttpApp` maps an :class:`HttpRequest` (method, path, headers, body) to an
+:class:`HttpResponse`; it knows no socket, so tests drive it in-process and any server (the
+fast one in ``protocol.server``, or an ASGI server through :func:`asgi_app`) can carry it.
+Errors from the tree in ``forwardpass.errors`` become ``{"error": "..."}`` with their HTTP
+status here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import gzip
+import logging
+import zlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from forwardpass import __version__
+from forwardpass.engine import Engine
+from forwardpass.errors import (
+    ForwardpassError,
+    InvalidArgument,
+    NotFound,
+    PayloadTooLarge,
+    Unavailable,
+    Unsupported,
+)
+from forwardpass.protocol.codec import decode_infer_request, encode_error, encode_infer_response
+
+__all__ = ["EXTENSIONS", "HttpApp", "HttpRequest", "HttpResponse"]
+
+log = logging.getLogger("forwardpass.http")
+
+#: Reported in server metadata; each is implemented, not aspirational.
+EXTENSIONS = (
+    "binary_tensor_data",
+    "classification",
+    "model_configuration",
+    "model_repository",
+    "schedule_policy",
+    "statistics",
+)
+
+JSON = "application/json"
+
+
+@dataclass(slots=True)
+class HttpRequest:
+    method: str
+    path: str
+    body: bytes = b""
+    #: Lower-case header names.
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class HttpResponse:
+    status: int
+    body: bytes = b""
+    content_type: str = JSON
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+
+_EMPTY_OK = HttpResponse(200, b"", "text/plain")
+
+
+def _json(payload: Any, status: int = 200) -> HttpResponse:
+    return HttpResponse(status, orjson.dumps(payload))
+
+
+def _parse_json(body: bytes, what: str) -> dict[str, Any]:
+    if not body.strip():
+        return {}
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidArgument(f"malformed JSON in {what}: {exc}") from None
+    if not isinstance(value, dict):
+        raise InvalidArgument(f"{what} must be a JSON object")
+    return value
+
+
+class HttpApp:
+    """Routes V2 requests to an :class:`Engine`."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        metrics: Callable[[], bytes] | None = None,
+        max_request_bytes: int = 64 * 1024 * 1024,
+    ) -> None:
+        self.engine = engine
+        self.metrics = metrics
+        self.max_request_bytes = max_request_bytes
+
+    async def handle(self, request: HttpRequest) -> HttpResponse:
+        try:
+            return await self._route(request)
+        except ForwardpassError as exc:
+            return HttpResponse(exc.status, encode_error(exc.message))
+        except Exception as exc:  # a bug: answer 500, keep serving
+            log.exception("unhandled error on %s %s", request.method, request.path)
+            return HttpResponse(500, encode_error(f"internal error: {type(exc).__name__}: {exc}"))
+
+    def _route(self, request: HttpRequest) -> Awaitable[HttpResponse]:
+        parts = [p for p in request.path.split("/") if p]
+        method = request.method
+        if not parts:
+            raise NotFound(f"no route for {method} {request.path}")
+        if parts[0] == "metrics" and len(parts) == 1 and method == "GET" and self.metrics:
+            return _now(HttpResponse(200, self.metrics(), "text/plain; version=0.0.4"))
+        if parts[0] != "v2":
+            raise NotFound(f"no route for {method} {request.path}")
+        rest = parts[1:]
+        if not rest:
+            self._method(method, "GET")
+            return _now(self._server_metadata())
+        head = rest[0]
+        if head == "health" and len(rest) == 2:
+            self._method(method, "GET")
+            if rest[1] == "live":
+                return _now(_EMPTY_OK)
+            if rest[1] == "ready":
+                if self.engine.ready:
+                    return _now(_EMPTY_OK)
+                raise Unavailable("server is not ready")
+        elif head == "models":
+            return self._models_route(method, rest[1:], request)
+        elif head == "repository":
+            return self._repository_route(method, rest[1:], request)
+        raise NotFound(f"no route for {method} {request.path}")
+
+    @staticmethod
+    def _method(method: str, allowed: str) -> None:
+        if method != allowed:
+            raise InvalidArgument(f"method {method} is not allowed here; use {allowed}")
+
+    # ------------------------------------------------------------------ /v2/models/...
+    def _models_route(
+        self, method: str, rest: list[str], request: HttpRequest
+    ) -> Awaitable[HttpResponse]:
+        if rest == ["stats"]:
+            self._method(method, "GET")
+            return _now(_json({"model_stats": self.engine.stats()}))
+        if not rest:
+            raise NotFound("no route for /v2/models; name a model")
+        name = rest[0]
+        version = ""
+        tail = rest[1:]
+        if len(tail) >= 2 and tail[0] == "versions":
+            version = tail[1]
+            tail = tail[2:]
+        if not tail:
+            self._method(method, "GET")
+            return _now(_json(self.engine.metadata(name, version)))
+        action = tail[0] if len(tail) == 1 else ""
+        if action == "infer":
+            self._method(method, "POST")
+            return self._infer(name, version, request)
+        if action == "ready":
+            self._method(method, "GET")
+            if self.engine.is_ready(name, version):
+                return _now(_EMPTY_OK)
+            self.engine.handle(name)  # 404 for an unknown model
+            raise Unavailable(f"model {name!r} is not ready")
+        if action == "config":
+            self._method(method, "GET")
+            handle, _ = self.engine.version(name, version)
+            from forwardpass.repository import config_to_dict
+
+            return _now(_json(config_to_dict(handle.config)))
+        if action == "stats":
+            self._method(method, "GET")
+            return _now(_json({"model_stats": self.engine.stats(name, version)}))
+        raise NotFound(f"no route for {method} {request.path}")
+
+    async def _infer(self, name: str, version: str, request: HttpRequest) -> HttpResponse:
+        body = _decompress(request, self.max_request_bytes)
+        raw_length = request.headers.get("inference-header-content-length")
+        header_length: int | None = None
+        config = None
+        if raw_length is not None:
+            try:
+                header_length = int(raw_length)
+            except ValueError:
+                raise InvalidArgument(
+                    f"Inference-Header-Content-Length must be an integer, got {raw_length!r}"
+                ) from None
+            if header_length == 0:
+                config = self.engine.version(name, version)[0].config
+        infer_request = decode_infer_request(
+            body,
+            model_name=name,
+            model_version=version,
+            header_length=header_length,
+            config=config,
+        )
+        response = await self.engine.infer(infer_request)
+        payload, json_length = encode_infer_response(response, infer_request)
+        if json_length is None:
+            return HttpResponse(200, payload)
+        return HttpResponse(
+            200,
+            payload,
+            "application/octet-stream",
+            [("Inference-Header-Content-Length", str(json_length))],
+        )
+
+    # ------------------------------------------------------------------ /v2/repository/...
+    async def _repository_route(
+        self, method: str, rest: list[str], request: HttpRequest
+    ) -> HttpResponse:
+        self._method(method, "POST")
+        body = _parse_json(request.body, "repository request")
+        if rest == ["index"]:
+            ready = body.get("ready", False)
+            if not isinstance(ready, bool):
+                raise InvalidArgument("'ready' must be true or false")
+            return _json(self.engine.index(ready_only=ready))
+        if len(rest) == 3 and rest[0] == "models" and rest[2] in ("load", "unload"):
+            name = rest[1]
+            params = body.get("parameters", {})
+            if not isinstance(params, dict):
+                raise InvalidArgument("'parameters' must be a JSON object")
+            if rest[2] == "unload":
+                if params.get("unload_dependents"):
+                    log.info("unload_dependents ignored: forwardpass has no ensembles yet")
+                await self.engine.unload(name)
+                return _EMPTY_OK
+            config, files = _load_parameters(params)
+            await self.engine.load(name, config_override=config, files=files)
+            return _EMPTY_OK
+        raise NotFound(f"no route for {method} {request.path}")
+
+    def _server_metadata(self) -> HttpResponse:
+        return _json({"name": "forwardpass", "version": __version__, "extensions": list(EXTENSIONS)})
+
+
+def _load_parameters(params: dict[str, Any]) -> tuple[dict[str, Any] | None, dict[str, bytes]]:
+    """Triton's load parameters: ``config`` (JSON text) and ``file:<path>`` (base64)."""
+    config = None
+    files: dict[str, bytes] = {}
+    for key, value in params.items():
+        if key == "config":
+            if not isinstance(value, str):
+                raise InvalidArgument("load parameter 'config' must be a JSON string")
+            try:
+                config = orjson.loads(value)
+            except orjson.JSONDecodeError as exc:
+                raise InvalidArgument(f"load parameter 'config' is not valid JSON: {exc}") from None
+            if not isinstance(config, dict):
+                raise InvalidArgument("load parameter 'config' must be a JSON object")
+        elif key.startswith("file:"):
+            if not isinstance(value, str):
+                raise InvalidArgument(f"load parameter {key!r} must be base64 text")
+            try:
+                files[key[5:]] = base64.b64decode(value, validate=True)
+            except binascii.Error as exc:
+                raise InvalidArgument(f"load parameter {key!r} is not valid base64: {exc}") from None
+        else:
+            raise InvalidArgument(f"unknown load parameter {key!r} (expected config or file:<path>)")
+    if files and config is None:
+        raise InvalidArgument("load parameters with files must also carry 'config' (as Triton requires)")
+    return config, files
+
+
+def _decompress(request: HttpRequest, limit: int) -> bytes:
+    encoding = request.headers.get("content-encoding", "").lower()
+    if not encoding or encoding == "identity":
+        return request.body
+    if encoding not in ("gzip", "deflate"):
+        raise Unsupported(f"unsupported Content-Encoding {encoding!r} (gzip, deflate)")
+    wbits = 16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS
+    decompressor = zlib.decompressobj(wbits)
+    try:
+        out = decompressor.decompress(request.body, limit + 1)
+    except (zlib.error, gzip.BadGzipFile) as exc:
+        raise InvalidArgument(f"cannot decompress {encoding} body: {exc}") from None
+    if len(out) > limit or decompressor.unconsumed_tail:
+        raise PayloadTooLarge(f"decompressed body exceeds the {limit}-byte limit")
+    return out
+
+
+async def _ready(response: HttpResponse) -> HttpResponse:
+    return response
+
+
+def _now(response: HttpResponse) -> Awaitable[HttpResponse]:
+    return _ready(response)

@@ -1,0 +1,1 @@
+"""Scheduling: the dynamic batcher that sits between the engine and the backends."""

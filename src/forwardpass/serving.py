@@ -1,0 +1,102 @@
+"""Wires the pieces into a running server: repository → engine → HTTP app → socket."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+
+from forwardpass.config import ServerConfig
+from forwardpass.engine import Engine
+from forwardpass.monitor.metrics import metrics_renderer
+from forwardpass.protocol.http import HttpApp
+from forwardpass.protocol.server import HttpServer
+from forwardpass.repository import ModelRepository
+
+__all__ = ["Server", "run_server"]
+
+log = logging.getLogger("forwardpass")
+
+
+class Server:
+    """One forwardpass server: start it, it serves until :meth:`stop`."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.engine = Engine(ModelRepository(config.model_repository), config)
+        metrics = metrics_renderer(self.engine) if config.metrics else None
+        self.app = HttpApp(self.engine, metrics, config.max_request_bytes)
+        self.http = HttpServer(self.app, config.host, config.http_port, config.max_request_bytes)
+        self._stopped = asyncio.Event()
+
+    async def start(self) -> int:
+        """Load the models, then listen. Returns the bound HTTP port."""
+        await self.engine.start()
+        return await self.http.start()
+
+    async def stop(self) -> None:
+        """Finish in-flight requests, then release the models."""
+        if self._stopped.is_set():
+            return
+        await self.http.stop(self.config.shutdown_grace_s)
+        await self.engine.stop()
+        self._stopped.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+
+def _install_loop() -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a core dependency off Windows
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def run_server(config: ServerConfig, on_ready: Callable[[int], None] | None = None) -> None:
+    """Run until SIGINT/SIGTERM; the first signal drains in-flight requests, a second exits."""
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    log.info("effective configuration: %s", {k: str(v) for k, v in asdict(config).items()})
+    _install_loop()
+
+    async def main() -> None:
+        began = time.perf_counter()
+        server = Server(config)
+        port = await server.start()
+        loop = asyncio.get_running_loop()
+        stopping = False
+
+        def on_signal() -> None:
+            nonlocal stopping
+            if stopping:
+                log.warning("second signal: exiting now")
+                sys.exit(1)
+            stopping = True
+            log.info("shutting down: finishing in-flight requests")
+            loop.create_task(server.stop())
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, on_signal)
+        ready = [h.name for h in server.engine.models() if h.state.value == "READY"]
+        log.info(
+            "forwardpass ready in %.2fs: http://%s:%d (models: %s)",
+            time.perf_counter() - began,
+            config.host,
+            port,
+            ", ".join(ready) or "none",
+        )
+        if on_ready is not None:
+            on_ready(port)
+        await server.wait_stopped()
+        log.info("stopped")
+
+    asyncio.run(main())
