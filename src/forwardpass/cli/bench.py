@@ -1,0 +1,156 @@
+"""``forwardpass bench``: closed-loop load against a running V2 server, like perf_analyzer."""
+
+from __future__ import annotations
+
+import math
+
+import click
+
+__all__ = ["bench"]
+
+
+def _levels(value: str) -> tuple[int, ...]:
+    try:
+        levels = tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        levels = ()
+    if not levels or any(level < 1 for level in levels):
+        raise click.BadParameter("expected a comma-separated list of integers >= 1, e.g. 1,8,32")
+    return levels
+
+
+def _ms(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.2f}"
+
+
+@click.command("bench")
+@click.argument("model")
+@click.option("--url", default="http://127.0.0.1:8000", show_default=True, help="Server URL.")
+@click.option(
+    "--concurrency",
+    "-c",
+    default="1,8,32",
+    show_default=True,
+    help="Comma-separated numbers of concurrent clients, measured one after another.",
+)
+@click.option(
+    "--duration", "-d", type=float, default=5.0, show_default=True, help="Seconds per level."
+)
+@click.option(
+    "--warmup", type=float, default=1.0, show_default=True, help="Unmeasured seconds per level."
+)
+@click.option("--binary", is_flag=True, help="Use the binary tensor extension instead of JSON.")
+@click.option(
+    "--batch-size", "-b", type=int, default=1, show_default=True, help="Samples per request."
+)
+@click.option(
+    "--shape",
+    "shapes",
+    multiple=True,
+    metavar="NAME:D1,D2",
+    help="Shape (without the batch dim) for an input with variable dims; repeatable.",
+)
+@click.option("--model-version", default="", help="Model version (default: the server's choice).")
+@click.option(
+    "--timeout", type=float, default=30.0, show_default=True, help="Give up on a request after."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+def bench(
+    model: str,
+    url: str,
+    concurrency: str,
+    duration: float,
+    warmup: float,
+    binary: bool,
+    batch_size: int,
+    shapes: tuple[str, ...],
+    model_version: str,
+    timeout: float,
+    as_json: bool,
+) -> None:
+    """Measure throughput and latency of MODEL on a running server.
+
+    Each of C workers sends a request, waits for the answer and sends the next, for
+    --duration seconds after --warmup, at each concurrency level. Inputs are synthesized
+    from the model's metadata. Exits with status 1 if any request failed.
+    """
+    import orjson
+    from rich.console import Console
+    from rich.table import Table
+
+    from forwardpass import loadgen
+    from forwardpass.errors import ForwardpassError
+
+    try:
+        config = loadgen.LoadConfig(
+            model=model,
+            url=url,
+            version=model_version,
+            concurrency=_levels(concurrency),
+            duration=duration,
+            warmup=warmup,
+            binary=binary,
+            batch_size=batch_size,
+            shapes=loadgen.parse_shape_overrides(shapes),
+            timeout=timeout,
+        )
+        loadgen.Endpoint.parse(url)  # a bad URL is a usage error, reported before any work
+    except ForwardpassError as exc:
+        raise click.UsageError(exc.message) from exc
+
+    console = Console(stderr=as_json)
+    if not as_json:
+        console.print(
+            f"[bold]{model}[/] at {url}: {len(config.concurrency)} level(s), "
+            f"{warmup:g} s warm-up + {duration:g} s each, "
+            f"{'binary' if binary else 'JSON'}"
+        )
+
+    def progress(result: loadgen.LevelResult) -> None:
+        if not as_json:
+            console.print(
+                f"  concurrency {result.concurrency}: {result.throughput:,.0f} infer/s, "
+                f"p50 {_ms(result.p50_ms)} ms",
+                style="dim",
+            )
+
+    try:
+        report = loadgen.run(config, progress)
+    except ForwardpassError as exc:
+        raise click.ClickException(exc.message) from exc
+
+    if as_json:
+        click.echo(orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2).decode())
+    else:
+        table = Table(
+            title=(
+                f"{model} · {report.encoding} · batch {report.batch_size} · "
+                f"{report.request_bytes} B/request · {report.event_loop}"
+            )
+        )
+        table.add_column("conc.", justify="right")
+        table.add_column("infer/s", justify="right")
+        table.add_column("p50 ms", justify="right")
+        table.add_column("p90 ms", justify="right")
+        table.add_column("p99 ms", justify="right")
+        table.add_column("max ms", justify="right")
+        table.add_column("requests", justify="right")
+        table.add_column("errors", justify="right")
+        for r in report.results:
+            table.add_row(
+                str(r.concurrency),
+                f"{r.throughput:,.1f}" if r.throughput < 100 else f"{r.throughput:,.0f}",
+                _ms(r.p50_ms),
+                _ms(r.p90_ms),
+                _ms(r.p99_ms),
+                _ms(r.max_ms),
+                f"{r.requests:,}",
+                f"[red]{r.errors}[/]" if r.errors else "0",
+            )
+        console.print(table)
+    for r in report.results:
+        if r.first_error:
+            click.echo(f"concurrency {r.concurrency}: first error: {r.first_error}", err=True)
+            break
+    if report.errors:
+        raise SystemExit(1)
