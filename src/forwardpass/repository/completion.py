@@ -1,0 +1,188 @@
+"""Completing a model config from what the model file declares (Triton's auto-complete).
+
+The model file knows its tensors: names, datatypes and full shapes (``-1`` where a dimension
+varies). The config knows what the model file cannot say: whether the leading dimension is a
+batch the server may merge requests along, queue policies, instances. :func:`complete_config`
+joins the two and refuses contradictions.
+
+Batching is decided like this:
+
+* the config sets ``max_batch_size``: that value holds (0 means never batch); a positive one
+  needs every model input and output to have a variable leading dimension;
+* the config does not say: the model is batched (``max_batch_size`` = the default, dynamic
+  batching on with no delay) only when every input and output has rank >= 1 and a variable
+  leading dimension, and every tensor the config declares reads as "dims without the batch
+  dimension". Otherwise ``max_batch_size`` is 0 and dims are the full shapes, so a model whose
+  batch axis is not first, or that takes a scalar, still serves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from forwardpass.errors import InvalidModelConfig
+from forwardpass.model_config import DynamicBatching, ModelConfig, TensorSpec
+from forwardpass.repository.config_io import read_draft
+from forwardpass.repository.draft import ConfigDraft, TensorDraft
+from forwardpass.runtime.base import BackendIO
+
+__all__ = ["complete_config"]
+
+
+def _compatible(declared: Sequence[int], model: Sequence[int]) -> bool:
+    """A declared shape fits the model's when ranks agree and each model dim is -1 or equal."""
+    if len(declared) != len(model):
+        return False
+    return all(m == -1 or d == m for d, m in zip(declared, model, strict=True))
+
+
+def _batchable(io: BackendIO) -> bool:
+    tensors = io.inputs + io.outputs
+    return bool(io.inputs) and all(len(t.dims) >= 1 and t.dims[0] == -1 for t in tensors)
+
+
+def _fits(declared: list[TensorDraft], model: tuple[TensorSpec, ...], batching: bool) -> bool:
+    by_name = {t.name: t for t in model}
+    for tensor in declared:
+        spec = by_name.get(tensor.name)
+        shape = tensor.reshape if tensor.reshape is not None else tensor.dims
+        if spec is None or shape is None:
+            continue
+        if not _compatible(shape, spec.dims[1:] if batching else spec.dims):
+            return False
+    return True
+
+
+def _describe(dims: Sequence[int]) -> str:
+    return "[" + ", ".join(str(d) for d in dims) + "]"
+
+
+def _shape_error(
+    kind: str, tensor: TensorDraft, declared: Sequence[int], spec: TensorSpec, batching: bool
+) -> InvalidModelConfig:
+    model_view = spec.dims[1:] if batching else spec.dims
+    what = "reshape" if tensor.reshape is not None else "dims"
+    if len(declared) != len(model_view):
+        detail = f"rank {len(declared)} vs {len(model_view)}"
+        if batching:
+            detail += "; with max_batch_size > 0, dims leave out the leading batch dimension"
+    else:
+        axis = next(
+            i
+            for i, (d, m) in enumerate(zip(declared, model_view, strict=True))
+            if m != -1 and d != m
+        )
+        detail = (
+            f"dimension {axis} is {declared[axis]} in the config, {model_view[axis]} in the model"
+        )
+    return InvalidModelConfig(
+        f"{kind} {tensor.name!r}: {what} {_describe(declared)} contradict the model's shape "
+        f"{_describe(spec.dims)} ({detail})"
+    )
+
+
+def _merge(
+    kind: str, declared: list[TensorDraft], model: tuple[TensorSpec, ...], batching: bool
+) -> tuple[TensorSpec, ...]:
+    """Declared tensors checked against the model and completed, then the undeclared ones."""
+    by_name = {t.name: t for t in model}
+    out: list[TensorSpec] = []
+    for tensor in declared:
+        spec = by_name.get(tensor.name)
+        if spec is None:
+            raise InvalidModelConfig(
+                f"{kind} {tensor.name!r} is not an {kind} of the model; the model's {kind}s "
+                f"are {sorted(by_name)}"
+            )
+        if tensor.datatype is not None and tensor.datatype is not spec.datatype:
+            raise InvalidModelConfig(
+                f"{kind} {tensor.name!r}: data_type {tensor.datatype.config_name} contradicts the "
+                f"model's {spec.datatype.config_name}"
+            )
+        model_view = spec.dims[1:] if batching else spec.dims
+        if tensor.reshape is not None and tensor.dims is None:
+            raise InvalidModelConfig(
+                f"{kind} {tensor.name!r} has a reshape but no dims; declare the dims clients send"
+            )
+        dims = tensor.dims if tensor.dims is not None else model_view
+        seen_by_model = tensor.reshape if tensor.reshape is not None else dims
+        if not _compatible(seen_by_model, model_view):
+            raise _shape_error(kind, tensor, seen_by_model, spec, batching)
+        out.append(
+            TensorSpec(
+                name=tensor.name,
+                datatype=spec.datatype,
+                dims=tuple(dims),
+                label_filename=tensor.label_filename,
+                optional=tensor.optional,
+                reshape=tensor.reshape,
+            )
+        )
+    named = {t.name for t in declared}
+    for spec in model:
+        if spec.name not in named:
+            dims = spec.dims[1:] if batching else spec.dims
+            out.append(TensorSpec(name=spec.name, datatype=spec.datatype, dims=dims))
+    return tuple(out)
+
+
+def _draft(config: ModelConfig | Mapping[str, Any] | ConfigDraft | None, name: str) -> ConfigDraft:
+    if config is None:
+        return read_draft({}, name=name)
+    if isinstance(config, ConfigDraft):
+        return config
+    if isinstance(config, ModelConfig):
+        if config.name != name:
+            raise InvalidModelConfig(
+                f"config name {config.name!r} does not match the model's folder name {name!r}"
+            )
+        return ConfigDraft.from_config(config)
+    return read_draft(config, name=name)
+
+
+def complete_config(
+    config: ModelConfig | Mapping[str, Any] | ConfigDraft | None,
+    io: BackendIO,
+    *,
+    name: str,
+    default_max_batch_size: int = 64,
+) -> ModelConfig:
+    """The effective config of model ``name``: ``config`` completed and checked against ``io``.
+
+    ``config`` may be ``None`` (no config file), a config dict as read from ``config.pbtxt`` /
+    ``config.yaml`` / Triton JSON (which may omit tensors, their datatypes or dims, and
+    ``max_batch_size``), or a :class:`ModelConfig` (taken as saying everything it holds,
+    ``max_batch_size`` included). Raises :class:`InvalidModelConfig` when the config names a
+    tensor the model lacks, or gives it another datatype or an incompatible shape.
+    """
+    draft = _draft(config, name)
+    model_tensors = (("input", io.inputs), ("output", io.outputs))
+    max_batch_size = draft.max_batch_size
+    dynamic_batching = draft.dynamic_batching
+    if max_batch_size is None:
+        batched = (
+            _batchable(io)
+            and _fits(draft.inputs, io.inputs, True)
+            and _fits(draft.outputs, io.outputs, True)
+        )
+        max_batch_size = default_max_batch_size if batched else 0
+        if batched and dynamic_batching is None:
+            dynamic_batching = DynamicBatching()
+    elif max_batch_size > 0:
+        for kind, specs in model_tensors:
+            for spec in specs:
+                if not spec.dims or spec.dims[0] != -1:
+                    raise InvalidModelConfig(
+                        f"max_batch_size {max_batch_size} needs a variable leading (batch) "
+                        f"dimension on every model input and output, but {kind} {spec.name!r} "
+                        f"has shape {_describe(spec.dims)}; set max_batch_size: 0 to serve the "
+                        "model unbatched"
+                    )
+    batching = max_batch_size > 0
+    return draft.build(
+        inputs=_merge("input", draft.inputs, io.inputs, batching),
+        outputs=_merge("output", draft.outputs, io.outputs, batching),
+        max_batch_size=max_batch_size,
+        dynamic_batching=dynamic_batching,
+    )
