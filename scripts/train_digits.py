@@ -66,6 +66,12 @@ parameters {
   key: "intra_op_thread_count"
   value: { string_value: "1" }
 }
+# Read by `forwardpass predict` when it turns an image file into the input: the model was
+# trained on light ink on a dark ground (scikit-learn's digits), photos are usually the reverse.
+parameters {
+  key: "image_invert"
+  value: { string_value: "auto" }
+}
 """
 
 

@@ -145,7 +145,7 @@ class Engine:
         files: Mapping[str, bytes] | None = None,
     ) -> None:
         """Load (or reload) a model; old versions keep serving until the new ones are ready."""
-        name = self.repository.resolve_name(name)
+        self.repository.resolve_name(name)  # rejects names that would leave the repository
         async with self._lock(name):
             old = self._models.get(name)
             if old is None:
@@ -199,7 +199,7 @@ class Engine:
 
     async def unload(self, name: str) -> None:
         """Stop serving a model: queued requests finish, later ones get 503 (UNAVAILABLE)."""
-        name = self.repository.resolve_name(name)
+        self.repository.resolve_name(name)  # rejects names that would leave the repository
         async with self._lock(name):
             handle = self._models.get(name)
             if handle is None:

@@ -1,0 +1,81 @@
+"""``forwardpass models``: what a repository holds and whether each model can load."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+__all__ = ["models"]
+
+
+@click.command()
+@click.option(
+    "--model-repository",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Repository to list (default: the embedded one).",
+)
+@click.option("--url", default=None, help="Ask a running server instead (its repository index).")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+def models(model_repository: Path | None, url: str | None, as_json: bool) -> None:
+    """List the models of a repository with their versions and state."""
+    from rich.console import Console
+    from rich.table import Table
+
+    rows: list[dict[str, str]] = []
+    if url:
+        import urllib.error
+        import urllib.request
+
+        try:
+            req = urllib.request.Request(url.rstrip("/") + "/v2/repository/index", data=b"{}", method="POST")
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                for item in json.loads(resp.read()):
+                    rows.append({
+                        "name": item.get("name", ""), "versions": item.get("version", ""),
+                        "state": item.get("state", ""), "detail": item.get("reason", ""),
+                    })
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            raise click.ClickException(f"cannot reach {url}: {exc}") from None
+    else:
+        from forwardpass.config import ServerConfig
+        from forwardpass.errors import ForwardpassError
+        from forwardpass.repository import ModelRepository
+
+        config = ServerConfig.from_env(model_repository=model_repository)
+        repo = ModelRepository(config.model_repository)
+        try:
+            names = repo.list_models()
+        except ForwardpassError as exc:
+            raise click.ClickException(exc.message) from None
+        for name in names:
+            try:
+                entry = repo.read(name)
+            except ForwardpassError as exc:
+                rows.append({"name": name, "versions": "", "state": "UNAVAILABLE", "detail": exc.message})
+                continue
+            cfg = entry.config
+            io = ", ".join(
+                f"{s.name}:{s.datatype.value}{list(((-1,) if cfg.batching else ()) + s.dims)}"
+                for s in cfg.inputs
+            ) + " → " + ", ".join(
+                f"{s.name}:{s.datatype.value}{list(((-1,) if cfg.batching else ()) + s.dims)}"
+                for s in cfg.outputs
+            )
+            rows.append({
+                "name": name,
+                "versions": ",".join(str(v) for v in entry.versions),
+                "state": "OK",
+                "detail": f"{cfg.backend or cfg.platform}, max_batch_size {cfg.max_batch_size}; {io}",
+            })
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    table = Table()
+    for column in ("name", "versions", "state", "detail"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row["name"], row["versions"], row["state"], row["detail"])
+    Console().print(table)

@@ -1,0 +1,147 @@
+"""``forwardpass predict``: local inference through the same engine the server uses."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+__all__ = ["predict"]
+
+
+def _request_for(path: Path, handle: Any) -> Any:
+    """Turn one input file into an InferRequest for the model in ``handle``."""
+    import numpy as np
+
+    from forwardpass.datatypes import DataType
+    from forwardpass.errors import InvalidArgument
+    from forwardpass.processing.image import IMAGE_SUFFIXES, load_image
+    from forwardpass.protocol.codec import decode_infer_request
+    from forwardpass.types import InferRequest, Tensor
+
+    config = handle.config
+    suffix = path.suffix.lower()
+    if not path.is_file():
+        raise InvalidArgument(f"input file {path} does not exist")
+    first = config.inputs[0]
+
+    def batched(array: np.ndarray, spec: Any) -> np.ndarray:
+        if config.batching and array.ndim == len(spec.dims):
+            return array[np.newaxis]
+        return array
+
+    if suffix == ".json":
+        payload = path.read_bytes()
+        document = json.loads(payload)
+        if isinstance(document, dict) and "inputs" in document:
+            return decode_infer_request(payload, model_name=config.name)
+        if not isinstance(document, dict):
+            raise InvalidArgument(f"{path}: expected a V2 request or an object of input → data")
+        tensors = []
+        for name, data in document.items():
+            spec = config.input(name)
+            if spec is None:
+                raise InvalidArgument(f"{path}: model {config.name} has no input {name!r}")
+            array = np.asarray(data, dtype=spec.datatype.numpy)
+            tensors.append(Tensor(name, spec.datatype, batched(array, spec)))
+        return InferRequest(model_name=config.name, inputs=tensors)
+    if len(config.inputs) != 1:
+        raise InvalidArgument(
+            f"model {config.name} has {len(config.inputs)} inputs; give a JSON file naming them"
+        )
+    if suffix == ".npy":
+        array = np.load(path, allow_pickle=False)
+        if first.datatype is not DataType.BYTES:
+            array = array.astype(first.datatype.numpy)
+    elif suffix in IMAGE_SUFFIXES:
+        array = load_image(path, first, config.parameters)
+    else:
+        raise InvalidArgument(f"{path}: unsupported input type {suffix!r} (image, .npy or .json)")
+    return InferRequest(model_name=config.name, inputs=[Tensor(first.name, first.datatype, batched(array, first))])
+
+
+def _summarise(response: Any, top_k: int, labelled: set[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for tensor in response.outputs:
+        data = tensor.data
+        if tensor.name in labelled:
+            rows = []
+            for entry in data.reshape(-1, data.shape[-1]) if data.ndim > 1 else [data]:
+                ranked = []
+                for item in entry:
+                    value, index, *label = item.decode().split(":", 2)
+                    ranked.append({"label": label[0] if label else index, "index": int(index), "score": float(value)})
+                rows.append(ranked[:top_k])
+            out[tensor.name] = rows if len(rows) > 1 else rows[0]
+        else:
+            out[tensor.name] = {"shape": list(data.shape), "data": data.tolist()}
+    return out
+
+
+@click.command()
+@click.argument("model")
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--model-repository",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Repository holding MODEL (default: the embedded one).",
+)
+@click.option("--top-k", type=int, default=5, show_default=True, help="Labels shown per input.")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+def predict(model: str, inputs: tuple[Path, ...], model_repository: Path | None, top_k: int, as_json: bool) -> None:
+    """Run MODEL on INPUTS (images, .npy arrays or JSON) without a server."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from forwardpass.config import ServerConfig
+    from forwardpass.engine import Engine
+    from forwardpass.errors import ForwardpassError
+    from forwardpass.repository import ModelRepository
+    from forwardpass.types import RequestedOutput
+
+    config = ServerConfig.from_env(model_repository=model_repository, load_all=False)
+
+    async def run() -> list[tuple[Path, dict[str, Any]]]:
+        engine = Engine(ModelRepository(config.model_repository), config)
+        await engine.load(model)
+        try:
+            handle = engine.handle(model)
+            labelled = {name for name, labels in handle.entry.labels.items() if labels}
+            results = []
+            for path in inputs:
+                request = _request_for(path, handle)
+                if request.outputs is None:
+                    request.outputs = [
+                        RequestedOutput(o.name, {"classification": top_k} if o.name in labelled else {})
+                        for o in handle.config.outputs
+                    ]
+                response = await engine.infer(request)
+                results.append((path, _summarise(response, top_k, labelled)))
+            return results
+        finally:
+            await engine.stop()
+
+    try:
+        results = asyncio.run(run())
+    except ForwardpassError as exc:
+        raise click.ClickException(exc.message) from None
+    if as_json:
+        click.echo(json.dumps({str(p): r for p, r in results}, indent=2))
+        return
+    console = Console()
+    for path, result in results:
+        for name, value in result.items():
+            if isinstance(value, list):
+                table = Table(title=f"{path.name} → {name}", title_justify="left")
+                table.add_column("label")
+                table.add_column("score", justify="right")
+                rows = value if value and isinstance(value[0], dict) else value[0]
+                for item in rows:
+                    table.add_row(item["label"], f"{item['score']:.4f}")
+                console.print(table)
+            else:
+                console.print(f"{path} → {name} shape={value['shape']}: {value['data']}")

@@ -1,0 +1,1 @@
+"""Input processing and output interpretation around the forward pass."""

@@ -1,0 +1,79 @@
+"""Shared fixtures: real servers on 127.0.0.1 with an ephemeral port."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class ServerProcess:
+    """``forwardpass serve`` in a child process, stopped with SIGINT like a user's Ctrl-C."""
+
+    def __init__(self, repository: Path | None, *args: str) -> None:
+        cmd = [sys.executable, "-m", "forwardpass", "serve", "--http-port", "0", *args]
+        if repository is not None:
+            cmd += ["--model-repository", str(repository)]
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        )
+        self.log: list[str] = []
+        self.url = ""
+        self.port = 0
+        deadline = time.monotonic() + 60
+        assert self.proc.stdout is not None
+        threading.Thread(target=self._drain_stderr, daemon=True).start()
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            match = re.search(r"listening on (http://[\d.]+:(\d+))", line)
+            if match:
+                self.url, self.port = match.group(1), int(match.group(2))
+                return
+        self.stop()
+        raise RuntimeError("server did not start:\n" + "".join(self.log))
+
+    def _drain_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.log.append(line)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def start_server() -> Iterator[object]:
+    servers: list[ServerProcess] = []
+
+    def start(repository: Path | None = None, *args: str) -> ServerProcess:
+        server = ServerProcess(repository, *args)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
