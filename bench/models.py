@@ -113,11 +113,19 @@ def build_compute(layers: int = DEFAULT_COMPUTE_LAYERS, seed: int = SEED) -> onn
     return _model(graph, f"benchmark compute-bound model: {layers} shared 1024x1024 layers")
 
 
-def _config(name: str, max_batch_size: int) -> str:
+def _config(name: str, max_batch_size: int, delay_us: int = 0) -> str:
     # With max_batch_size 0 the dims are the full shape, batch dimension included.
     in_dims = f"[ {IN_FEATURES} ]" if max_batch_size else f"[ -1, {IN_FEATURES} ]"
     out_dims = f"[ {OUT_FEATURES} ]" if max_batch_size else f"[ -1, {OUT_FEATURES} ]"
     batching = "dynamic_batching { }\n" if max_batch_size else ""
+    if max_batch_size and delay_us:
+        # The throughput setting: hold a batch until it reaches half the maximum or the delay
+        # passes. Half, not all: with a closed loop of max_batch_size clients, two half batches
+        # alternate, so one computes while the server reads and answers the other's requests.
+        batching = (
+            f"dynamic_batching {{\n  preferred_batch_size: [ {max_batch_size // 2} ]\n"
+            f"  max_queue_delay_microseconds: {delay_us}\n}}\n"
+        )
     return (
         f'name: "{name}"\n'
         'platform: "onnxruntime_onnx"\n'
@@ -138,12 +146,14 @@ def _tensor_block(section: str, name: str, dims: str) -> str:
     )
 
 
-def _write(root: Path, name: str, model_bytes: bytes, max_batch_size: int) -> Path:
+def _write(
+    root: Path, name: str, model_bytes: bytes, max_batch_size: int, delay_us: int = 0
+) -> Path:
     folder = root / name
     (folder / "1").mkdir(parents=True, exist_ok=True)
     path = folder / "1" / "model.onnx"
     path.write_bytes(model_bytes)
-    (folder / "config.pbtxt").write_text(_config(name, max_batch_size))
+    (folder / "config.pbtxt").write_text(_config(name, max_batch_size, delay_us))
     return path
 
 
@@ -205,13 +215,14 @@ def main(argv: list[str] | None = None) -> int:
     compute_model = build_compute(layers)
     compute = compute_model.SerializeToString()
     root: Path = args.out_dir
-    for name, blob, mbs in (
-        ("tiny", tiny, 256),
-        ("tiny_nobatch", tiny, 0),
-        ("compute", compute, 32),
-        ("compute_nobatch", compute, 0),
+    for name, blob, mbs, delay_us in (
+        ("tiny", tiny, 256, 0),
+        ("tiny_nobatch", tiny, 0, 0),
+        ("compute", compute, 32, 0),
+        ("compute_delay", compute, 32, 10_000),
+        ("compute_nobatch", compute, 0, 0),
     ):
-        path = _write(root, name, blob, mbs)
+        path = _write(root, name, blob, mbs, delay_us)
         print(f"{path}  {path.stat().st_size / 1024:.0f} KiB  max_batch_size {mbs}")
     if not args.no_timing:
         ms = time_batch1(compute_model) * 1e3

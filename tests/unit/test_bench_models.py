@@ -24,14 +24,21 @@ def bench_models() -> ModuleType:
 
 def test_repository_layout_and_models(bench_models: ModuleType, tmp_path: Path) -> None:
     assert bench_models.main([str(tmp_path), "--compute-layers", "3", "--no-timing"]) == 0
-    expected = {"tiny": 256, "tiny_nobatch": 0, "compute": 32, "compute_nobatch": 0}
+    expected = {
+        "tiny": 256,
+        "tiny_nobatch": 0,
+        "compute": 32,
+        "compute_delay": 32,
+        "compute_nobatch": 0,
+    }
     assert {p.name for p in tmp_path.iterdir()} == set(expected)
     for name, max_batch_size in expected.items():
         config = (tmp_path / name / "config.pbtxt").read_text()
         assert f'name: "{name}"' in config
         assert f"max_batch_size: {max_batch_size}" in config
         assert 'string_value: "1"' in config
-        assert ("dynamic_batching { }" in config) == (max_batch_size > 0)
+        assert ("dynamic_batching {" in config) == (max_batch_size > 0)
+        assert ("max_queue_delay_microseconds" in config) == (name == "compute_delay")
         assert ("dims: [ -1, 64 ]" in config) == (max_batch_size == 0)
     tiny = (tmp_path / "tiny" / "1" / "model.onnx").read_bytes()
     assert tiny == (tmp_path / "tiny_nobatch" / "1" / "model.onnx").read_bytes()

@@ -1,0 +1,193 @@
+"""The serving benchmark of issue #4, every figure from one run, side by side.
+
+The server under test is pinned to core 0 and the load generator to core 1 (taskset), ONNX
+Runtime on one intra-op thread, one sample per request. Ratios are taken within this run so the
+machine's noise cancels as far as it can:
+
+- tiny MLP, JSON and binary, concurrency 1 and 32: forwardpass vs a plain FastAPI+onnxruntime
+  endpoint (bench/baseline_fastapi.py) on the same core;
+- compute-bound model, concurrency 32: forwardpass with batching (delay 0, and a 10 ms delay
+  with preferred batch 16) vs without, against the bare session's best-batch throughput;
+- time from ``forwardpass serve`` (embedded repository) to its listening line.
+
+    python bench/serve_bench.py [--duration 5] [--json results.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+PY = sys.executable
+SERVER_CORE = "0"
+CLIENT_CORE = "1"
+
+
+def pinned(core: str, *cmd: str) -> list[str]:
+    if shutil.which("taskset") and (os.cpu_count() or 1) > 1:
+        return ["taskset", "-c", core, *cmd]
+    return list(cmd)
+
+
+def run_json(cmd: list[str]) -> Any:
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out)
+
+
+def wait_http(url: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{url} did not come up")
+
+
+def start(cmd: list[str], ready_url: str) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_http(ready_url)
+    return proc
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def load(url: str, model: str, concurrency: str, duration: float, binary: bool = False) -> list[dict[str, Any]]:
+    cmd = [PY, "-m", "forwardpass", "bench", model, "--url", url, "-c", concurrency,
+           "-d", str(duration), "--warmup", "1", "--json"]
+    if binary:
+        cmd.append("--binary")
+    return run_json(pinned(CLIENT_CORE, *cmd))["results"]
+
+
+def raw(model: Path, batches: str, seconds: float) -> list[dict[str, Any]]:
+    out = subprocess.run(
+        pinned(SERVER_CORE, PY, str(HERE / "raw_ort.py"), str(model), "--batch", batches,
+               "--seconds", str(seconds), "--json"),
+        check=True, capture_output=True, text=True,
+    ).stdout
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def startup_time() -> float:
+    began = time.perf_counter()
+    proc = subprocess.Popen(
+        [PY, "-m", "forwardpass", "serve", "--http-port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if re.search(r"listening on http://", line):
+            break
+    elapsed = time.perf_counter() - began
+    proc.send_signal(signal.SIGINT)
+    proc.wait(30)
+    return elapsed
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="forwardpass serving benchmark")
+    parser.add_argument("--duration", type=float, default=5.0)
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = parser.parse_args()
+    d = args.duration
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        repo = Path(tmp) / "repo"
+        subprocess.run([PY, str(HERE / "models.py"), str(repo), "--no-timing"], check=True,
+                       capture_output=True)
+
+        results["raw_tiny"] = raw(repo / "tiny/1/model.onnx", "1", 3)
+        results["raw_compute"] = raw(repo / "compute/1/model.onnx", "1,8,16,32", 4)
+
+        url = "http://127.0.0.1:8201"
+        server = start(
+            pinned(SERVER_CORE, PY, "-m", "forwardpass", "serve", "--model-repository", str(repo),
+                   "--http-port", "8201", "--log-level", "WARNING"),
+            url + "/v2/health/ready",
+        )
+        try:
+            results["fp_tiny_json"] = load(url, "tiny", "1,32", d)
+            results["fp_tiny_binary"] = load(url, "tiny", "1,32", d, binary=True)
+            results["fp_tiny_nobatch_json"] = load(url, "tiny_nobatch", "1,32", d)
+            results["fp_compute"] = load(url, "compute", "1,32", d)
+            results["fp_compute_delay"] = load(url, "compute_delay", "32", d)
+            results["fp_compute_nobatch"] = load(url, "compute_nobatch", "32", d)
+        finally:
+            stop(server)
+
+        base_url = "http://127.0.0.1:8301"
+        baseline = start(
+            pinned(SERVER_CORE, PY, str(HERE / "baseline_fastapi.py"), str(repo / "tiny"),
+                   "--port", "8301"),
+            base_url + "/v2/models/tiny",
+        )
+        try:
+            results["fastapi_tiny_json"] = load(base_url, "tiny", "1,32", d)
+        finally:
+            stop(baseline)
+    results["startup_s"] = min(startup_time() for _ in range(3))
+
+    report(results)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+def _level(levels: list[dict[str, Any]], c: int) -> dict[str, Any]:
+    return next(level for level in levels if level["concurrency"] == c)
+
+
+def report(r: dict[str, Any]) -> None:
+    def tput(key: str, c: int) -> float:
+        return float(_level(r[key], c)["throughput_infer_per_s"])
+
+    def p50(key: str, c: int) -> float:
+        return float(_level(r[key], c)["latency_ms"]["p50"])
+
+    best_raw = max(x["samples_per_s"] for x in r["raw_compute"])
+    best_batch = max(r["raw_compute"], key=lambda x: x["samples_per_s"])["batch"]
+    rows = [
+        ("tiny JSON c32 (infer/s)", f"{tput('fp_tiny_json', 32):,.0f}",
+         f"FastAPI {tput('fastapi_tiny_json', 32):,.0f}  ({tput('fp_tiny_json', 32) / tput('fastapi_tiny_json', 32):.1f}x)"),
+        ("tiny binary c32 (infer/s)", f"{tput('fp_tiny_binary', 32):,.0f}", ""),
+        ("tiny JSON no-batch model c32", f"{tput('fp_tiny_nobatch_json', 32):,.0f}", ""),
+        ("tiny JSON c1 p50 (ms)", f"{p50('fp_tiny_json', 1):.3f}",
+         f"FastAPI {p50('fastapi_tiny_json', 1):.3f}  (+{p50('fp_tiny_json', 1) - p50('fastapi_tiny_json', 1):.3f} ms)"),
+        ("bare session tiny batch 1 (samples/s)", f"{r['raw_tiny'][0]['samples_per_s']:,.0f}", ""),
+        ("compute c32, batching delay 0", f"{tput('fp_compute', 32):,.1f}",
+         f"{tput('fp_compute', 32) / best_raw:.1%} of bare best batch ({best_batch}: {best_raw:,.1f}/s)"),
+        ("compute c32, delay 10 ms, preferred 16", f"{tput('fp_compute_delay', 32):,.1f}",
+         f"{tput('fp_compute_delay', 32) / best_raw:.1%} of bare best batch"),
+        ("compute c32, no batching", f"{tput('fp_compute_nobatch', 32):,.1f}",
+         f"{tput('fp_compute_nobatch', 32) / best_raw:.1%} of bare best batch"),
+        ("compute c1 p50 (ms)", f"{p50('fp_compute', 1):.2f}", ""),
+        ("serve ready, embedded repo (s)", f"{r['startup_s']:.2f}", "best of 3"),
+    ]
+    width = max(len(a) for a, _, _ in rows)
+    for name, value, note in rows:
+        print(f"{name:<{width}}  {value:>10}  {note}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
