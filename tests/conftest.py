@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -33,7 +33,8 @@ class ServerProcess:
         self.port = 0
         deadline = time.monotonic() + 60
         assert self.proc.stdout is not None
-        threading.Thread(target=self._drain_stderr, daemon=True).start()
+        self._drain = threading.Thread(target=self._drain_stderr, daemon=True)
+        self._drain.start()
         while time.monotonic() < deadline:
             line = self.proc.stdout.readline()
             if not line:
@@ -62,11 +63,17 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        self._drain.join(5)
+        for pipe in (self.proc.stdout, self.proc.stderr):
+            if pipe is not None and not pipe.closed:
+                pipe.close()
         return self.proc.returncode
 
 
-@pytest.fixture
-def start_server() -> Iterator[object]:
+ServerFactory = Callable[..., ServerProcess]
+
+
+def _server_factory() -> Iterator[ServerFactory]:
     servers: list[ServerProcess] = []
 
     def start(repository: Path | None = None, *args: str) -> ServerProcess:
@@ -74,6 +81,26 @@ def start_server() -> Iterator[object]:
         servers.append(server)
         return server
 
-    yield start
-    for server in servers:
-        server.stop()
+    try:
+        yield start
+    finally:
+        for server in servers:
+            server.stop()
+
+
+@pytest.fixture
+def start_server() -> Iterator[ServerFactory]:
+    """Start servers for one test; each is stopped (SIGINT) when the test ends."""
+    yield from _server_factory()
+
+
+@pytest.fixture(scope="module")
+def start_module_server() -> Iterator[ServerFactory]:
+    """Like ``start_server``, but the servers live until the test module ends."""
+    yield from _server_factory()
+
+
+@pytest.fixture(scope="session")
+def start_session_server() -> Iterator[ServerFactory]:
+    """Like ``start_server``, but the servers live until the test session ends."""
+    yield from _server_factory()

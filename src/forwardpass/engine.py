@@ -148,6 +148,7 @@ class Engine:
         self.repository.resolve_name(name)  # rejects names that would leave the repository
         async with self._lock(name):
             old = self._models.get(name)
+            created = old is None
             if old is None:
                 old = self._models[name] = ModelHandle(name=name, state=ModelState.LOADING)
             elif old.state is not ModelState.READY:
@@ -161,6 +162,9 @@ class Engine:
                 )
                 built = await loop.run_in_executor(None, self._build, entry)
             except ForwardpassError as exc:
+                if created and isinstance(exc, NotFound):
+                    del self._models[name]  # no such model: leave no UNAVAILABLE ghost behind
+                    raise
                 if not old.versions:
                     old.state = ModelState.UNAVAILABLE
                 else:
@@ -251,12 +255,40 @@ class Engine:
         return built
 
     def _warm(self, entry: ModelEntry, backends: list[Backend]) -> None:
-        samples = warmup_inputs(entry.config, entry.path)
-        outputs = [o.name for o in entry.config.outputs]
-        for warmup, arrays in samples:
-            for backend in backends:
-                for _ in range(max(1, warmup.count)):
-                    backend.infer(arrays, outputs)
+        """Run the configured warm-up samples on every instance before READY.
+
+        A model without ``model_warmup`` still gets one zero sample of batch 1 when every
+        input has fixed dims, so the first real request does not pay for ONNX Runtime's
+        first-run allocations; that implicit sample failing is logged, not fatal (zeros are
+        not valid input for every model), while a configured sample failing fails the load.
+        """
+        config = entry.config
+        outputs = [o.name for o in config.outputs]
+        samples = warmup_inputs(config, entry.path)
+        if samples:
+            for warmup, arrays in samples:
+                for backend in backends:
+                    for _ in range(max(1, warmup.count)):
+                        backend.infer(arrays, outputs)
+            return
+        if not config.inputs or any(d < 0 for s in config.inputs for d in s.dims):
+            return
+        lead = (1,) if config.batching else ()
+        arrays = {}
+        for spec in config.inputs:
+            dims = lead + (spec.reshape if spec.reshape is not None else spec.dims)
+            if spec.datatype is DataType.BYTES:
+                array = np.empty(dims, dtype=object)
+                array.fill(b"")
+            else:
+                array = np.zeros(dims, dtype=spec.datatype.numpy)
+            arrays[spec.name] = array
+        for backend in backends:
+            try:
+                backend.infer(arrays, outputs)
+            except ForwardpassError as exc:
+                log.warning("model %s: implicit zero warm-up failed (%s)", entry.name, exc.message)
+                return
 
     def _derive(self, handle: ModelHandle) -> None:
         config = handle.config

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 import time
@@ -79,7 +80,10 @@ def run_server(config: ServerConfig, on_ready: Callable[[int], None] | None = No
             nonlocal stopping
             if stopping:
                 log.warning("second signal: exiting now")
-                sys.exit(1)
+                # Not sys.exit: its clean-up joins the worker threads, so a batch still
+                # running would hold the process for as long as the batch takes.
+                logging.shutdown()
+                os._exit(1)
             stopping = True
             log.info("shutting down: finishing in-flight requests")
             loop.create_task(server.stop())

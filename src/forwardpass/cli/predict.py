@@ -35,7 +35,10 @@ def _request_for(path: Path, handle: Any) -> Any:
 
     if suffix == ".json":
         payload = path.read_bytes()
-        document = json.loads(payload)
+        try:
+            document = json.loads(payload)
+        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+            raise InvalidArgument(f"{path}: not valid JSON: {exc}") from None
         if isinstance(document, dict) and "inputs" in document:
             return decode_infer_request(payload, model_name=config.name)
         if not isinstance(document, dict):
@@ -45,7 +48,12 @@ def _request_for(path: Path, handle: Any) -> Any:
             spec = config.input(name)
             if spec is None:
                 raise InvalidArgument(f"{path}: model {config.name} has no input {name!r}")
-            array = np.asarray(data, dtype=spec.datatype.numpy)
+            try:
+                array = np.asarray(data, dtype=spec.datatype.numpy)
+            except (ValueError, TypeError) as exc:
+                raise InvalidArgument(
+                    f"{path}: input {name!r} is not {spec.datatype.value} data: {exc}"
+                ) from None
             tensors.append(Tensor(name, spec.datatype, batched(array, spec)))
         return InferRequest(model_name=config.name, inputs=tensors)
     if len(config.inputs) != 1:
@@ -53,9 +61,14 @@ def _request_for(path: Path, handle: Any) -> Any:
             f"model {config.name} has {len(config.inputs)} inputs; give a JSON file naming them"
         )
     if suffix == ".npy":
-        array = np.load(path, allow_pickle=False)
-        if first.datatype is not DataType.BYTES:
-            array = array.astype(first.datatype.numpy)
+        try:
+            array = np.load(path, allow_pickle=False)
+            if first.datatype is not DataType.BYTES:
+                array = array.astype(first.datatype.numpy)
+        except (ValueError, TypeError, OSError) as exc:
+            raise InvalidArgument(
+                f"{path}: cannot read a {first.datatype.value} array: {exc}"
+            ) from None
     elif suffix in IMAGE_SUFFIXES:
         array = load_image(path, first, config.parameters)
     else:

@@ -67,6 +67,11 @@ class EngineCollector:
             "forwardpass_compute_duration_seconds", "Batch merge + forward pass + split time"
         )
         batch = _histogram("forwardpass_batch_size", "Rows per executed batch")
+        providers = GaugeMetricFamily(
+            "forwardpass_execution_provider",
+            "Execution providers in use (1); fallback=1 where a requested provider was missing",
+            labels=[*_LABELS, "provider", "fallback"],
+        )
         for handle in self.engine.models():
             for version, loaded in sorted(handle.versions.items()):
                 labels = [handle.name, str(version)]
@@ -81,7 +86,13 @@ class EngineCollector:
                 _add(queue, labels, stats.queue_latency)
                 _add(compute, labels, stats.compute_latency)
                 _add(batch, labels, stats.batch_size)
-        yield from (success, failure, inferences, executions, pending, request, queue, compute, batch)
+                fell_back = "1" if any(b.fallback_warnings for b in loaded.backends) else "0"
+                for provider in loaded.providers:
+                    providers.add_metric([*labels, provider, fell_back], 1)
+        yield from (
+            success, failure, inferences, executions, pending, request, queue, compute, batch,
+            providers,
+        )  # fmt: skip
 
 
 def metrics_renderer(engine: Engine) -> Callable[[], bytes]:

@@ -10,15 +10,18 @@ Pixels are scaled to [0, 1]. Model parameters refine it:
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from forwardpass.errors import InvalidArgument
 from forwardpass.model_config import TensorSpec
+from forwardpass.processing.base import InputProcessor
 
-__all__ = ["IMAGE_SUFFIXES", "image_layout", "load_image"]
+__all__ = ["IMAGE_SUFFIXES", "ImageInput", "image_layout", "load_image"]
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 
@@ -67,3 +70,144 @@ def load_image(path: Path, spec: TensorSpec, params: Mapping[str, str] | None = 
     elif layout == "HW":
         pixels = pixels.reshape(height, width)
     return np.ascontiguousarray(pixels, dtype=spec.datatype.numpy)
+
+
+# --------------------------------------------------------------------------- served images
+_RESAMPLE = ("nearest", "box", "bilinear", "bicubic", "lanczos")
+
+
+class ImageInput(InputProcessor):
+    """Encoded images (BYTES, one per row) → a float tensor laid out as the model expects.
+
+    Options (all optional): ``color`` (RGB, BGR or L; default from the channel count),
+    ``resize`` (``{shorter: N}``, ``{size: [H, W]}`` or ``{letterbox: [H, W], fill: 114}``),
+    ``resample``, ``crop`` ([H, W], centred), ``scale`` (pixel multiplier, default 1/255),
+    ``mean`` / ``std`` (per channel, after scaling), ``invert`` (true, false, auto).
+    The final size must equal the model input's H×W.
+    """
+
+    def __init__(self, name: str, target: TensorSpec, batching: bool, options: Mapping[str, Any]) -> None:
+        from forwardpass.datatypes import DataType
+
+        self.inputs = (TensorSpec(name=name, datatype=DataType.BYTES, dims=(1,) if batching else (-1,)),)
+        self.targets = (target.name,)
+        self.target = target
+        self.batching = batching
+        layout, channels, height, width = image_layout(target.dims)
+        self.layout, self.channels, self.height, self.width = layout, channels, height, width
+        opts = dict(options)
+        self.color = str(opts.pop("color", "L" if channels == 1 else "RGB")).upper()
+        if self.color not in ("RGB", "BGR", "L") or (self.color == "L") != (channels == 1):
+            raise InvalidArgument(f"image input {name!r}: color {self.color} does not fit {channels} channel(s)")
+        self.resize = opts.pop("resize", None)
+        self.resample = str(opts.pop("resample", "bilinear")).lower()
+        if self.resample not in _RESAMPLE:
+            raise InvalidArgument(f"image input {name!r}: resample must be one of {_RESAMPLE}")
+        crop = opts.pop("crop", None)
+        self.crop = tuple(int(c) for c in crop) if crop else None
+        self.scale = float(opts.pop("scale", 1 / 255))
+        self.mean = np.asarray(opts.pop("mean", 0.0), dtype=np.float32).reshape(-1)
+        self.std = np.asarray(opts.pop("std", 1.0), dtype=np.float32).reshape(-1)
+        if np.any(self.std == 0):
+            raise InvalidArgument(f"image input {name!r}: std must not be 0")
+        for value, what in ((self.mean, "mean"), (self.std, "std")):
+            if value.size not in (1, channels):
+                raise InvalidArgument(f"image input {name!r}: {what} needs 1 or {channels} values")
+        self.invert = str(opts.pop("invert", "false")).lower()
+        if opts:
+            raise InvalidArgument(f"image input {name!r}: unknown option(s) {sorted(opts)}")
+        self._check_geometry(name)
+
+    def _check_geometry(self, name: str) -> None:
+        resize = self.resize
+        if resize is not None and not (
+            isinstance(resize, Mapping)
+            and len(resize) in (1, 2)
+            and ("shorter" in resize or "size" in resize or "letterbox" in resize)
+        ):
+            raise InvalidArgument(
+                f"image input {name!r}: resize must be {{shorter: N}}, {{size: [H, W]}} or "
+                "{letterbox: [H, W]}"
+            )
+        final = self.crop or (
+            tuple(resize.get("size") or resize.get("letterbox") or ()) if resize else ()
+        )
+        if final and tuple(final) != (self.height, self.width):
+            raise InvalidArgument(
+                f"image input {name!r}: processing ends at {list(final)} but model input "
+                f"{self.target.name!r} is {self.height}x{self.width}"
+            )
+
+    def __call__(self, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        (spec,) = self.inputs
+        data = arrays[spec.name].reshape(-1)
+        images = [self._one(item, i) for i, item in enumerate(data)]
+        batch = np.stack(images)
+        if not self.batching:
+            batch = batch[0] if len(images) == 1 else batch
+        return {self.target.name: batch}
+
+    def _one(self, blob: object, index: int) -> np.ndarray:
+        from PIL import Image, ImageOps, UnidentifiedImageError
+
+        if not isinstance(blob, bytes | bytearray) or not blob:
+            raise InvalidArgument(f"input {self.inputs[0].name!r}[{index}]: empty image")
+        try:
+            with Image.open(io.BytesIO(blob)) as img:
+                if img.format == "JPEG" and self.resize:
+                    # Let libjpeg decode at a reduced scale when we shrink a lot anyway.
+                    img.draft("RGB" if self.channels == 3 else "L", (self.width * 2, self.height * 2))
+                img = ImageOps.exif_transpose(img) or img
+                img = img.convert("L" if self.channels == 1 else "RGB")
+                img = self._geometry(img)
+                pixels = np.asarray(img, dtype=np.float32)
+        except (UnidentifiedImageError, OSError, ValueError) as exc:
+            raise InvalidArgument(
+                f"input {self.inputs[0].name!r}[{index}]: cannot decode image: {exc}"
+            ) from None
+        if pixels.ndim == 2:
+            pixels = pixels[:, :, None]
+        if self.color == "BGR":
+            pixels = pixels[:, :, ::-1]
+        pixels = pixels * self.scale
+        if self.invert == "true" or (self.invert == "auto" and float(pixels.mean()) > 0.5 * 255 * self.scale):
+            pixels = 255 * self.scale - pixels
+        pixels = (pixels - self.mean) / self.std
+        if self.layout == "CHW":
+            pixels = pixels.transpose(2, 0, 1)
+        elif self.layout == "HW":
+            pixels = pixels[:, :, 0]
+        return np.ascontiguousarray(pixels, dtype=self.target.datatype.numpy)
+
+    def _geometry(self, img: Any) -> Any:
+        from PIL import Image
+
+        method = getattr(Image.Resampling, self.resample.upper())
+        resize = self.resize
+        if resize:
+            if "shorter" in resize:
+                shorter = int(resize["shorter"])
+                w, h = img.size
+                ratio = shorter / min(w, h)
+                img = img.resize((max(1, round(w * ratio)), max(1, round(h * ratio))), method)
+            elif "size" in resize:
+                h, w = (int(v) for v in resize["size"])
+                img = img.resize((w, h), method)
+            else:
+                h, w = (int(v) for v in resize["letterbox"])
+                fill = int(resize.get("fill", 114))
+                scale = min(w / img.size[0], h / img.size[1])
+                inner = (max(1, round(img.size[0] * scale)), max(1, round(img.size[1] * scale)))
+                canvas = Image.new(img.mode, (w, h), (fill,) * len(img.mode) if len(img.mode) > 1 else fill)
+                canvas.paste(img.resize(inner, method), ((w - inner[0]) // 2, (h - inner[1]) // 2))
+                img = canvas
+        if self.crop:
+            ch, cw = self.crop
+            w, h = img.size
+            if w < cw or h < ch:
+                raise InvalidArgument(f"image is {w}x{h} after resizing, smaller than the {cw}x{ch} crop")
+            left, top = (w - cw) // 2, (h - ch) // 2
+            img = img.crop((left, top, left + cw, top + ch))
+        if img.size != (self.width, self.height):
+            img = img.resize((self.width, self.height), method)
+        return img

@@ -17,6 +17,7 @@ import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote
 
 import orjson
 
@@ -108,7 +109,9 @@ class HttpApp:
             return HttpResponse(500, encode_error(f"internal error: {type(exc).__name__}: {exc}"))
 
     def _route(self, request: HttpRequest) -> Awaitable[HttpResponse]:
-        parts = [p for p in request.path.split("/") if p]
+        # Split first, then percent-decode each segment: tritonclient quotes model names, and
+        # an encoded "/" (%2F) must stay inside its segment, never become a separator.
+        parts = [unquote(p) for p in request.path.split("/") if p]
         method = request.method
         if not parts:
             raise NotFound(f"no route for {method} {request.path}")

@@ -114,6 +114,15 @@ class _Connection(asyncio.Protocol):
         length = self.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > self.limit:
             self.too_large = True
+        elif (
+            self.headers.get("expect", "").lower() == "100-continue"
+            and self.worker is None
+            and not self.pending
+            and self.transport is not None
+        ):
+            # curl (bodies >= 1 MiB) and others wait up to a second for this before sending
+            # the body. Only when no earlier response is owed, so answers stay in order.
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
         if self.too_large:

@@ -48,6 +48,8 @@ class Backend(abc.ABC):
         self.instance = instance
         #: Execution providers (or devices) actually in use, for metadata and logs.
         self.providers: list[str] = []
+        #: Providers that were asked for but missing, taken only where the config allows it.
+        self.fallback_warnings: list[str] = []
 
     def load(self) -> None:
         """Load the model; any failure becomes an :class:`InvalidModelConfig`/`InternalError`."""

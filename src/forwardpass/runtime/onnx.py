@@ -106,8 +106,9 @@ def select_providers(config: ModelConfig, available: Sequence[str]) -> tuple[lis
                 options = {"device_id": gpu_id}
                 if acc.parameters.get("precision_mode", "").upper() == "FP16":
                     options["trt_fp16_enable"] = True
-                if "max_workspace_size_bytes" in acc.parameters:
-                    options["trt_max_workspace_size"] = int(acc.parameters["max_workspace_size_bytes"])
+                workspace = _int_param(acc.parameters, "max_workspace_size_bytes", minimum=1)
+                if workspace is not None:
+                    options["trt_max_workspace_size"] = workspace
                 wanted.append(("TensorrtExecutionProvider", options))
             else:
                 raise InvalidModelConfig(f"unknown gpu_execution_accelerator {acc.name!r}")
@@ -147,13 +148,34 @@ def _bool_param(params: Mapping[str, str], key: str) -> bool | None:
     raise InvalidModelConfig(f"parameter {key} must be true or false, got {params[key]!r}")
 
 
-def _int_param(params: Mapping[str, str], key: str) -> int | None:
+def _int_param(params: Mapping[str, str], key: str, minimum: int = 0) -> int | None:
     if key not in params:
         return None
     try:
-        return int(params[key])
+        value = int(params[key])
     except ValueError:
         raise InvalidModelConfig(f"parameter {key} must be an integer, got {params[key]!r}") from None
+    if value < minimum:
+        raise InvalidModelConfig(f"parameter {key} must be >= {minimum}, got {params[key]!r}")
+    return value
+
+
+def _text(name: str, array: np.ndarray) -> np.ndarray:
+    """A BYTES input as onnxruntime's Python binding needs it: ``str`` elements.
+
+    Given ``bytes`` elements, the binding stores their repr (``"b'abc'"``) in the tensor.
+    """
+    if array.dtype != np.object_:
+        return array
+    try:
+        text = [x.decode("utf-8") if isinstance(x, bytes) else x for x in array.ravel().tolist()]
+    except UnicodeDecodeError as exc:
+        raise InvalidArgument(
+            f"input {name!r}: onnxruntime string tensors take UTF-8 text only: {exc}"
+        ) from None
+    out = np.empty(len(text), dtype=np.object_)
+    out[:] = text
+    return out.reshape(array.shape)
 
 
 class OnnxRuntimeBackend(Backend):
@@ -164,8 +186,8 @@ class OnnxRuntimeBackend(Backend):
     def __init__(self, config: ModelConfig, version_dir: Path, instance: int = 0) -> None:
         super().__init__(config, version_dir, instance)
         self.session: Any = None
-        self.fallback_warnings: list[str] = []
         self._bf16_inputs: set[str] = set()
+        self._string_inputs: set[str] = set()
 
     @property
     def model_path(self) -> Path:
@@ -184,6 +206,10 @@ class OnnxRuntimeBackend(Backend):
         if (n := _int_param(params, "inter_op_thread_count")) is not None:
             options.inter_op_num_threads = n
         if (n := _int_param(params, "execution_mode")) is not None:
+            if n not in (0, 1):
+                raise InvalidModelConfig(
+                    f"parameter execution_mode must be 0 (sequential) or 1 (parallel), got {n}"
+                )
             options.execution_mode = (
                 ort.ExecutionMode.ORT_PARALLEL if n == 1 else ort.ExecutionMode.ORT_SEQUENTIAL
             )
@@ -208,6 +234,7 @@ class OnnxRuntimeBackend(Backend):
             raise InvalidModelConfig(f"onnxruntime cannot load {path.name}: {exc}") from exc
         self.providers = list(self.session.get_providers())
         self._bf16_inputs = {i.name for i in self.session.get_inputs() if i.type == "tensor(bfloat16)"}
+        self._string_inputs = {i.name for i in self.session.get_inputs() if i.type == "tensor(string)"}
 
     def _infer(self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]) -> NamedArrays:
         session = self.session
@@ -219,6 +246,8 @@ class OnnxRuntimeBackend(Backend):
 
             for name in self._bf16_inputs & feed.keys():
                 feed[name] = ort.OrtValue.ortvalue_from_numpy_with_onnx_type(feed[name], 16)
+        for name in self._string_inputs & feed.keys():
+            feed[name] = _text(name, feed[name])
         results = session.run(list(outputs), feed)
         return dict(zip(outputs, results, strict=True))
 

@@ -1,0 +1,144 @@
+"""Reads a model's ``processing`` declaration and builds its :class:`Processing`.
+
+The declaration is JSON or YAML text in the config parameter ``processing`` (in a
+``config.yaml`` it may also be written as a plain ``processing:`` mapping)::
+
+    inputs:
+      - {name: image, kind: image, to: input, resize: {shorter: 256}, crop: [224, 224],
+         scale: 1, mean: 127, std: 128}
+      - {name: text, kind: text, max_length: 256}
+      - {kind: tabular, to: features, scaler: scaler.json}
+    outputs:
+      - {name: probabilities, from: logits, steps: [softmax]}
+      - {name: label, from: logits, steps: [label]}
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from forwardpass.errors import ForwardpassError, InvalidModelConfig
+from forwardpass.model_config import ModelConfig
+from forwardpass.processing.base import InputProcessor, OutputProcessor, Processing
+
+__all__ = ["build_processing", "read_declaration"]
+
+
+def read_declaration(config: ModelConfig) -> dict[str, Any] | None:
+    """The parsed ``processing`` parameter, or None when the model declares none."""
+    text = config.parameters.get("processing")
+    if text is None or not text.strip():
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise InvalidModelConfig(f"parameter processing is neither JSON nor YAML: {exc}") from None
+    if not isinstance(value, dict) or set(value) - {"inputs", "outputs"}:
+        raise InvalidModelConfig("parameter processing must be a mapping with inputs and/or outputs")
+    return value
+
+
+def build_processing(
+    config: ModelConfig, model_dir: Path, labels: Mapping[str, Sequence[str]]
+) -> Processing:
+    """The processors a model declares; an empty :class:`Processing` when it declares none."""
+    declaration = read_declaration(config) or {}
+    inputs: list[InputProcessor] = []
+    outputs: list[OutputProcessor] = []
+    try:
+        for i, item in enumerate(_list(declaration.get("inputs"), "inputs")):
+            inputs.append(_input(config, model_dir, item, i))
+        model_inputs = {spec.name: spec for spec in config.inputs}
+        for i, item in enumerate(_list(declaration.get("outputs"), "outputs")):
+            outputs.append(_output(config, item, i, labels, model_inputs))
+    except ForwardpassError as exc:
+        raise InvalidModelConfig(f"processing: {exc.message}") from None
+    _check_unique(config, inputs, outputs)
+    return Processing(config, tuple(inputs), tuple(outputs))
+
+
+def _list(value: Any, what: str) -> list[Mapping[str, Any]]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, Mapping) for v in value):
+        raise InvalidModelConfig(f"processing {what} must be a list of mappings")
+    return value
+
+
+def _input(config: ModelConfig, model_dir: Path, item: Mapping[str, Any], i: int) -> InputProcessor:
+    options = dict(item)
+    kind = options.pop("kind", None)
+    if kind == "image":
+        from forwardpass.processing.image import ImageInput
+
+        name, target = _name(options, i), config.input(str(options.pop("to", "")))
+        if target is None:
+            raise InvalidModelConfig(f"image input {name!r}: 'to' must name a model input")
+        return ImageInput(name, target, config.batching, options)
+    if kind == "text":
+        from forwardpass.processing.text import TextInput
+
+        return TextInput(_name(options, i), config, model_dir, options)
+    if kind == "tabular":
+        from forwardpass.processing.tabular import TabularInput
+
+        return TabularInput(config, model_dir, options)
+    raise InvalidModelConfig(f"inputs[{i}]: kind must be image, text or tabular, got {kind!r}")
+
+
+def _name(options: dict[str, Any], i: int) -> str:
+    name = options.pop("name", None)
+    if not isinstance(name, str) or not name:
+        raise InvalidModelConfig(f"inputs[{i}] needs a name (what clients send)")
+    return name
+
+
+def _output(
+    config: ModelConfig,
+    item: Mapping[str, Any],
+    i: int,
+    labels: Mapping[str, Sequence[str]],
+    model_inputs: Mapping[str, Any],
+) -> OutputProcessor:
+    from forwardpass.processing.outputs import OutputChain
+
+    options = dict(item)
+    name = options.pop("name", None)
+    source_name = options.pop("from", None)
+    steps = options.pop("steps", [])
+    if options:
+        raise InvalidModelConfig(f"outputs[{i}]: unknown key(s) {sorted(options)}")
+    if not isinstance(name, str) or not name:
+        raise InvalidModelConfig(f"outputs[{i}] needs a name")
+    source = config.output(str(source_name))
+    if source is None:
+        raise InvalidModelConfig(f"output {name!r}: 'from' must name a model output, got {source_name!r}")
+    if not isinstance(steps, list):
+        raise InvalidModelConfig(f"output {name!r}: steps must be a list")
+    return OutputChain(name, source, steps, labels.get(source.name, ()), model_inputs)
+
+
+def _check_unique(
+    config: ModelConfig, inputs: list[InputProcessor], outputs: list[OutputProcessor]
+) -> None:
+    seen: set[str] = set()
+    for p in inputs:
+        for target in p.targets:
+            if target in seen:
+                raise InvalidModelConfig(f"processing: model input {target!r} is filled twice")
+            seen.add(target)
+    client = Processing(config, tuple(inputs), tuple(outputs))
+    names = [s.name for s in client.client_inputs]
+    if len(names) != len(set(names)):
+        raise InvalidModelConfig(f"processing: client input names collide: {names}")
+    names = [s.name for s in client.client_outputs]
+    if len(names) != len(set(names)):
+        raise InvalidModelConfig(f"processing: client output names collide: {names}")
