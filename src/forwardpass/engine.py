@@ -13,8 +13,9 @@ import asyncio
 import enum
 import logging
 import math
+import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,12 +26,15 @@ from forwardpass.config import ServerConfig
 from forwardpass.datatypes import DataType
 from forwardpass.errors import (
     ForwardpassError,
+    InternalError,
     InvalidArgument,
     NotFound,
     Unavailable,
 )
 from forwardpass.model_config import ModelConfig, TensorSpec
 from forwardpass.monitor.stats import ModelStats
+from forwardpass.processing.base import Processing
+from forwardpass.processing.spec import build_processing
 from forwardpass.repository import ModelEntry, ModelRepository, warmup_inputs
 from forwardpass.runtime import Backend, backend_class
 from forwardpass.scheduling.batcher import Batcher, BatcherPolicy
@@ -73,9 +77,13 @@ class ModelHandle:
     entry: ModelEntry | None = None
     versions: dict[int, LoadedVersion] = field(default_factory=dict)
     # Derived once per load for the hot path.
+    #: What clients send and get: the model's own tensors, or those its processing shows.
     input_specs: dict[str, TensorSpec] = field(default_factory=dict)
+    output_specs: dict[str, TensorSpec] = field(default_factory=dict)
     required: frozenset[str] = frozenset()
+    #: The model's own outputs, computed for every batch.
     output_names: tuple[str, ...] = ()
+    processing: Processing | None = None
     latest: LoadedVersion | None = None
 
     @property
@@ -101,6 +109,9 @@ class Engine:
         self.repository = repository
         self.config = config or ServerConfig(model_repository=repository.root)
         self._models: dict[str, ModelHandle] = {}
+        self._processing_pool = ThreadPoolExecutor(
+            max_workers=max(2, os.cpu_count() or 1), thread_name_prefix="fp-processing"
+        )
         self._locks: dict[str, asyncio.Lock] = {}
         self.started = False
         self.stopping = False
@@ -127,6 +138,7 @@ class Engine:
         self.stopping = True
         for name in list(self._models):
             await self._retire(self._models[name], "server is shutting down")
+        self._processing_pool.shutdown(wait=False)
 
     @property
     def ready(self) -> bool:
@@ -160,6 +172,9 @@ class Engine:
                 entry = await loop.run_in_executor(
                     None, lambda: self.repository.read(name, config_override=config_override)
                 )
+                processing = await loop.run_in_executor(
+                    None, build_processing, entry.config, entry.path, entry.labels
+                )
                 built = await loop.run_in_executor(None, self._build, entry)
             except ForwardpassError as exc:
                 if created and isinstance(exc, NotFound):
@@ -171,7 +186,9 @@ class Engine:
                     old.state = ModelState.READY
                 old.reason = exc.message
                 raise
-            handle = ModelHandle(name=name, state=ModelState.READY, entry=entry)
+            handle = ModelHandle(
+                name=name, state=ModelState.READY, entry=entry, processing=processing
+            )
             self._derive(handle)
             for version, (backends, executor) in built.items():
                 stats = ModelStats(name, str(version))
@@ -292,9 +309,15 @@ class Engine:
 
     def _derive(self, handle: ModelHandle) -> None:
         config = handle.config
-        handle.input_specs = {spec.name: spec for spec in config.inputs}
-        handle.required = frozenset(s.name for s in config.inputs if not s.optional)
+        processing = handle.processing
+        inputs = processing.client_inputs if processing else config.inputs
+        outputs = processing.client_outputs if processing else config.outputs
+        handle.input_specs = {spec.name: spec for spec in inputs}
+        handle.output_specs = {spec.name: spec for spec in outputs}
+        handle.required = frozenset(s.name for s in inputs if not s.optional)
         handle.output_names = tuple(o.name for o in config.outputs)
+        if processing is not None and not processing.active:
+            handle.processing = None
 
     # ------------------------------------------------------------------ lookups
     def handle(self, name: str) -> ModelHandle:
@@ -376,8 +399,8 @@ class Engine:
             "name": name,
             "versions": [str(v) for v in sorted(handle.versions)],
             "platform": config.platform or "onnxruntime_onnx",
-            "inputs": [tensor(s) for s in config.inputs],
-            "outputs": [tensor(s) for s in config.outputs],
+            "inputs": [tensor(s) for s in handle.input_specs.values()],
+            "outputs": [tensor(s) for s in handle.output_specs.values()],
         }
 
     # ------------------------------------------------------------------ inference
@@ -389,15 +412,29 @@ class Engine:
         try:
             inputs = self._validate(handle, request)
             priority, timeout = _schedule_params(request.parameters)
+            processing = handle.processing
+            if processing is not None and processing.inputs:
+                inputs = await self._preprocess(processing, inputs)
             outputs, _queue_ns, _compute_ns = await loaded.batcher.submit(
                 inputs, priority=priority, timeout_us=timeout
             )
+            if processing is not None and processing.outputs:
+                outputs = _guarded(processing.postprocess, outputs, inputs)
             response = self._respond(handle, loaded, request, outputs)
         except ForwardpassError as exc:
             stats.on_request(False, time.monotonic_ns() - start, exc.code)
             raise
         stats.on_request(True, time.monotonic_ns() - start)
         return response
+
+    async def _preprocess(
+        self, processing: Processing, inputs: dict[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
+        """Decode/tokenize off the event loop: image decoding takes milliseconds."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._processing_pool, _guarded, processing.preprocess, inputs
+        )
 
     def _validate(self, handle: ModelHandle, request: InferRequest) -> dict[str, np.ndarray]:
         config = handle.config
@@ -461,10 +498,10 @@ class Engine:
             )
         if request.outputs is not None:
             for out in request.outputs:
-                if config.output(out.name) is None:
+                if out.name not in handle.output_specs:
                     raise InvalidArgument(
                         f"unknown output {out.name!r} for model {handle.name!r} "
-                        f"(has {list(handle.output_names)})"
+                        f"(has {list(handle.output_specs)})"
                     )
         return arrays
 
@@ -479,12 +516,11 @@ class Engine:
         tensors: list[Tensor] = []
         wanted = request.outputs
         if wanted is None:
-            for spec in config.outputs:
+            for spec in handle.output_specs.values():
                 tensors.append(Tensor(spec.name, spec.datatype, self._shape_out(config, spec, outputs[spec.name])))
         else:
             for out in wanted:
-                spec = config.output(out.name)
-                assert spec is not None
+                spec = handle.output_specs[out.name]
                 data = self._shape_out(config, spec, outputs[out.name])
                 params = out.parameters
                 if "classification" in params:
@@ -557,6 +593,17 @@ def _runner(backends: list[Backend], outputs: tuple[str, ...]) -> Any:
         return backends[instance].infer(inputs, outputs)
 
     return run
+
+
+def _guarded(fn: Callable[..., dict[str, np.ndarray]], *args: Any) -> dict[str, np.ndarray]:
+    """Run a processing step; a bug in it fails its own request with a 500, nothing else."""
+    try:
+        return fn(*args)
+    except ForwardpassError:
+        raise
+    except Exception as exc:
+        log.exception("processing failed")
+        raise InternalError(f"processing failed: {type(exc).__name__}: {exc}") from exc
 
 
 def _schedule_params(params: Mapping[str, Any]) -> tuple[int, int | None]:

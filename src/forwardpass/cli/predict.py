@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,9 @@ def _request_for(path: Path, handle: Any) -> Any:
     suffix = path.suffix.lower()
     if not path.is_file():
         raise InvalidArgument(f"input file {path} does not exist")
-    first = config.inputs[0]
+    # What a client sends: the model's inputs, or the raw ones its processing declares.
+    specs = list(handle.input_specs.values())
+    first = specs[0]
 
     def batched(array: np.ndarray, spec: Any) -> np.ndarray:
         if config.batching and array.ndim == len(spec.dims):
@@ -45,7 +48,7 @@ def _request_for(path: Path, handle: Any) -> Any:
             raise InvalidArgument(f"{path}: expected a V2 request or an object of input → data")
         tensors = []
         for name, data in document.items():
-            spec = config.input(name)
+            spec = handle.input_specs.get(name)
             if spec is None:
                 raise InvalidArgument(f"{path}: model {config.name} has no input {name!r}")
             try:
@@ -56,10 +59,19 @@ def _request_for(path: Path, handle: Any) -> Any:
                 ) from None
             tensors.append(Tensor(name, spec.datatype, batched(array, spec)))
         return InferRequest(model_name=config.name, inputs=tensors)
-    if len(config.inputs) != 1:
+    if len(specs) != 1:
         raise InvalidArgument(
-            f"model {config.name} has {len(config.inputs)} inputs; give a JSON file naming them"
+            f"model {config.name} has {len(specs)} inputs; give a JSON file naming them"
         )
+    if first.datatype is DataType.BYTES and suffix in (*IMAGE_SUFFIXES, ".txt"):
+        # Raw input declared by the model's processing: send the file's bytes (an image) or
+        # one string per line (text), exactly as a client would.
+        items = [path.read_bytes()] if suffix != ".txt" else [
+            line.encode() for line in path.read_text().splitlines() if line.strip()
+        ]
+        array = np.empty((len(items), 1) if config.batching else (len(items),), dtype=object)
+        array.reshape(-1)[:] = items
+        return InferRequest(model_name=config.name, inputs=[Tensor(first.name, first.datatype, array)])
     if suffix == ".npy":
         try:
             array = np.load(path, allow_pickle=False)
@@ -76,11 +88,21 @@ def _request_for(path: Path, handle: Any) -> Any:
     return InferRequest(model_name=config.name, inputs=[Tensor(first.name, first.datatype, batched(array, first))])
 
 
+_RANKED = re.compile(rb"^-?[\d.]+(e[-+]?\d+)?:\d+(:.*)?$|^(nan|inf|-inf):\d+(:.*)?$", re.S)
+
+
+def _ranked(data: Any) -> bool:
+    """Whether a BYTES output holds ``score:index[:label]`` strings (classification, top-k)."""
+    return data.dtype == object and data.size > 0 and all(
+        isinstance(x, bytes) and _RANKED.match(x) for x in data.reshape(-1)[:4]
+    )
+
+
 def _summarise(response: Any, top_k: int, labelled: set[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for tensor in response.outputs:
         data = tensor.data
-        if tensor.name in labelled:
+        if tensor.name in labelled or _ranked(data):
             rows = []
             for entry in data.reshape(-1, data.shape[-1]) if data.ndim > 1 else [data]:
                 ranked = []
@@ -90,7 +112,10 @@ def _summarise(response: Any, top_k: int, labelled: set[str]) -> dict[str, Any]:
                 rows.append(ranked[:top_k])
             out[tensor.name] = rows if len(rows) > 1 else rows[0]
         else:
-            out[tensor.name] = {"shape": list(data.shape), "data": data.tolist()}
+            values = data.tolist()
+            if data.dtype == object:
+                values = [v.decode("utf-8", "replace") for v in data.reshape(-1).tolist()]
+            out[tensor.name] = {"shape": list(data.shape), "data": values}
     return out
 
 
@@ -123,14 +148,19 @@ def predict(model: str, inputs: tuple[Path, ...], model_repository: Path | None,
         await engine.load(model)
         try:
             handle = engine.handle(model)
-            labelled = {name for name, labels in handle.entry.labels.items() if labels}
+            labelled = {
+                name
+                for name, labels in handle.entry.labels.items()
+                if labels and name in handle.output_specs
+                and handle.output_specs[name].datatype.value != "BYTES"
+            }
             results = []
             for path in inputs:
                 request = _request_for(path, handle)
                 if request.outputs is None:
                     request.outputs = [
                         RequestedOutput(o.name, {"classification": top_k} if o.name in labelled else {})
-                        for o in handle.config.outputs
+                        for o in handle.output_specs.values()
                     ]
                 response = await engine.infer(request)
                 results.append((path, _summarise(response, top_k, labelled)))

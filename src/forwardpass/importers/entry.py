@@ -20,11 +20,12 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from forwardpass.errors import InternalError, InvalidArgument, InvalidModelConfig
+from forwardpass.importers.verification import Verification
 from forwardpass.model_config import ModelConfig
 from forwardpass.repository import (
     CONFIG_FILES,
@@ -35,7 +36,14 @@ from forwardpass.repository import (
 from forwardpass.repository.pbtxt_writer import config_to_pbtxt
 from forwardpass.runtime.onnx import describe_onnx
 
-__all__ = ["EntryPlan", "WrittenEntry", "build_config", "write_entry"]
+__all__ = [
+    "EntryPlan",
+    "ImportResult",
+    "WrittenEntry",
+    "build_config",
+    "save_entry",
+    "write_entry",
+]
 
 log = logging.getLogger("forwardpass.importers")
 
@@ -225,3 +233,54 @@ def write_entry(repository: Path, plan: EntryPlan, *, version: int | None = None
         return _add_version(folder, plan, version)
     except OSError as exc:
         raise InternalError(f"cannot write model {plan.name!r} into {repository}: {exc}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class ImportResult:
+    """What an import wrote and how closely the export matched the original."""
+
+    framework: str
+    entry: WrittenEntry
+    config: ModelConfig
+    verification: Verification
+    #: Things the user should know (recorded feature names, a kept config ...).
+    notes: tuple[str, ...] = ()
+
+
+def save_entry(
+    framework: str,
+    repository: Path,
+    name: str,
+    model_file: Path,
+    verification: Verification,
+    *,
+    max_batch_size: int | None = None,
+    labels: Sequence[str] | None = None,
+    labels_for: str | None = None,
+    parameters: Mapping[str, str] | None = None,
+    files: Mapping[str, bytes] | None = None,
+    version: int | None = None,
+    notes: Sequence[str] = (),
+) -> ImportResult:
+    """Refuse a failed verification, then write the entry (see :func:`write_entry`)."""
+    verification.raise_if_failed()
+    shared = dict(files or {})
+    if labels:
+        if any("\n" in label or "\r" in label for label in labels):
+            raise InvalidArgument("class labels must not contain line breaks")
+        shared["labels.txt"] = ("\n".join(labels) + "\n").encode("utf-8")
+    config = build_config(
+        name,
+        model_file,
+        max_batch_size=max_batch_size,
+        labels_for=labels_for if labels else None,
+        parameters=parameters,
+    )
+    plan = EntryPlan(name=name, model_file=model_file, config=config, files=shared)
+    written = write_entry(repository, plan, version=version)
+    notes = list(notes)
+    if any(p.name in CONFIG_FILES for p in written.kept):
+        notes.append(f"kept the existing config of {name!r}: it fits the new version")
+    # Read back as the server will: the effective config, and proof the entry loads.
+    effective = ModelRepository(repository).read(name).config
+    return ImportResult(framework, written, effective, verification, tuple(notes))

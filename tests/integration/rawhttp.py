@@ -1,0 +1,54 @@
+"""Raw HTTP for the requests tritonclient cannot (or will not) send."""
+
+from __future__ import annotations
+
+import http.client
+import json
+from dataclasses import dataclass
+from typing import Any
+
+#: The main server's --max-request-bytes, small enough that a test can exceed it cheaply.
+MAX_REQUEST_BYTES = 1 << 20
+
+
+@dataclass
+class RawResponse:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    @property
+    def error(self) -> str:
+        """The ``error`` of a ``{"error": ...}`` body (asserting that shape)."""
+        document = self.json()
+        assert isinstance(document, dict) and set(document) == {"error"}, document
+        assert isinstance(document["error"], str) and document["error"]
+        return document["error"]
+
+
+def raw_request(
+    address: str,
+    method: str,
+    path: str,
+    body: bytes | str | dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 30,
+) -> RawResponse:
+    """One HTTP request on a fresh connection; ``body`` as a dict is sent as JSON."""
+    if isinstance(body, dict):
+        body = json.dumps(body)
+    if isinstance(body, str):
+        body = body.encode()
+    host, port = address.rsplit(":", 1)
+    connection = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    try:
+        connection.request(method, path, body=body, headers=headers or {})
+        response = connection.getresponse()
+        return RawResponse(
+            response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+        )
+    finally:
+        connection.close()

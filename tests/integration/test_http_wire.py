@@ -1,0 +1,97 @@
+"""HTTP/1.1 on the wire, with a plain socket: pipelining and ``Expect: 100-continue``."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from typing import Any
+
+from rawhttp import MAX_REQUEST_BYTES
+
+
+def _connect(server: Any) -> socket.socket:
+    host, port = server.address.split(":")
+    return socket.create_connection((host, int(port)), timeout=10)
+
+
+def _read_response(sock: socket.socket, buffer: bytearray) -> tuple[int, dict[str, str], bytes]:
+    """One response from ``sock`` (leftover bytes stay in ``buffer``)."""
+    while b"\r\n\r\n" not in buffer:
+        chunk = sock.recv(65536)
+        assert chunk, "connection closed before a full response"
+        buffer += chunk
+    head, _, _ = bytes(buffer).partition(b"\r\n\r\n")
+    del buffer[: len(head) + 4]
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    length = int(headers.get("content-length", "0"))
+    while len(buffer) < length:
+        chunk = sock.recv(65536)
+        assert chunk, "connection closed inside a body"
+        buffer += chunk
+    body = bytes(buffer[:length])
+    del buffer[:length]
+    return status, headers, body
+
+
+def _infer_request(value: float, extra_headers: str = "") -> bytes:
+    body = json.dumps(
+        {"inputs": [{"name": "in", "datatype": "INT32", "shape": [2], "data": [int(value), 0]}]}
+    ).encode()
+    head = (
+        "POST /v2/models/echo_i32/infer HTTP/1.1\r\nHost: x\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n{extra_headers}\r\n"
+    )
+    return head.encode() + body
+
+
+def test_pipelined_requests_are_answered_in_order(server: Any) -> None:
+    with _connect(server) as sock:
+        bad = b"POST /v2/models/echo_i32/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{]"
+        sock.sendall(b"".join([_infer_request(1), bad, _infer_request(2), _infer_request(3)]))
+        buffer = bytearray()
+        answers = [_read_response(sock, buffer) for _ in range(4)]
+    assert [status for status, _, _ in answers] == [200, 400, 200, 200]
+    assert "malformed JSON" in json.loads(answers[1][2])["error"]
+    for (_, _, body), value in zip((answers[0], answers[2], answers[3]), (1, 2, 3), strict=True):
+        assert json.loads(body)["outputs"][0]["data"] == [value, 0]
+
+
+def test_expect_100_continue(server: Any) -> None:
+    request = _infer_request(7, "Expect: 100-continue\r\n")
+    head, _, body = request.partition(b"\r\n\r\n")
+    with _connect(server) as sock:
+        sock.sendall(head + b"\r\n\r\n")
+        sock.settimeout(2)
+        began = time.monotonic()
+        interim = sock.recv(65536)
+        assert interim.startswith(b"HTTP/1.1 100 Continue\r\n\r\n"), interim
+        assert time.monotonic() - began < 1  # clients wait about a second without it
+        sock.sendall(body)
+        buffer = bytearray(interim[len(b"HTTP/1.1 100 Continue\r\n\r\n") :])
+        status, _, answer = _read_response(sock, buffer)
+    assert status == 200
+    assert json.loads(answer)["outputs"][0]["data"] == [7, 0]
+
+
+def test_expect_100_continue_over_the_limit_is_not_invited(server: Any) -> None:
+    size = MAX_REQUEST_BYTES + 1
+    head = (
+        "POST /v2/models/echo_i32/infer HTTP/1.1\r\nHost: x\r\n"
+        f"Content-Length: {size}\r\nExpect: 100-continue\r\n\r\n"
+    ).encode()
+    with _connect(server) as sock:
+        sock.sendall(head)
+        sock.settimeout(0.5)
+        try:
+            early = sock.recv(65536)
+        except TimeoutError:
+            early = b""
+        assert not early.startswith(b"HTTP/1.1 100"), early
+        sock.settimeout(10)
+        sock.sendall(b" " * size)
+        status, _, answer = _read_response(sock, bytearray(early))
+    assert status == 413
+    assert str(MAX_REQUEST_BYTES) in json.loads(answer)["error"]

@@ -1,0 +1,133 @@
+"""Declared processing through the engine: raw images in, interpreted answers out."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from model_builders import run_with_engine, write_model
+from onnx import TensorProto, helper
+from PIL import Image
+
+from forwardpass.datatypes import DataType
+from forwardpass.engine import Engine
+from forwardpass.errors import InvalidArgument
+from forwardpass.types import InferRequest, RequestedOutput, Tensor
+
+
+def channel_means_model() -> onnx.ModelProto:
+    """logits[n, c] = mean over H, W of image[n, c] (a 'classifier' of the dominant colour)."""
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["image"], ["logits"], axes=[2, 3], keepdims=0)],
+        "means",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["n", 3, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 3])],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+PROCESSING = {
+    "inputs": [{"name": "photo", "kind": "image", "to": "image", "resize": {"shorter": 8},
+                "crop": [8, 8], "scale": 0.05}],
+    "outputs": [
+        {"name": "colour", "from": "logits", "steps": ["label"]},
+        {"name": "top", "from": "logits", "steps": ["softmax", {"topk": 2}]},
+    ],
+}
+
+
+def config() -> str:
+    return f"""
+name: "colours"
+max_batch_size: 8
+dynamic_batching {{ }}
+output [ {{ name: "logits" data_type: TYPE_FP32 dims: [ 3 ] label_filename: "labels.txt" }} ]
+parameters {{ key: "processing" value: {{ string_value: {json.dumps(json.dumps(PROCESSING))} }} }}
+"""
+
+
+def png(colour: tuple[int, int, int], size: tuple[int, int] = (20, 12)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def photo(*blobs: bytes) -> Tensor:
+    array = np.empty((len(blobs), 1), dtype=object)
+    for i, blob in enumerate(blobs):
+        array[i, 0] = blob
+    return Tensor("photo", DataType.BYTES, array)
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    write_model(tmp_path, "colours", config=config(), model=channel_means_model(),
+                files={"labels.txt": "red\ngreen\nblue\n"})
+    return tmp_path
+
+
+def test_metadata_shows_the_raw_input_and_interpreted_outputs(repo: Path) -> None:
+    async def body(engine: Engine) -> None:
+        meta = engine.metadata("colours")
+        assert meta["inputs"] == [{"name": "photo", "datatype": "BYTES", "shape": [-1, 1]}]
+        assert meta["outputs"] == [
+            {"name": "colour", "datatype": "BYTES", "shape": [-1, 1]},
+            {"name": "top", "datatype": "BYTES", "shape": [-1, 2]},
+        ]
+
+    run_with_engine(repo, body)
+
+
+def test_images_in_labels_out(repo: Path) -> None:
+    async def body(engine: Engine) -> None:
+        response = await engine.infer(
+            InferRequest(model_name="colours", inputs=[photo(png((250, 10, 10)), png((0, 0, 200)))])
+        )
+        answers = {t.name: t.data for t in response.outputs}
+        assert answers["colour"].tolist() == [[b"red"], [b"blue"]]
+        assert answers["top"][0, 0].decode().endswith(":0:red")
+        only = await engine.infer(InferRequest(
+            model_name="colours", inputs=[photo(png((0, 255, 0)))], outputs=[RequestedOutput("colour")]
+        ))
+        assert [t.name for t in only.outputs] == ["colour"]
+        assert only.outputs[0].data.tolist() == [[b"green"]]
+
+    run_with_engine(repo, body)
+
+
+def test_a_bad_image_fails_alone(repo: Path) -> None:
+    async def body(engine: Engine) -> None:
+        requests = [
+            engine.infer(InferRequest(model_name="colours", inputs=[photo(png((0, 0, 255)))]))
+            for _ in range(6)
+        ]
+        bad = engine.infer(InferRequest(model_name="colours", inputs=[photo(b"\x89PNG broken")]))
+        results = await asyncio.gather(*requests, bad, return_exceptions=True)
+        assert all(not isinstance(r, BaseException) for r in results[:-1])
+        assert isinstance(results[-1], InvalidArgument)
+        assert "cannot decode image" in results[-1].message
+        with pytest.raises(InvalidArgument, match="unknown input 'image'"):
+            await engine.infer(InferRequest(
+                model_name="colours",
+                inputs=[Tensor("image", DataType.FP32, np.zeros((1, 3, 8, 8), np.float32))],
+            ))
+
+    run_with_engine(repo, body)
+
+
+def test_a_wrong_declaration_makes_the_model_unavailable(tmp_path: Path) -> None:
+    bad = config().replace('\\"to\\": \\"image\\"', '\\"to\\": \\"nope\\"')
+    write_model(tmp_path, "colours", config=bad, model=channel_means_model(),
+                files={"labels.txt": "red\ngreen\nblue\n"})
+
+    async def body(engine: Engine) -> None:
+        (entry,) = engine.index()
+        assert entry["state"] == "UNAVAILABLE"
+        assert "processing" in entry["reason"] and "'to'" in entry["reason"]
+
+    run_with_engine(tmp_path, body)
