@@ -16,6 +16,7 @@ def register(group: click.Group) -> None:
         ("forwardpass.cli.models", "models"),
         ("forwardpass.cli.inspect", "inspect"),
         ("forwardpass.cli.bench", "bench"),
+        ("forwardpass.cli.importer", "import_"),
     ):
         try:
             module = importlib.import_module(module_name)

@@ -167,10 +167,9 @@ class HttpApp:
             return self._infer(name, version, request)
         if action == "ready":
             self._method(method, "GET")
-            if self.engine.is_ready(name, version):
-                return _now(_EMPTY_OK)
-            self.engine.handle(name)  # 404 for an unknown model
-            raise Unavailable(f"model {name!r} is not ready")
+            # version() raises 404 for an unknown model or version, 503 for one not ready.
+            self.engine.version(name, version)
+            return _now(_EMPTY_OK)
         if action == "config":
             self._method(method, "GET")
             handle, _ = self.engine.version(name, version)

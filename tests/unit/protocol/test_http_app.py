@@ -146,7 +146,7 @@ def test_model_metadata_ready_and_config(repo: Path) -> None:
 
         assert (await call("GET", "/v2/models/add/ready")).status == 200
         assert (await call("GET", "/v2/models/echo/versions/2/ready")).status == 200
-        error(await call("GET", "/v2/models/echo/versions/9/ready"), 503, "not ready")
+        error(await call("GET", "/v2/models/echo/versions/9/ready"), 404, "no version 9")
         error(await call("GET", "/v2/models/ghost/ready"), 404, "'ghost'")
         error(await call("GET", "/v2/models/broken/ready"), 503, "not ready")
 
