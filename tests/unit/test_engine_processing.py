@@ -131,3 +131,29 @@ def test_a_wrong_declaration_makes_the_model_unavailable(tmp_path: Path) -> None
         assert "processing" in entry["reason"] and "'to'" in entry["reason"]
 
     run_with_engine(tmp_path, body)
+
+
+def test_yaml_config_declares_processing_as_a_mapping(tmp_path: Path) -> None:
+    import yaml
+
+    from forwardpass.repository import ModelRepository
+
+    folder = write_model(tmp_path, "colours", model=channel_means_model(),
+                         files={"labels.txt": "red\ngreen\nblue\n"})
+    (folder / "config.yaml").write_text(yaml.safe_dump({
+        "max_batch_size": 8,
+        "output": [{"name": "logits", "data_type": "TYPE_FP32", "dims": [3],
+                    "label_filename": "labels.txt"}],
+        "processing": PROCESSING,
+    }))
+    entry = ModelRepository(tmp_path).read("colours")
+    assert json.loads(entry.config.parameters["processing"]) == PROCESSING
+
+    async def body(engine: Engine) -> None:
+        response = await engine.infer(
+            InferRequest(model_name="colours", inputs=[photo(png((0, 250, 0)))],
+                         outputs=[RequestedOutput("colour")])
+        )
+        assert response.outputs[0].data.tolist() == [[b"green"]]
+
+    run_with_engine(tmp_path, body)

@@ -27,6 +27,8 @@ requires a complete config. The way back, a config as Triton's JSON, is
 
 from __future__ import annotations
 
+import json
+
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, Literal, cast
@@ -112,7 +114,10 @@ _TOP_UNSUPPORTED = ("sequence_batching", "ensemble_scheduling", "batch_input", "
 def read_draft(d: Mapping[str, Any], *, name: str) -> ConfigDraft:
     """Read a config dict (pbtxt, YAML or Triton JSON) without requiring the model's tensors."""
     top = message_fields(
-        d, "", _TOP_FIELDS + _TOP_UNSUPPORTED + ("model_transaction_policy",), _TOP_IGNORED
+        d,
+        "",
+        _TOP_FIELDS + _TOP_UNSUPPORTED + ("model_transaction_policy", "processing"),
+        _TOP_IGNORED,
     )
     for key in _TOP_UNSUPPORTED:
         # batch_input/batch_output come as [] in Triton JSON; the schedulers' mere presence counts.
@@ -163,6 +168,16 @@ def read_draft(d: Mapping[str, Any], *, name: str) -> ConfigDraft:
             for k, v, p in map_entries(top.get("parameters"), "parameters")
         }
     )
+    if "processing" in top:
+        # The native YAML form may write the processing declaration as a mapping; it is kept
+        # as the JSON text of the ``processing`` parameter, where config.pbtxt carries it.
+        if "processing" in fields["parameters"]:
+            raise config_error("processing", "declared both as a key and as a parameter")
+        if not isinstance(top["processing"], Mapping):
+            raise config_error("processing", "must be a mapping with inputs and/or outputs")
+        fields["parameters"] = MappingProxyType(
+            {**fields["parameters"], "processing": json.dumps(top["processing"])}
+        )
     fields["optimization"] = _optimization(top.get("optimization"))
     fields["model_warmup"] = tuple(
         _warmup(w, f"model_warmup[{i}]", i) for i, w in enumerate(repeated(top.get("model_warmup")))
