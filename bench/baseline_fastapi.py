@@ -85,8 +85,12 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8300)
     args = parser.parse_args()
     uvicorn.run(
-        build_app(args.model_dir), host="127.0.0.1", port=args.port, log_level="warning",
-        loop="uvloop", http="httptools",
+        build_app(args.model_dir),
+        host="127.0.0.1",
+        port=args.port,
+        log_level="warning",
+        loop="uvloop",
+        http="httptools",
     )
 
 

@@ -72,9 +72,25 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
-def load(url: str, model: str, concurrency: str, duration: float, binary: bool = False) -> list[dict[str, Any]]:
-    cmd = [PY, "-m", "forwardpass", "bench", model, "--url", url, "-c", concurrency,
-           "-d", str(duration), "--warmup", "1", "--json"]
+def load(
+    url: str, model: str, concurrency: str, duration: float, binary: bool = False
+) -> list[dict[str, Any]]:
+    cmd = [
+        PY,
+        "-m",
+        "forwardpass",
+        "bench",
+        model,
+        "--url",
+        url,
+        "-c",
+        concurrency,
+        "-d",
+        str(duration),
+        "--warmup",
+        "1",
+        "--json",
+    ]
     if binary:
         cmd.append("--binary")
     return run_json(pinned(CLIENT_CORE, *cmd))["results"]
@@ -82,9 +98,20 @@ def load(url: str, model: str, concurrency: str, duration: float, binary: bool =
 
 def raw(model: Path, batches: str, seconds: float) -> list[dict[str, Any]]:
     out = subprocess.run(
-        pinned(SERVER_CORE, PY, str(HERE / "raw_ort.py"), str(model), "--batch", batches,
-               "--seconds", str(seconds), "--json"),
-        check=True, capture_output=True, text=True,
+        pinned(
+            SERVER_CORE,
+            PY,
+            str(HERE / "raw_ort.py"),
+            str(model),
+            "--batch",
+            batches,
+            "--seconds",
+            str(seconds),
+            "--json",
+        ),
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     return [json.loads(line) for line in out.splitlines() if line.strip()]
 
@@ -93,7 +120,9 @@ def startup_time() -> float:
     began = time.perf_counter()
     proc = subprocess.Popen(
         [PY, "-m", "forwardpass", "serve", "--http-port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
     )
     assert proc.stdout is not None
     for line in proc.stdout:
@@ -114,16 +143,28 @@ def main() -> int:
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         repo = Path(tmp) / "repo"
-        subprocess.run([PY, str(HERE / "models.py"), str(repo), "--no-timing"], check=True,
-                       capture_output=True)
+        subprocess.run(
+            [PY, str(HERE / "models.py"), str(repo), "--no-timing"], check=True, capture_output=True
+        )
 
         results["raw_tiny"] = raw(repo / "tiny/1/model.onnx", "1", 3)
         results["raw_compute"] = raw(repo / "compute/1/model.onnx", "1,8,16,32", 4)
 
         url = "http://127.0.0.1:8201"
         server = start(
-            pinned(SERVER_CORE, PY, "-m", "forwardpass", "serve", "--model-repository", str(repo),
-                   "--http-port", "8201", "--log-level", "WARNING"),
+            pinned(
+                SERVER_CORE,
+                PY,
+                "-m",
+                "forwardpass",
+                "serve",
+                "--model-repository",
+                str(repo),
+                "--http-port",
+                "8201",
+                "--log-level",
+                "WARNING",
+            ),
             url + "/v2/health/ready",
         )
         try:
@@ -138,8 +179,14 @@ def main() -> int:
 
         base_url = "http://127.0.0.1:8301"
         baseline = start(
-            pinned(SERVER_CORE, PY, str(HERE / "baseline_fastapi.py"), str(repo / "tiny"),
-                   "--port", "8301"),
+            pinned(
+                SERVER_CORE,
+                PY,
+                str(HERE / "baseline_fastapi.py"),
+                str(repo / "tiny"),
+                "--port",
+                "8301",
+            ),
             base_url + "/v2/models/tiny",
         )
         try:
@@ -167,20 +214,34 @@ def report(r: dict[str, Any]) -> None:
 
     best_raw = max(x["samples_per_s"] for x in r["raw_compute"])
     best_batch = max(r["raw_compute"], key=lambda x: x["samples_per_s"])["batch"]
+    fp32, base32 = tput("fp_tiny_json", 32), tput("fastapi_tiny_json", 32)
+    fp1, base1 = p50("fp_tiny_json", 1), p50("fastapi_tiny_json", 1)
+    batched = tput("fp_compute", 32)
     rows = [
-        ("tiny JSON c32 (infer/s)", f"{tput('fp_tiny_json', 32):,.0f}",
-         f"FastAPI {tput('fastapi_tiny_json', 32):,.0f}  ({tput('fp_tiny_json', 32) / tput('fastapi_tiny_json', 32):.1f}x)"),
+        (
+            "tiny JSON c32 (infer/s)",
+            f"{fp32:,.0f}",
+            f"FastAPI {base32:,.0f} ({fp32 / base32:.1f}x)",
+        ),
         ("tiny binary c32 (infer/s)", f"{tput('fp_tiny_binary', 32):,.0f}", ""),
         ("tiny JSON no-batch model c32", f"{tput('fp_tiny_nobatch_json', 32):,.0f}", ""),
-        ("tiny JSON c1 p50 (ms)", f"{p50('fp_tiny_json', 1):.3f}",
-         f"FastAPI {p50('fastapi_tiny_json', 1):.3f}  (+{p50('fp_tiny_json', 1) - p50('fastapi_tiny_json', 1):.3f} ms)"),
+        ("tiny JSON c1 p50 (ms)", f"{fp1:.3f}", f"FastAPI {base1:.3f}  (+{fp1 - base1:.3f} ms)"),
         ("bare session tiny batch 1 (samples/s)", f"{r['raw_tiny'][0]['samples_per_s']:,.0f}", ""),
-        ("compute c32, batching delay 0", f"{tput('fp_compute', 32):,.1f}",
-         f"{tput('fp_compute', 32) / best_raw:.1%} of bare best batch ({best_batch}: {best_raw:,.1f}/s)"),
-        ("compute c32, delay 10 ms, preferred 16", f"{tput('fp_compute_delay', 32):,.1f}",
-         f"{tput('fp_compute_delay', 32) / best_raw:.1%} of bare best batch"),
-        ("compute c32, no batching", f"{tput('fp_compute_nobatch', 32):,.1f}",
-         f"{tput('fp_compute_nobatch', 32) / best_raw:.1%} of bare best batch"),
+        (
+            "compute c32, batching delay 0",
+            f"{tput('fp_compute', 32):,.1f}",
+            f"{batched / best_raw:.1%} of bare best batch ({best_batch}: {best_raw:,.1f}/s)",
+        ),
+        (
+            "compute c32, delay 10 ms, preferred 16",
+            f"{tput('fp_compute_delay', 32):,.1f}",
+            f"{tput('fp_compute_delay', 32) / best_raw:.1%} of bare best batch",
+        ),
+        (
+            "compute c32, no batching",
+            f"{tput('fp_compute_nobatch', 32):,.1f}",
+            f"{tput('fp_compute_nobatch', 32) / best_raw:.1%} of bare best batch",
+        ),
         ("compute c1 p50 (ms)", f"{p50('fp_compute', 1):.2f}", ""),
         ("serve ready, embedded repo (s)", f"{r['startup_s']:.2f}", "best of 3"),
     ]

@@ -155,8 +155,7 @@ def deserialize_bytes_tensor(buffer: bytes | memoryview, count: int | None = Non
         offset += 4
         if length > end - offset:
             raise InvalidArgument(
-                f"BYTES element {len(items)} declares {length} bytes but only "
-                f"{end - offset} remain"
+                f"BYTES element {len(items)} declares {length} bytes but only {end - offset} remain"
             )
         items.append(bytes(view[offset : offset + length]))
         offset += length

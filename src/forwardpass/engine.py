@@ -206,7 +206,9 @@ class Engine:
                     name=f"{name}:{version}",
                 )
                 batcher.start()
-                handle.versions[version] = LoadedVersion(version, backends, batcher, executor, stats)
+                handle.versions[version] = LoadedVersion(
+                    version, backends, batcher, executor, stats
+                )
             handle.latest = handle.versions[max(handle.versions)] if handle.versions else None
             self._models[name] = handle
             log.info(
@@ -230,9 +232,7 @@ class Engine:
     async def _retire(self, handle: ModelHandle, reason: str, remove: bool = True) -> None:
         handle.state = ModelState.UNLOADING
         versions = list(handle.versions.values())
-        await asyncio.gather(
-            *(v.batcher.close(self.config.shutdown_grace_s) for v in versions)
-        )
+        await asyncio.gather(*(v.batcher.close(self.config.shutdown_grace_s) for v in versions))
         for v in versions:
             for backend in v.backends:
                 backend.unload()
@@ -378,12 +378,22 @@ class Engine:
                     if ready_only and handle.state is not ModelState.READY:
                         continue
                     out.append(
-                        {"name": name, "version": str(version), "state": handle.state.value,
-                         "reason": handle.reason if handle.state is not ModelState.READY else ""}
+                        {
+                            "name": name,
+                            "version": str(version),
+                            "state": handle.state.value,
+                            "reason": handle.reason if handle.state is not ModelState.READY else "",
+                        }
                     )
             elif not ready_only:
-                out.append({"name": name, "version": "", "state": handle.state.value,
-                            "reason": handle.reason})
+                out.append(
+                    {
+                        "name": name,
+                        "version": "",
+                        "state": handle.state.value,
+                        "reason": handle.reason,
+                    }
+                )
         return out
 
     def metadata(self, name: str, version: str = "") -> dict[str, Any]:
@@ -392,8 +402,11 @@ class Engine:
         batch = (-1,) if config.batching else ()
 
         def tensor(spec: TensorSpec) -> dict[str, Any]:
-            return {"name": spec.name, "datatype": spec.datatype.value,
-                    "shape": list(batch + spec.dims)}
+            return {
+                "name": spec.name,
+                "datatype": spec.datatype.value,
+                "shape": list(batch + spec.dims),
+            }
 
         return {
             "name": name,
@@ -517,7 +530,11 @@ class Engine:
         wanted = request.outputs
         if wanted is None:
             for spec in handle.output_specs.values():
-                tensors.append(Tensor(spec.name, spec.datatype, self._shape_out(config, spec, outputs[spec.name])))
+                tensors.append(
+                    Tensor(
+                        spec.name, spec.datatype, self._shape_out(config, spec, outputs[spec.name])
+                    )
+                )
         else:
             for out in wanted:
                 spec = handle.output_specs[out.name]
@@ -525,9 +542,12 @@ class Engine:
                 params = out.parameters
                 if "classification" in params:
                     tensors.append(
-                        Tensor(out.name, DataType.BYTES,
-                               self._classify(handle, spec, data, params["classification"]),
-                               dict(params))
+                        Tensor(
+                            out.name,
+                            DataType.BYTES,
+                            self._classify(handle, spec, data, params["classification"]),
+                            dict(params),
+                        )
                     )
                 else:
                     tensors.append(Tensor(out.name, spec.datatype, data, dict(params)))
@@ -544,7 +564,9 @@ class Engine:
             return data.reshape(((data.shape[0],) if config.batching else ()) + spec.dims)
         return data
 
-    def _classify(self, handle: ModelHandle, spec: TensorSpec, data: np.ndarray, count: Any) -> np.ndarray:
+    def _classify(
+        self, handle: ModelHandle, spec: TensorSpec, data: np.ndarray, count: Any
+    ) -> np.ndarray:
         """Triton's classification extension: top-N as ``"value:index[:label]"`` strings."""
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise InvalidArgument(
@@ -582,9 +604,7 @@ class Engine:
                 return [loaded.stats.triton()]
             return [v.stats.triton() for _, v in sorted(handle.versions.items())]
         return [
-            v.stats.triton()
-            for handle in self.models()
-            for _, v in sorted(handle.versions.items())
+            v.stats.triton() for handle in self.models() for _, v in sorted(handle.versions.items())
         ]
 
 
@@ -610,11 +630,14 @@ def _schedule_params(params: Mapping[str, Any]) -> tuple[int, int | None]:
     """Triton's schedule-policy parameters ``priority`` and ``timeout`` (µs)."""
     priority = params.get("priority", 0)
     if isinstance(priority, bool) or not isinstance(priority, int) or priority < 0:
-        raise InvalidArgument(f"parameter priority must be a non-negative integer, got {priority!r}")
+        raise InvalidArgument(
+            f"parameter priority must be a non-negative integer, got {priority!r}"
+        )
     timeout = params.get("timeout")
     if timeout is not None and (
         isinstance(timeout, bool) or not isinstance(timeout, int) or timeout < 0
     ):
-        raise InvalidArgument(f"parameter timeout must be a non-negative integer (µs), got {timeout!r}")
+        raise InvalidArgument(
+            f"parameter timeout must be a non-negative integer (µs), got {timeout!r}"
+        )
     return priority, timeout
-

@@ -7,11 +7,11 @@ Protocol adapters map the tree to wire status codes in exactly one place
 (:func:`http_status` here; gRPC later maps ``code`` the same way).
 
     ForwardpassError                      code        HTTP
-    ├── InvalidArgument                   INVALID     400   bad request: JSON, shapes, types, names
+    ├── InvalidArgument                   INVALID     400   bad request: JSON, shapes, names
     │   ├── PayloadTooLarge               INVALID     413   body over the configured size limit
-    │   └── InvalidModelConfig            INVALID     400   a config.pbtxt / config.yaml that is wrong
+    │   └── InvalidModelConfig            INVALID     400   a wrong config.pbtxt / config.yaml
     ├── NotFound                          NOT_FOUND   404   unknown model, version or route
-    ├── Unavailable                       UNAVAILABLE 503   model not ready, queue full, shutting down
+    ├── Unavailable                       UNAVAILABLE 503   not ready, queue full, stopping
     │   └── RequestTimeout                UNAVAILABLE 503   the request's queue timeout expired
     ├── Unsupported                       UNSUPPORTED 501   a feature this build does not provide
     └── InternalError                     INTERNAL    500   a backend failed while running a batch

@@ -75,6 +75,7 @@ def run_server(config: ServerConfig, on_ready: Callable[[int], None] | None = No
         port = await server.start()
         loop = asyncio.get_running_loop()
         stopping = False
+        stopping_tasks: list[asyncio.Task[None]] = []
 
         def on_signal() -> None:
             nonlocal stopping
@@ -86,7 +87,8 @@ def run_server(config: ServerConfig, on_ready: Callable[[int], None] | None = No
                 os._exit(1)
             stopping = True
             log.info("shutting down: finishing in-flight requests")
-            loop.create_task(server.stop())
+            # The loop keeps only a weak reference to a task: hold this one until it is done.
+            stopping_tasks.append(loop.create_task(server.stop()))
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, on_signal)

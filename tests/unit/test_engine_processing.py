@@ -32,8 +32,16 @@ def channel_means_model() -> onnx.ModelProto:
 
 
 PROCESSING = {
-    "inputs": [{"name": "photo", "kind": "image", "to": "image", "resize": {"shorter": 8},
-                "crop": [8, 8], "scale": 0.05}],
+    "inputs": [
+        {
+            "name": "photo",
+            "kind": "image",
+            "to": "image",
+            "resize": {"shorter": 8},
+            "crop": [8, 8],
+            "scale": 0.05,
+        }
+    ],
     "outputs": [
         {"name": "colour", "from": "logits", "steps": ["label"]},
         {"name": "top", "from": "logits", "steps": ["softmax", {"topk": 2}]},
@@ -66,8 +74,13 @@ def photo(*blobs: bytes) -> Tensor:
 
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
-    write_model(tmp_path, "colours", config=config(), model=channel_means_model(),
-                files={"labels.txt": "red\ngreen\nblue\n"})
+    write_model(
+        tmp_path,
+        "colours",
+        config=config(),
+        model=channel_means_model(),
+        files={"labels.txt": "red\ngreen\nblue\n"},
+    )
     return tmp_path
 
 
@@ -91,9 +104,13 @@ def test_images_in_labels_out(repo: Path) -> None:
         answers = {t.name: t.data for t in response.outputs}
         assert answers["colour"].tolist() == [[b"red"], [b"blue"]]
         assert answers["top"][0, 0].decode().endswith(":0:red")
-        only = await engine.infer(InferRequest(
-            model_name="colours", inputs=[photo(png((0, 255, 0)))], outputs=[RequestedOutput("colour")]
-        ))
+        only = await engine.infer(
+            InferRequest(
+                model_name="colours",
+                inputs=[photo(png((0, 255, 0)))],
+                outputs=[RequestedOutput("colour")],
+            )
+        )
         assert [t.name for t in only.outputs] == ["colour"]
         assert only.outputs[0].data.tolist() == [[b"green"]]
 
@@ -112,18 +129,25 @@ def test_a_bad_image_fails_alone(repo: Path) -> None:
         assert isinstance(results[-1], InvalidArgument)
         assert "cannot decode image" in results[-1].message
         with pytest.raises(InvalidArgument, match="unknown input 'image'"):
-            await engine.infer(InferRequest(
-                model_name="colours",
-                inputs=[Tensor("image", DataType.FP32, np.zeros((1, 3, 8, 8), np.float32))],
-            ))
+            await engine.infer(
+                InferRequest(
+                    model_name="colours",
+                    inputs=[Tensor("image", DataType.FP32, np.zeros((1, 3, 8, 8), np.float32))],
+                )
+            )
 
     run_with_engine(repo, body)
 
 
 def test_a_wrong_declaration_makes_the_model_unavailable(tmp_path: Path) -> None:
     bad = config().replace('\\"to\\": \\"image\\"', '\\"to\\": \\"nope\\"')
-    write_model(tmp_path, "colours", config=bad, model=channel_means_model(),
-                files={"labels.txt": "red\ngreen\nblue\n"})
+    write_model(
+        tmp_path,
+        "colours",
+        config=bad,
+        model=channel_means_model(),
+        files={"labels.txt": "red\ngreen\nblue\n"},
+    )
 
     async def body(engine: Engine) -> None:
         (entry,) = engine.index()
@@ -138,21 +162,35 @@ def test_yaml_config_declares_processing_as_a_mapping(tmp_path: Path) -> None:
 
     from forwardpass.repository import ModelRepository
 
-    folder = write_model(tmp_path, "colours", model=channel_means_model(),
-                         files={"labels.txt": "red\ngreen\nblue\n"})
-    (folder / "config.yaml").write_text(yaml.safe_dump({
-        "max_batch_size": 8,
-        "output": [{"name": "logits", "data_type": "TYPE_FP32", "dims": [3],
-                    "label_filename": "labels.txt"}],
-        "processing": PROCESSING,
-    }))
+    folder = write_model(
+        tmp_path, "colours", model=channel_means_model(), files={"labels.txt": "red\ngreen\nblue\n"}
+    )
+    (folder / "config.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "max_batch_size": 8,
+                "output": [
+                    {
+                        "name": "logits",
+                        "data_type": "TYPE_FP32",
+                        "dims": [3],
+                        "label_filename": "labels.txt",
+                    }
+                ],
+                "processing": PROCESSING,
+            }
+        )
+    )
     entry = ModelRepository(tmp_path).read("colours")
     assert json.loads(entry.config.parameters["processing"]) == PROCESSING
 
     async def body(engine: Engine) -> None:
         response = await engine.infer(
-            InferRequest(model_name="colours", inputs=[photo(png((0, 250, 0)))],
-                         outputs=[RequestedOutput("colour")])
+            InferRequest(
+                model_name="colours",
+                inputs=[photo(png((0, 250, 0)))],
+                outputs=[RequestedOutput("colour")],
+            )
         )
         assert response.outputs[0].data.tolist() == [[b"green"]]
 

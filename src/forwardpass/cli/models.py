@@ -30,13 +30,19 @@ def models(model_repository: Path | None, url: str | None, as_json: bool) -> Non
         import urllib.request
 
         try:
-            req = urllib.request.Request(url.rstrip("/") + "/v2/repository/index", data=b"{}", method="POST")
+            req = urllib.request.Request(
+                url.rstrip("/") + "/v2/repository/index", data=b"{}", method="POST"
+            )
             with urllib.request.urlopen(req, timeout=10) as resp:
                 for item in json.loads(resp.read()):
-                    rows.append({
-                        "name": item.get("name", ""), "versions": item.get("version", ""),
-                        "state": item.get("state", ""), "detail": item.get("reason", ""),
-                    })
+                    rows.append(
+                        {
+                            "name": item.get("name", ""),
+                            "versions": item.get("version", ""),
+                            "state": item.get("state", ""),
+                            "detail": item.get("reason", ""),
+                        }
+                    )
         except (urllib.error.URLError, OSError, ValueError) as exc:
             raise click.ClickException(f"cannot reach {url}: {exc}") from None
     else:
@@ -54,22 +60,31 @@ def models(model_repository: Path | None, url: str | None, as_json: bool) -> Non
             try:
                 entry = repo.read(name)
             except ForwardpassError as exc:
-                rows.append({"name": name, "versions": "", "state": "UNAVAILABLE", "detail": exc.message})
+                rows.append(
+                    {"name": name, "versions": "", "state": "UNAVAILABLE", "detail": exc.message}
+                )
                 continue
             cfg = entry.config
-            io = ", ".join(
-                f"{s.name}:{s.datatype.value}{list(((-1,) if cfg.batching else ()) + s.dims)}"
-                for s in cfg.inputs
-            ) + " → " + ", ".join(
-                f"{s.name}:{s.datatype.value}{list(((-1,) if cfg.batching else ()) + s.dims)}"
-                for s in cfg.outputs
+            io = (
+                ", ".join(
+                    f"{s.name}:{s.datatype.value}{list(((-1,) if cfg.batching else ()) + s.dims)}"
+                    for s in cfg.inputs
+                )
+                + " → "
+                + ", ".join(
+                    f"{s.name}:{s.datatype.value}{list(((-1,) if cfg.batching else ()) + s.dims)}"
+                    for s in cfg.outputs
+                )
             )
-            rows.append({
-                "name": name,
-                "versions": ",".join(str(v) for v in entry.versions),
-                "state": "OK",
-                "detail": f"{cfg.backend or cfg.platform}, max_batch_size {cfg.max_batch_size}; {io}",
-            })
+            rows.append(
+                {
+                    "name": name,
+                    "versions": ",".join(str(v) for v in entry.versions),
+                    "state": "OK",
+                    "detail": f"{cfg.backend or cfg.platform}, "
+                    f"max_batch_size {cfg.max_batch_size}; {io}",
+                }
+            )
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return

@@ -66,12 +66,16 @@ def _request_for(path: Path, handle: Any) -> Any:
     if first.datatype is DataType.BYTES and suffix in (*IMAGE_SUFFIXES, ".txt"):
         # Raw input declared by the model's processing: send the file's bytes (an image) or
         # one string per line (text), exactly as a client would.
-        items = [path.read_bytes()] if suffix != ".txt" else [
-            line.encode() for line in path.read_text().splitlines() if line.strip()
-        ]
+        items = (
+            [path.read_bytes()]
+            if suffix != ".txt"
+            else [line.encode() for line in path.read_text().splitlines() if line.strip()]
+        )
         array = np.empty((len(items), 1) if config.batching else (len(items),), dtype=object)
         array.reshape(-1)[:] = items
-        return InferRequest(model_name=config.name, inputs=[Tensor(first.name, first.datatype, array)])
+        return InferRequest(
+            model_name=config.name, inputs=[Tensor(first.name, first.datatype, array)]
+        )
     if suffix == ".npy":
         try:
             array = np.load(path, allow_pickle=False)
@@ -85,7 +89,9 @@ def _request_for(path: Path, handle: Any) -> Any:
         array = load_image(path, first, config.parameters)
     else:
         raise InvalidArgument(f"{path}: unsupported input type {suffix!r} (image, .npy or .json)")
-    return InferRequest(model_name=config.name, inputs=[Tensor(first.name, first.datatype, batched(array, first))])
+    return InferRequest(
+        model_name=config.name, inputs=[Tensor(first.name, first.datatype, batched(array, first))]
+    )
 
 
 _RANKED = re.compile(rb"^-?[\d.]+(e[-+]?\d+)?:\d+(:.*)?$|^(nan|inf|-inf):\d+(:.*)?$", re.S)
@@ -93,8 +99,10 @@ _RANKED = re.compile(rb"^-?[\d.]+(e[-+]?\d+)?:\d+(:.*)?$|^(nan|inf|-inf):\d+(:.*
 
 def _ranked(data: Any) -> bool:
     """Whether a BYTES output holds ``score:index[:label]`` strings (classification, top-k)."""
-    return data.dtype == object and data.size > 0 and all(
-        isinstance(x, bytes) and _RANKED.match(x) for x in data.reshape(-1)[:4]
+    return (
+        data.dtype == object
+        and data.size > 0
+        and all(isinstance(x, bytes) and _RANKED.match(x) for x in data.reshape(-1)[:4])
     )
 
 
@@ -108,7 +116,13 @@ def _summarise(response: Any, top_k: int, labelled: set[str]) -> dict[str, Any]:
                 ranked = []
                 for item in entry:
                     value, index, *label = item.decode().split(":", 2)
-                    ranked.append({"label": label[0] if label else index, "index": int(index), "score": float(value)})
+                    ranked.append(
+                        {
+                            "label": label[0] if label else index,
+                            "index": int(index),
+                            "score": float(value),
+                        }
+                    )
                 rows.append(ranked[:top_k])
             out[tensor.name] = rows if len(rows) > 1 else rows[0]
         else:
@@ -130,7 +144,9 @@ def _summarise(response: Any, top_k: int, labelled: set[str]) -> dict[str, Any]:
 )
 @click.option("--top-k", type=int, default=5, show_default=True, help="Labels shown per input.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
-def predict(model: str, inputs: tuple[Path, ...], model_repository: Path | None, top_k: int, as_json: bool) -> None:
+def predict(
+    model: str, inputs: tuple[Path, ...], model_repository: Path | None, top_k: int, as_json: bool
+) -> None:
     """Run MODEL on INPUTS (images, .npy arrays or JSON) without a server."""
     from rich.console import Console
     from rich.table import Table
@@ -148,10 +164,12 @@ def predict(model: str, inputs: tuple[Path, ...], model_repository: Path | None,
         await engine.load(model)
         try:
             handle = engine.handle(model)
+            assert handle.entry is not None  # a loaded model always has its entry
             labelled = {
                 name
                 for name, labels in handle.entry.labels.items()
-                if labels and name in handle.output_specs
+                if labels
+                and name in handle.output_specs
                 and handle.output_specs[name].datatype.value != "BYTES"
             }
             results = []
@@ -159,7 +177,9 @@ def predict(model: str, inputs: tuple[Path, ...], model_repository: Path | None,
                 request = _request_for(path, handle)
                 if request.outputs is None:
                     request.outputs = [
-                        RequestedOutput(o.name, {"classification": top_k} if o.name in labelled else {})
+                        RequestedOutput(
+                            o.name, {"classification": top_k} if o.name in labelled else {}
+                        )
                         for o in handle.output_specs.values()
                     ]
                 response = await engine.infer(request)

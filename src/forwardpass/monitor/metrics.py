@@ -98,7 +98,7 @@ class EngineCollector:
 def metrics_renderer(engine: Engine) -> Callable[[], bytes]:
     """A function that renders the Prometheus text exposition for ``engine``."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(EngineCollector(engine))  # type: ignore[arg-type]
+    registry.register(EngineCollector(engine))
 
     def render() -> bytes:
         return generate_latest(registry)

@@ -13,7 +13,7 @@ from typing import Any
 
 from forwardpass.scheduling.batcher import BatchRecord
 
-__all__ = ["LATENCY_BUCKETS_S", "BATCH_BUCKETS", "Histogram", "ModelStats"]
+__all__ = ["BATCH_BUCKETS", "LATENCY_BUCKETS_S", "Histogram", "ModelStats"]
 
 #: Seconds; spans 50 µs .. 10 s.
 LATENCY_BUCKETS_S: tuple[float, ...] = (

@@ -5,7 +5,8 @@ Pixels are scaled to [0, 1]. Model parameters refine it:
 
 - ``image_invert``: ``true``, ``false`` or ``auto`` (invert when the picture is mostly light, for
   models trained on light ink on a dark ground, like scikit-learn's digits);
-- ``image_resample``: ``box`` (area average, right for heavy downscaling), ``bilinear``, ``bicubic``.
+- ``image_resample``: ``box`` (area average, right for heavy downscaling), ``bilinear`` or
+  ``bicubic``.
 """
 
 from __future__ import annotations
@@ -48,8 +49,8 @@ def load_image(path: Path, spec: TensorSpec, params: Mapping[str, str] | None = 
     params = params or {}
     layout, channels, height, width = image_layout(spec.dims)
     try:
-        with Image.open(path) as img:
-            img = ImageOps.exif_transpose(img)
+        with Image.open(path) as source:
+            img = ImageOps.exif_transpose(source) or source
             img = img.convert("L" if channels == 1 else "RGB")
             resample = {
                 "box": Image.Resampling.BOX,
@@ -86,10 +87,14 @@ class ImageInput(InputProcessor):
     The final size must equal the model input's H×W.
     """
 
-    def __init__(self, name: str, target: TensorSpec, batching: bool, options: Mapping[str, Any]) -> None:
+    def __init__(
+        self, name: str, target: TensorSpec, batching: bool, options: Mapping[str, Any]
+    ) -> None:
         from forwardpass.datatypes import DataType
 
-        self.inputs = (TensorSpec(name=name, datatype=DataType.BYTES, dims=(1,) if batching else (-1,)),)
+        self.inputs = (
+            TensorSpec(name=name, datatype=DataType.BYTES, dims=(1,) if batching else (-1,)),
+        )
         self.targets = (target.name,)
         self.target = target
         self.batching = batching
@@ -98,7 +103,9 @@ class ImageInput(InputProcessor):
         opts = dict(options)
         self.color = str(opts.pop("color", "L" if channels == 1 else "RGB")).upper()
         if self.color not in ("RGB", "BGR", "L") or (self.color == "L") != (channels == 1):
-            raise InvalidArgument(f"image input {name!r}: color {self.color} does not fit {channels} channel(s)")
+            raise InvalidArgument(
+                f"image input {name!r}: color {self.color} does not fit {channels} channel(s)"
+            )
         self.resize = opts.pop("resize", None)
         self.resample = str(opts.pop("resample", "bilinear")).lower()
         if self.resample not in _RESAMPLE:
@@ -153,11 +160,13 @@ class ImageInput(InputProcessor):
         if not isinstance(blob, bytes | bytearray) or not blob:
             raise InvalidArgument(f"input {self.inputs[0].name!r}[{index}]: empty image")
         try:
-            with Image.open(io.BytesIO(blob)) as img:
-                if img.format == "JPEG" and self.resize:
+            with Image.open(io.BytesIO(blob)) as source:
+                if source.format == "JPEG" and self.resize:
                     # Let libjpeg decode at a reduced scale when we shrink a lot anyway.
-                    img.draft("RGB" if self.channels == 3 else "L", (self.width * 2, self.height * 2))
-                img = ImageOps.exif_transpose(img) or img
+                    source.draft(
+                        "RGB" if self.channels == 3 else "L", (self.width * 2, self.height * 2)
+                    )
+                img = ImageOps.exif_transpose(source) or source
                 img = img.convert("L" if self.channels == 1 else "RGB")
                 img = self._geometry(img)
                 pixels = np.asarray(img, dtype=np.float32)
@@ -170,7 +179,9 @@ class ImageInput(InputProcessor):
         if self.color == "BGR":
             pixels = pixels[:, :, ::-1]
         pixels = pixels * self.scale
-        if self.invert == "true" or (self.invert == "auto" and float(pixels.mean()) > 0.5 * 255 * self.scale):
+        if self.invert == "true" or (
+            self.invert == "auto" and float(pixels.mean()) > 0.5 * 255 * self.scale
+        ):
             pixels = 255 * self.scale - pixels
         pixels = (pixels - self.mean) / self.std
         if self.layout == "CHW":
@@ -198,14 +209,18 @@ class ImageInput(InputProcessor):
                 fill = int(resize.get("fill", 114))
                 scale = min(w / img.size[0], h / img.size[1])
                 inner = (max(1, round(img.size[0] * scale)), max(1, round(img.size[1] * scale)))
-                canvas = Image.new(img.mode, (w, h), (fill,) * len(img.mode) if len(img.mode) > 1 else fill)
+                canvas = Image.new(
+                    img.mode, (w, h), (fill,) * len(img.mode) if len(img.mode) > 1 else fill
+                )
                 canvas.paste(img.resize(inner, method), ((w - inner[0]) // 2, (h - inner[1]) // 2))
                 img = canvas
         if self.crop:
             ch, cw = self.crop
             w, h = img.size
             if w < cw or h < ch:
-                raise InvalidArgument(f"image is {w}x{h} after resizing, smaller than the {cw}x{ch} crop")
+                raise InvalidArgument(
+                    f"image is {w}x{h} after resizing, smaller than the {cw}x{ch} crop"
+                )
             left, top = (w - cw) // 2, (h - ch) // 2
             img = img.crop((left, top, left + cw, top + ch))
         if img.size != (self.width, self.height):

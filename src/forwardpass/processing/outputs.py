@@ -83,15 +83,21 @@ class OutputChain(OutputProcessor):
             elif isinstance(raw, Mapping) and len(raw) == 1:
                 ((kind, arg),) = raw.items()
             else:
-                raise InvalidModelConfig(f"{where}: a step is a name or a one-key mapping, got {raw!r}")
+                raise InvalidModelConfig(
+                    f"{where}: a step is a name or a one-key mapping, got {raw!r}"
+                )
             if datatype in (DataType.BYTES, DataType.BOOL):
-                raise InvalidModelConfig(f"{where}: {kind} cannot follow a step giving {datatype.value}")
+                raise InvalidModelConfig(
+                    f"{where}: {kind} cannot follow a step giving {datatype.value}"
+                )
             if kind in ("softmax", "sigmoid", "l2_normalize"):
                 datatype = DataType.FP32
             elif kind == "mean_pool":
                 mask = model_inputs.get(str(arg))
                 if mask is None:
-                    raise InvalidModelConfig(f"{where}: mean_pool needs a model input mask, got {arg!r}")
+                    raise InvalidModelConfig(
+                        f"{where}: mean_pool needs a model input mask, got {arg!r}"
+                    )
                 sources.append(mask.name)
                 dims = dims[:-2] + dims[-1:] if len(dims) >= 2 else dims
                 datatype = DataType.FP32
@@ -99,7 +105,9 @@ class OutputChain(OutputProcessor):
                 dims, datatype = (dims[:-1] or (1,)), DataType.INT64
             elif kind == "label":
                 if not labels:
-                    raise InvalidModelConfig(f"{where}: label needs a labels file for {source.name!r}")
+                    raise InvalidModelConfig(
+                        f"{where}: label needs a labels file for {source.name!r}"
+                    )
                 dims, datatype = (dims[:-1] or (1,)), DataType.BYTES
             elif kind == "topk":
                 if not isinstance(arg, int) or arg < 1:
@@ -137,8 +145,17 @@ class OutputChain(OutputProcessor):
             elif kind == "label":
                 index = np.argmax(x, axis=-1)
                 flat = np.empty(index.size, dtype=object)
-                flat[:] = [self.labels[int(i)].encode() if int(i) < len(self.labels) else str(int(i)).encode() for i in index.reshape(-1)]
-                x = flat.reshape(index.shape + (1,)) if index.ndim < 2 else flat.reshape(index.shape)
+                flat[:] = [
+                    self.labels[int(i)].encode()
+                    if int(i) < len(self.labels)
+                    else str(int(i)).encode()
+                    for i in index.reshape(-1)
+                ]
+                x = (
+                    flat.reshape(index.shape + (1,))
+                    if index.ndim < 2
+                    else flat.reshape(index.shape)
+                )
             elif kind == "topk":
                 x = _topk(x, int(arg), self.labels)
             elif kind == "threshold":

@@ -40,9 +40,13 @@ def read_declaration(config: ModelConfig) -> dict[str, Any] | None:
         try:
             value = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise InvalidModelConfig(f"parameter processing is neither JSON nor YAML: {exc}") from None
+            raise InvalidModelConfig(
+                f"parameter processing is neither JSON nor YAML: {exc}"
+            ) from None
     if not isinstance(value, dict) or set(value) - {"inputs", "outputs"}:
-        raise InvalidModelConfig("parameter processing must be a mapping with inputs and/or outputs")
+        raise InvalidModelConfig(
+            "parameter processing must be a mapping with inputs and/or outputs"
+        )
     return value
 
 
@@ -120,7 +124,9 @@ def _output(
         raise InvalidModelConfig(f"outputs[{i}] needs a name")
     source = config.output(str(source_name))
     if source is None:
-        raise InvalidModelConfig(f"output {name!r}: 'from' must name a model output, got {source_name!r}")
+        raise InvalidModelConfig(
+            f"output {name!r}: 'from' must name a model output, got {source_name!r}"
+        )
     if not isinstance(steps, list):
         raise InvalidModelConfig(f"output {name!r}: steps must be a list")
     return OutputChain(name, source, steps, labels.get(source.name, ()), model_inputs)

@@ -37,11 +37,14 @@ class TabularInput(InputProcessor):
             names = config.parameters.get("feature_names", "")
             columns = [c for c in names.split(",") if c]
         if not columns or len(set(columns)) != len(columns):
-            raise InvalidModelConfig("tabular input: columns must be a non-empty list of distinct names")
+            raise InvalidModelConfig(
+                "tabular input: columns must be a non-empty list of distinct names"
+            )
         width = target.dims[-1] if target.dims else -1
         if width not in (-1, len(columns)):
             raise InvalidModelConfig(
-                f"tabular input: {len(columns)} columns but model input {target.name!r} takes {width}"
+                f"tabular input: {len(columns)} columns but model input {target.name!r} "
+                f"takes {width}"
             )
         mean, scale = opts.pop("mean", None), opts.pop("scale", None)
         if "scaler" in opts:
@@ -52,7 +55,9 @@ class TabularInput(InputProcessor):
                 stored = json.loads(path.read_text())
                 mean, scale = stored["mean"], stored["scale"]
             except (ValueError, KeyError, TypeError) as exc:
-                raise InvalidModelConfig(f"tabular input: bad scaler file {path.name}: {exc}") from None
+                raise InvalidModelConfig(
+                    f"tabular input: bad scaler file {path.name}: {exc}"
+                ) from None
         if opts:
             raise InvalidModelConfig(f"tabular input: unknown option(s) {sorted(opts)}")
         self.mean = None if mean is None else np.asarray(mean, dtype=np.float32)

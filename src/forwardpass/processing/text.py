@@ -30,7 +30,9 @@ _ROLES = ("input_ids", "attention_mask", "token_type_ids")
 class TextInput(InputProcessor):
     """BYTES strings (one per row) → input_ids / attention_mask / token_type_ids."""
 
-    def __init__(self, name: str, config: ModelConfig, model_dir: Path, options: Mapping[str, Any]) -> None:
+    def __init__(
+        self, name: str, config: ModelConfig, model_dir: Path, options: Mapping[str, Any]
+    ) -> None:
         try:
             from tokenizers import Tokenizer
         except ImportError:
@@ -44,7 +46,9 @@ class TextInput(InputProcessor):
         try:
             self.tokenizer = Tokenizer.from_file(str(file))
         except Exception as exc:
-            raise InvalidModelConfig(f"text input {name!r}: cannot read {file.name}: {exc}") from exc
+            raise InvalidModelConfig(
+                f"text input {name!r}: cannot read {file.name}: {exc}"
+            ) from exc
         self.max_length = int(opts.pop("max_length", 256))
         self.truncation = bool(opts.pop("truncation", True))
         self.max_bytes = int(opts.pop("max_bytes", 65536))
@@ -62,7 +66,9 @@ class TextInput(InputProcessor):
             elif explicit:
                 raise InvalidModelConfig(f"text input {name!r}: model has no input {target!r}")
         if targets:
-            raise InvalidModelConfig(f"text input {name!r}: unknown target role(s) {sorted(targets)}")
+            raise InvalidModelConfig(
+                f"text input {name!r}: unknown target role(s) {sorted(targets)}"
+            )
         if "input_ids" not in self.roles:
             raise InvalidModelConfig(f"text input {name!r}: the model has no input_ids input")
         if self.truncation:
@@ -71,7 +77,9 @@ class TextInput(InputProcessor):
             self.tokenizer.no_truncation()
         self.tokenizer.no_padding()
         self.batching = config.batching
-        self.inputs = (TensorSpec(name=name, datatype=DataType.BYTES, dims=(1,) if config.batching else (-1,)),)
+        self.inputs = (
+            TensorSpec(name=name, datatype=DataType.BYTES, dims=(1,) if config.batching else (-1,)),
+        )
         self.targets = tuple(spec.name for spec in self.roles.values())
 
     def __call__(self, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -81,12 +89,15 @@ class TextInput(InputProcessor):
             raw = item if isinstance(item, bytes | bytearray) else str(item).encode()
             if len(raw) > self.max_bytes:
                 raise InvalidArgument(
-                    f"input {spec.name!r}[{i}]: text is {len(raw)} bytes, over the {self.max_bytes}-byte limit"
+                    f"input {spec.name!r}[{i}]: text is {len(raw)} bytes, over the "
+                    f"{self.max_bytes}-byte limit"
                 )
             try:
                 text = bytes(raw).decode("utf-8")
             except UnicodeDecodeError as exc:
-                raise InvalidArgument(f"input {spec.name!r}[{i}]: text is not UTF-8: {exc}") from None
+                raise InvalidArgument(
+                    f"input {spec.name!r}[{i}]: text is not UTF-8: {exc}"
+                ) from None
             if not text.strip():
                 raise InvalidArgument(f"input {spec.name!r}[{i}]: text is empty")
             texts.append(text)
@@ -94,7 +105,8 @@ class TextInput(InputProcessor):
         longest = max(len(e.ids) for e in encodings)
         if not self.truncation and longest > self.max_length:
             raise InvalidArgument(
-                f"input {spec.name!r}: a text has {longest} tokens, over max_length {self.max_length}"
+                f"input {spec.name!r}: a text has {longest} tokens, over max_length "
+                f"{self.max_length}"
             )
         width = min(-(-longest // self.multiple) * self.multiple, max(self.max_length, longest))
         out: dict[str, np.ndarray] = {}
@@ -102,8 +114,10 @@ class TextInput(InputProcessor):
         for role, target in self.roles.items():
             array = np.zeros((rows, width), dtype=target.datatype.numpy)
             for r, enc in enumerate(encodings):
-                values = enc.ids if role == "input_ids" else (
-                    enc.attention_mask if role == "attention_mask" else enc.type_ids
+                values = (
+                    enc.ids
+                    if role == "input_ids"
+                    else (enc.attention_mask if role == "attention_mask" else enc.type_ids)
                 )
                 array[r, : len(values)] = values
             out[target.name] = array

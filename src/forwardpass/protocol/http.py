@@ -240,7 +240,9 @@ class HttpApp:
         raise NotFound(f"no route for {method} {request.path}")
 
     def _server_metadata(self) -> HttpResponse:
-        return _json({"name": "forwardpass", "version": __version__, "extensions": list(EXTENSIONS)})
+        return _json(
+            {"name": "forwardpass", "version": __version__, "extensions": list(EXTENSIONS)}
+        )
 
 
 def _load_parameters(params: dict[str, Any]) -> tuple[dict[str, Any] | None, dict[str, bytes]]:
@@ -263,11 +265,17 @@ def _load_parameters(params: dict[str, Any]) -> tuple[dict[str, Any] | None, dic
             try:
                 files[key[5:]] = base64.b64decode(value, validate=True)
             except binascii.Error as exc:
-                raise InvalidArgument(f"load parameter {key!r} is not valid base64: {exc}") from None
+                raise InvalidArgument(
+                    f"load parameter {key!r} is not valid base64: {exc}"
+                ) from None
         else:
-            raise InvalidArgument(f"unknown load parameter {key!r} (expected config or file:<path>)")
+            raise InvalidArgument(
+                f"unknown load parameter {key!r} (expected config or file:<path>)"
+            )
     if files and config is None:
-        raise InvalidArgument("load parameters with files must also carry 'config' (as Triton requires)")
+        raise InvalidArgument(
+            "load parameters with files must also carry 'config' (as Triton requires)"
+        )
     return config, files
 
 

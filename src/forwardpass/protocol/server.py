@@ -144,7 +144,12 @@ class _Connection(asyncio.Protocol):
             path = (url if q < 0 else url[:q]).decode("latin-1")
             body = self.body[0] if len(self.body) == 1 else b"".join(self.body)
             self.pending.append(
-                (HttpRequest(self.parser.get_method().decode("latin-1"), path, body, self.headers), keep_alive)
+                (
+                    HttpRequest(
+                        self.parser.get_method().decode("latin-1"), path, body, self.headers
+                    ),
+                    keep_alive,
+                )
             )
         if self.worker is None:
             self.worker = asyncio.get_running_loop().create_task(self._serve())
@@ -227,7 +232,9 @@ class HttpServer:
             try:
                 await asyncio.wait_for(self.idle.wait(), grace_s)
             except TimeoutError:
-                log.warning("%d request(s) still running after %.1fs; closing", self.in_flight, grace_s)
+                log.warning(
+                    "%d request(s) still running after %.1fs; closing", self.in_flight, grace_s
+                )
         for conn in list(self.connections):
             conn.close_if_idle()
         if self._server is not None:

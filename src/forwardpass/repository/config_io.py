@@ -28,7 +28,6 @@ requires a complete config. The way back, a config as Triton's JSON, is
 from __future__ import annotations
 
 import json
-
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, Literal, cast

@@ -73,7 +73,7 @@ class Backend(abc.ABC):
             raise InternalError(f"backend {self.name} returned no output(s) {missing}")
         return result
 
-    def unload(self) -> None:
+    def unload(self) -> None:  # noqa: B027 - optional hook; most backends free on GC
         """Release the model's resources. Safe to call twice."""
 
     def translate_error(self, exc: Exception) -> ForwardpassError:

@@ -41,7 +41,9 @@ class NullBackend(Backend):
         if self.fail_value is not None:
             for array in arrays:
                 if array.dtype.kind in "biuf" and np.any(array == self.fail_value):
-                    raise InternalError(f"null backend: input contains fail_value {self.fail_value}")
+                    raise InternalError(
+                        f"null backend: input contains fail_value {self.fail_value}"
+                    )
         batch = arrays[0].shape[0] if arrays and self.config.batching else None
         result: NamedArrays = {}
         names = [o.name for o in self.config.outputs]

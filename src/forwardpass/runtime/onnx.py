@@ -50,8 +50,7 @@ def _dims(type_proto: Any) -> tuple[int, ...] | None:
     if not tensor.HasField("shape"):
         return None
     return tuple(
-        d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else -1
-        for d in tensor.shape.dim
+        d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else -1 for d in tensor.shape.dim
     )
 
 
@@ -154,7 +153,9 @@ def _int_param(params: Mapping[str, str], key: str, minimum: int = 0) -> int | N
     try:
         value = int(params[key])
     except ValueError:
-        raise InvalidModelConfig(f"parameter {key} must be an integer, got {params[key]!r}") from None
+        raise InvalidModelConfig(
+            f"parameter {key} must be an integer, got {params[key]!r}"
+        ) from None
     if value < minimum:
         raise InvalidModelConfig(f"parameter {key} must be >= {minimum}, got {params[key]!r}")
     return value
@@ -233,8 +234,12 @@ class OnnxRuntimeBackend(Backend):
         except Exception as exc:
             raise InvalidModelConfig(f"onnxruntime cannot load {path.name}: {exc}") from exc
         self.providers = list(self.session.get_providers())
-        self._bf16_inputs = {i.name for i in self.session.get_inputs() if i.type == "tensor(bfloat16)"}
-        self._string_inputs = {i.name for i in self.session.get_inputs() if i.type == "tensor(string)"}
+        self._bf16_inputs = {
+            i.name for i in self.session.get_inputs() if i.type == "tensor(bfloat16)"
+        }
+        self._string_inputs = {
+            i.name for i in self.session.get_inputs() if i.type == "tensor(string)"
+        }
 
     def _infer(self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]) -> NamedArrays:
         session = self.session
@@ -254,7 +259,10 @@ class OnnxRuntimeBackend(Backend):
     def translate_error(self, exc: Exception) -> ForwardpassError:
         text = str(exc)
         kind = type(exc).__name__
-        if kind in ("InvalidArgument", "InvalidGraph", "NotImplemented") or "INVALID_ARGUMENT" in text:
+        if (
+            kind in ("InvalidArgument", "InvalidGraph", "NotImplemented")
+            or "INVALID_ARGUMENT" in text
+        ):
             return InvalidArgument(f"onnxruntime: {text}")
         return InternalError(f"onnxruntime: {text}")
 

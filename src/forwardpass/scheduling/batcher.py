@@ -177,7 +177,9 @@ class Batcher:
             try:
                 await asyncio.wait_for(self._idle.wait(), grace_s)
             except TimeoutError:
-                log.warning("%s: %d request(s) still pending after %.1fs", self.name, self.pending, grace_s)
+                log.warning(
+                    "%s: %d request(s) still pending after %.1fs", self.name, self.pending, grace_s
+                )
         for task in self._workers:
             task.cancel()
         for task in self._workers:
@@ -373,13 +375,17 @@ class Batcher:
         except ForwardpassError as exc:
             for item in batch:
                 self._fail(item, exc)
-            self._emit(BatchRecord(rows, len(batch), queue_ns, 0, time.monotonic_ns() - start, 0, False))
+            self._emit(
+                BatchRecord(rows, len(batch), queue_ns, 0, time.monotonic_ns() - start, 0, False)
+            )
             return
         except Exception as exc:  # a bug in a backend that escaped its own translation
             log.exception("%s: batch failed", self.name)
             for item in batch:
                 self._fail(item, InternalError(f"model {self.name}: {exc}"))
-            self._emit(BatchRecord(rows, len(batch), queue_ns, 0, time.monotonic_ns() - start, 0, False))
+            self._emit(
+                BatchRecord(rows, len(batch), queue_ns, 0, time.monotonic_ns() - start, 0, False)
+            )
             return
         compute_ns = input_ns + infer_ns + output_ns
         for item, part, q in zip(batch, parts, queue_ns, strict=True):

@@ -41,10 +41,14 @@ def test_image_resize_crop_normalise_chw() -> None:
     pixels[:, :10, 0] = 255
     pixels[:, 10:, 2] = 255
     proc = ImageInput(
-        "image", IMG_TARGET, True,
+        "image",
+        IMG_TARGET,
+        True,
         {"resize": {"size": [4, 6]}, "resample": "nearest", "scale": 1, "mean": 127, "std": 128},
     )
-    out = proc({"image": blobs(encode(Image.fromarray(pixels)), encode(Image.fromarray(pixels), "JPEG"))})
+    out = proc(
+        {"image": blobs(encode(Image.fromarray(pixels)), encode(Image.fromarray(pixels), "JPEG"))}
+    )
     x = out["input"]
     assert x.shape == (2, 3, 4, 6) and x.dtype == np.float32
     assert x[0, 0, 0, 0] == pytest.approx((255 - 127) / 128)  # red channel, left
@@ -138,14 +142,19 @@ def test_text_bad_input(tmp_path: Path) -> None:
 
 def test_tabular_columns_scale_and_reject_nan(tmp_path: Path) -> None:
     config = ModelConfig(
-        name="tab", max_batch_size=4,
+        name="tab",
+        max_batch_size=4,
         inputs=(TensorSpec("features", DataType.FP32, (2,)),),
         outputs=(TensorSpec("p", DataType.FP32, (1,)),),
     )
     (tmp_path / "scaler.json").write_text(json.dumps({"mean": [1, 2], "scale": [2, 4]}))
-    proc = TabularInput(config, tmp_path, {"to": "features", "columns": ["a", "b"], "scaler": "scaler.json"})
+    proc = TabularInput(
+        config, tmp_path, {"to": "features", "columns": ["a", "b"], "scaler": "scaler.json"}
+    )
     assert [s.name for s in proc.inputs] == ["a", "b"]
-    out = proc({"a": np.array([[3.0], [1.0]], np.float32), "b": np.array([[6.0], [2.0]], np.float32)})
+    out = proc(
+        {"a": np.array([[3.0], [1.0]], np.float32), "b": np.array([[6.0], [2.0]], np.float32)}
+    )
     assert out["features"].tolist() == [[1.0, 1.0], [0.0, 0.0]]
     with pytest.raises(InvalidArgument, match=r"\['b'\]"):
         proc({"a": np.array([[1.0]], np.float32), "b": np.array([[np.nan]], np.float32)})
@@ -153,10 +162,18 @@ def test_tabular_columns_scale_and_reject_nan(tmp_path: Path) -> None:
         TabularInput(config, tmp_path, {"to": "features", "columns": ["a", "b", "c"]})
 
 
-def chain(steps: list[object], dims: tuple[int, ...] = (3,), labels: tuple[str, ...] = ("cat", "dog", "eel")) -> OutputChain:
-    return OutputChain("answer", TensorSpec("logits", DataType.FP32, dims), steps, labels, {
-        "mask": TensorSpec("mask", DataType.INT64, (-1,))
-    })
+def chain(
+    steps: list[object],
+    dims: tuple[int, ...] = (3,),
+    labels: tuple[str, ...] = ("cat", "dog", "eel"),
+) -> OutputChain:
+    return OutputChain(
+        "answer",
+        TensorSpec("logits", DataType.FP32, dims),
+        steps,
+        labels,
+        {"mask": TensorSpec("mask", DataType.INT64, (-1,))},
+    )
 
 
 def test_output_chains() -> None:
@@ -170,7 +187,8 @@ def test_output_chains() -> None:
     assert chain(["argmax"])({"logits": logits})["answer"].tolist() == [[1], [0]]
     assert chain(["label"])({"logits": logits})["answer"].tolist() == [[b"dog"], [b"cat"]]
     assert chain(["sigmoid", {"threshold": 0.9}])({"logits": logits})["answer"].tolist() == [
-        [False, True, False], [True, False, False]
+        [False, True, False],
+        [True, False, False],
     ]
     unit = chain(["l2_normalize"])({"logits": logits})["answer"]
     assert np.allclose(np.linalg.norm(unit, axis=1), 1)
@@ -200,8 +218,10 @@ def test_build_processing_from_parameters(tmp_path: Path) -> None:
         "outputs": [{"name": "top", "from": "logits", "steps": ["softmax", {"topk": 2}]}],
     }
     config = ModelConfig(
-        name="m", max_batch_size=4,
-        inputs=(IMG_TARGET,), outputs=(TensorSpec("logits", DataType.FP32, (3,)),),
+        name="m",
+        max_batch_size=4,
+        inputs=(IMG_TARGET,),
+        outputs=(TensorSpec("logits", DataType.FP32, (3,)),),
         parameters={"processing": json.dumps(declaration)},
     )
     processing = build_processing(config, tmp_path, {"logits": ("a", "b", "c")})
@@ -211,7 +231,9 @@ def test_build_processing_from_parameters(tmp_path: Path) -> None:
     assert model_in["input"].shape == (1, 3, 4, 6)
     answer = processing.postprocess({"logits": np.array([[0.0, 2.0, 1.0]], np.float32)})
     assert list(answer) == ["top"] and answer["top"][0, 0].decode().endswith(":1:b")
-    bad = ModelConfig(name="m", inputs=(IMG_TARGET,), parameters={"processing": "inputs: [{kind: audio}]"})
+    bad = ModelConfig(
+        name="m", inputs=(IMG_TARGET,), parameters={"processing": "inputs: [{kind: audio}]"}
+    )
     with pytest.raises(InvalidModelConfig, match="kind must be"):
         build_processing(bad, tmp_path, {})
     none = ModelConfig(name="m", inputs=(IMG_TARGET,))

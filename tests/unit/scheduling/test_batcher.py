@@ -49,8 +49,16 @@ def policy(**kw: object) -> BatcherPolicy:
     )
 
 
-async def make(run: Recorder, pol: BatcherPolicy, records: list[BatchRecord] | None = None) -> Batcher:
-    batcher = Batcher(run, pol, ThreadPoolExecutor(max_workers=pol.instances), (records.append if records is not None else None), name="m")
+async def make(
+    run: Recorder, pol: BatcherPolicy, records: list[BatchRecord] | None = None
+) -> Batcher:
+    batcher = Batcher(
+        run,
+        pol,
+        ThreadPoolExecutor(max_workers=pol.instances),
+        (records.append if records is not None else None),
+        name="m",
+    )
     batcher.start()
     return batcher
 
