@@ -28,11 +28,13 @@ from forwardpass.errors import (
     ForwardpassError,
     InternalError,
     InvalidArgument,
+    InvalidModelConfig,
     NotFound,
     Unavailable,
 )
 from forwardpass.model_config import ModelConfig, TensorSpec
 from forwardpass.monitor.stats import ModelStats
+from forwardpass.pipeline import Pipeline
 from forwardpass.processing.base import Processing
 from forwardpass.processing.spec import build_processing
 from forwardpass.repository import ModelEntry, ModelRepository, warmup_inputs
@@ -54,13 +56,18 @@ class ModelState(enum.Enum):
 
 @dataclass(slots=True)
 class LoadedVersion:
-    """One served version: its backend instances, batcher and counters."""
+    """One served version: its backend instances, batcher and counters.
+
+    An ensemble version has no backend, batcher or executor of its own: its ``pipeline``
+    sends each step to the step's model.
+    """
 
     version: int
     backends: list[Backend]
-    batcher: Batcher
-    executor: ThreadPoolExecutor
+    batcher: Batcher | None
+    executor: ThreadPoolExecutor | None
     stats: ModelStats
+    pipeline: Pipeline | None = None
 
     @property
     def providers(self) -> list[str]:
@@ -156,8 +163,22 @@ class Engine:
         config_override: Mapping[str, Any] | None = None,
         files: Mapping[str, bytes] | None = None,
     ) -> None:
-        """Load (or reload) a model; old versions keep serving until the new ones are ready."""
+        """Load (or reload) a model; old versions keep serving until the new ones are ready.
+
+        Loading an ensemble also loads the models its steps call that are not loaded yet.
+        """
+        await self._load(name, config_override, files, ())
+
+    async def _load(
+        self,
+        name: str,
+        config_override: Mapping[str, Any] | None,
+        files: Mapping[str, bytes] | None,
+        chain: tuple[str, ...],
+    ) -> None:
         self.repository.resolve_name(name)  # rejects names that would leave the repository
+        if name in chain:
+            raise InvalidModelConfig(f"ensembles call each other in a loop: {' -> '.join(chain)}")
         async with self._lock(name):
             old = self._models.get(name)
             created = old is None
@@ -172,10 +193,16 @@ class Engine:
                 entry = await loop.run_in_executor(
                     None, lambda: self.repository.read(name, config_override=config_override)
                 )
-                processing = await loop.run_in_executor(
-                    None, build_processing, entry.config, entry.path, entry.labels
-                )
-                built = await loop.run_in_executor(None, self._build, entry)
+                pipeline: Pipeline | None = None
+                if entry.config.is_ensemble:
+                    pipeline = Pipeline(entry.config)
+                    await self._load_steps(pipeline, (*chain, name))
+                    processing, built = None, {}
+                else:
+                    processing = await loop.run_in_executor(
+                        None, build_processing, entry.config, entry.path, entry.labels
+                    )
+                    built = await loop.run_in_executor(None, self._build, entry)
             except ForwardpassError as exc:
                 if created and isinstance(exc, NotFound):
                     del self._models[name]  # no such model: leave no UNAVAILABLE ghost behind
@@ -209,6 +236,11 @@ class Engine:
                 handle.versions[version] = LoadedVersion(
                     version, backends, batcher, executor, stats
                 )
+            if pipeline is not None:
+                for version in entry.versions:
+                    handle.versions[version] = LoadedVersion(
+                        version, [], None, None, ModelStats(name, str(version)), pipeline
+                    )
             handle.latest = handle.versions[max(handle.versions)] if handle.versions else None
             self._models[name] = handle
             log.info(
@@ -219,6 +251,16 @@ class Engine:
             )
             if old is not handle and old.versions:
                 await self._retire(old, "model was reloaded", remove=False)
+
+    async def _load_steps(self, pipeline: Pipeline, chain: tuple[str, ...]) -> None:
+        """Load the models an ensemble calls, unless they already serve."""
+        available = set(self.repository.list_models())
+        for model in pipeline.models:
+            if model not in available:
+                raise InvalidModelConfig(f"ensemble step model {model!r} is not in the repository")
+            handle = self._models.get(model)
+            if handle is None or handle.state is not ModelState.READY:
+                await self._load(model, None, None, chain)
 
     async def unload(self, name: str) -> None:
         """Stop serving a model: queued requests finish, later ones get 503 (UNAVAILABLE)."""
@@ -232,11 +274,14 @@ class Engine:
     async def _retire(self, handle: ModelHandle, reason: str, remove: bool = True) -> None:
         handle.state = ModelState.UNLOADING
         versions = list(handle.versions.values())
-        await asyncio.gather(*(v.batcher.close(self.config.shutdown_grace_s) for v in versions))
+        await asyncio.gather(
+            *(v.batcher.close(self.config.shutdown_grace_s) for v in versions if v.batcher)
+        )
         for v in versions:
             for backend in v.backends:
                 backend.unload()
-            v.executor.shutdown(wait=False)
+            if v.executor is not None:
+                v.executor.shutdown(wait=False)
         if remove:
             handle.versions = {}
             handle.latest = None
@@ -428,9 +473,16 @@ class Engine:
             processing = handle.processing
             if processing is not None and processing.inputs:
                 inputs = await self._preprocess(processing, inputs)
-            outputs, _queue_ns, _compute_ns = await loaded.batcher.submit(
-                inputs, priority=priority, timeout_us=timeout
-            )
+            if loaded.pipeline is not None:
+                specs = handle.input_specs
+                tensors = {n: Tensor(n, specs[n].datatype, a) for n, a in inputs.items()}
+                produced = await loaded.pipeline.run(self.infer, tensors, request.id)
+                outputs = {n: t.data for n, t in produced.items()}
+            else:
+                assert loaded.batcher is not None
+                outputs, _queue_ns, _compute_ns = await loaded.batcher.submit(
+                    inputs, priority=priority, timeout_us=timeout
+                )
             if processing is not None and processing.outputs:
                 outputs = _guarded(processing.postprocess, outputs, inputs)
             response = self._respond(handle, loaded, request, outputs)

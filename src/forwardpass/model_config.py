@@ -19,6 +19,7 @@ from forwardpass.datatypes import DataType
 
 __all__ = [
     "DynamicBatching",
+    "EnsembleStep",
     "ExecutionAccelerator",
     "InstanceGroup",
     "ModelConfig",
@@ -139,6 +140,21 @@ class ModelWarmup:
 
 
 @dataclass(frozen=True, slots=True)
+class EnsembleStep:
+    """One step of Triton's ``ensemble_scheduling``: a model and how tensors flow through it.
+
+    ``input_map`` maps the step model's input names to pipeline tensor names; ``output_map``
+    maps its output names to the pipeline tensor names they produce. ``model_version`` -1 means
+    the model's latest ready version.
+    """
+
+    model_name: str
+    model_version: int = -1
+    input_map: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    output_map: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+
+
+@dataclass(frozen=True, slots=True)
 class ModelConfig:
     """The effective configuration of one model (all versions share it)."""
 
@@ -156,6 +172,12 @@ class ModelConfig:
     parameters: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
     optimization: Optimization = field(default_factory=Optimization)
     model_warmup: tuple[ModelWarmup, ...] = ()
+    #: Steps of an ensemble (``platform: "ensemble"``); empty for a model with a backend.
+    ensemble: tuple[EnsembleStep, ...] = ()
+
+    @property
+    def is_ensemble(self) -> bool:
+        return self.platform == "ensemble"
 
     @property
     def batching(self) -> bool:

@@ -8,7 +8,8 @@ An entry is Triton's layout::
     <repository>/<name>/<version>/model.onnx
 
 A new model is assembled in a hidden folder of the repository (``.import-*``, which the
-repository skips) and renamed into place, so an interrupted import leaves no model behind.
+repository skips, and which a failed import removes) and renamed into place, so an
+interrupted import leaves no model behind.
 A new version of an existing model is assembled the same way and renamed to its number; an
 existing version is never replaced. The existing config, labels and tokenizer are kept: an
 import that would change them is refused, since every version of a model shares them.
@@ -48,6 +49,8 @@ __all__ = [
 log = logging.getLogger("forwardpass.importers")
 
 CONFIG_FILE = "config.pbtxt"
+_FOLDER_MODE = 0o755
+_FILE_MODE = 0o644
 MODEL_FILE = "model.onnx"
 
 
@@ -144,6 +147,7 @@ def _write_atomic(target: Path, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(temp, _FILE_MODE)  # mkstemp makes it private
         os.replace(temp, target)
     except BaseException:
         Path(temp).unlink(missing_ok=True)
@@ -154,6 +158,7 @@ def _stage(parent: Path, plan: EntryPlan, version: int | None, with_shared: bool
     """A hidden folder under ``parent`` holding the files to move into place."""
     staging = Path(tempfile.mkdtemp(prefix=".import-", dir=parent))
     try:
+        staging.chmod(_FOLDER_MODE)  # mkdtemp makes it private; a server may run as another user
         version_dir = staging / str(version) if version is not None else staging
         version_dir.mkdir(exist_ok=True)
         shutil.copyfile(plan.model_file, version_dir / MODEL_FILE)
@@ -226,6 +231,9 @@ def write_entry(repository: Path, plan: EntryPlan, *, version: int | None = None
                     f"model {plan.name!r} appeared in {repository} during the import; "
                     "run it again to add a version"
                 ) from exc
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
             written = sorted(p for p in folder.rglob("*") if p.is_file())
             return WrittenEntry(plan.name, version, folder, tuple(written))
         if not folder.is_dir():

@@ -88,7 +88,7 @@ def _feature_names(estimator: Any, notes: list[str]) -> dict[str, str]:
     return {"feature_names": ",".join(names)}
 
 
-def _convert(estimator: Any, features: int) -> bytes:
+def _convert(estimator: Any, features: int, classifier: bool) -> bytes:
     try:
         from skl2onnx import convert_sklearn
         from skl2onnx.common.data_types import FloatTensorType
@@ -105,7 +105,8 @@ def _convert(estimator: Any, features: int) -> bytes:
             model = convert_sklearn(
                 estimator,
                 initial_types=[("input", FloatTensorType([None, features]))],
-                options={"zipmap": False},
+                # Probabilities as one [batch, classes] tensor rather than a list of maps.
+                options={"zipmap": False} if classifier else None,
                 target_opset=_OPSETS,
             )
     except Exception as exc:  # skl2onnx raises RuntimeError, NotImplementedError, ...
@@ -166,7 +167,7 @@ def import_sklearn(
             f"{type(final).__name__} gives no probabilities (predict_proba); fit it so it does, "
             "for example SVC(probability=True)"
         )
-    onnx_bytes = _convert(estimator, n)
+    onnx_bytes = _convert(estimator, n, classifier)
     try:
         reference = _reference(estimator, x, classifier)
     except Exception as exc:  # the user's estimator: anything can go wrong

@@ -81,7 +81,8 @@ class EngineCollector:
                     failure.add_metric([*labels, reason], n)
                 inferences.add_metric(labels, stats.inference_count)
                 executions.add_metric(labels, stats.execution_count)
-                pending.add_metric(labels, loaded.batcher.pending)
+                if loaded.batcher is not None:
+                    pending.add_metric(labels, loaded.batcher.pending)
                 _add(request, labels, stats.request_latency)
                 _add(queue, labels, stats.queue_latency)
                 _add(compute, labels, stats.compute_latency)

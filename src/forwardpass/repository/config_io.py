@@ -14,7 +14,7 @@ spelling of the same thing:
 * enums as names (``TYPE_FP32``, ``KIND_GPU``) or numbers; datatypes also as protocol names.
 
 Unknown fields are errors naming the field, as in Triton. Fields of Triton's schema that
-forwardpass does not implement either fail (``sequence_batching``, ``ensemble_scheduling``,
+forwardpass does not implement either fail (``sequence_batching``, ``batch_input``,
 decoupled models, shape tensors ...) or, when they cannot change results (``response_cache``,
 ``model_metrics`` ...), are ignored with a logged warning.
 
@@ -35,6 +35,7 @@ from typing import Any, Literal, cast
 from forwardpass.errors import InvalidModelConfig
 from forwardpass.model_config import (
     DynamicBatching,
+    EnsembleStep,
     ExecutionAccelerator,
     InstanceGroup,
     ModelConfig,
@@ -107,7 +108,7 @@ _TOP_IGNORED = (
     "response_cache",
     "model_metrics",
 )
-_TOP_UNSUPPORTED = ("sequence_batching", "ensemble_scheduling", "batch_input", "batch_output")
+_TOP_UNSUPPORTED = ("sequence_batching", "batch_input", "batch_output")
 
 
 def read_draft(d: Mapping[str, Any], *, name: str) -> ConfigDraft:
@@ -115,7 +116,9 @@ def read_draft(d: Mapping[str, Any], *, name: str) -> ConfigDraft:
     top = message_fields(
         d,
         "",
-        _TOP_FIELDS + _TOP_UNSUPPORTED + ("model_transaction_policy", "processing"),
+        _TOP_FIELDS
+        + _TOP_UNSUPPORTED
+        + ("model_transaction_policy", "processing", "ensemble_scheduling"),
         _TOP_IGNORED,
     )
     for key in _TOP_UNSUPPORTED:
@@ -140,7 +143,13 @@ def read_draft(d: Mapping[str, Any], *, name: str) -> ConfigDraft:
     platform = as_str(top.get("platform", ""), "platform")
     backend = as_str(top.get("backend", ""), "backend")
     if platform == "ensemble":
-        raise InvalidModelConfig("ensemble models are not supported yet")
+        if backend not in ("", "ensemble"):
+            raise config_error("backend", f"an ensemble has no backend, got {backend!r}")
+        backend = "ensemble"
+        if "ensemble_scheduling" not in top:
+            raise config_error("ensemble_scheduling", "an ensemble needs its steps")
+    elif "ensemble_scheduling" in top:
+        raise config_error("ensemble_scheduling", 'only a model with platform "ensemble" has steps')
     if not backend:
         if platform and platform not in _PLATFORM_BACKEND:
             raise config_error("platform", f"unknown platform {platform!r}; set backend instead")
@@ -177,6 +186,8 @@ def read_draft(d: Mapping[str, Any], *, name: str) -> ConfigDraft:
         fields["parameters"] = MappingProxyType(
             {**fields["parameters"], "processing": json.dumps(top["processing"])}
         )
+    if platform == "ensemble":
+        fields["ensemble"] = _ensemble(top["ensemble_scheduling"])
     fields["optimization"] = _optimization(top.get("optimization"))
     fields["model_warmup"] = tuple(
         _warmup(w, f"model_warmup[{i}]", i) for i, w in enumerate(repeated(top.get("model_warmup")))
@@ -346,6 +357,27 @@ def _instance_group(value: Any, path: str, model: str, index: int) -> InstanceGr
         gpus=gpus,
         name=as_str(msg.get("name", ""), join(path, "name")) or f"{model}_{index}",
     )
+
+
+def _ensemble(value: Any) -> tuple[EnsembleStep, ...]:
+    path = "ensemble_scheduling"
+    msg = message_fields(single(value, path), path, ("step",))
+    steps = []
+    for i, raw in enumerate(repeated(msg.get("step"))):
+        where = f"{path}.step[{i}]"
+        step = message_fields(raw, where, ("model_name", "model_version", "input_map", "output_map"))
+        model = as_str(step.get("model_name", ""), join(where, "model_name"))
+        if not model:
+            raise config_error(where, "model_name is required")
+        version = as_int(step.get("model_version", -1), join(where, "model_version"), minimum=-1)
+        inputs = string_map(step.get("input_map"), join(where, "input_map"))
+        outputs = string_map(step.get("output_map"), join(where, "output_map"))
+        if not inputs or not outputs:
+            raise config_error(where, "input_map and output_map must each map at least one tensor")
+        steps.append(EnsembleStep(model, version, inputs, outputs))
+    if not steps:
+        raise config_error(path, "an ensemble needs at least one step")
+    return tuple(steps)
 
 
 def _version_policy(value: Any) -> VersionPolicy:

@@ -147,6 +147,21 @@ def config_to_dict(config: ModelConfig) -> dict[str, Any]:
     }
     if config.dynamic_batching is not None:
         out["dynamic_batching"] = _dynamic_batching(config.dynamic_batching)
+    if config.is_ensemble:
+        # Triton leaves the backend empty for an ensemble.
+        out["backend"] = ""
+        out["ensemble_scheduling"] = {
+            "step": [
+                {
+                    "model_name": step.model_name,
+                    "model_version": step.model_version,
+                    "input_map": dict(step.input_map),
+                    "output_map": dict(step.output_map),
+                    "model_namespace": "",
+                }
+                for step in config.ensemble
+            ]
+        }
     out["instance_group"] = [
         {
             "name": group.name or f"{config.name}_{i}",

@@ -33,6 +33,8 @@ _MAP_FIELDS = {
     "inputs": False,
     "cc_model_filenames": False,
     "metric_tags": False,
+    "input_map": False,
+    "output_map": False,
 }
 #: Fields printed even at their default value (see the module docstring).
 _ALWAYS = frozenset({"max_batch_size", "dims"})

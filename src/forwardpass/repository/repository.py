@@ -262,17 +262,17 @@ class ModelRepository:
                 draft, io, name=draft.name, default_max_batch_size=self.default_max_batch_size
             )
         config = draft.build()
-        if draft.backend == "null" and (not config.inputs or not config.outputs):
+        if draft.backend in ("null", "ensemble") and (not config.inputs or not config.outputs):
             raise InvalidModelConfig(
-                "a model with backend 'null' has no model file: its config must declare its "
-                "inputs and outputs"
+                f"a model with backend {draft.backend!r} has no model file: its config must "
+                "declare its inputs and outputs"
             )
         return config
 
     def _versions(self, path: Path, draft: ConfigDraft) -> tuple[int, ...]:
         """The version numbers the policy selects, ascending."""
         filename = draft.default_model_filename
-        needs_file = draft.backend != "null" and bool(filename)
+        needs_file = draft.backend not in ("null", "ensemble") and bool(filename)
         if needs_file:
             _relative_parts(filename, "default_model_filename")
         found: list[int] = []
