@@ -456,7 +456,7 @@ class Engine:
         return {
             "name": name,
             "versions": [str(v) for v in sorted(handle.versions)],
-            "platform": config.platform or "onnxruntime_onnx",
+            "platform": config.platform or config.backend,
             "inputs": [tensor(s) for s in handle.input_specs.values()],
             "outputs": [tensor(s) for s in handle.output_specs.values()],
         }

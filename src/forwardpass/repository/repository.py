@@ -42,6 +42,9 @@ __all__ = ["CONFIG_FILES", "ModelEntry", "ModelRepository", "load_config_file"]
 
 log = logging.getLogger("forwardpass.repository")
 
+#: Backends with no model file: the config alone declares the inputs and outputs.
+_FILELESS = ("null", "ensemble", "function")
+
 #: Config file names, in the order they are looked for.
 CONFIG_FILES = ("config.pbtxt", "config.yaml", "config.yml")
 _MAX_NAME = 255
@@ -262,7 +265,7 @@ class ModelRepository:
                 draft, io, name=draft.name, default_max_batch_size=self.default_max_batch_size
             )
         config = draft.build()
-        if draft.backend in ("null", "ensemble") and (not config.inputs or not config.outputs):
+        if draft.backend in _FILELESS and (not config.inputs or not config.outputs):
             raise InvalidModelConfig(
                 f"a model with backend {draft.backend!r} has no model file: its config must "
                 "declare its inputs and outputs"
@@ -272,7 +275,7 @@ class ModelRepository:
     def _versions(self, path: Path, draft: ConfigDraft) -> tuple[int, ...]:
         """The version numbers the policy selects, ascending."""
         filename = draft.default_model_filename
-        needs_file = draft.backend not in ("null", "ensemble") and bool(filename)
+        needs_file = draft.backend not in _FILELESS and bool(filename)
         if needs_file:
             _relative_parts(filename, "default_model_filename")
         found: list[int] = []

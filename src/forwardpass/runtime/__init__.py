@@ -20,6 +20,10 @@ def backend_class(config: ModelConfig) -> type[Backend]:
         from forwardpass.runtime.null import NullBackend
 
         return NullBackend
+    if name == "function":
+        from forwardpass.runtime.function import FunctionBackend
+
+        return FunctionBackend
     raise InvalidModelConfig(
-        f"model {config.name!r}: unknown backend {name!r} (available: onnxruntime, null)"
+        f"model {config.name!r}: unknown backend {name!r} (available: onnxruntime, function, null)"
     )
