@@ -17,6 +17,7 @@ def register(group: click.Group) -> None:
         ("forwardpass.cli.inspect", "inspect"),
         ("forwardpass.cli.bench", "bench"),
         ("forwardpass.cli.importer", "import_"),
+        ("forwardpass.cli.zoo", "zoo"),
     ):
         try:
             module = importlib.import_module(module_name)

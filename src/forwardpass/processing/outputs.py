@@ -8,12 +8,20 @@ Steps, applied in order along the last axis:
 - ``argmax``: INT64 index per row;
 - ``label``: the label (labels file) of the argmax, BYTES;
 - ``{topk: K}``: the K best as BYTES ``"score:index[:label]"`` (Triton's classification form);
-- ``{threshold: T}``: BOOL, value > T.
+- ``{threshold: T}``: BOOL, value > T;
+- ``{ctc_greedy: {dictionary: FILE, ...}}``: CTC greedy decoding of [N,T,C] into BYTES text
+  [N,1] (options in :mod:`forwardpass.processing.decoding`);
+- ``{nms: {iou: 0.45, score: 0.25, ...}}``: YOLO-style boxes [N,boxes,4+classes] through
+  non-maximum suppression into FP32 [N,max_detections,6] (x1, y1, x2, y2, score, class).
+
+The two decoders end a chain. Their ``decode:`` form (see :mod:`forwardpass.processing.spec`)
+also gives the CTC scores or the detections' labels as a second output.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,6 +30,7 @@ from forwardpass.datatypes import DataType
 from forwardpass.errors import InvalidModelConfig
 from forwardpass.model_config import TensorSpec
 from forwardpass.processing.base import OutputProcessor
+from forwardpass.processing.decoding import CtcGreedy, Nms
 
 __all__ = ["OutputChain"]
 
@@ -68,6 +77,7 @@ class OutputChain(OutputProcessor):
         steps: Sequence[Any],
         labels: Sequence[str],
         model_inputs: Mapping[str, TensorSpec],
+        model_dir: Path | None = None,
     ) -> None:
         self.name = name
         self.source = source.name
@@ -117,14 +127,47 @@ class OutputChain(OutputProcessor):
                 if not isinstance(arg, int | float):
                     raise InvalidModelConfig(f"{where}: threshold needs a number")
                 datatype = DataType.BOOL
+            elif kind in ("ctc_greedy", "nms"):
+                if i != len(steps) - 1:
+                    raise InvalidModelConfig(f"{where}: {kind} must be the last step")
+                arg = self._decoder(kind, arg, source, dims, model_dir, where)
+                if isinstance(arg, CtcGreedy):
+                    dims, datatype = (1,), DataType.BYTES
+                else:
+                    dims, datatype = (arg.max_detections, 6), DataType.FP32
             else:
                 raise InvalidModelConfig(
                     f"{where}: unknown step {kind!r} (softmax, sigmoid, l2_normalize, mean_pool, "
-                    "argmax, label, topk, threshold)"
+                    "argmax, label, topk, threshold, ctc_greedy, nms)"
                 )
             self.steps.append((kind, arg))
         self.sources = tuple(sources)
         self.outputs = (TensorSpec(name=name, datatype=datatype, dims=dims),)
+
+    @staticmethod
+    def _decoder(
+        kind: str,
+        arg: Any,
+        source: TensorSpec,
+        dims: tuple[int, ...],
+        model_dir: Path | None,
+        where: str,
+    ) -> CtcGreedy | Nms:
+        """The decoder a ``ctc_greedy`` / ``nms`` step runs, on the dims the chain reached."""
+        if arg is None:
+            arg = {}
+        if not isinstance(arg, Mapping):
+            raise InvalidModelConfig(f"{where}: {kind} takes a mapping of options")
+        here = TensorSpec(name=source.name, datatype=source.datatype, dims=dims)
+        if kind == "ctc_greedy":
+            if "scores" in arg:
+                raise InvalidModelConfig(
+                    f"{where}: scores need the decode: ctc_greedy form (a second output)"
+                )
+            return CtcGreedy(here, arg, model_dir, where)
+        if "labels" in arg:
+            raise InvalidModelConfig(f"{where}: labels need the decode: nms form")
+        return Nms(here, arg, where)
 
     def __call__(self, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         x = arrays[self.source]
@@ -160,4 +203,8 @@ class OutputChain(OutputProcessor):
                 x = _topk(x, int(arg), self.labels)
             elif kind == "threshold":
                 x = x > float(arg)
+            elif kind == "ctc_greedy":
+                x = arg(x)[0]
+            elif kind == "nms":
+                x = arg(x)
         return {self.name: x}

