@@ -471,8 +471,11 @@ class Engine:
             inputs = self._validate(handle, request)
             priority, timeout = _schedule_params(request.parameters)
             processing = handle.processing
+            pre_ns = post_ns = 0
             if processing is not None and processing.inputs:
+                began = time.monotonic_ns()
                 inputs = await self._preprocess(processing, inputs)
+                pre_ns = time.monotonic_ns() - began
             if loaded.pipeline is not None:
                 specs = handle.input_specs
                 tensors = {n: Tensor(n, specs[n].datatype, a) for n, a in inputs.items()}
@@ -484,7 +487,11 @@ class Engine:
                     inputs, priority=priority, timeout_us=timeout
                 )
             if processing is not None and processing.outputs:
+                began = time.monotonic_ns()
                 outputs = _guarded(processing.postprocess, outputs, inputs)
+                post_ns = time.monotonic_ns() - began
+            if pre_ns or post_ns:
+                stats.on_processing(pre_ns, post_ns)
             response = self._respond(handle, loaded, request, outputs)
         except ForwardpassError as exc:
             stats.on_request(False, time.monotonic_ns() - start, exc.code)

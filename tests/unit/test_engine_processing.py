@@ -195,3 +195,17 @@ def test_yaml_config_declares_processing_as_a_mapping(tmp_path: Path) -> None:
         assert response.outputs[0].data.tolist() == [[b"green"]]
 
     run_with_engine(tmp_path, body)
+
+
+def test_processing_time_is_measured_separately(repo: Path) -> None:
+    from forwardpass.monitor.metrics import metrics_renderer
+
+    async def body(engine: Engine) -> None:
+        await engine.infer(InferRequest(model_name="colours", inputs=[photo(png((9, 9, 9)))]))
+        stats = engine.handle("colours").versions[1].stats
+        assert stats.preprocess_latency.count == 1 and stats.postprocess_latency.count == 1
+        text = metrics_renderer(engine)().decode()
+        assert 'forwardpass_preprocess_duration_seconds_count{model="colours",version="1"} 1.0' in text
+        assert 'forwardpass_postprocess_duration_seconds_count{model="colours",version="1"} 1.0' in text
+
+    run_with_engine(repo, body)

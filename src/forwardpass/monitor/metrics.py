@@ -67,6 +67,12 @@ class EngineCollector:
             "forwardpass_compute_duration_seconds", "Batch merge + forward pass + split time"
         )
         batch = _histogram("forwardpass_batch_size", "Rows per executed batch")
+        preprocess = _histogram(
+            "forwardpass_preprocess_duration_seconds", "Declared input processing per request"
+        )
+        postprocess = _histogram(
+            "forwardpass_postprocess_duration_seconds", "Declared output processing per request"
+        )
         providers = GaugeMetricFamily(
             "forwardpass_execution_provider",
             "Execution providers in use (1); fallback=1 where a requested provider was missing",
@@ -87,12 +93,16 @@ class EngineCollector:
                 _add(queue, labels, stats.queue_latency)
                 _add(compute, labels, stats.compute_latency)
                 _add(batch, labels, stats.batch_size)
+                if stats.preprocess_latency.count:
+                    _add(preprocess, labels, stats.preprocess_latency)
+                if stats.postprocess_latency.count:
+                    _add(postprocess, labels, stats.postprocess_latency)
                 fell_back = "1" if any(b.fallback_warnings for b in loaded.backends) else "0"
                 for provider in loaded.providers:
                     providers.add_metric([*labels, provider, fell_back], 1)
         yield from (
             success, failure, inferences, executions, pending, request, queue, compute, batch,
-            providers,
+            preprocess, postprocess, providers,
         )  # fmt: skip
 
 

@@ -81,6 +81,8 @@ class ModelStats:
         self.queue_latency = Histogram(LATENCY_BUCKETS_S)
         self.compute_latency = Histogram(LATENCY_BUCKETS_S)
         self.batch_size = Histogram(BATCH_BUCKETS)
+        self.preprocess_latency = Histogram(LATENCY_BUCKETS_S)
+        self.postprocess_latency = Histogram(LATENCY_BUCKETS_S)
 
     def on_batch(self, record: BatchRecord) -> None:
         """Listener for the batcher: one call per executed batch."""
@@ -118,6 +120,13 @@ class ModelStats:
             self.fail_ns += duration_ns
             self.fail_reasons[reason] = self.fail_reasons.get(reason, 0) + 1
         self.request_latency.observe(duration_ns / 1e9)
+
+    def on_processing(self, pre_ns: int, post_ns: int) -> None:
+        """Time one request spent in declared pre- and post-processing (0 = none ran)."""
+        if pre_ns:
+            self.preprocess_latency.observe(pre_ns / 1e9)
+        if post_ns:
+            self.postprocess_latency.observe(post_ns / 1e9)
 
     def triton(self) -> dict[str, Any]:
         """The ``model_stats`` entry of Triton's statistics extension."""

@@ -14,7 +14,6 @@ model *shows* (metadata, validation) and calls :meth:`Processing.preprocess` and
 from __future__ import annotations
 
 import abc
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -58,9 +57,6 @@ class Processing:
     outputs: tuple[OutputProcessor, ...] = ()
     client_inputs: tuple[TensorSpec, ...] = field(init=False)
     client_outputs: tuple[TensorSpec, ...] = field(init=False)
-    #: Cumulative nanoseconds spent pre- and post-processing, for metrics.
-    pre_ns: int = 0
-    post_ns: int = 0
 
     def __post_init__(self) -> None:
         targeted = {t for p in self.inputs for t in p.targets}
@@ -85,12 +81,10 @@ class Processing:
         """Replace each processor's client inputs by the model inputs it fills."""
         if not self.inputs:
             return arrays
-        start = time.perf_counter_ns()
         out = dict(arrays)
         for processor in self.inputs:
             given = {spec.name: out.pop(spec.name) for spec in processor.inputs if spec.name in out}
             out.update(processor(given))
-        self.pre_ns += time.perf_counter_ns() - start
         return out
 
     def postprocess(
@@ -103,7 +97,6 @@ class Processing:
         """
         if not self.outputs:
             return dict(arrays)
-        start = time.perf_counter_ns()
         inputs = inputs or {}
         out: dict[str, np.ndarray] = {}
         consumed: set[str] = set()
@@ -114,5 +107,4 @@ class Processing:
         for name, array in arrays.items():
             if name not in consumed and name not in out:
                 out[name] = array
-        self.post_ns += time.perf_counter_ns() - start
         return out
