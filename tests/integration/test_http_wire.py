@@ -95,3 +95,17 @@ def test_expect_100_continue_over_the_limit_is_not_invited(server: Any) -> None:
         status, _, answer = _read_response(sock, bytearray(early))
     assert status == 413
     assert str(MAX_REQUEST_BYTES) in json.loads(answer)["error"]
+
+
+def test_an_endless_header_block_is_refused_and_others_still_served(server: Any) -> None:
+    with _connect(server) as sock:
+        sock.sendall(
+            b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n"
+        )
+        status, headers, body = _read_response(sock, bytearray())
+        assert status == 431
+        assert headers.get("connection") == "close"
+        assert "exceed 65536 bytes" in json.loads(body)["error"]
+    with _connect(server) as sock:
+        sock.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert _read_response(sock, bytearray())[0] == 200

@@ -23,6 +23,14 @@ __all__ = ["HttpServer"]
 
 log = logging.getLogger("forwardpass.server")
 
+#: Request line plus headers; Triton's clients send a few hundred bytes.
+MAX_HEAD_BYTES = 64 * 1024
+
+
+class _HeadTooLarge(Exception):
+    """Raised inside the parser's callbacks to stop reading an oversized head."""
+
+
 _STATUS_LINES = {
     s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode("latin-1") for s in HTTPStatus
 }
@@ -53,6 +61,7 @@ class _Connection(asyncio.Protocol):
         "body",
         "closing",
         "current",
+        "head_bytes",
         "headers",
         "limit",
         "parser",
@@ -74,6 +83,7 @@ class _Connection(asyncio.Protocol):
         self.body: list[bytes] = []
         self.current = 0
         self.too_large = False
+        self.head_bytes = 0
         self.pending: collections.deque[tuple[HttpRequest | None, bool]] = collections.deque()
         self.worker: asyncio.Task[None] | None = None
         self.closing = False
@@ -91,6 +101,11 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         try:
             self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError:
+            if self.head_bytes > MAX_HEAD_BYTES:
+                self._reject(431, f"request line and headers exceed {MAX_HEAD_BYTES} bytes")
+            else:
+                raise
         except httptools.HttpParserUpgrade:
             self._reject(400, "protocol upgrades are not supported")
         except httptools.HttpParserError as exc:
@@ -103,12 +118,21 @@ class _Connection(asyncio.Protocol):
         self.body = []
         self.current = 0
         self.too_large = False
+        self.head_bytes = 0
 
     def on_url(self, url: bytes) -> None:
         self.url += url
+        self._count_head(len(url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+        self._count_head(len(name) + len(value))
+
+    def _count_head(self, n: int) -> None:
+        # The body has its own limit; this one stops an endless URL or header block.
+        self.head_bytes += n
+        if self.head_bytes > MAX_HEAD_BYTES:
+            raise _HeadTooLarge
 
     def on_headers_complete(self) -> None:
         length = self.headers.get("content-length")
