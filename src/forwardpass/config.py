@@ -32,6 +32,8 @@ class ServerConfig:
     max_request_bytes: int = 64 * 1024 * 1024
     #: Queue bound per model when its config says max_queue_size 0 (Triton's "unbounded").
     default_max_queue_size: int = 4096
+    #: Seconds an idle keep-alive connection stays open (0 keeps it until the client closes).
+    keep_alive_s: float = 60.0
     #: Seconds to let in-flight requests finish on shutdown.
     shutdown_grace_s: float = 10.0
     #: Load every model found at start-up (Triton's --model-control-mode=none/poll); when false

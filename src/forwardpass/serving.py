@@ -31,7 +31,9 @@ class Server:
         self.engine = Engine(ModelRepository(config.model_repository), config)
         metrics = metrics_renderer(self.engine) if config.metrics else None
         self.app = HttpApp(self.engine, metrics, config.max_request_bytes)
-        self.http = HttpServer(self.app, config.host, config.http_port, config.max_request_bytes)
+        self.http = HttpServer(
+            self.app, config.host, config.http_port, config.max_request_bytes, config.keep_alive_s
+        )
         self._stopped = asyncio.Event()
 
     async def start(self) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import time
 from http import HTTPStatus
 
 import httptools
@@ -63,6 +64,7 @@ class _Connection(asyncio.Protocol):
         "current",
         "head_bytes",
         "headers",
+        "last_active",
         "limit",
         "parser",
         "pending",
@@ -84,6 +86,7 @@ class _Connection(asyncio.Protocol):
         self.current = 0
         self.too_large = False
         self.head_bytes = 0
+        self.last_active = 0.0
         self.pending: collections.deque[tuple[HttpRequest | None, bool]] = collections.deque()
         self.worker: asyncio.Task[None] | None = None
         self.closing = False
@@ -91,6 +94,7 @@ class _Connection(asyncio.Protocol):
     # asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.last_active = self.server.clock()
         self.server.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -99,6 +103,7 @@ class _Connection(asyncio.Protocol):
         self.transport = None
 
     def data_received(self, data: bytes) -> None:
+        self.last_active = self.server.clock()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError:
@@ -225,8 +230,18 @@ class _Connection(asyncio.Protocol):
 class HttpServer:
     """Serves an :class:`HttpApp` on one host/port."""
 
-    def __init__(self, app: HttpApp, host: str, port: int, max_request_bytes: int) -> None:
+    def __init__(
+        self,
+        app: HttpApp,
+        host: str,
+        port: int,
+        max_request_bytes: int,
+        keep_alive_s: float = 60.0,
+    ) -> None:
         self.app = app
+        self.keep_alive_s = keep_alive_s
+        self.clock = time.monotonic
+        self._sweeper: asyncio.Task[None] | None = None
         self.host = host
         self.port = port
         self.max_request_bytes = max_request_bytes
@@ -244,11 +259,29 @@ class HttpServer:
         )
         sock = self._server.sockets[0]
         self.port = sock.getsockname()[1]
+        if self.keep_alive_s > 0:
+            self._sweeper = loop.create_task(self._sweep())
         return self.port
+
+    async def _sweep(self) -> None:
+        """Close keep-alive connections idle longer than ``keep_alive_s``.
+
+        A periodic sweep rather than a timer per request: the request path only stores a
+        timestamp.
+        """
+        period = min(5.0, self.keep_alive_s / 2)
+        while True:
+            await asyncio.sleep(period)
+            cutoff = self.clock() - self.keep_alive_s
+            for conn in list(self.connections):
+                if conn.last_active < cutoff:
+                    conn.close_if_idle()
 
     async def stop(self, grace_s: float) -> None:
         """Stop accepting, let in-flight requests finish, close the connections."""
         self.stopping = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         if self._server is not None:
             self._server.close()
         if self.in_flight:
