@@ -232,7 +232,9 @@ def test_build_processing_from_parameters(tmp_path: Path) -> None:
     answer = processing.postprocess({"logits": np.array([[0.0, 2.0, 1.0]], np.float32)})
     assert list(answer) == ["top"] and answer["top"][0, 0].decode().endswith(":1:b")
     bad = ModelConfig(
-        name="m", inputs=(IMG_TARGET,), parameters={"processing": "inputs: [{name: v, kind: video}]"}
+        name="m",
+        inputs=(IMG_TARGET,),
+        parameters={"processing": "inputs: [{name: v, kind: video}]"},
     )
     with pytest.raises(InvalidModelConfig, match="kind must be"):
         build_processing(bad, tmp_path, {})
