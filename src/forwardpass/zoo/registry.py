@@ -119,7 +119,7 @@ def missing_modules(recipe: Recipe) -> list[str]:
 
 def provenance(recipe: Recipe, **extra: Any) -> bytes:
     """The provenance file's contents: the recipe, package versions and ``extra`` facts."""
-    versions = {}
+    versions: dict[str, str | None] = {}
     for dist in recipe.distributions:
         try:
             versions[dist] = metadata.version(dist)

@@ -1,0 +1,363 @@
+"""End-to-end image classification through a real server vs the forward pass alone.
+
+The zoo's ``efficientnet-lite0`` is built (or taken from ``--model-repository``) with ONNX
+Runtime on one intra-op thread, then, within one run so the machine's noise cancels as far as
+it can:
+
+1. **bare**: a plain ``InferenceSession.run`` loop on core 0 over tensors pre-processed once
+   from real photographs (scikit-image's), batch 1 and the batch sizes in ``--batch``;
+2. **preprocess**: the server's own image processing (decode, resize, crop, normalise) on
+   core 0, per image, for the record;
+3. **served**: ``forwardpass serve`` pinned to core 0, and a closed-loop client pinned to core
+   1 (16 workers by default, one keep-alive connection each) sending the JPEG files as BYTES
+   (binary tensor extension) and asking for the ``top5`` labels; every answer is checked.
+
+The figure of merit is served throughput / bare throughput (best batch, and batch 1).
+
+    python bench/zoo_bench.py [--concurrency 16] [--duration 15] [--json out.json]
+
+On a machine shared with other work, treat one run as one noisy sample.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+PY = sys.executable
+HERE = Path(__file__).resolve()
+SERVER_CORE = "0"
+CLIENT_CORE = "1"
+MODEL = "efficientnet-lite0"
+PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")
+#: Top-1 labels each photo must get (the model's answer on the unmodified photo).
+EXPECTED = {
+    "chelsea": {"tiger cat", "Egyptian cat", "tabby"},
+    "coffee": {"espresso"},
+}
+
+
+def pinned(core: str, *cmd: str) -> list[str]:
+    if shutil.which("taskset") and (os.cpu_count() or 1) > 1:
+        return ["taskset", "-c", core, *cmd]
+    return list(cmd)
+
+
+def photos() -> dict[str, bytes]:
+    """Real photographs from scikit-image, as JPEG files (quality 90)."""
+    import skimage.data
+    from PIL import Image
+
+    out = {}
+    for name in PHOTOS:
+        buffer = io.BytesIO()
+        Image.fromarray(getattr(skimage.data, name)()).convert("RGB").save(
+            buffer, format="JPEG", quality=90
+        )
+        out[name] = buffer.getvalue()
+    return out
+
+
+def build(repository: Path) -> Path:
+    """The zoo entry, set to one intra-op thread (the server gets one core)."""
+    from forwardpass.zoo import add
+
+    add(MODEL, repository)
+    config = repository / MODEL / "config.pbtxt"
+    config.write_text(
+        config.read_text()
+        + '\nparameters {\n  key: "intra_op_thread_count"\n  value { string_value: "1" }\n}\n'
+    )
+    return repository
+
+
+def _processor(repository: Path) -> Any:
+    from forwardpass.repository import ModelRepository
+
+    entry = ModelRepository(repository).read(MODEL)
+    from forwardpass.processing.spec import build_processing
+
+    return build_processing(entry.config, repository / MODEL, entry.labels)
+
+
+# --------------------------------------------------------------------------- roles (core 0/1)
+
+
+def role_bare(repository: Path, batches: list[int], seconds: float) -> dict[str, Any]:
+    """samples/s of session.run on pre-processed real photos, per batch size."""
+    import onnxruntime as ort
+
+    processing = _processor(repository)
+    (image_input,) = processing.inputs
+    tensors = [
+        image_input({"image": np.array([[blob]], dtype=object)})["input"]
+        for blob in photos().values()
+    ]
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(
+        str(repository / MODEL / "1" / "model.onnx"), options, providers=["CPUExecutionProvider"]
+    )
+    results = {}
+    for batch in batches:
+        feed = np.concatenate([tensors[i % len(tensors)] for i in range(batch)])
+        for _ in range(3):
+            session.run(None, {"input": feed})
+        calls: list[float] = []
+        start = time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            t = time.perf_counter()
+            session.run(None, {"input": feed})
+            calls.append(time.perf_counter() - t)
+        elapsed = time.perf_counter() - start
+        results[str(batch)] = {
+            "samples_per_s": len(calls) * batch / elapsed,
+            "ms_per_call_p50": statistics.median(calls) * 1e3,
+        }
+    return results
+
+
+def role_preprocess(repository: Path, seconds: float) -> dict[str, Any]:
+    """Milliseconds per image of the server's own image processing."""
+    processing = _processor(repository)
+    (image_input,) = processing.inputs
+    blobs = list(photos().values())
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        image_input({"image": np.array([[blobs[count % len(blobs)]]], dtype=object)})
+        count += 1
+    return {"ms_per_image": (time.perf_counter() - start) / count * 1e3}
+
+
+async def _client(url: str, concurrency: int, warmup: float, duration: float) -> dict[str, Any]:
+    from urllib.parse import urlsplit
+
+    from forwardpass.datatypes import serialize_bytes_tensor
+
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    path = f"/v2/models/{MODEL}/infer"
+    requests = []
+    for name, blob in photos().items():
+        # The JPEG travels as a binary BYTES tensor; the top-5 answer comes back as JSON.
+        data = serialize_bytes_tensor(np.array([[blob]], dtype=object))
+        header = json.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": "image",
+                        "shape": [1, 1],
+                        "datatype": "BYTES",
+                        "parameters": {"binary_data_size": len(data)},
+                    }
+                ],
+                "outputs": [{"name": "top5"}],
+            }
+        ).encode()
+        head = [
+            f"POST {path} HTTP/1.1",
+            f"Host: {host}:{port}",
+            "Content-Type: application/octet-stream",
+            f"Inference-Header-Content-Length: {len(header)}",
+            f"Content-Length: {len(header) + len(data)}",
+        ]
+        raw = ("\r\n".join(head) + "\r\n\r\n").encode() + header + data
+        requests.append((name, raw))
+    window_start = time.perf_counter() + warmup
+    window_end = window_start + duration
+    latencies: list[float] = []
+    errors: list[str] = []
+
+    async def worker(offset: int) -> None:
+        reader, writer = await asyncio.open_connection(host, port)
+        i = offset
+        try:
+            while True:
+                start = time.perf_counter()
+                if start >= window_end:
+                    return
+                name, raw = requests[i % len(requests)]
+                i += 1
+                writer.write(raw)
+                status_line = await reader.readline()
+                length = 0
+                while True:
+                    line = await reader.readline()
+                    if line in (b"\r\n", b""):
+                        break
+                    key, _, value = line.decode("latin-1").partition(":")
+                    if key.strip().lower() == "content-length":
+                        length = int(value)
+                body = await reader.readexactly(length)
+                end = time.perf_counter()
+                if b" 200 " not in status_line:
+                    errors.append(f"{status_line!r}: {body[:200]!r}")
+                    continue
+                top1 = json.loads(body)["outputs"][0]["data"][0].split(":", 2)[2]
+                if name in EXPECTED and top1 not in EXPECTED[name]:
+                    errors.append(f"{name}: top-1 {top1!r}")
+                if window_start <= end <= window_end:
+                    latencies.append(end - start)
+        finally:
+            writer.close()
+
+    await asyncio.gather(*(worker(k) for k in range(concurrency)))
+    latencies.sort()
+    return {
+        "concurrency": concurrency,
+        "infer_per_s": len(latencies) / duration,
+        "p50_ms": latencies[len(latencies) // 2] * 1e3 if latencies else None,
+        "p99_ms": latencies[int(len(latencies) * 0.99)] * 1e3 if latencies else None,
+        "errors": len(errors),
+        "first_error": errors[0] if errors else "",
+    }
+
+
+def role_client(url: str, concurrency: int, warmup: float, duration: float) -> dict[str, Any]:
+    return asyncio.run(_client(url, concurrency, warmup, duration))
+
+
+# --------------------------------------------------------------------------- orchestration
+
+
+def run_role(core: str, *args: str) -> Any:
+    out = subprocess.run(
+        pinned(core, PY, str(HERE), "--role", *args), check=True, capture_output=True, text=True
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def wait_ready(url: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/v2/models/{MODEL}/ready", timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not become ready")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--duration", type=float, default=15.0, help="seconds measured")
+    parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--batch", default="1,4,8,16", help="bare session batch sizes")
+    parser.add_argument("--port", type=int, default=8211)
+    parser.add_argument("--model-repository", type=Path, default=None, help="reuse a build")
+    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--role", nargs="+", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.role:
+        return _dispatch(args.role)
+    results: dict[str, Any] = {"cpu_count": os.cpu_count()}
+    with tempfile.TemporaryDirectory() as tmp:
+        repository = args.model_repository or build(Path(tmp) / "repo")
+        seconds = str(max(3.0, args.duration / 3))
+        results["bare"] = run_role(SERVER_CORE, "bare", str(repository), args.batch, seconds)
+        results["preprocess"] = run_role(SERVER_CORE, "preprocess", str(repository), "3")
+        url = f"http://127.0.0.1:{args.port}"
+        server = subprocess.Popen(
+            pinned(
+                SERVER_CORE,
+                PY,
+                "-m",
+                "forwardpass",
+                "serve",
+                "--model-repository",
+                str(repository),
+                "--http-port",
+                str(args.port),
+                "--log-level",
+                "WARNING",
+            ),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            wait_ready(url)
+            results["served"] = run_role(
+                CLIENT_CORE,
+                "client",
+                url,
+                str(args.concurrency),
+                str(args.warmup),
+                str(args.duration),
+            )
+        finally:
+            server.send_signal(signal.SIGINT)
+            try:
+                server.wait(30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+    report(results)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 1 if results["served"]["errors"] else 0
+
+
+def _dispatch(role: list[str]) -> int:
+    kind, *rest = role
+    if kind == "bare":
+        result = role_bare(Path(rest[0]), [int(b) for b in rest[1].split(",")], float(rest[2]))
+    elif kind == "preprocess":
+        result = role_preprocess(Path(rest[0]), float(rest[1]))
+    else:
+        result = role_client(rest[0], int(rest[1]), float(rest[2]), float(rest[3]))
+    print(json.dumps(result))
+    return 0
+
+
+def report(r: dict[str, Any]) -> None:
+    bare = r["bare"]
+    best_batch, best = max(bare.items(), key=lambda kv: kv[1]["samples_per_s"])
+    one = bare["1"]["samples_per_s"]
+    served = r["served"]
+    rows = [
+        ("bare ORT, batch 1 (images/s)", f"{one:,.1f}", f"{bare['1']['ms_per_call_p50']:.2f} ms"),
+        *(
+            (f"bare ORT, batch {b} (images/s)", f"{v['samples_per_s']:,.1f}", "")
+            for b, v in bare.items()
+            if b != "1"
+        ),
+        ("server preprocessing (ms/image)", f"{r['preprocess']['ms_per_image']:.2f}", ""),
+        (
+            f"served JPEG -> top5, c{served['concurrency']} (infer/s)",
+            f"{served['infer_per_s']:,.1f}",
+            f"p50 {served['p50_ms']:.1f} ms, p99 {served['p99_ms']:.1f} ms, "
+            f"{served['errors']} errors",
+        ),
+        (
+            "served / bare best batch",
+            f"{served['infer_per_s'] / best['samples_per_s']:.1%}",
+            f"batch {best_batch}",
+        ),
+        ("served / bare batch 1", f"{served['infer_per_s'] / one:.1%}", ""),
+    ]
+    width = max(len(a) for a, _, _ in rows)
+    for name, value, note in rows:
+        print(f"{name:<{width}}  {value:>10}  {note}")
+    if served["first_error"]:
+        print("first error:", served["first_error"])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
