@@ -26,23 +26,28 @@ import asyncio
 import io
 import json
 import os
-import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-PY = sys.executable
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (
+    CLIENT_CORE,
+    SERVER_CORE,
+    closed_loop,
+    forwardpass_server,
+    http_request,
+    run_role,
+    serving,
+)
+
 HERE = Path(__file__).resolve()
-SERVER_CORE = "0"
-CLIENT_CORE = "1"
+
 MODEL = "efficientnet-lite0"
 PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")
 #: Top-1 labels each photo must get (the model's answer on the unmodified photo).
@@ -50,12 +55,6 @@ EXPECTED = {
     "chelsea": {"tiger cat", "Egyptian cat", "tabby"},
     "coffee": {"espresso"},
 }
-
-
-def pinned(core: str, *cmd: str) -> list[str]:
-    if shutil.which("taskset") and (os.cpu_count() or 1) > 1:
-        return ["taskset", "-c", core, *cmd]
-    return list(cmd)
 
 
 def photos() -> dict[str, bytes]:
@@ -152,7 +151,6 @@ async def _client(url: str, concurrency: int, warmup: float, duration: float) ->
 
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
-    path = f"/v2/models/{MODEL}/infer"
     requests = []
     for name, blob in photos().items():
         # The JPEG travels as a binary BYTES tensor; the top-5 answer comes back as JSON.
@@ -170,63 +168,23 @@ async def _client(url: str, concurrency: int, warmup: float, duration: float) ->
                 "outputs": [{"name": "top5"}],
             }
         ).encode()
-        head = [
-            f"POST {path} HTTP/1.1",
-            f"Host: {host}:{port}",
-            "Content-Type: application/octet-stream",
-            f"Inference-Header-Content-Length: {len(header)}",
-            f"Content-Length: {len(header) + len(data)}",
-        ]
-        raw = ("\r\n".join(head) + "\r\n\r\n").encode() + header + data
-        requests.append((name, raw))
-    window_start = time.perf_counter() + warmup
-    window_end = window_start + duration
-    latencies: list[float] = []
-    errors: list[str] = []
+        headers = {
+            "Content-Type": "application/octet-stream",
+            "Inference-Header-Content-Length": str(len(header)),
+        }
+        requests.append(
+            (name, http_request(host, port, f"/v2/models/{MODEL}/infer", header + data, headers))
+        )
 
-    async def worker(offset: int) -> None:
-        reader, writer = await asyncio.open_connection(host, port)
-        i = offset
-        try:
-            while True:
-                start = time.perf_counter()
-                if start >= window_end:
-                    return
-                name, raw = requests[i % len(requests)]
-                i += 1
-                writer.write(raw)
-                status_line = await reader.readline()
-                length = 0
-                while True:
-                    line = await reader.readline()
-                    if line in (b"\r\n", b""):
-                        break
-                    key, _, value = line.decode("latin-1").partition(":")
-                    if key.strip().lower() == "content-length":
-                        length = int(value)
-                body = await reader.readexactly(length)
-                end = time.perf_counter()
-                if b" 200 " not in status_line:
-                    errors.append(f"{status_line!r}: {body[:200]!r}")
-                    continue
-                top1 = json.loads(body)["outputs"][0]["data"][0].split(":", 2)[2]
-                if name in EXPECTED and top1 not in EXPECTED[name]:
-                    errors.append(f"{name}: top-1 {top1!r}")
-                if window_start <= end <= window_end:
-                    latencies.append(end - start)
-        finally:
-            writer.close()
+    def check(name: str, status: bytes, body: bytes) -> str | None:
+        if b" 200 " not in status:
+            return f"{status!r}: {body[:200]!r}"
+        top1 = json.loads(body)["outputs"][0]["data"][0].split(":", 2)[2]
+        if name in EXPECTED and top1 not in EXPECTED[name]:
+            return f"{name}: top-1 {top1!r}"
+        return None
 
-    await asyncio.gather(*(worker(k) for k in range(concurrency)))
-    latencies.sort()
-    return {
-        "concurrency": concurrency,
-        "infer_per_s": len(latencies) / duration,
-        "p50_ms": latencies[len(latencies) // 2] * 1e3 if latencies else None,
-        "p99_ms": latencies[int(len(latencies) * 0.99)] * 1e3 if latencies else None,
-        "errors": len(errors),
-        "first_error": errors[0] if errors else "",
-    }
+    return await closed_loop(host, port, requests, check, concurrency, warmup, duration)
 
 
 def role_client(url: str, concurrency: int, warmup: float, duration: float) -> dict[str, Any]:
@@ -234,24 +192,6 @@ def role_client(url: str, concurrency: int, warmup: float, duration: float) -> d
 
 
 # --------------------------------------------------------------------------- orchestration
-
-
-def run_role(core: str, *args: str) -> Any:
-    out = subprocess.run(
-        pinned(core, PY, str(HERE), "--role", *args), check=True, capture_output=True, text=True
-    ).stdout
-    return json.loads(out.strip().splitlines()[-1])
-
-
-def wait_ready(url: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{url}/v2/models/{MODEL}/ready", timeout=1):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{url} did not become ready")
 
 
 def main() -> int:
@@ -271,29 +211,12 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         repository = args.model_repository or build(Path(tmp) / "repo")
         seconds = str(max(3.0, args.duration / 3))
-        results["bare"] = run_role(SERVER_CORE, "bare", str(repository), args.batch, seconds)
-        results["preprocess"] = run_role(SERVER_CORE, "preprocess", str(repository), "3")
+        results["bare"] = run_role(HERE, SERVER_CORE, "bare", str(repository), args.batch, seconds)
+        results["preprocess"] = run_role(HERE, SERVER_CORE, "preprocess", str(repository), "3")
         url = f"http://127.0.0.1:{args.port}"
-        server = subprocess.Popen(
-            pinned(
-                SERVER_CORE,
-                PY,
-                "-m",
-                "forwardpass",
-                "serve",
-                "--model-repository",
-                str(repository),
-                "--http-port",
-                str(args.port),
-                "--log-level",
-                "WARNING",
-            ),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            wait_ready(url)
+        with serving(forwardpass_server(repository, args.port), f"{url}/v2/models/{MODEL}/ready"):
             results["served"] = run_role(
+                HERE,
                 CLIENT_CORE,
                 "client",
                 url,
@@ -301,13 +224,6 @@ def main() -> int:
                 str(args.warmup),
                 str(args.duration),
             )
-        finally:
-            server.send_signal(signal.SIGINT)
-            try:
-                server.wait(30)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
     report(results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

@@ -1,0 +1,146 @@
+"""Shared pieces of the benchmarks: core pinning, a pinned server, a closed-loop raw client.
+
+Every benchmark pins the server under test to core 0 and its load to core 1, and runs the
+bare-engine reference on core 0 in the same run, so that ratios compare like with like on a
+noisy shared machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+PY = sys.executable
+SERVER_CORE = "0"
+CLIENT_CORE = "1"
+
+
+def pinned(core: str, *cmd: str) -> list[str]:
+    """``cmd`` restricted to one core (taskset), where the machine has more than one."""
+    if shutil.which("taskset") and (os.cpu_count() or 1) > 1:
+        return ["taskset", "-c", core, *cmd]
+    return list(cmd)
+
+
+def wait_ready(url: str, timeout: float = 120) -> None:
+    """Poll ``url`` until it answers 200."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{url} did not come up")
+
+
+@contextmanager
+def serving(cmd: Sequence[str], ready_url: str) -> Iterator[subprocess.Popen[bytes]]:
+    """Run a server command until the block ends, then stop it with SIGINT (Ctrl-C)."""
+    proc = subprocess.Popen(list(cmd), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_ready(ready_url)
+        yield proc
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def forwardpass_server(repository: Path, port: int) -> list[str]:
+    """``forwardpass serve`` on ``repository``, pinned to the server core."""
+    return pinned(
+        SERVER_CORE, PY, "-m", "forwardpass", "serve", "--model-repository", str(repository),
+        "--http-port", str(port), "--log-level", "WARNING",
+    )  # fmt: skip
+
+
+def http_request(host: str, port: int, path: str, body: bytes, headers: dict[str, str]) -> bytes:
+    """One pre-encoded HTTP/1.1 POST."""
+    head = [f"POST {path} HTTP/1.1", f"Host: {host}:{port}", f"Content-Length: {len(body)}"]
+    head += [f"{k}: {v}" for k, v in headers.items()]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+#: Checks one answer: (request key, status line, body) -> an error message or None.
+Check = Callable[[str, bytes, bytes], "str | None"]
+
+
+async def closed_loop(
+    host: str,
+    port: int,
+    requests: Sequence[tuple[str, bytes]],
+    check: Check,
+    concurrency: int,
+    warmup: float,
+    duration: float,
+) -> dict[str, Any]:
+    """Closed loop: each worker sends, waits for the answer, checks it, sends the next."""
+    window_start = time.perf_counter() + warmup
+    window_end = window_start + duration
+    latencies: list[float] = []
+    errors: list[str] = []
+
+    async def worker(offset: int) -> None:
+        reader, writer = await asyncio.open_connection(host, port)
+        i = offset
+        try:
+            while True:
+                start = time.perf_counter()
+                if start >= window_end:
+                    return
+                key, raw = requests[i % len(requests)]
+                i += 1
+                writer.write(raw)
+                status = await reader.readline()
+                length = 0
+                while True:
+                    line = await reader.readline()
+                    if line in (b"\r\n", b""):
+                        break
+                    name, _, value = line.decode("latin-1").partition(":")
+                    if name.strip().lower() == "content-length":
+                        length = int(value)
+                body = await reader.readexactly(length)
+                end = time.perf_counter()
+                problem = check(key, status, body)
+                if problem:
+                    errors.append(problem)
+                elif window_start <= end <= window_end:
+                    latencies.append(end - start)
+        finally:
+            writer.close()
+
+    await asyncio.gather(*(worker(k) for k in range(concurrency)))
+    latencies.sort()
+    return {
+        "concurrency": concurrency,
+        "infer_per_s": len(latencies) / duration,
+        "p50_ms": latencies[len(latencies) // 2] * 1e3 if latencies else None,
+        "p99_ms": latencies[int(len(latencies) * 0.99)] * 1e3 if latencies else None,
+        "errors": len(errors),
+        "first_error": errors[0] if errors else "",
+    }
+
+
+def run_role(script: Path, core: str, *args: str) -> Any:
+    """Run ``script --role ARGS`` pinned to ``core``; its last stdout line is JSON."""
+    import json
+
+    out = subprocess.run(
+        pinned(core, PY, str(script), "--role", *args), check=True, capture_output=True, text=True
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1])
