@@ -481,6 +481,8 @@ class Engine:
                 tensors = {n: Tensor(n, specs[n].datatype, a) for n, a in inputs.items()}
                 produced = await loaded.pipeline.run(self.infer, tensors, request.id)
                 outputs = {n: t.data for n, t in produced.items()}
+            elif _no_rows(handle.config, inputs):
+                outputs = _zero_rows(handle.config)
             else:
                 assert loaded.batcher is not None
                 outputs, _queue_ns, _compute_ns = await loaded.batcher.submit(
@@ -672,6 +674,32 @@ def _runner(backends: list[Backend], outputs: tuple[str, ...]) -> Any:
         return backends[instance].infer(inputs, outputs)
 
     return run
+
+
+def _no_rows(config: ModelConfig, inputs: Mapping[str, np.ndarray]) -> bool:
+    """Whether a model without batching was sent zero rows.
+
+    True when every input and output declares a variable leading axis (rows in, rows out)
+    and every input is empty along it: an ensemble step after a detector that found nothing.
+    Many networks cannot run an empty tensor (an ONNX ``Reshape`` to ``[0, C, -1]`` fails)
+    and there is nothing to compute, so the engine answers zero rows without the backend.
+    """
+    if config.batching or not inputs:
+        return False
+    if any(not s.dims or s.dims[0] != -1 for s in (*config.inputs, *config.outputs)):
+        return False
+    return all(a.ndim > 0 and a.shape[0] == 0 for a in inputs.values())
+
+
+def _zero_rows(config: ModelConfig) -> dict[str, np.ndarray]:
+    """Zero-row outputs. Other unknown dims become 1, so that a later ``x.reshape(-1, T, C)``
+    stays defined on the empty array (numpy cannot infer -1 next to a 0)."""
+    out: dict[str, np.ndarray] = {}
+    for spec in config.outputs:
+        shape = (0, *(d if d > 0 else 1 for d in spec.dims[1:]))
+        dtype = object if spec.datatype is DataType.BYTES else spec.datatype.numpy
+        out[spec.name] = np.zeros(shape, dtype=dtype)
+    return out
 
 
 def _guarded(fn: Callable[..., dict[str, np.ndarray]], *args: Any) -> dict[str, np.ndarray]:

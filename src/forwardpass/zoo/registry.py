@@ -90,9 +90,15 @@ class Added:
 def recipes() -> dict[str, Recipe]:
     """Every recipe by name, in listing order."""
     # Imported here so that the recipe modules (and this one) stay cheap to import.
-    from forwardpass.zoo import breast_cancer, digits, efficientnet, minilm
+    from forwardpass.zoo import breast_cancer, digits, efficientnet, minilm, ppocr
 
-    listed = (efficientnet.RECIPE, minilm.RECIPE, breast_cancer.RECIPE, digits.RECIPE)
+    listed = (
+        efficientnet.RECIPE,
+        minilm.RECIPE,
+        ppocr.RECIPE,
+        breast_cancer.RECIPE,
+        digits.RECIPE,
+    )
     return {recipe.name: recipe for recipe in listed}
 
 
@@ -178,9 +184,22 @@ def add(name: str, repository: Path, *, force: bool = False) -> Added:
         began = time.perf_counter()
         built = recipe.build(staging, name)
         seconds = time.perf_counter() - began
-        folder = staging / name
-        model_bytes = sum(p.stat().st_size for p in folder.glob("*/model.onnx"))
-        replaced = _move_into_place(folder, target, force)
+        # A recipe may write several models (an ensemble and its steps): every one of them
+        # is checked before any is moved, and the model called ``name`` moves last.
+        folders = sorted(
+            (p for p in staging.iterdir() if p.is_dir() and not p.name.startswith(".")),
+            key=lambda p: p.name == name,
+        )
+        clashes = [p.name for p in folders if (repository / p.name).exists()]
+        if clashes and not force:
+            raise InvalidArgument(
+                f"model(s) {', '.join(clashes)} already exist in {repository}; nothing was "
+                "written. Pass --force to replace them"
+            )
+        model_bytes = sum(p.stat().st_size for f in folders for p in f.glob("*/model.onnx"))
+        replaced = False
+        for folder in folders:
+            replaced |= _move_into_place(folder, repository / folder.name, force)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return Added(recipe, target, seconds, model_bytes, replaced, built.notes)

@@ -16,7 +16,13 @@ from forwardpass.zoo import registry as registry_module
 
 def test_every_recipe_is_listed_with_an_install_command() -> None:
     known = recipes()
-    assert list(known) == ["efficientnet-lite0", "all-minilm-l6-v2", "breast-cancer", "digits"]
+    assert list(known) == [
+        "efficientnet-lite0",
+        "all-minilm-l6-v2",
+        "ppocr",
+        "breast-cancer",
+        "digits",
+    ]
     for name, recipe in known.items():
         assert recipe.name == name
         assert recipe.pip.startswith("pip install")

@@ -23,6 +23,7 @@ def test_list_names_every_model() -> None:
     assert [r["name"] for r in rows] == [
         "efficientnet-lite0",
         "all-minilm-l6-v2",
+        "ppocr",
         "breast-cancer",
         "digits",
     ]
