@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,12 @@ def _request_for(path: Path, handle: Any) -> Any:
     first = specs[0]
 
     def batched(array: np.ndarray, spec: Any) -> np.ndarray:
-        if config.batching and array.ndim == len(spec.dims):
+        # One sample given loosely (a scalar for a [1] column, a flat list for [2,2]): shape
+        # it as the input's dims, then add the batch dimension where the model batches.
+        dims = spec.dims
+        if all(d > 0 for d in dims) and array.size == math.prod(dims):
+            array = array.reshape(dims)
+        if config.batching and array.ndim == len(dims):
             return array[np.newaxis]
         return array
 
@@ -71,7 +77,16 @@ def _request_for(path: Path, handle: Any) -> Any:
             if suffix != ".txt"
             else [line.encode() for line in path.read_text().splitlines() if line.strip()]
         )
-        array = np.empty((len(items), 1) if config.batching else (len(items),), dtype=object)
+        if config.batching:
+            shape: tuple[int, ...] = (len(items), 1)
+        else:  # the declared dims, the variable one holding the items
+            shape = tuple(len(items) if d < 0 else d for d in first.dims) or (len(items),)
+        if math.prod(shape) != len(items):
+            raise InvalidArgument(
+                f"{path}: {len(items)} item(s) do not fit input {first.name!r} of dims "
+                f"{list(first.dims)}"
+            )
+        array = np.empty(shape, dtype=object)
         array.reshape(-1)[:] = items
         return InferRequest(
             model_name=config.name, inputs=[Tensor(first.name, first.datatype, array)]
