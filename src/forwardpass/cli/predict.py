@@ -221,5 +221,11 @@ def predict(
                 for item in rows:
                     table.add_row(item["label"], f"{item['score']:.4f}")
                 console.print(table)
+            elif math.prod(value["shape"]) > 32:
+                # A long vector (1000 probabilities, an embedding) says little in a terminal.
+                console.print(
+                    f"{path.name} → {name} shape={value['shape']} "
+                    f"({math.prod(value['shape'])} values; --json prints them)"
+                )
             else:
-                console.print(f"{path} → {name} shape={value['shape']}: {value['data']}")
+                console.print(f"{path.name} → {name} shape={value['shape']}: {value['data']}")
