@@ -18,6 +18,7 @@ def register(group: click.Group) -> None:
         ("forwardpass.cli.bench", "bench"),
         ("forwardpass.cli.importer", "import_"),
         ("forwardpass.cli.zoo", "zoo"),
+        ("forwardpass.cli.optimize", "optimize"),
     ):
         try:
             module = importlib.import_module(module_name)

@@ -48,6 +48,7 @@ def models(model_repository: Path | None, url: str | None, as_json: bool) -> Non
     else:
         from forwardpass.config import ServerConfig
         from forwardpass.errors import ForwardpassError
+        from forwardpass.optimize.provenance import read_provenance
         from forwardpass.repository import ModelRepository
 
         config = ServerConfig.from_env(model_repository=model_repository)
@@ -76,13 +77,19 @@ def models(model_repository: Path | None, url: str | None, as_json: bool) -> Non
                     for s in cfg.outputs
                 )
             )
+            # Versions written by `forwardpass optimize` say what they were made from.
+            derived = "".join(
+                f"; v{v} {p.describe()}"
+                for v in entry.versions
+                if (p := read_provenance(entry.path / str(v))) is not None
+            )
             rows.append(
                 {
                     "name": name,
                     "versions": ",".join(str(v) for v in entry.versions),
                     "state": "OK",
                     "detail": f"{cfg.backend or cfg.platform}, "
-                    f"max_batch_size {cfg.max_batch_size}; {io}",
+                    f"max_batch_size {cfg.max_batch_size}; {io}{derived}",
                 }
             )
     if as_json:

@@ -1,0 +1,49 @@
+"""The optimization methods, by name; :func:`resolve_methods` turns ``--methods`` into them.
+
+Structured pruning and distillation (they need torch) will be further :class:`Method`
+subclasses with ``requires = ("torch",)`` and ``extra = "torch"``, added to :data:`METHODS`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from forwardpass.errors import InvalidArgument
+from forwardpass.optimize.methods.base import BuildContext, Method, MethodSkipped, Variant
+from forwardpass.optimize.methods.fp16 import BF16Method, FP16Method
+from forwardpass.optimize.methods.graph import GraphMethod
+from forwardpass.optimize.methods.int4 import Int4Method
+from forwardpass.optimize.methods.int8 import Int8DynamicMethod, Int8StaticMethod
+
+__all__ = [
+    "DEFAULT_METHODS",
+    "METHODS",
+    "BuildContext",
+    "Method",
+    "MethodSkipped",
+    "Variant",
+    "resolve_methods",
+]
+
+#: Every method, in the order they run.
+METHODS: dict[str, type[Method]] = {
+    m.name: m
+    for m in (
+        GraphMethod,
+        FP16Method,
+        BF16Method,
+        Int8DynamicMethod,
+        Int8StaticMethod,
+        Int4Method,
+    )
+}
+DEFAULT_METHODS = tuple(METHODS)
+
+
+def resolve_methods(names: Sequence[str] | None) -> list[Method]:
+    """Instances of the named methods (all of them for ``None``), in :data:`METHODS` order."""
+    wanted = list(DEFAULT_METHODS if names is None else names)
+    unknown = [n for n in wanted if n not in METHODS]
+    if unknown:
+        raise InvalidArgument(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
+    return [cls() for name, cls in METHODS.items() if name in wanted]

@@ -1,0 +1,46 @@
+"""``forwardpass optimize`` end to end on the embedded digits model, then ``models``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from forwardpass.cli.main import _register, cli
+
+_register()
+
+
+def test_optimize_digits_for_edge_writes_version_2(digits_repo: Path, digits_npz: Path) -> None:
+    methods = "graph,fp16,int8-dynamic,int8-static"
+    args = ["optimize", "digits", "--model-repository", str(digits_repo), "--target", "edge",
+            "--validation", str(digits_npz), "--methods", methods, "--no-isolate",
+            "--iterations", "5", "--seconds", "0.2", "--batch-sizes", "1,8"]  # fmt: skip
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "wrote version 2 of digits" in result.output
+    version = digits_repo / "digits" / "2"
+    report = json.loads((version / "optimization.json").read_text())
+    assert report["optimized_from"] == 1 and report["data"]["labels"] is True
+    names = {c["name"] for c in report["candidates"]}
+    assert {"original", "graph-ort", "fp16", "int8-dynamic-pc", "int8-static-s8s8-pc"} <= names
+    chosen = next(c for c in report["candidates"] if c["name"] == report["selection"]["chosen"])
+    assert chosen["size_bytes"] < report["candidates"][0]["size_bytes"]
+    assert chosen["accuracy"]["metric"] == "top1" and chosen["accuracy"]["drop"] <= 0.01
+
+    listing = CliRunner().invoke(cli, ["models", "--model-repository", str(digits_repo), "--json"])
+    assert listing.exit_code == 0, listing.output
+    (row,) = json.loads(listing.output)
+    assert row["versions"] == "2" and f"v2 derived from v1 by {report['method']}" in row["detail"]
+
+
+def test_dry_run_writes_nothing_and_missing_gpu_is_explained(digits_repo: Path) -> None:
+    common = ["optimize", "digits", "--model-repository", str(digits_repo), "--no-isolate",
+              "--iterations", "3", "--seconds", "0.1", "--methods", "int8-dynamic"]  # fmt: skip
+    result = CliRunner().invoke(cli, [*common, "--target", "edge", "--dry-run", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output[result.output.index("{") :])
+    assert report["version"] is None and not (digits_repo / "digits" / "2").exists()
+    refused = CliRunner().invoke(cli, [*common, "--target", "tensorrt"])
+    assert refused.exit_code != 0 and "TensorrtExecutionProvider" in refused.output
