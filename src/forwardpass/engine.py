@@ -34,6 +34,7 @@ from forwardpass.errors import (
 )
 from forwardpass.model_config import ModelConfig, TensorSpec
 from forwardpass.monitor.stats import ModelStats
+from forwardpass.optimize.provenance import Provenance, read_provenance
 from forwardpass.pipeline import Pipeline
 from forwardpass.processing.base import Processing
 from forwardpass.processing.spec import build_processing
@@ -68,6 +69,8 @@ class LoadedVersion:
     executor: ThreadPoolExecutor | None
     stats: ModelStats
     pipeline: Pipeline | None = None
+    #: Set when this version was written by ``forwardpass optimize`` from another one.
+    provenance: Provenance | None = None
 
     @property
     def providers(self) -> list[str]:
@@ -241,6 +244,10 @@ class Engine:
                     handle.versions[version] = LoadedVersion(
                         version, [], None, None, ModelStats(name, str(version)), pipeline
                     )
+            for version, loaded in handle.versions.items():
+                loaded.provenance = read_provenance(entry.path / str(version))
+                if loaded.provenance is not None:
+                    log.info("model %s version %d: %s", name, version, loaded.provenance.describe())
             handle.latest = handle.versions[max(handle.versions)] if handle.versions else None
             self._models[name] = handle
             log.info(
@@ -404,14 +411,14 @@ class Engine:
     def models(self) -> list[ModelHandle]:
         return [self._models[name] for name in sorted(self._models)]
 
-    def index(self, ready_only: bool = False) -> list[dict[str, str]]:
+    def index(self, ready_only: bool = False) -> list[dict[str, Any]]:
         """Triton's repository index: every model in the repository with its state."""
         try:
             names = set(self.repository.list_models())
         except ForwardpassError:
             names = set()
         names |= set(self._models)
-        out: list[dict[str, str]] = []
+        out: list[dict[str, Any]] = []
         for name in sorted(names):
             handle = self._models.get(name)
             if handle is None:
@@ -422,14 +429,18 @@ class Engine:
                 for version in sorted(handle.versions):
                     if ready_only and handle.state is not ModelState.READY:
                         continue
-                    out.append(
-                        {
-                            "name": name,
-                            "version": str(version),
-                            "state": handle.state.value,
-                            "reason": handle.reason if handle.state is not ModelState.READY else "",
-                        }
-                    )
+                    item: dict[str, Any] = {
+                        "name": name,
+                        "version": str(version),
+                        "state": handle.state.value,
+                        "reason": handle.reason if handle.state is not ModelState.READY else "",
+                    }
+                    provenance = handle.versions[version].provenance
+                    if provenance is not None:
+                        # Beyond Triton's four keys; clients that do not know it ignore it.
+                        item["optimized_from"] = str(provenance.optimized_from)
+                        item["optimization"] = provenance.method
+                    out.append(item)
             elif not ready_only:
                 out.append(
                     {

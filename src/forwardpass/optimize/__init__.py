@@ -15,10 +15,15 @@ best one within the accuracy budget as a new version with its report beside it. 
 
 from __future__ import annotations
 
-from forwardpass.optimize.measure import MeasureSettings
-from forwardpass.optimize.optimizer import OptimizeOptions, OptimizeResult, optimize
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from forwardpass.optimize.provenance import OPTIMIZATION_FILE, Provenance, read_provenance
-from forwardpass.optimize.target import Target
+
+if TYPE_CHECKING:
+    from forwardpass.optimize.measure import MeasureSettings
+    from forwardpass.optimize.optimizer import OptimizeOptions, OptimizeResult, optimize
+    from forwardpass.optimize.target import Target
 
 __all__ = [
     "OPTIMIZATION_FILE",
@@ -30,3 +35,20 @@ __all__ = [
     "optimize",
     "read_provenance",
 ]
+
+# The server reads provenance for every version it loads; the optimizer's own modules (ONNX
+# tooling, quantization) load only when something here asks for them.
+_LAZY = {
+    "MeasureSettings": "forwardpass.optimize.measure",
+    "OptimizeOptions": "forwardpass.optimize.optimizer",
+    "OptimizeResult": "forwardpass.optimize.optimizer",
+    "optimize": "forwardpass.optimize.optimizer",
+    "Target": "forwardpass.optimize.target",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'forwardpass.optimize' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
