@@ -13,7 +13,8 @@ basis                       primary metric     drop
 labels, classification      top-1 accuracy     original top-1 − candidate top-1
 labels, regression          MAE                (candidate MAE − original MAE) / original MAE
 agreement, classification   top-1 agreement    1 − agreement
-agreement, embedding        mean cosine        1 − mean cosine similarity
+agreement, embedding        mean cosine        1 − mean cosine similarity (nearest-neighbour
+                                               agreement recorded beside it)
 agreement, regression       relative MAD       mean |cand − orig| / mean |orig|
 ==========================  =================  ===============================================
 """
@@ -35,6 +36,7 @@ __all__ = [
     "f1_macro",
     "max_abs_diff",
     "mean_absolute_error",
+    "neighbour_agreement",
     "top1_agreement",
     "top_k_accuracy",
 ]
@@ -85,6 +87,21 @@ def cosine_similarity(reference: np.ndarray, candidate: np.ndarray) -> np.ndarra
     na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
     sims = np.sum(a * b, axis=1) / np.maximum(na * nb, _EPS)
     return np.where((na < _EPS) & (nb < _EPS), 1.0, sims)
+
+
+def neighbour_agreement(reference: np.ndarray, candidate: np.ndarray) -> float:
+    """Share of rows whose nearest other row (cosine) is the same under both embeddings."""
+    ref, cand = _rows(reference).astype(np.float64), _rows(candidate).astype(np.float64)
+    if ref.shape[0] < 2:
+        return 1.0
+
+    def nearest(x: np.ndarray) -> np.ndarray:
+        unit = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), _EPS)
+        similarity = unit @ unit.T
+        np.fill_diagonal(similarity, -np.inf)
+        return np.argmax(similarity, axis=1)
+
+    return float(np.mean(nearest(ref) == nearest(cand)))
 
 
 def max_abs_diff(reference: np.ndarray, candidate: np.ndarray) -> float:
@@ -153,6 +170,9 @@ def _agreement(
         details["top1_agreement"] = value
         return "top1_agreement", value, 1.0 - value, details
     if task == "embedding":
+        # Retrieval is what embeddings are for: record whether each sample's nearest
+        # neighbour among the others is still the same one.
+        details["neighbour_agreement"] = neighbour_agreement(ref, cand)
         return "cosine_mean", details["cosine_mean"], 1.0 - details["cosine_mean"], details
     scale = float(np.mean(np.abs(np.asarray(ref, np.float64)))) + _EPS
     value = mean_absolute_error(cand, ref) / scale

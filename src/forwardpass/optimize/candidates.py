@@ -84,11 +84,20 @@ def io_mismatch(original: Path, candidate: Path) -> str | None:
     """
     from forwardpass.runtime.onnx import describe_onnx
 
+    def compatible(x: tuple[int, ...], y: tuple[int, ...]) -> bool:
+        # Shape inference may pin a dimension the original left symbolic ([-1, -1] becomes
+        # [-1, 384]); the shared config still holds as long as no known sizes disagree.
+        return len(x) == len(y) and all(p == q or -1 in (p, q) for p, q in zip(x, y, strict=True))
+
     a, b = describe_onnx(original), describe_onnx(candidate)
     for kind, left, right in (("input", a.inputs, b.inputs), ("output", a.outputs, b.outputs)):
-        if {s.name: (s.datatype, s.dims) for s in left} != {
-            s.name: (s.datatype, s.dims) for s in right
-        }:
+        mine = {s.name: s for s in left}
+        theirs = {s.name: s for s in right}
+        if mine.keys() != theirs.keys() or any(
+            mine[n].datatype is not theirs[n].datatype
+            or not compatible(mine[n].dims, theirs[n].dims)
+            for n in mine
+        ):
             return (
                 f"its {kind}s differ from the original's ("
                 + ", ".join(f"{s.name}:{s.datatype.value}{list(s.dims)}" for s in right)

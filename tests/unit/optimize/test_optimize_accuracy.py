@@ -91,3 +91,13 @@ def test_detect_task() -> None:
     assert (
         detect_task(rng.standard_normal((4, 1)), "out", np.array([0.5, 1.0]), False) == "regression"
     )
+
+
+def test_neighbour_agreement_sees_a_changed_ranking() -> None:
+    from forwardpass.optimize.accuracy import neighbour_agreement
+
+    points = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
+    assert neighbour_agreement(points, points * 3) == 1.0
+    swapped = points.copy()
+    swapped[1] = [0.2, 0.8]  # row 1 now sits beside rows 2 and 3
+    assert neighbour_agreement(points, swapped) < 1.0

@@ -65,11 +65,16 @@ class _Reader:
 
 
 def _quiet_root() -> logging.Filter:
-    """Drops the quantizer's root-logger advice to pre-process (it was, or could not be)."""
+    """Drops the quantizer's root-logger chatter while it runs.
+
+    onnxruntime.quantization logs advice ("please pre-process": it was, or could not be) and
+    one line per skipped per-channel axis (LayerNorm weights of a transformer: dozens) on the
+    root logger; errors still pass.
+    """
 
     class _Drop(logging.Filter):
         def filter(self, record: logging.LogRecord) -> bool:
-            return "pre-process" not in record.getMessage()
+            return record.levelno >= logging.ERROR
 
     return _Drop()
 

@@ -1,0 +1,447 @@
+"""Pruning: structured (whole channels and neurons, fewer FLOPs) and unstructured (zeros).
+
+Structured pruning (:func:`prune_structured`, extra ``torch``) removes output channels of
+convolutions and hidden neurons of dense layers, so the pruned model does less arithmetic on any
+engine:
+
+1. the ONNX graph becomes a :class:`~.torch_graph.GraphModule` (checked against ONNX Runtime);
+2. :func:`channel_groups` finds each prunable layer and where its channels go: through
+   element-wise ops, pooling, BatchNorm (sliced along) and depthwise convolutions (sliced
+   along) into the *consumers* whose input channels (after a Flatten: blocks of features) are
+   removed with them. A layer whose channels reach a model output, a skip connection (Add of two
+   activations) or anything else is left whole, and the report says why;
+3. channels are ranked by L1 norm of their weights (times |γ/σ| of a following BatchNorm), or
+   by *sensitivity*: how much the outputs move, on a few batches, when the channel is masked;
+4. the same fraction of the lowest-ranked channels is removed from every group, that fraction
+   found by bisection so the Conv/Gemm/MatMul FLOPs fall by at least the target;
+5. a short fine-tune by distillation from the original's outputs (:mod:`.training`; labels,
+   when given, add a cross-entropy term); export (opset 17, dynamic batch) and a check
+   against ONNX Runtime.
+
+Unstructured pruning (:func:`prune_unstructured`, no torch) zeroes the smallest weights. ONNX
+Runtime multiplies zeros like any number: the file compresses better, but no speed-up is
+expected, and the notes say so next to the latency actually measured.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from forwardpass.errors import Unsupported
+from forwardpass.optimize.feedforward import count_flops
+from forwardpass.optimize.training import FitSettings, fit, output_kind, teacher_targets
+
+if TYPE_CHECKING:
+    import onnx
+    import torch
+
+    from forwardpass.optimize.torch_graph import GraphModule
+
+__all__ = [
+    "ChannelGroup",
+    "PruneOptions",
+    "PruneResult",
+    "channel_groups",
+    "prune_structured",
+    "prune_unstructured",
+]
+
+Score = Literal["l1", "sensitivity"]
+NO_SPEEDUP = "zeros the engine cannot exploit: no speed-up expected"
+_ELEMENTWISE = {"Relu", "LeakyRelu", "Sigmoid", "Tanh", "Clip", "Dropout", "Identity"}
+_POOLS = {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool"}
+_MAX_RATIO = 0.95
+
+
+@dataclass(frozen=True, slots=True)
+class PruneOptions:
+    """How much to prune, how to rank channels, and how to fine-tune afterwards."""
+
+    flops_reduction: float = 0.4
+    score: Score = "l1"
+    fit: FitSettings = field(default_factory=lambda: FitSettings(epochs=15, learning_rate=1e-3))
+    #: Samples the sensitivity score runs on.
+    probe_samples: int = 256
+
+
+@dataclass(slots=True)
+class ChannelGroup:
+    """A prunable layer (``producer``) and the layers its channels feed or pass through."""
+
+    producer: str
+    tensor: str
+    channels: int
+    passthrough: list[str] = field(default_factory=list)
+    #: (layer, block): the consumer's input features ``c*block … (c+1)*block-1`` are channel c.
+    consumers: list[tuple[str, int]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class PruneResult:
+    """What pruning did and what it saved (FLOPs per sample, counted on the ONNX files)."""
+
+    method: str
+    flops_before: int
+    flops_after: int
+    parameters_before: int
+    parameters_after: int
+    #: Per pruned layer (its output tensor): channels before and after.
+    channels: dict[str, tuple[int, int]] = field(default_factory=dict)
+    #: Layers left whole, and why.
+    kept_whole: dict[str, str] = field(default_factory=dict)
+    losses: tuple[float, ...] = ()
+    max_abs_diff: float = 0.0
+
+    @property
+    def reduction(self) -> float:
+        """Share of the FLOPs removed."""
+        return 1.0 - self.flops_after / max(self.flops_before, 1)
+
+    def notes(self) -> list[str]:
+        """One-line facts for a report."""
+        notes = [
+            f"FLOPs/sample {self.flops_before:,} → {self.flops_after:,} "
+            f"(−{self.reduction:.1%}); parameters {self.parameters_before:,} → "
+            f"{self.parameters_after:,}"
+        ]
+        if self.method == "unstructured":
+            notes.append(NO_SPEEDUP)
+        if self.channels:
+            notes.append(
+                "channels "
+                + ", ".join(
+                    f"{k.rsplit('/', 1)[-1]} {a}→{b}" for k, (a, b) in self.channels.items()
+                )
+            )
+        notes += [f"kept whole: {k} ({why})" for k, why in self.kept_whole.items()]
+        if self.losses:
+            notes.append(f"fine-tune loss {self.losses[0]:.4f} → {self.losses[-1]:.4f}")
+        return notes
+
+
+# -- finding the groups --------------------------------------------------------------------
+
+
+def _walk(module: GraphModule, group: ChannelGroup, tensor: str, block: int) -> str | None:
+    """Follow channel ``tensor`` to its consumers, filling ``group``; why not, or None."""
+    from forwardpass.optimize.torch_graph import Dense
+
+    if tensor in module.output_names:
+        return "its channels are a model output"
+    shape = module.shapes[tensor]
+    for step in (s for s in module.steps if tensor in s.inputs):
+        layer = module.layers[step.layer] if step.layer else None
+        if step.op in _ELEMENTWISE or (step.op in _POOLS and block == 1):
+            why = _walk(module, group, step.output, block)
+        elif step.op in ("Add", "Sub", "Mul", "Div") and len(step.inputs) == 1:
+            const = module.layers[step.attrs["const"]]
+            if int(const.value.numel()) != 1:  # type: ignore[operator]
+                return f"{step.op} with a per-channel constant follows"
+            why = _walk(module, group, step.output, block)
+        elif step.op == "BatchNormalization" and block == 1 and step.layer:
+            group.passthrough.append(step.layer)
+            why = _walk(module, group, step.output, block)
+        elif step.op == "Conv" and isinstance(layer, Dense) and step.layer and block == 1:
+            if layer.groups == 1:
+                group.consumers.append((step.layer, 1))
+                why = None
+            elif layer.groups == group.channels and layer.weight.shape[:2] == (group.channels, 1):
+                group.passthrough.append(step.layer)  # depthwise: channel c stays channel c
+                why = _walk(module, group, step.output, block)
+            else:
+                return "a grouped convolution follows"
+        elif step.op == "Linear" and step.layer and len(shape) == 2:
+            group.consumers.append((step.layer, block))
+            why = None
+        elif step.op in ("Flatten", "Reshape") and block == 1:
+            why = _walk(module, group, step.output, int(np.prod(shape[2:])) if shape[2:] else 1)
+        else:
+            return f"{step.op} follows ({'a skip connection' if step.op == 'Add' else 'fixed'})"
+        if why:
+            return why
+    return None
+
+
+def channel_groups(module: GraphModule) -> tuple[list[ChannelGroup], dict[str, str]]:
+    """The prunable groups of ``module`` (shapes recorded), and the layers kept whole, with why."""
+    from forwardpass.optimize.torch_graph import Dense
+
+    groups, whole = [], {}
+    for step in module.steps:
+        layer = module.layers[step.layer] if step.layer else None
+        if not isinstance(layer, Dense) or step.op not in ("Conv", "Linear"):
+            continue
+        if step.op == "Conv" and layer.groups != 1:
+            continue  # a depthwise convolution follows its producer's channels
+        if step.op == "Linear" and len(module.shapes[step.output]) != 2:
+            whole[step.output] = "its output is not [batch, features]"
+            continue
+        group = ChannelGroup(step.layer or "", step.output, int(layer.weight.shape[0]))
+        why = _walk(module, group, step.output, 1)
+        if why:
+            whole[step.output] = why
+        elif group.channels > 1:
+            groups.append(group)
+    return groups, whole
+
+
+# -- ranking, slicing, counting ------------------------------------------------------------
+
+
+def _slice(param: Any, index: torch.Tensor, dim: int) -> Any:
+    import torch
+
+    return None if param is None else torch.nn.Parameter(param.detach().index_select(dim, index))
+
+
+def _columns(keep: torch.Tensor, block: int) -> torch.Tensor:
+    import torch
+
+    return (keep[:, None] * block + torch.arange(block)[None, :]).reshape(-1)
+
+
+def apply_pruning(
+    module: GraphModule, groups: list[ChannelGroup], keeps: Mapping[str, torch.Tensor]
+) -> GraphModule:
+    """A copy of ``module`` keeping channels ``keeps[producer]`` of each group."""
+    from forwardpass.optimize.torch_graph import Dense, Norm
+
+    pruned = copy.deepcopy(module)
+    for group in groups:
+        keep = keeps[group.producer]
+        if len(keep) == group.channels:
+            continue
+        producer = pruned.layers[group.producer]
+        producer.weight, producer.bias = (
+            _slice(producer.weight, keep, 0),
+            _slice(producer.bias, keep, 0),
+        )
+        for key in group.passthrough:
+            layer = pruned.layers[key]
+            if isinstance(layer, Norm):
+                layer.weight, layer.bias = (
+                    _slice(layer.weight, keep, 0),
+                    _slice(layer.bias, keep, 0),
+                )
+                layer.running_mean = layer.running_mean.index_select(0, keep)
+                layer.running_var = layer.running_var.index_select(0, keep)
+            elif isinstance(layer, Dense):
+                layer.weight, layer.bias = (
+                    _slice(layer.weight, keep, 0),
+                    _slice(layer.bias, keep, 0),
+                )
+                layer.groups = len(keep)
+        for key, block in group.consumers:
+            consumer = pruned.layers[key]
+            consumer.weight = _slice(consumer.weight, _columns(keep, block), 1)
+    return pruned
+
+
+def module_macs(module: GraphModule) -> int:
+    """Multiply-accumulates per sample of the Conv and Linear steps (shapes recorded)."""
+    total = 0
+    for step in module.steps:
+        if step.op in ("Conv", "Linear") and step.layer:
+            shape = module.shapes[step.output]
+            positions = shape[2:] if step.op == "Conv" else shape[1:-1]
+            weight = module.layers[step.layer].weight
+            total += int(np.prod(positions)) * int(weight.numel())  # type: ignore[union-attr]
+    return total
+
+
+def _l1_scores(module: GraphModule, group: ChannelGroup) -> torch.Tensor:
+    from forwardpass.optimize.torch_graph import Norm
+
+    weight = module.layers[group.producer].weight.detach()  # type: ignore[union-attr]
+    score = weight.abs().reshape(group.channels, -1).sum(1)
+    for key in group.passthrough:
+        norm = module.layers[key]
+        if isinstance(norm, Norm):  # a channel BatchNorm scales to nothing carries nothing
+            score = score * (norm.weight.detach() / (norm.running_var + norm.eps).sqrt()).abs()
+    return score
+
+
+def _sensitivity_scores(
+    module: GraphModule,
+    group: ChannelGroup,
+    probe: list[torch.Tensor],
+    targets: torch.Tensor,
+    kind: Any,
+) -> torch.Tensor:
+    """Loss increase on ``probe`` when each channel is masked (its consumers' inputs zeroed)."""
+    import torch
+
+    from forwardpass.optimize.training import distillation_loss
+
+    scores = torch.zeros(group.channels)
+    with torch.no_grad():
+        base = float(distillation_loss(module(*probe), targets, kind, 1.0))  # type: ignore[arg-type]
+        for c in range(group.channels):
+            saved = []
+            for key, block in group.consumers:
+                weight = module.layers[key].weight  # type: ignore[union-attr]
+                cols = _columns(torch.tensor([c]), block)
+                saved.append((weight, cols, weight[:, cols].clone()))
+                weight[:, cols] = 0
+            out = module(*probe)
+            scores[c] = float(distillation_loss(out, targets, kind, 1.0)) - base  # type: ignore[arg-type]
+            for weight, cols, values in saved:
+                weight[:, cols] = values
+    return scores
+
+
+def _keeps(
+    groups: list[ChannelGroup], order: Mapping[str, torch.Tensor], ratio: float
+) -> dict[str, torch.Tensor]:
+    keeps = {}
+    for g in groups:
+        count = max(1, round(g.channels * (1.0 - ratio)))
+        keeps[g.producer] = order[g.producer][-count:].sort().values
+    return keeps
+
+
+def _search(
+    module: GraphModule, groups: list[ChannelGroup], order: Mapping[str, torch.Tensor], goal: float
+) -> tuple[GraphModule, dict[str, torch.Tensor]]:
+    """The smallest common ratio whose pruning removes at least ``goal`` of the MACs."""
+    before = module_macs(module)
+
+    def reduction(ratio: float) -> float:
+        return (
+            1.0 - module_macs(apply_pruning(module, groups, _keeps(groups, order, ratio))) / before
+        )
+
+    if reduction(_MAX_RATIO) < goal:
+        raise Unsupported(
+            f"structured pruning can remove at most {reduction(_MAX_RATIO):.0%} of this model's "
+            f"FLOPs (the rest is in layers that must stay whole), less than {goal:.0%}"
+        )
+    low, high = 0.0, _MAX_RATIO
+    for _ in range(20):
+        mid = (low + high) / 2
+        low, high = (mid, high) if reduction(mid) < goal else (low, mid)
+    keeps = _keeps(groups, order, high)
+    return apply_pruning(module, groups, keeps), keeps
+
+
+# -- the two entry points ------------------------------------------------------------------
+
+
+def _single_io(model: onnx.ModelProto) -> tuple[str, str]:
+    inits = {i.name for i in model.graph.initializer}
+    inputs = [i.name for i in model.graph.input if i.name not in inits]
+    if len(inputs) != 1 or len(model.graph.output) != 1:
+        raise Unsupported("pruning and distillation take a model with one input and one output")
+    return inputs[0], model.graph.output[0].name
+
+
+def run_onnx(model: onnx.ModelProto | Path, x: np.ndarray, batch: int = 256) -> np.ndarray:
+    """The (only) output of ``model`` on ``x``, in batches (one sample at a time if fixed)."""
+    import onnxruntime as ort
+
+    data = str(model) if isinstance(model, Path) else model.SerializeToString()
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+    first = session.get_inputs()[0]
+    fixed = first.shape[0] if isinstance(first.shape[0], int) and first.shape[0] > 0 else 0
+    size = fixed or batch
+    name = first.name
+    return np.concatenate([session.run(None, {name: x[i : i + size]})[0] for i in
+                           range(0, len(x), size)])  # fmt: skip
+
+
+def prune_structured(
+    model: onnx.ModelProto,
+    output: Path,
+    inputs: np.ndarray,
+    labels: np.ndarray | None = None,
+    options: PruneOptions | None = None,
+) -> PruneResult:
+    """Prune ``model`` to ``options.flops_reduction`` fewer FLOPs, fine-tune, write ``output``.
+
+    ``inputs`` (one array, samples first) is the fine-tune data; ``labels`` are optional.
+    Raises :class:`Unsupported` for a model the converter or the pruner cannot handle.
+    """
+    import torch
+
+    from forwardpass.optimize.accuracy import detect_task
+    from forwardpass.optimize.candidates import count_parameters
+    from forwardpass.optimize.torch_graph import convert, export, verify
+
+    options = options or PruneOptions()
+    in_name, out_name = _single_io(model)
+    inputs = np.ascontiguousarray(inputs, dtype=np.float32)
+    module = convert(model)
+    diff = verify(model, module, {in_name: inputs[:32]})
+    if not diff <= 1e-4:
+        raise Unsupported(f"the torch conversion differs from ONNX Runtime by {diff:.2e}")
+    module.record_shapes(torch.from_numpy(inputs[:1]))
+    groups, whole = channel_groups(module)
+    if not groups:
+        raise Unsupported("no layer can lose channels: " + "; ".join(f"{k}: {v}" for k, v in
+                          whole.items()))  # fmt: skip
+    teacher = run_onnx(model, inputs)
+    classification = detect_task(teacher, out_name, labels, False) == "classification"
+    kind = output_kind(model, out_name, classification)
+    targets = teacher_targets(teacher, kind)
+    module.logits = True
+    order = {}
+    for g in groups:
+        if options.score == "sensitivity":
+            probe = [torch.from_numpy(inputs[: options.probe_samples])]
+            target = torch.from_numpy(targets[: options.probe_samples])
+            score = _sensitivity_scores(module, g, probe, target, kind)
+        else:
+            score = _l1_scores(module, g)
+        order[g.producer] = torch.argsort(score)  # ascending: the first are removed first
+    pruned, keeps = _search(module, groups, order, options.flops_reduction)
+    losses = fit(pruned, [inputs], targets, kind, options.fit, labels if classification else None)
+    pruned.logits = False
+    dynamic = not any(d.dim_value > 0 for d in model.graph.input[0].type.tensor_type.shape.dim[:1])
+    export(pruned, output, [inputs[:2]], [in_name], [out_name], dynamic_batch=dynamic)
+    import onnx
+
+    written = onnx.load(str(output))
+    after_diff = verify(written, pruned, {in_name: inputs[:32]})
+    if not after_diff <= 1e-4:
+        raise Unsupported(f"the pruned export differs from torch by {after_diff:.2e}")
+    source_params = sum(int(np.prod(i.dims)) for i in model.graph.initializer)
+    return PruneResult(
+        method=f"structured-{options.score}",
+        flops_before=count_flops(model).flops,
+        flops_after=count_flops(written).flops,
+        parameters_before=source_params,
+        parameters_after=count_parameters(output),
+        channels={g.tensor: (g.channels, len(keeps[g.producer])) for g in groups},
+        kept_whole=whole,
+        losses=tuple(losses),
+        max_abs_diff=after_diff,
+    )
+
+
+def prune_unstructured(model: onnx.ModelProto, output: Path, sparsity: float = 0.5) -> PruneResult:
+    """Zero the ``sparsity`` smallest-magnitude weights of every Conv/Gemm/MatMul; write it."""
+    import onnx
+    from onnx import numpy_helper
+
+    pruned = copy.deepcopy(model)
+    weights = {n.input[1] for n in model.graph.node if n.op_type in ("Conv", "Gemm", "MatMul")}
+    params = 0
+    for init in pruned.graph.initializer:
+        params += int(np.prod(init.dims))
+        if init.name not in weights:
+            continue
+        array = numpy_helper.to_array(init).copy()
+        cut = np.quantile(np.abs(array), sparsity)
+        array[np.abs(array) <= cut] = 0
+        init.CopyFrom(numpy_helper.from_array(array, init.name))
+    onnx.save(pruned, str(output))
+    flops = count_flops(model).flops
+    return PruneResult("unstructured", flops, flops, params, params)
