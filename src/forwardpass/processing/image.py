@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from forwardpass.errors import InvalidArgument
+from forwardpass.errors import InvalidArgument, InvalidModelConfig
 from forwardpass.model_config import TensorSpec
 from forwardpass.processing.base import InputProcessor
 
@@ -83,7 +83,10 @@ class ImageInput(InputProcessor):
     Options (all optional): ``color`` (RGB, BGR or L; default from the channel count),
     ``resize`` (``{shorter: N}``, ``{size: [H, W]}`` or ``{letterbox: [H, W], fill: 114}``),
     ``resample``, ``crop`` ([H, W], centred), ``scale`` (pixel multiplier, default 1/255),
-    ``mean`` / ``std`` (per channel, after scaling), ``invert`` (true, false, auto).
+    ``mean`` / ``std`` (per channel, after scaling), ``invert`` (true, false, auto),
+    ``decoder`` (``pil``, the default, or ``opencv``: several times faster at decoding and
+    resizing; its cubic/linear resize does not low-pass a downscale under 2×, where Pillow's
+    does, so pixels differ slightly — choose it where preprocessing time matters).
     The final size must equal the model input's H×W.
     """
 
@@ -121,6 +124,18 @@ class ImageInput(InputProcessor):
             if value.size not in (1, channels):
                 raise InvalidArgument(f"image input {name!r}: {what} needs 1 or {channels} values")
         self.invert = str(opts.pop("invert", "false")).lower()
+        self.decoder = str(opts.pop("decoder", "pil")).lower()
+        if self.decoder not in ("pil", "opencv"):
+            raise InvalidArgument(f"image input {name!r}: decoder must be pil or opencv")
+        if self.decoder == "opencv":
+            try:
+                import cv2
+            except ImportError:
+                raise InvalidModelConfig(
+                    f"image input {name!r}: decoder opencv needs OpenCV: "
+                    "pip install opencv-python-headless"
+                ) from None
+            self._cv2 = cv2
         if opts:
             raise InvalidArgument(f"image input {name!r}: unknown option(s) {sorted(opts)}")
         self._check_geometry(name)
@@ -169,6 +184,10 @@ class ImageInput(InputProcessor):
 
         if not isinstance(blob, bytes | bytearray) or not blob:
             raise InvalidArgument(f"input {self.inputs[0].name!r}[{index}]: empty image")
+        if self.decoder == "opencv":
+            pixels = self._decode_opencv(blob, index)
+            self._finish(pixels, out)
+            return
         try:
             with Image.open(io.BytesIO(blob)) as source:
                 if source.format == "JPEG" and self.resize:
@@ -186,6 +205,10 @@ class ImageInput(InputProcessor):
             raise InvalidArgument(
                 f"input {self.inputs[0].name!r}[{index}]: cannot decode image: {exc}"
             ) from None
+        self._finish(pixels, out)
+
+    def _finish(self, pixels: np.ndarray, out: np.ndarray) -> None:
+        """uint8 pixels (H, W[, C], RGB or L) → normalised values in ``out``."""
         if pixels.ndim == 2:
             pixels = pixels[:, :, None]
         if self.color == "BGR":
@@ -201,6 +224,57 @@ class ImageInput(InputProcessor):
         # (pixel * scale - mean) / std as one multiply-add into the output slice.
         np.multiply(view, self._gain, out=out, casting="unsafe")
         out += self._bias
+
+    def _decode_opencv(self, blob: bytes | bytearray, index: int) -> np.ndarray:
+        """Decode (EXIF orientation applied), resize and crop with OpenCV; RGB or L out."""
+        cv2 = self._cv2
+        flag = cv2.IMREAD_GRAYSCALE if self.channels == 1 else cv2.IMREAD_COLOR
+        img = cv2.imdecode(np.frombuffer(blob, np.uint8), flag)
+        if img is None:
+            raise InvalidArgument(
+                f"input {self.inputs[0].name!r}[{index}]: cannot decode image "
+                "(not a format OpenCV reads, or truncated)"
+            )
+        if img.ndim == 3:
+            img = img[:, :, ::-1]  # OpenCV decodes to BGR
+        h, w = img.shape[:2]
+        resize = self.resize
+
+        def scaled(width: int, height: int, src: np.ndarray) -> np.ndarray:
+            sh, sw = src.shape[:2]
+            if width * 2 <= sw and height * 2 <= sh:
+                method = cv2.INTER_AREA  # a real low-pass for strong downscaling
+            else:
+                method = {"nearest": cv2.INTER_NEAREST, "bilinear": cv2.INTER_LINEAR}.get(
+                    self.resample, cv2.INTER_CUBIC
+                )
+            return np.ascontiguousarray(cv2.resize(src, (width, height), interpolation=method))
+
+        if resize and "shorter" in resize:
+            ratio = int(resize["shorter"]) / min(w, h)
+            img = scaled(max(1, round(w * ratio)), max(1, round(h * ratio)), img)
+        elif resize and "size" in resize:
+            rh, rw = (int(v) for v in resize["size"])
+            img = scaled(rw, rh, img)
+        elif resize:
+            lh, lw = (int(v) for v in resize["letterbox"])
+            fill = int(resize.get("fill", 114))
+            scale = min(lw / w, lh / h)
+            iw, ih = max(1, round(w * scale)), max(1, round(h * scale))
+            canvas = np.full((lh, lw, *img.shape[2:]), fill, dtype=np.uint8)
+            top, left = (lh - ih) // 2, (lw - iw) // 2
+            canvas[top : top + ih, left : left + iw] = scaled(iw, ih, img)
+            img = canvas
+        if self.crop:
+            ch, cw = self.crop
+            h, w = img.shape[:2]
+            if w < cw or h < ch:
+                raise InvalidArgument(f"image is {w}x{h} after resizing, smaller than the crop")
+            top, left = (h - ch) // 2, (w - cw) // 2
+            img = img[top : top + ch, left : left + cw]
+        if img.shape[:2] != (self.height, self.width):
+            img = scaled(self.width, self.height, img)
+        return img
 
     def _geometry(self, img: Any) -> Any:
         from PIL import Image

@@ -240,3 +240,29 @@ def test_build_processing_from_parameters(tmp_path: Path) -> None:
         build_processing(bad, tmp_path, {})
     none = ModelConfig(name="m", inputs=(IMG_TARGET,))
     assert not build_processing(none, tmp_path, {}).active
+
+
+def test_opencv_decoder_gives_nearly_the_same_pixels_as_pillow() -> None:
+    pytest.importorskip("cv2")
+    rng = np.random.default_rng(0)
+    # A smooth picture (a gradient plus mild noise), as photographs are.
+    y, x = np.mgrid[0:90, 0:120]
+    pixels = np.stack([x * 2, y * 2, (x + y)], axis=-1) + rng.integers(0, 8, (90, 120, 3))
+    blob = encode(Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)), "JPEG")
+    target = TensorSpec("input", DataType.FP32, (3, 32, 32))
+    options = {"resize": {"shorter": 40}, "crop": [32, 32], "resample": "bicubic"}
+    pil = ImageInput("image", target, True, options)({"image": blobs(blob)})["input"]
+    cv = ImageInput("image", target, True, {**options, "decoder": "opencv"})
+    out = cv({"image": blobs(blob)})["input"]
+    assert out.shape == pil.shape == (1, 3, 32, 32)
+    assert np.abs(out - pil).mean() * 255 < 2.0  # under two grey levels on average
+    with pytest.raises(InvalidArgument, match=r"'image'\[0\]: cannot decode image"):
+        cv({"image": blobs(b"\xff\xd8 not really a jpeg")})
+
+
+def test_opencv_decoder_without_opencv_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "cv2", None)
+    with pytest.raises(InvalidModelConfig, match="pip install opencv-python-headless"):
+        ImageInput("image", IMG_TARGET, True, {"decoder": "opencv"})
