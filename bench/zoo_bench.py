@@ -72,16 +72,26 @@ def photos() -> dict[str, bytes]:
     return out
 
 
-def build(repository: Path) -> Path:
-    """The zoo entry, set to one intra-op thread (the server gets one core)."""
+def build(repository: Path, decoder: str = "pil") -> Path:
+    """The zoo entry, on one intra-op thread (the server gets one core), with ``decoder``."""
+    import dataclasses
+    from types import MappingProxyType
+
+    from forwardpass.repository import ModelRepository
+    from forwardpass.repository.pbtxt_writer import config_to_pbtxt
     from forwardpass.zoo import add
 
     add(MODEL, repository)
-    config = repository / MODEL / "config.pbtxt"
-    config.write_text(
-        config.read_text()
-        + '\nparameters {\n  key: "intra_op_thread_count"\n  value { string_value: "1" }\n}\n'
-    )
+    config = ModelRepository(repository).read(MODEL).config
+    processing = json.loads(config.parameters["processing"])
+    processing["inputs"][0]["decoder"] = decoder
+    parameters = {
+        **config.parameters,
+        "intra_op_thread_count": "1",
+        "processing": json.dumps(processing),
+    }
+    config = dataclasses.replace(config, parameters=MappingProxyType(parameters))
+    (repository / MODEL / "config.pbtxt").write_text(config_to_pbtxt(config))
     return repository
 
 
@@ -202,6 +212,9 @@ def main() -> int:
     parser.add_argument("--batch", default="1,4,8,16", help="bare session batch sizes")
     parser.add_argument("--port", type=int, default=8211)
     parser.add_argument("--model-repository", type=Path, default=None, help="reuse a build")
+    parser.add_argument(
+        "--decoder", choices=("pil", "opencv"), default="pil", help="image decoding library"
+    )
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--role", nargs="+", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -209,7 +222,8 @@ def main() -> int:
         return _dispatch(args.role)
     results: dict[str, Any] = {"cpu_count": os.cpu_count()}
     with tempfile.TemporaryDirectory() as tmp:
-        repository = args.model_repository or build(Path(tmp) / "repo")
+        repository = args.model_repository or build(Path(tmp) / "repo", args.decoder)
+        results["decoder"] = args.decoder
         seconds = str(max(3.0, args.duration / 3))
         results["bare"] = run_role(HERE, SERVER_CORE, "bare", str(repository), args.batch, seconds)
         results["preprocess"] = run_role(HERE, SERVER_CORE, "preprocess", str(repository), "3")
