@@ -46,7 +46,8 @@ class Pipeline:
                     )
                 if tensor in produced:
                     raise InvalidModelConfig(
-                        f"ensemble tensor {tensor!r} is produced by steps {produced[tensor]} and {i}"
+                        f"ensemble tensor {tensor!r} is produced by steps "
+                        f"{produced[tensor]} and {i}"
                     )
                 produced[tensor] = i
         self.steps = tuple(
@@ -82,7 +83,9 @@ class Pipeline:
         """The models the steps call, in step order, each once."""
         return tuple(dict.fromkeys(s.spec.model_name for s in self.steps))
 
-    async def run(self, infer: InferFn, inputs: Mapping[str, Tensor], request_id: str) -> dict[str, Tensor]:
+    async def run(
+        self, infer: InferFn, inputs: Mapping[str, Tensor], request_id: str
+    ) -> dict[str, Tensor]:
         """Run every step once; returns every tensor the ensemble declares as output."""
         available: dict[str, Tensor] = dict(inputs)
         pending = list(self.steps)

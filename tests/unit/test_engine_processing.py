@@ -205,7 +205,12 @@ def test_processing_time_is_measured_separately(repo: Path) -> None:
         stats = engine.handle("colours").versions[1].stats
         assert stats.preprocess_latency.count == 1 and stats.postprocess_latency.count == 1
         text = metrics_renderer(engine)().decode()
-        assert 'forwardpass_preprocess_duration_seconds_count{model="colours",version="1"} 1.0' in text
-        assert 'forwardpass_postprocess_duration_seconds_count{model="colours",version="1"} 1.0' in text
+        assert (
+            'forwardpass_preprocess_duration_seconds_count{model="colours",version="1"} 1.0' in text
+        )
+        assert (
+            'forwardpass_postprocess_duration_seconds_count{model="colours",version="1"} 1.0'
+            in text
+        )
 
     run_with_engine(repo, body)

@@ -57,7 +57,9 @@ output [ {out} ]
 
 def build(root: Path, config: str | None = None) -> Path:
     write_model(root, "add", model=add_model(), config="max_batch_size: 8\ndynamic_batching { }")
-    write_model(root, "square3", model=square3_model(), config="max_batch_size: 8\ndynamic_batching { }")
+    write_model(
+        root, "square3", model=square3_model(), config="max_batch_size: 8\ndynamic_batching { }"
+    )
     write_model(root, "pipe", config=config or ensemble_config())
     return root
 
@@ -69,7 +71,9 @@ def raw(*rows: list[float]) -> Tensor:
 def test_ensemble_runs_its_dag(tmp_path: Path) -> None:
     async def body(engine: Engine) -> None:
         x = np.array([[1.0, 2.0, 3.0], [0.0, -1.0, 0.5]], np.float32)
-        response = await engine.infer(InferRequest(model_name="pipe", inputs=[raw(*x.tolist())], id="e1"))
+        response = await engine.infer(
+            InferRequest(model_name="pipe", inputs=[raw(*x.tolist())], id="e1")
+        )
         got = {t.name: t.data for t in response.outputs}
         assert np.allclose(got["squared"], (x + ADD_BIAS) ** 2)
         assert np.allclose(got["raw_squared"], x**2)
@@ -79,7 +83,9 @@ def test_ensemble_runs_its_dag(tmp_path: Path) -> None:
         assert [i["name"] for i in meta["inputs"]] == ["raw"]
         config = config_to_dict(engine.handle("pipe").config)
         assert [s["model_name"] for s in config["ensemble_scheduling"]["step"]] == [
-            "add", "square3", "square3"
+            "add",
+            "square3",
+            "square3",
         ]
 
     run_with_engine(build(tmp_path), body)
@@ -105,11 +111,15 @@ def test_steps_batch_with_other_traffic(tmp_path: Path) -> None:
 def test_a_failing_step_names_itself(tmp_path: Path) -> None:
     async def body(engine: Engine) -> None:
         with pytest.raises(InvalidArgument, match=r"raw"):
-            await engine.infer(InferRequest(
-                model_name="pipe", inputs=[Tensor("raw", DataType.FP64, np.zeros((1, 3)))]
-            ))
+            await engine.infer(
+                InferRequest(
+                    model_name="pipe", inputs=[Tensor("raw", DataType.FP64, np.zeros((1, 3)))]
+                )
+            )
         await engine.unload("square3")
-        with pytest.raises(Exception, match=r"ensemble step [12] \(square3\): model 'square3' is not ready"):
+        with pytest.raises(
+            Exception, match=r"ensemble step [12] \(square3\): model 'square3' is not ready"
+        ):
             await engine.infer(InferRequest(model_name="pipe", inputs=[raw([1.0, 1.0, 1.0])]))
 
     run_with_engine(build(tmp_path), body)
@@ -118,7 +128,9 @@ def test_a_failing_step_names_itself(tmp_path: Path) -> None:
 def test_loading_an_ensemble_loads_its_steps(tmp_path: Path) -> None:
     async def body(engine: Engine) -> None:
         assert {h.name for h in engine.models()} == {"pipe", "add", "square3"}
-        response = await engine.infer(InferRequest(model_name="pipe", inputs=[raw([0.0, 0.0, 0.0])]))
+        response = await engine.infer(
+            InferRequest(model_name="pipe", inputs=[raw([0.0, 0.0, 0.0])])
+        )
         assert np.allclose(response.outputs[0].data, [ADD_BIAS**2])
 
     run_with_engine(build(tmp_path), body, load_all=False, load_models=("pipe",))
@@ -135,8 +147,10 @@ def test_loading_an_ensemble_loads_its_steps(tmp_path: Path) -> None:
         (STEPS, '"squared", "missing"', "no ensemble step produces output(s) ['missing']"),
         (STEPS.replace('"add"', '"ghost"'), '"squared"', "'ghost' is not in the repository"),
         (
-            STEPS.replace('key: "x" value: "raw" } output_map { key: "y" value: "added"',
-                          'key: "x" value: "squared" } output_map { key: "y" value: "added"'),
+            STEPS.replace(
+                'key: "x" value: "raw" } output_map { key: "y" value: "added"',
+                'key: "x" value: "squared" } output_map { key: "y" value: "added"',
+            ),
             '"squared"',
             "wait on each other",
         ),

@@ -19,6 +19,7 @@ def register(group: click.Group) -> None:
         ("forwardpass.cli.importer", "import_"),
         ("forwardpass.cli.zoo", "zoo"),
         ("forwardpass.cli.optimize", "optimize"),
+        ("forwardpass.cli.distill", "distill"),
     ):
         try:
             module = importlib.import_module(module_name)

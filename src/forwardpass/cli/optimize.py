@@ -67,7 +67,8 @@ def _ints(text: str) -> tuple[int, ...]:
 @click.option(
     "--methods",
     default=None,
-    help="Comma-separated: graph,fp16,bf16,int8-dynamic,int8-static,int4 (default: all).",
+    help="Comma-separated: graph,fp16,bf16,int8-dynamic,int8-static,int4,prune "
+    "(default: all but prune, which trains and needs torch).",
 )
 @click.option(
     "--task",

@@ -13,6 +13,7 @@ temporary folder; only the chosen one is copied into the repository, by :func:`w
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import tempfile
@@ -237,7 +238,11 @@ def optimize(options: OptimizeOptions, progress: ProgressCallback | None = None)
                     folder = workdir / result.name
                     folder.mkdir()
                     result.path = folder / "model.onnx"
-                    result.notes.extend(build(result.path))
+                    # onnxruntime.quantization drops temporary files (external weight data,
+                    # shape-inference models) into the current directory: keep them in the
+                    # candidate's folder, which is deleted with the run.
+                    with contextlib.chdir(folder):
+                        result.notes.extend(build(result.path))
                     mismatch = io_mismatch(source, result.path)
                     if mismatch:
                         raise MethodSkipped(mismatch)

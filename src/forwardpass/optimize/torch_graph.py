@@ -14,7 +14,7 @@ has the same input and output names, a dynamic batch axis where the source had o
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,12 @@ from forwardpass.optimize.feedforward import SUPPORTED_OPS, unsupported_ops
 __all__ = ["Dense", "GraphModule", "Norm", "Step", "convert", "export", "verify"]
 
 _ACTIVATIONS = {"Relu", "LeakyRelu", "Sigmoid", "Tanh", "Clip", "Dropout", "Identity"}
-_ARITHMETIC = {"Add": torch.add, "Sub": torch.sub, "Mul": torch.mul, "Div": torch.div}
+_ARITHMETIC: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "Add": torch.add,
+    "Sub": torch.sub,
+    "Mul": torch.mul,
+    "Div": torch.div,
+}
 
 
 class Dense(nn.Module):
@@ -47,6 +52,9 @@ class Dense(nn.Module):
 
 class Norm(nn.Module):
     """BatchNormalization in inference form; the running statistics are never updated."""
+
+    running_mean: torch.Tensor
+    running_var: torch.Tensor
 
     def __init__(
         self, scale: np.ndarray, bias: np.ndarray, mean: np.ndarray, var: np.ndarray, eps: float
@@ -142,6 +150,7 @@ class GraphModule(nn.Module):
                 layer.eps,
             )
         if op in _ARITHMETIC:
+            assert x is not None
             const = self.layers[a["const"]] if len(args) == 1 else None
             other = const.value if isinstance(const, _Const) else args[1]
             left, right = (other, x) if a.get("const_first") else (x, other)
@@ -263,8 +272,8 @@ class _Builder:
         elif op == "Gemm":
             self.add_gemm(node, attrs, step, key)
         elif op == "BatchNormalization":
-            scale, bias, mean, var = (self.consts[n] for n in node.input[1:5])
-            self.layers[key] = Norm(scale, bias, mean, var, float(attrs.get("epsilon", 1e-5)))
+            scale, shift, mean, var = (self.consts[n] for n in node.input[1:5])
+            self.layers[key] = Norm(scale, shift, mean, var, float(attrs.get("epsilon", 1e-5)))
             step.layer = key
         elif op in ("MaxPool", "AveragePool"):
             kernel = list(attrs["kernel_shape"])

@@ -365,7 +365,9 @@ def _ensemble(value: Any) -> tuple[EnsembleStep, ...]:
     steps = []
     for i, raw in enumerate(repeated(msg.get("step"))):
         where = f"{path}.step[{i}]"
-        step = message_fields(raw, where, ("model_name", "model_version", "input_map", "output_map"))
+        step = message_fields(
+            raw, where, ("model_name", "model_version", "input_map", "output_map")
+        )
         model = as_str(step.get("model_name", ""), join(where, "model_name"))
         if not model:
             raise config_error(where, "model_name is required")

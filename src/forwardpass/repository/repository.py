@@ -144,7 +144,7 @@ class ModelRepository:
     def __init__(
         self, root: Path | str, *, autocomplete: bool = True, default_max_batch_size: int = 64
     ) -> None:
-        self._root = Path(root)
+        self._root = Path(root).absolute()
         self.autocomplete = autocomplete
         self.default_max_batch_size = default_max_batch_size
 

@@ -99,5 +99,5 @@ def test_static_quantization_needs_real_calibration_data(tmp_path: Path, conv) -
 def test_unknown_method_is_named() -> None:
     from forwardpass.errors import InvalidArgument
 
-    with pytest.raises(InvalidArgument, match="prune"):
-        resolve_methods(["graph", "prune"])
+    with pytest.raises(InvalidArgument, match="bogus"):
+        resolve_methods(["graph", "bogus"])

@@ -15,7 +15,9 @@ from forwardpass.runtime import function as function_module
 from forwardpass.types import InferRequest, Tensor
 
 
-def repeat_rows(inputs: Mapping[str, np.ndarray], params: Mapping[str, str]) -> dict[str, np.ndarray]:
+def repeat_rows(
+    inputs: Mapping[str, np.ndarray], params: Mapping[str, str]
+) -> dict[str, np.ndarray]:
     """Fan-out: each input row repeated ``times`` times (the row count changes)."""
     times = int(params.get("times", "2"))
     return {"y": np.repeat(inputs["x"], times, axis=0)}

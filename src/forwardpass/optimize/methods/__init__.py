@@ -14,6 +14,7 @@ from forwardpass.optimize.methods.fp16 import BF16Method, FP16Method
 from forwardpass.optimize.methods.graph import GraphMethod
 from forwardpass.optimize.methods.int4 import Int4Method
 from forwardpass.optimize.methods.int8 import Int8DynamicMethod, Int8StaticMethod
+from forwardpass.optimize.methods.prune import PruneMethod  # registration hook: pruning
 
 __all__ = [
     "DEFAULT_METHODS",
@@ -35,9 +36,11 @@ METHODS: dict[str, type[Method]] = {
         Int8DynamicMethod,
         Int8StaticMethod,
         Int4Method,
+        PruneMethod,  # registration hook: pruning (torch extra; trains, so opt-in)
     )
 }
-DEFAULT_METHODS = tuple(METHODS)
+# Pruning fine-tunes a network: it runs only when --methods names it.
+DEFAULT_METHODS = tuple(n for n in METHODS if n != PruneMethod.name)
 
 
 def resolve_methods(names: Sequence[str] | None) -> list[Method]:
