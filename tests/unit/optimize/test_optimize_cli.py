@@ -33,6 +33,7 @@ def test_optimize_digits_for_edge_writes_version_2(digits_repo: Path, digits_npz
     assert listing.exit_code == 0, listing.output
     (row,) = json.loads(listing.output)
     assert row["versions"] == "2" and f"v2 derived from v1 by {report['method']}" in row["detail"]
+    check_served(digits_repo)
 
 
 def test_dry_run_writes_nothing_and_missing_gpu_is_explained(digits_repo: Path) -> None:
@@ -44,3 +45,37 @@ def test_dry_run_writes_nothing_and_missing_gpu_is_explained(digits_repo: Path) 
     assert report["version"] is None and not (digits_repo / "digits" / "2").exists()
     refused = CliRunner().invoke(cli, [*common, "--target", "tensorrt"])
     assert refused.exit_code != 0 and "TensorrtExecutionProvider" in refused.output
+
+
+def check_served(digits_repo: Path) -> None:
+    """The promoted version is what the server now serves, and it says where it came from."""
+    import asyncio
+
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    from forwardpass.config import ServerConfig
+    from forwardpass.datatypes import DataType
+    from forwardpass.engine import Engine
+    from forwardpass.repository import ModelRepository
+    from forwardpass.types import InferRequest, Tensor
+
+    digits = load_digits()
+    images = (digits.images[:64] / 16.0).astype(np.float32).reshape(64, 1, 8, 8)
+
+    async def serve() -> None:
+        engine = Engine(ModelRepository(digits_repo), ServerConfig(model_repository=digits_repo))
+        await engine.start()
+        try:
+            (entry,) = engine.index()
+            assert entry["version"] == "2" and entry["optimized_from"] == "1"
+            response = await engine.infer(
+                InferRequest("digits", [Tensor("image", DataType.FP32, images)])
+            )
+            predicted = response.outputs[0].data.argmax(axis=1)
+            assert response.model_version == "2"
+            assert (predicted == digits.target[:64]).mean() >= 0.95
+        finally:
+            await engine.stop()
+
+    asyncio.run(serve())
