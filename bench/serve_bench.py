@@ -17,59 +17,31 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (  # a script beside its helpers, not a package
+    CLIENT_CORE,
+    PY,
+    SERVER_CORE,
+    forwardpass_server,
+    pinned,
+    serving,
+)
+
 HERE = Path(__file__).resolve().parent
-PY = sys.executable
-SERVER_CORE = "0"
-CLIENT_CORE = "1"
-
-
-def pinned(core: str, *cmd: str) -> list[str]:
-    if shutil.which("taskset") and (os.cpu_count() or 1) > 1:
-        return ["taskset", "-c", core, *cmd]
-    return list(cmd)
 
 
 def run_json(cmd: list[str]) -> Any:
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out)
-
-
-def wait_http(url: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=1):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"{url} did not come up")
-
-
-def start(cmd: list[str], ready_url: str) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_http(ready_url)
-    return proc
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def load(
@@ -151,48 +123,20 @@ def main() -> int:
         results["raw_compute"] = raw(repo / "compute/1/model.onnx", "1,8,16,32", 4)
 
         url = "http://127.0.0.1:8201"
-        server = start(
-            pinned(
-                SERVER_CORE,
-                PY,
-                "-m",
-                "forwardpass",
-                "serve",
-                "--model-repository",
-                str(repo),
-                "--http-port",
-                "8201",
-                "--log-level",
-                "WARNING",
-            ),
-            url + "/v2/health/ready",
-        )
-        try:
+        with serving(forwardpass_server(repo, 8201), url + "/v2/health/ready"):
             results["fp_tiny_json"] = load(url, "tiny", "1,32", d)
             results["fp_tiny_binary"] = load(url, "tiny", "1,32", d, binary=True)
             results["fp_tiny_nobatch_json"] = load(url, "tiny_nobatch", "1,32", d)
             results["fp_compute"] = load(url, "compute", "1,32", d)
             results["fp_compute_delay"] = load(url, "compute_delay", "32", d)
             results["fp_compute_nobatch"] = load(url, "compute_nobatch", "32", d)
-        finally:
-            stop(server)
 
         base_url = "http://127.0.0.1:8301"
-        baseline = start(
-            pinned(
-                SERVER_CORE,
-                PY,
-                str(HERE / "baseline_fastapi.py"),
-                str(repo / "tiny"),
-                "--port",
-                "8301",
-            ),
-            base_url + "/v2/models/tiny",
+        baseline = pinned(
+            SERVER_CORE, PY, str(HERE / "baseline_fastapi.py"), str(repo / "tiny"), "--port", "8301"
         )
-        try:
+        with serving(baseline, base_url + "/v2/models/tiny"):
             results["fastapi_tiny_json"] = load(base_url, "tiny", "1,32", d)
-        finally:
-            stop(baseline)
     results["startup_s"] = min(startup_time() for _ in range(3))
 
     report(results)
