@@ -88,7 +88,7 @@ def test_lone_request_does_not_wait_with_zero_delay() -> None:
         batcher = await make(run, policy(max_batch_size=8))
         t0 = time.perf_counter()
         await batcher.submit(row(1))
-        assert time.perf_counter() - t0 < 0.05
+        assert time.perf_counter() - t0 < 0.5  # nothing to wait for: no timer, no delay
         await batcher.close()
 
     asyncio.run(main())
