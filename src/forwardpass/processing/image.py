@@ -12,6 +12,7 @@ Pixels are scaled to [0, 1]. Model parameters refine it:
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -191,10 +192,15 @@ class ImageInput(InputProcessor):
         try:
             with Image.open(io.BytesIO(blob)) as source:
                 if source.format == "JPEG" and self.resize:
-                    # Let libjpeg decode at a reduced scale when we shrink a lot anyway.
-                    source.draft(
-                        "RGB" if self.channels == 3 else "L", (self.width * 2, self.height * 2)
-                    )
+                    # Let libjpeg decode at 1/2, 1/4 or 1/8 scale (an averaging, so a clean
+                    # downscale) while the picture stays at least as large as the resize needs.
+                    w, h = source.size
+                    ratio = self._decode_ratio(w, h)
+                    if ratio < 1.0:
+                        source.draft(
+                            "RGB" if self.channels == 3 else "L",
+                            (math.ceil(w * ratio), math.ceil(h * ratio)),
+                        )
                 img = ImageOps.exif_transpose(source) or source
                 mode = "L" if self.channels == 1 else "RGB"
                 if img.mode != mode:
@@ -224,6 +230,22 @@ class ImageInput(InputProcessor):
         # (pixel * scale - mean) / std as one multiply-add into the output slice.
         np.multiply(view, self._gain, out=out, casting="unsafe")
         out += self._bias
+
+    def _decode_ratio(self, w: int, h: int) -> float:
+        """The smallest scale of a w×h picture the resize step still reads at full detail.
+
+        Taken over both orientations, since EXIF may rotate the picture after decoding.
+        """
+        resize = self.resize or {}
+        if "shorter" in resize:
+            return int(resize["shorter"]) / min(w, h)
+        size = resize.get("size") or resize.get("letterbox")
+        if not size:
+            return 1.0
+        th, tw = (int(v) for v in size)
+        upright = max(tw / w, th / h) if "size" in resize else min(tw / w, th / h)
+        turned = max(tw / h, th / w) if "size" in resize else min(tw / h, th / w)
+        return max(upright, turned)
 
     def _decode_opencv(self, blob: bytes | bytearray, index: int) -> np.ndarray:
         """Decode (EXIF orientation applied), resize and crop with OpenCV; RGB or L out."""
