@@ -266,3 +266,15 @@ def test_opencv_decoder_without_opencv_is_a_config_error(monkeypatch: pytest.Mon
     monkeypatch.setitem(sys.modules, "cv2", None)
     with pytest.raises(InvalidModelConfig, match="pip install opencv-python-headless"):
         ImageInput("image", IMG_TARGET, True, {"decoder": "opencv"})
+
+
+def test_reduced_scale_jpeg_decoding_keeps_the_picture() -> None:
+    # A large smooth picture: JPEG takes the reduced-scale decode, PNG the full one.
+    y, x = np.mgrid[0:768, 0:1024]
+    pixels = np.stack([x / 4, y / 3, (x + y) / 7], axis=-1).astype(np.uint8)
+    target = TensorSpec("input", DataType.FP32, (3, 64, 64))
+    proc = ImageInput("image", target, True, {"resize": {"shorter": 72}, "crop": [64, 64]})
+    assert proc._decode_ratio(1024, 768) == pytest.approx(72 / 768)
+    from_jpeg = proc({"image": blobs(encode(Image.fromarray(pixels), "JPEG"))})["input"]
+    from_png = proc({"image": blobs(encode(Image.fromarray(pixels), "PNG"))})["input"]
+    assert np.abs(from_jpeg - from_png).mean() * 255 < 2.0
