@@ -162,7 +162,7 @@ def _summarise(response: Any, top_k: int, labelled: set[str]) -> dict[str, Any]:
 def predict(
     model: str, inputs: tuple[Path, ...], model_repository: Path | None, top_k: int, as_json: bool
 ) -> None:
-    """Run MODEL on INPUTS (images, .npy arrays or JSON) without a server."""
+    """Run MODEL on INPUTS (images, text files, .npy arrays or JSON) without a server."""
     from rich.console import Console
     from rich.table import Table
 
