@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+from math import prod
 from typing import Any, NamedTuple, TypeGuard
 
 import numpy as np
@@ -174,11 +175,16 @@ def _loads(header: bytes | bytearray | memoryview) -> Any:
         return orjson.loads(header)
     except orjson.JSONDecodeError as exc:
         # Triton's parser accepts NaN, Infinity and -Infinity (and tritonclient sends them for
-        # non-finite floats); orjson does not, so only then try the standard library.
+        # non-finite floats); orjson does not, so only then try the standard library, made to
+        # read numbers as orjson does and to refuse what orjson refuses.
         try:
-            return json.loads(bytes(header).decode("utf-8"), parse_float=_finite_float)
-        except ValueError:
+            document = json.loads(
+                bytes(header).decode("utf-8"), parse_float=_finite_float, parse_int=_int
+            )
+        except (ValueError, RecursionError):  # RecursionError: nesting orjson also refused
             raise InvalidArgument(f"malformed JSON: {exc}") from None
+        _no_lone_surrogates(document)
+        return document
 
 
 def _finite_float(text: str) -> float:
@@ -186,6 +192,33 @@ def _finite_float(text: str) -> float:
     if math.isinf(value):
         raise ValueError(f"number {text} is too large")
     return value
+
+
+def _int(text: str) -> int | float:
+    # orjson reads an integer beyond 64 bits as a float; a Python int that large would pass
+    # validation here and then fail to encode in the response.
+    value = int(text)
+    return value if -(2**63) <= value < 2**64 else _finite_float(text)
+
+
+def _no_lone_surrogates(document: Any) -> None:
+    """Refuse ``"\\ud800"``, as orjson does: such a string is not text and cannot be echoed."""
+    stack = [document]
+    while stack:
+        value = stack.pop()
+        if type(value) is str:
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise InvalidArgument(
+                    f"malformed JSON: string {_short(value)} is not valid UTF-8 (it holds a lone "
+                    "UTF-16 surrogate escape)"
+                ) from None
+        elif type(value) is list:
+            stack.extend(value)
+        elif type(value) is dict:
+            stack.extend(value)
+            stack.extend(value.values())
 
 
 def _parameters(value: Any, where: str) -> Parameters:
@@ -214,7 +247,8 @@ def _input(raw: Any, position: int, has_blobs: bool) -> tuple[Tensor, _Blob | No
     name = raw.get("name")
     if type(name) is not str:
         raise InvalidArgument(f"inputs[{position}]: 'name' must be a string")
-    datatype = _DATATYPES.get(raw.get("datatype"))  # type: ignore[arg-type]
+    raw_datatype = raw.get("datatype")
+    datatype = _DATATYPES.get(raw_datatype) if type(raw_datatype) is str else None
     if datatype is None:
         raise InvalidArgument(
             f"input {name!r}: unknown datatype {_short(raw.get('datatype'))}, expected one of "
@@ -226,6 +260,13 @@ def _input(raw: Any, position: int, has_blobs: bool) -> tuple[Tensor, _Blob | No
             f"input {name!r}: 'shape' must be an array of non-negative integers, got "
             f"{_short(shape)}"
         )
+    if len(shape) > _MAX_DIMS:
+        raise InvalidArgument(
+            f"input {name!r}: 'shape' has {len(shape)} dimensions, at most {_MAX_DIMS} are allowed"
+        )
+    if prod(dim for dim in shape if dim) > _MAX_ELEMENTS:
+        # Checked even when a dimension is 0: NumPy refuses such a shape for any array.
+        raise InvalidArgument(f"input {name!r}: 'shape' {_short(shape)} is too large")
     parameters = _parameters(raw.get("parameters"), f"input {name!r}")
     if parameters:
         _no_shared_memory(parameters, f"input {name!r}")
@@ -253,6 +294,10 @@ def _input(raw: Any, position: int, has_blobs: bool) -> tuple[Tensor, _Blob | No
 
 
 _NO_DATA = np.empty(0, dtype=np.uint8)
+#: NumPy's limit is 32 dimensions (1.x) or 64 (2.x); no model comes near either.
+_MAX_DIMS = 32
+#: The most elements a shape may multiply to (NumPy sizes in bytes are signed 64-bit).
+_MAX_ELEMENTS = 2**60
 
 
 def _is_shape(value: Any) -> TypeGuard[list[int]]:

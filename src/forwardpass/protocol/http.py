@@ -293,6 +293,15 @@ def _decompress(request: HttpRequest, limit: int) -> bytes:
         raise InvalidArgument(f"cannot decompress {encoding} body: {exc}") from None
     if len(out) > limit or decompressor.unconsumed_tail:
         raise PayloadTooLarge(f"decompressed body exceeds the {limit}-byte limit")
+    # Without these checks a cut-off stream (or a second gzip member) would be a silently
+    # shorter body, and the checksum at the end would never be verified.
+    if not decompressor.eof:
+        raise InvalidArgument(f"cannot decompress {encoding} body: the stream is truncated")
+    if decompressor.unused_data:
+        raise InvalidArgument(
+            f"cannot decompress {encoding} body: {len(decompressor.unused_data)} byte(s) follow "
+            "the end of the compressed stream"
+        )
     return out
 
 

@@ -33,6 +33,8 @@ __all__ = ["parse_pbtxt"]
 
 #: Deeper nesting than this is an attack or a mistake; Triton configs nest 4 or 5 levels.
 _MAX_DEPTH = 64
+#: Longer integer literals are far out of any field's range (a uint64 has 20 digits).
+_MAX_DIGITS = 100
 
 _TOKEN = re.compile(
     r"""
@@ -262,6 +264,11 @@ class _Parser:
 
     def integer(self, token: _Token) -> int:
         text = token.text
+        if len(text) > _MAX_DIGITS:
+            # Beyond any 64-bit field, and past Python's limit on converting digits to int.
+            raise InvalidModelConfig(
+                f"{self.where(token.pos)}: integer of {len(text)} digits is out of range"
+            )
         if text[:2] in ("0x", "0X"):
             return int(text, 16)
         if len(text) > 1 and text[0] == "0":
