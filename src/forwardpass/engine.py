@@ -91,7 +91,8 @@ class ModelHandle:
     input_specs: dict[str, TensorSpec] = field(default_factory=dict)
     output_specs: dict[str, TensorSpec] = field(default_factory=dict)
     required: frozenset[str] = frozenset()
-    #: The model's own outputs, computed for every batch.
+    #: The model's own inputs and outputs (outputs are computed for every batch).
+    model_inputs: frozenset[str] = frozenset()
     output_names: tuple[str, ...] = ()
     processing: Processing | None = None
     latest: LoadedVersion | None = None
@@ -368,6 +369,7 @@ class Engine:
         handle.output_specs = {spec.name: spec for spec in outputs}
         handle.required = frozenset(s.name for s in inputs if not s.optional)
         handle.output_names = tuple(o.name for o in config.outputs)
+        handle.model_inputs = frozenset(spec.name for spec in config.inputs)
         if processing is not None and not processing.active:
             handle.processing = None
 
@@ -483,9 +485,14 @@ class Engine:
             priority, timeout = _schedule_params(request.parameters)
             processing = handle.processing
             pre_ns = post_ns = 0
+            extra: dict[str, np.ndarray] = {}
             if processing is not None and processing.inputs:
                 began = time.monotonic_ns()
                 inputs = await self._preprocess(processing, inputs)
+                # What processing adds beside the model's inputs (image geometry) stays here,
+                # for the output steps; the model sees only its own inputs.
+                for key in [k for k in inputs if k not in handle.model_inputs]:
+                    extra[key] = inputs.pop(key)
                 pre_ns = time.monotonic_ns() - began
             if loaded.pipeline is not None:
                 specs = handle.input_specs
@@ -501,7 +508,7 @@ class Engine:
                 )
             if processing is not None and processing.outputs:
                 began = time.monotonic_ns()
-                outputs = _guarded(processing.postprocess, outputs, inputs)
+                outputs = _guarded(processing.postprocess, outputs, {**inputs, **extra})
                 post_ns = time.monotonic_ns() - began
             if pre_ns or post_ns:
                 stats.on_processing(pre_ns, post_ns)

@@ -214,3 +214,72 @@ def test_processing_time_is_measured_separately(repo: Path) -> None:
         )
 
     run_with_engine(repo, body)
+
+
+def constant_detector() -> onnx.ModelProto:
+    """image [n,3,32,32] → one YOLO-style row per picture: box (16,16,8,8) xywh, classes .9/.1."""
+    from onnx import numpy_helper
+
+    row = np.array([[[16.0, 16.0, 8.0, 8.0, 0.9, 0.1]]], dtype=np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("ReduceMean", ["image"], ["m"], axes=[1, 2, 3], keepdims=1),
+            helper.make_node("Reshape", ["m", "shape"], ["m3"]),
+            helper.make_node("Mul", ["m3", "zero"], ["z"]),
+            helper.make_node("Add", ["z", "row"], ["output0"]),
+        ],
+        "detector",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["n", 3, 32, 32])],
+        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, ["n", 1, 6])],
+        initializer=[
+            numpy_helper.from_array(np.array([-1, 1, 1], dtype=np.int64), "shape"),
+            numpy_helper.from_array(np.zeros((1,), dtype=np.float32), "zero"),
+            numpy_helper.from_array(row, "row"),
+        ],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_detections_come_back_in_the_pictures_own_pixels(tmp_path: Path) -> None:
+    declaration = {
+        "inputs": [{"name": "photo", "kind": "image", "to": "image",
+                    "resize": {"letterbox": [32, 32], "fill": 0}}],
+        "outputs": [{"name": "boxes", "from": "output0", "decode": "nms", "max_detections": 2,
+                     "image": "photo", "labels": "names"}],
+    }  # fmt: skip
+    config = f"""
+max_batch_size: 4
+dynamic_batching {{ }}
+output [ {{ name: "output0" data_type: TYPE_FP32 dims: [ 1, 6 ] label_filename: "labels.txt" }} ]
+parameters {{ key: "processing" value: {{ string_value: {json.dumps(json.dumps(declaration))} }} }}
+"""
+    write_model(tmp_path, "det", config=config, model=constant_detector(),
+                files={"labels.txt": "kite\nbird\n"})  # fmt: skip
+
+    async def body(engine: Engine) -> None:
+        # A 64x32 picture letterboxed into 32x32: scale 1/2, 8 rows of padding above.
+        response = await engine.infer(
+            InferRequest(model_name="det", inputs=[photo(png((0, 0, 0), size=(64, 32)))])
+        )
+        got = {t.name: t.data for t in response.outputs}
+        box = got["boxes"][0, 0]
+        assert np.allclose(box[:4], [24.0, 8.0, 40.0, 24.0]) and box[5] == 0
+        assert got["boxes"][0, 1].tolist() == [-1.0] * 6
+        assert got["names"][0].tolist() == [b"kite", b""]
+
+    run_with_engine(tmp_path, body)
+
+
+def test_an_output_step_reading_a_missing_image_is_a_config_error(tmp_path: Path) -> None:
+    declaration = {"outputs": [{"name": "b", "from": "output0", "decode": "nms", "image": "x"}]}
+    config = f"""
+max_batch_size: 4
+parameters {{ key: "processing" value: {{ string_value: {json.dumps(json.dumps(declaration))} }} }}
+"""
+    write_model(tmp_path, "det", config=config, model=constant_detector())
+
+    async def body(engine: Engine) -> None:
+        (entry,) = engine.index()
+        assert entry["state"] == "UNAVAILABLE" and "x@geometry" in entry["reason"]
+
+    run_with_engine(tmp_path, body)

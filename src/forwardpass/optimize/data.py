@@ -160,7 +160,9 @@ def _read_images(
         client = processing.client_inputs[0].name
         for path in files:
             blob = np.array([path.read_bytes()], dtype=object)
-            per_file.append(processing.preprocess({client: blob}))
+            prepared = processing.preprocess({client: blob})
+            # Keep the model's inputs only (processing may add side data such as geometry).
+            per_file.append({s.name: prepared[s.name] for s in config.inputs})
     else:
         spec = _single_input(config, f"images in {files[0].parent}")
         for path in files:

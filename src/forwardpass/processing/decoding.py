@@ -193,6 +193,10 @@ class Nms:
         self.transpose = _flag(opts, "transpose", False, where)
         self.objectness = _flag(opts, "objectness", False, where)
         self.labels = opts.pop("labels", None)
+        #: The image input whose pictures the boxes are mapped back into (their own pixels).
+        self.image = opts.pop("image", None)
+        if self.image is not None and (not isinstance(self.image, str) or not self.image):
+            raise InvalidModelConfig(f"{where}: image must name the model's image input")
         if opts:
             raise InvalidModelConfig(f"{where}: unknown nms option(s) {sorted(opts)}")
         dims = _per_row(source.dims, 2) or ()
@@ -296,6 +300,11 @@ class Decoder(OutputProcessor):
                 outputs.append(TensorSpec(name=str(extra), datatype=DataType.FP32, dims=(1,)))
         elif kind == "nms":
             self.decoder = Nms(source, options, where)
+            if self.decoder.image is not None:
+                from forwardpass.processing.image import geometry_key
+
+                self.geometry: str | None = geometry_key(self.decoder.image)
+                self.sources = (source.name, self.geometry)
             extra = self.decoder.labels
             size = self.decoder.max_detections
             outputs = [TensorSpec(name=name, datatype=DataType.FP32, dims=(size, 6))]
@@ -321,10 +330,27 @@ class Decoder(OutputProcessor):
                 out[self.extra] = scores
             return out
         detections = self.decoder(x)
+        geometry = getattr(self, "geometry", None)
+        if geometry is not None:
+            to_picture(detections, arrays[geometry])
         out = {self.name: detections}
         if self.extra:
             out[self.extra] = label_names(detections, self.labels)
         return out
+
+
+def to_picture(detections: np.ndarray, geometry: np.ndarray) -> None:
+    """Map boxes [N, max_detections, 6] from model-input pixels back into each picture's own
+    (geometry rows ``sx, sy, ox, oy, width, height``), clipped to the picture; in place.
+    Padding rows (class -1) stay as they are."""
+    for r in range(detections.shape[0]):
+        sx, sy, ox, oy, width, height = (float(v) for v in geometry[r])
+        rows = detections[r]
+        real = rows[:, 5] >= 0
+        boxes = rows[real, :4]
+        boxes[:, 0::2] = np.clip((boxes[:, 0::2] - ox) / sx, 0, width)
+        boxes[:, 1::2] = np.clip((boxes[:, 1::2] - oy) / sy, 0, height)
+        rows[real, :4] = boxes
 
 
 def label_names(detections: np.ndarray, labels: Sequence[str]) -> np.ndarray:

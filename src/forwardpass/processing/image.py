@@ -23,7 +23,7 @@ from forwardpass.errors import InvalidArgument, InvalidModelConfig
 from forwardpass.model_config import TensorSpec
 from forwardpass.processing.base import InputProcessor
 
-__all__ = ["IMAGE_SUFFIXES", "ImageInput", "image_layout", "load_image"]
+__all__ = ["IMAGE_SUFFIXES", "ImageInput", "geometry_key", "image_layout", "load_image"]
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 
@@ -75,6 +75,38 @@ def load_image(path: Path, spec: TensorSpec, params: Mapping[str, str] | None = 
 
 
 # --------------------------------------------------------------------------- served images
+def geometry_key(name: str) -> str:
+    """The name under which an image input passes its pictures' geometry to output steps.
+
+    A float32 [N, 6] array: ``(sx, sy, ox, oy, width, height)`` with model-input coordinates
+    ``x' = x * sx + ox``, ``y' = y * sy + oy`` for a point ``(x, y)`` of the upright picture
+    of ``width`` × ``height`` pixels. The engine never sends it to the model.
+    """
+    return f"{name}@geometry"
+
+
+class _Affine:
+    """Scale-and-shift from picture pixels to model-input pixels, built step by step."""
+
+    __slots__ = ("ox", "oy", "sx", "sy")
+
+    def __init__(self, sx: float, sy: float) -> None:
+        self.sx, self.sy, self.ox, self.oy = sx, sy, 0.0, 0.0
+
+    def scale(self, fx: float, fy: float) -> None:
+        self.sx *= fx
+        self.ox *= fx
+        self.sy *= fy
+        self.oy *= fy
+
+    def shift(self, dx: float, dy: float) -> None:
+        self.ox += dx
+        self.oy += dy
+
+    def values(self) -> tuple[float, float, float, float]:
+        return self.sx, self.sy, self.ox, self.oy
+
+
 _RESAMPLE = ("nearest", "box", "bilinear", "bicubic", "lanczos")
 
 
@@ -174,39 +206,50 @@ class ImageInput(InputProcessor):
         # Each image is written straight into its slice of the batch: no per-image float
         # temporaries, no stacking copy.
         batch = np.empty((len(data), *self.target.dims), dtype=self.target.datatype.numpy)
+        geometry = np.empty((len(data), 6), dtype=np.float32)
         for i, item in enumerate(data):
-            self._one(item, i, batch[i])
+            self._one(item, i, batch[i], geometry[i])
+        # Not a model input: how each picture maps into the model input, for output steps
+        # that give coordinates back in the picture's own pixels (see ``geometry_key``).
+        extra = {geometry_key(spec.name): geometry}
         if not self.batching and len(data) == 1:
-            return {self.target.name: batch[0]}
-        return {self.target.name: batch}
+            return {self.target.name: batch[0], **extra}
+        return {self.target.name: batch, **extra}
 
-    def _one(self, blob: object, index: int, out: np.ndarray) -> None:
+    def _one(self, blob: object, index: int, out: np.ndarray, geometry: np.ndarray) -> None:
         from PIL import Image, ImageOps, UnidentifiedImageError
 
         if not isinstance(blob, bytes | bytearray) or not blob:
             raise InvalidArgument(f"input {self.inputs[0].name!r}[{index}]: empty image")
         if self.decoder == "opencv":
-            pixels = self._decode_opencv(blob, index)
+            pixels = self._decode_opencv(blob, index, geometry)
             self._finish(pixels, out)
             return
         try:
             with Image.open(io.BytesIO(blob)) as source:
+                full = source.size
                 if source.format == "JPEG" and self.resize:
                     # Let libjpeg decode at 1/2, 1/4 or 1/8 scale (an averaging, so a clean
                     # downscale) while the picture stays at least as large as the resize needs.
-                    w, h = source.size
-                    ratio = self._decode_ratio(w, h)
+                    ratio = self._decode_ratio(*full)
+                    w, h = full
                     if ratio < 1.0:
                         source.draft(
                             "RGB" if self.channels == 3 else "L",
                             (math.ceil(w * ratio), math.ceil(h * ratio)),
                         )
+                decoded = source.size
                 img = ImageOps.exif_transpose(source) or source
+                # The picture's own frame: upright, full size (before any reduced decoding).
+                turned = img.size != decoded
+                shown = (full[1], full[0]) if turned else full
+                affine = _Affine(img.size[0] / shown[0], img.size[1] / shown[1])
                 mode = "L" if self.channels == 1 else "RGB"
                 if img.mode != mode:
                     img = img.convert(mode)
-                img = self._geometry(img)
+                img = self._geometry(img, affine)
                 pixels = np.asarray(img)
+                geometry[:] = (*affine.values(), *shown)
         except (UnidentifiedImageError, OSError, ValueError) as exc:
             raise InvalidArgument(
                 f"input {self.inputs[0].name!r}[{index}]: cannot decode image: {exc}"
@@ -247,7 +290,9 @@ class ImageInput(InputProcessor):
         turned = max(tw / h, th / w) if "size" in resize else min(tw / h, th / w)
         return max(upright, turned)
 
-    def _decode_opencv(self, blob: bytes | bytearray, index: int) -> np.ndarray:
+    def _decode_opencv(
+        self, blob: bytes | bytearray, index: int, geometry: np.ndarray
+    ) -> np.ndarray:
         """Decode (EXIF orientation applied), resize and crop with OpenCV; RGB or L out."""
         cv2 = self._cv2
         flag = cv2.IMREAD_GRAYSCALE if self.channels == 1 else cv2.IMREAD_COLOR
@@ -260,10 +305,13 @@ class ImageInput(InputProcessor):
         if img.ndim == 3:
             img = img[:, :, ::-1]  # OpenCV decodes to BGR
         h, w = img.shape[:2]
+        shown = (w, h)  # imdecode has applied the EXIF orientation already
+        affine = _Affine(1.0, 1.0)
         resize = self.resize
 
         def scaled(width: int, height: int, src: np.ndarray) -> np.ndarray:
             sh, sw = src.shape[:2]
+            affine.scale(width / sw, height / sh)
             if width * 2 <= sw and height * 2 <= sh:
                 method = cv2.INTER_AREA  # a real low-pass for strong downscaling
             else:
@@ -286,6 +334,7 @@ class ImageInput(InputProcessor):
             canvas = np.full((lh, lw, *img.shape[2:]), fill, dtype=np.uint8)
             top, left = (lh - ih) // 2, (lw - iw) // 2
             canvas[top : top + ih, left : left + iw] = scaled(iw, ih, img)
+            affine.shift(left, top)
             img = canvas
         if self.crop:
             ch, cw = self.crop
@@ -294,11 +343,13 @@ class ImageInput(InputProcessor):
                 raise InvalidArgument(f"image is {w}x{h} after resizing, smaller than the crop")
             top, left = (h - ch) // 2, (w - cw) // 2
             img = img[top : top + ch, left : left + cw]
+            affine.shift(-left, -top)
         if img.shape[:2] != (self.height, self.width):
             img = scaled(self.width, self.height, img)
+        geometry[:] = (*affine.values(), *shown)
         return img
 
-    def _geometry(self, img: Any) -> Any:
+    def _geometry(self, img: Any, affine: _Affine) -> Any:
         from PIL import Image
 
         method = getattr(Image.Resampling, self.resample.upper())
@@ -321,14 +372,18 @@ class ImageInput(InputProcessor):
             left, top = (rw - cw) // 2, (rh - ch) // 2
             box = (left / rx, top / ry, (left + cw) / rx, (top + ch) / ry)
             img = img.resize((cw, ch), method, box=box, reducing_gap=3.0)
+            affine.scale(rx, ry)
+            affine.shift(-left, -top)
         elif resize:
             if "shorter" in resize:
                 ratio = int(resize["shorter"]) / min(w, h)
                 size = (max(1, round(w * ratio)), max(1, round(h * ratio)))
                 img = img.resize(size, method, reducing_gap=3.0)
+                affine.scale(size[0] / w, size[1] / h)
             elif "size" in resize:
                 rh, rw = (int(v) for v in resize["size"])
                 img = img.resize((rw, rh), method, reducing_gap=3.0)
+                affine.scale(rw / w, rh / h)
             else:
                 lh, lw = (int(v) for v in resize["letterbox"])
                 fill = int(resize.get("fill", 114))
@@ -342,12 +397,16 @@ class ImageInput(InputProcessor):
                     ((lw - inner[0]) // 2, (lh - inner[1]) // 2),
                 )
                 img = canvas
+                affine.scale(inner[0] / w, inner[1] / h)
+                affine.shift((lw - inner[0]) // 2, (lh - inner[1]) // 2)
         elif self.crop:
             ch, cw = self.crop
             if w < cw or h < ch:
                 raise InvalidArgument(f"image is {w}x{h}, smaller than the {cw}x{ch} crop")
             left, top = (w - cw) // 2, (h - ch) // 2
             img = img.crop((left, top, left + cw, top + ch))
+            affine.shift(-left, -top)
         if img.size != (self.width, self.height):
+            affine.scale(self.width / img.size[0], self.height / img.size[1])
             img = img.resize((self.width, self.height), method)
         return img

@@ -15,7 +15,8 @@ The declaration is JSON or YAML text in the config parameter ``processing`` (in 
       - {name: label, from: logits, steps: [label]}
       - {name: text, from: probs, steps: [{ctc_greedy: {dictionary: ppocr_keys_v1.txt}}]}
       - {name: text, from: probs, decode: ctc_greedy, dictionary: keys.txt, scores: score}
-      - {name: detections, from: output0, decode: nms, transpose: true, labels: classes}
+      - {name: detections, from: output0, decode: nms, transpose: true, labels: classes,
+         image: image}    # boxes back in the client's picture pixels
 
 Input kinds: ``image`` (:mod:`.image`), ``text`` (:mod:`.text`), ``tabular``
 (:mod:`.tabular`), ``audio`` (:mod:`.audio`: WAV clips → waveform or log-mel).
@@ -24,7 +25,9 @@ An output is either a chain of ``steps`` (:mod:`.outputs`) giving one client out
 ``decode:`` entry (``ctc_greedy`` or ``nms``, :mod:`.decoding`) whose options sit beside
 ``name`` and ``from``; a decoder may give a second output, named by its ``scores`` (CTC
 confidence) or ``labels`` (detection class names) option. The same decoders are chain steps
-too (``{ctc_greedy: {...}}``, ``{nms: {...}}``) when one output is enough.
+too (``{ctc_greedy: {...}}``, ``{nms: {...}}``) when one output is enough. Given ``image``
+(the name of an image input), ``nms`` maps its boxes from model-input pixels back into each
+picture's own, undoing resize, crop and letterbox.
 """
 
 from __future__ import annotations
@@ -80,6 +83,7 @@ def build_processing(
     except ForwardpassError as exc:
         raise InvalidModelConfig(f"processing: {exc.message}") from None
     _check_unique(config, inputs, outputs)
+    _check_sources(config, inputs, outputs)
     return Processing(config, tuple(inputs), tuple(outputs))
 
 
@@ -158,6 +162,24 @@ def _output(
     if not isinstance(steps, list):
         raise InvalidModelConfig(f"output {name!r}: steps must be a list")
     return OutputChain(name, source, steps, labels.get(source.name, ()), model_inputs, model_dir)
+
+
+def _check_sources(
+    config: ModelConfig, inputs: list[InputProcessor], outputs: list[OutputProcessor]
+) -> None:
+    """Every tensor an output step reads exists: a model output or input, or image geometry."""
+    from forwardpass.processing.image import ImageInput, geometry_key
+
+    known = {s.name for s in (*config.inputs, *config.outputs)}
+    known |= {geometry_key(p.inputs[0].name) for p in inputs if isinstance(p, ImageInput)}
+    for p in outputs:
+        missing = [s for s in p.sources if s not in known]
+        if missing:
+            names = [s.name for s in p.outputs]
+            raise InvalidModelConfig(
+                f"processing: output {names[0]!r} reads {missing}, which no model tensor or "
+                "image input provides"
+            )
 
 
 def _check_unique(

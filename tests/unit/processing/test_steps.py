@@ -278,3 +278,41 @@ def test_reduced_scale_jpeg_decoding_keeps_the_picture() -> None:
     from_jpeg = proc({"image": blobs(encode(Image.fromarray(pixels), "JPEG"))})["input"]
     from_png = proc({"image": blobs(encode(Image.fromarray(pixels), "PNG"))})["input"]
     assert np.abs(from_jpeg - from_png).mean() * 255 < 2.0
+
+
+@pytest.mark.parametrize("decoder", ["pil", "opencv"])
+@pytest.mark.parametrize(
+    ("size", "options"),
+    [
+        ((400, 300), {"resize": {"shorter": 40}, "crop": [32, 32]}),
+        ((300, 400), {"resize": {"letterbox": [32, 32], "fill": 0}}),
+        ((640, 480), {"resize": {"size": [24, 32]}, "crop": [24, 32]}),
+        ((90, 70), {"crop": [32, 32]}),
+    ],
+)
+def test_geometry_maps_picture_pixels_into_the_model_input(
+    decoder: str, size: tuple[int, int], options: dict[str, object]
+) -> None:
+    if decoder == "opencv":
+        pytest.importorskip("cv2")
+    from forwardpass.processing.image import geometry_key
+
+    w, h = size
+    pixels = np.zeros((h, w), dtype=np.uint8)
+    spot = (int(w * 0.55), int(h * 0.45))  # a bright 9x9 square near the centre
+    pixels[spot[1] - 4 : spot[1] + 5, spot[0] - 4 : spot[0] + 5] = 255
+    target = TensorSpec("input", DataType.FP32, (1, 32, 32))
+    out_h = 24 if "size" in options.get("resize", {}) else 32  # type: ignore[operator]
+    if out_h == 24:
+        target = TensorSpec("input", DataType.FP32, (1, 24, 32))
+    proc = ImageInput(
+        "image", target, True, {**options, "decoder": decoder, "resample": "bilinear"}
+    )
+    result = proc({"image": blobs(encode(Image.fromarray(pixels), "JPEG"))})
+    sx, sy, ox, oy, width, height = result[geometry_key("image")][0]
+    assert (width, height) == (w, h)
+    plane = result["input"][0, 0]
+    weights = np.where(plane > plane.max() / 2, plane, 0)  # the square, as the model sees it
+    ys, xs = np.mgrid[0 : plane.shape[0], 0 : plane.shape[1]]
+    x, y = (xs * weights).sum() / weights.sum(), (ys * weights).sum() / weights.sum()
+    assert abs(spot[0] * sx + ox - x) <= 1.0 and abs(spot[1] * sy + oy - y) <= 1.0
