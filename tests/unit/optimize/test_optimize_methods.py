@@ -101,3 +101,33 @@ def test_unknown_method_is_named() -> None:
 
     with pytest.raises(InvalidArgument, match="bogus"):
         resolve_methods(["graph", "bogus"])
+
+
+def test_fp16_casts_are_aligned_with_their_declared_type() -> None:
+    """A Cast left at FP32 whose output the converter declared FP16 (seen on a transformer's
+    attention-mask Cast) is retargeted, so the model loads."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from forwardpass.optimize.methods.fp16 import _align_casts
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("Cast", ["mask"], ["m16"], to=TensorProto.FLOAT),
+            helper.make_node("Mul", ["m16", "x"], ["y"]),
+        ],
+        "g",
+        [
+            helper.make_tensor_value_info("mask", TensorProto.INT64, [2]),
+            helper.make_tensor_value_info("x", TensorProto.FLOAT16, [2]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT16, [2])],
+        value_info=[helper.make_tensor_value_info("m16", TensorProto.FLOAT16, [2])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert _align_casts(model) == 1
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    (y,) = session.run(None, {"mask": np.array([1, 0]), "x": np.array([2, 3], np.float16)})
+    assert y.tolist() == [2.0, 0.0]
+    assert _align_casts(onnx.ModelProto.FromString(model.SerializeToString())) == 0

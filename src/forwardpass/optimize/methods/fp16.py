@@ -51,6 +51,7 @@ class FP16Method(Method):
             except Exception as exc:  # the converter raises bare exceptions for odd graphs
                 raise MethodSkipped(f"the FP16 converter cannot handle this model: {exc}") from exc
         was_float = {o.name for o in ctx.model.graph.output if o.type.tensor_type.elem_type == 1}
+        aligned = _align_casts(model)
         fixed = _restore_float_outputs(model, was_float)
         onnx.save(model, str(output))
         notes = [f"kept FP32: {', '.join(sorted(set(_KEEP_FP32)))} and the converter's list"]
@@ -59,7 +60,37 @@ class FP16Method(Method):
             notes.append(f"{clamped} weight value(s) outside FP16 range were clamped")
         if fixed:
             notes.append(f"cast output(s) {', '.join(fixed)} back to FP32")
+        if aligned:
+            notes.append(f"{aligned} Cast node(s) retargeted to the FP16 type the graph declares")
         return notes
+
+
+def _align_casts(model: Any) -> int:
+    """Make each Cast's target type agree with the type declared for its output.
+
+    onnxconverter-common can rewrite a Cast's output declaration to FP16 while leaving the
+    node's ``to`` at FP32 (a Cast from an integer mask in a transformer, for one), which
+    ONNX Runtime then refuses to load. The declaration is what the converted consumers expect.
+    """
+    from onnx import TensorProto
+
+    declared = {
+        v.name: v.type.tensor_type.elem_type
+        for v in (*model.graph.value_info, *model.graph.output)
+        if v.type.HasField("tensor_type")
+    }
+    floats = (TensorProto.FLOAT, TensorProto.FLOAT16)
+    changed = 0
+    for node in model.graph.node:
+        if node.op_type != "Cast" or not node.output:
+            continue
+        want = declared.get(node.output[0])
+        for attribute in node.attribute:
+            if attribute.name == "to" and attribute.i in floats and want in floats:
+                if attribute.i != want:
+                    attribute.i = want
+                    changed += 1
+    return changed
 
 
 def _restore_float_outputs(model: Any, was_float: set[str]) -> list[str]:
