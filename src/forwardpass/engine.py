@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-import math
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -37,6 +36,7 @@ from forwardpass.monitor.stats import ModelStats
 from forwardpass.optimize.provenance import Provenance, read_provenance
 from forwardpass.pipeline import Pipeline
 from forwardpass.processing.base import Processing
+from forwardpass.processing.outputs import topk_strings
 from forwardpass.processing.spec import build_processing
 from forwardpass.repository import ModelEntry, ModelRepository, warmup_inputs
 from forwardpass.runtime import Backend, backend_class
@@ -661,18 +661,8 @@ class Engine:
             from forwardpass.datatypes import bf16_to_float32
 
             rows = bf16_to_float32(rows)
-        n = min(count, rows.shape[1])
-        order = np.argsort(-rows, axis=1, kind="stable")[:, :n]
-        out = np.empty((rows.shape[0], n), dtype=object)
-        for r in range(rows.shape[0]):
-            for k in range(n):
-                index = int(order[r, k])
-                value = float(rows[r, index])
-                text = f"{value:.6f}:{index}" if math.isfinite(value) else f"{value}:{index}"
-                if index < len(labels):
-                    text += ":" + labels[index]
-                out[r, k] = text.encode("utf-8")
-        return out if batched else out.reshape(n)
+        out = topk_strings(rows, count, labels)
+        return out if batched else out.reshape(-1)
 
     def stats(self, name: str = "", version: str = "") -> list[dict[str, Any]]:
         """Triton's statistics extension for one model, one version, or every model."""

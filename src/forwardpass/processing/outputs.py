@@ -32,7 +32,7 @@ from forwardpass.model_config import TensorSpec
 from forwardpass.processing.base import OutputProcessor
 from forwardpass.processing.decoding import CtcGreedy, Nms
 
-__all__ = ["OutputChain"]
+__all__ = ["OutputChain", "topk_strings"]
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -52,7 +52,9 @@ def _l2(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(norm, 1e-12)
 
 
-def _topk(x: np.ndarray, k: int, labels: Sequence[str]) -> np.ndarray:
+def topk_strings(x: np.ndarray, k: int, labels: Sequence[str]) -> np.ndarray:
+    """The ``k`` best of the last axis as BYTES ``"score:index[:label]"`` (Triton's
+    classification form), shape ``x.shape[:-1] + (k,)``; ``k`` is capped at the axis size."""
     k = min(k, x.shape[-1])
     flat = x.reshape(-1, x.shape[-1])
     order = np.argsort(-flat, axis=-1, kind="stable")[:, :k]
@@ -200,7 +202,7 @@ class OutputChain(OutputProcessor):
                     else flat.reshape(index.shape)
                 )
             elif kind == "topk":
-                x = _topk(x, int(arg), self.labels)
+                x = topk_strings(x, int(arg), self.labels)
             elif kind == "threshold":
                 x = x > float(arg)
             elif kind == "ctc_greedy":
