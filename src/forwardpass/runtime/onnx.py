@@ -119,7 +119,7 @@ def select_providers(config: ModelConfig, available: Sequence[str]) -> tuple[lis
             raise InvalidModelConfig(f"unknown cpu_execution_accelerator {acc.name!r}")
     wanted.append("CPUExecutionProvider")
 
-    fallback = config.parameters.get("provider_fallback", "false").lower() in ("1", "true", "yes")
+    fallback = bool(_bool_param(config.parameters, "provider_fallback"))
     chosen: list[Any] = []
     warnings: list[str] = []
     for entry in wanted:

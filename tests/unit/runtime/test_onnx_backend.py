@@ -192,6 +192,9 @@ def test_gpu_without_cuda_falls_back_only_when_configured() -> None:
     ]
     with pytest.raises(InvalidModelConfig):
         select_providers(config("KIND_GPU", provider_fallback="false"), CPU)
+    # A value that is neither true nor false is an error, not a silent "no fallback".
+    with pytest.raises(InvalidModelConfig, match="provider_fallback must be true or false"):
+        select_providers(config("KIND_GPU", provider_fallback="maybe"), CPU)
 
 
 def test_gpu_fallback_is_recorded_by_the_loaded_backend(
