@@ -144,3 +144,37 @@ def run_role(script: Path, core: str, *args: str) -> Any:
         pinned(core, PY, str(script), "--role", *args), check=True, capture_output=True, text=True
     ).stdout
     return json.loads(out.strip().splitlines()[-1])
+
+
+def build_zoo_model(
+    repository: Path, model: str, input_options: dict[str, Any] | None = None
+) -> Path:
+    """Zoo model ``model`` in ``repository``, on one intra-op thread (the server gets one
+    core), with ``input_options`` merged into its first declared processing input."""
+    import dataclasses
+    import json
+    from types import MappingProxyType
+
+    from forwardpass.repository import ModelRepository
+    from forwardpass.repository.pbtxt_writer import config_to_pbtxt
+    from forwardpass.zoo import add
+
+    add(model, repository)
+    config = ModelRepository(repository).read(model).config
+    parameters = {**config.parameters, "intra_op_thread_count": "1"}
+    if input_options:
+        processing = json.loads(parameters["processing"])
+        processing["inputs"][0].update(input_options)
+        parameters["processing"] = json.dumps(processing)
+    config = dataclasses.replace(config, parameters=MappingProxyType(parameters))
+    (repository / model / "config.pbtxt").write_text(config_to_pbtxt(config))
+    return repository
+
+
+def model_processing(repository: Path, model: str) -> Any:
+    """The declared processing of ``model``, as the server builds it."""
+    from forwardpass.processing.spec import build_processing
+    from forwardpass.repository import ModelRepository
+
+    entry = ModelRepository(repository).read(model)
+    return build_processing(entry.config, repository / model, entry.labels)

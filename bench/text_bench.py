@@ -30,9 +30,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # a script beside its helpers, not a package
     CLIENT_CORE,
     SERVER_CORE,
+    build_zoo_model,
     closed_loop,
     forwardpass_server,
     http_request,
+    model_processing,
     run_role,
     serving,
 )
@@ -52,26 +54,16 @@ SENTENCES = (
 
 
 def build(repository: Path) -> Path:
-    from forwardpass.zoo import add
-
-    add(MODEL, repository)
-    config = repository / MODEL / "config.pbtxt"
-    config.write_text(
-        config.read_text()
-        + '\nparameters {\n  key: "intra_op_thread_count"\n  value { string_value: "1" }\n}\n'
-    )
-    return repository
+    return build_zoo_model(repository, MODEL)
 
 
 def _session_and_tokens(repository: Path) -> tuple[Any, Any]:
     import onnxruntime as ort
 
-    from forwardpass.processing.spec import build_processing
     from forwardpass.repository import ModelRepository
 
     entry = ModelRepository(repository).read(MODEL)
-    processing = build_processing(entry.config, repository / MODEL, entry.labels)
-    (text_input,) = processing.inputs
+    (text_input,) = model_processing(repository, MODEL).inputs
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1

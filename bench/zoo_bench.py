@@ -36,12 +36,14 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (
+from common import (  # a script beside its helpers, not a package
     CLIENT_CORE,
     SERVER_CORE,
+    build_zoo_model,
     closed_loop,
     forwardpass_server,
     http_request,
+    model_processing,
     run_role,
     serving,
 )
@@ -73,35 +75,12 @@ def photos() -> dict[str, bytes]:
 
 
 def build(repository: Path, decoder: str = "pil") -> Path:
-    """The zoo entry, on one intra-op thread (the server gets one core), with ``decoder``."""
-    import dataclasses
-    from types import MappingProxyType
-
-    from forwardpass.repository import ModelRepository
-    from forwardpass.repository.pbtxt_writer import config_to_pbtxt
-    from forwardpass.zoo import add
-
-    add(MODEL, repository)
-    config = ModelRepository(repository).read(MODEL).config
-    processing = json.loads(config.parameters["processing"])
-    processing["inputs"][0]["decoder"] = decoder
-    parameters = {
-        **config.parameters,
-        "intra_op_thread_count": "1",
-        "processing": json.dumps(processing),
-    }
-    config = dataclasses.replace(config, parameters=MappingProxyType(parameters))
-    (repository / MODEL / "config.pbtxt").write_text(config_to_pbtxt(config))
-    return repository
+    """The zoo entry on one intra-op thread, decoding with ``decoder``."""
+    return build_zoo_model(repository, MODEL, {"decoder": decoder})
 
 
 def _processor(repository: Path) -> Any:
-    from forwardpass.repository import ModelRepository
-
-    entry = ModelRepository(repository).read(MODEL)
-    from forwardpass.processing.spec import build_processing
-
-    return build_processing(entry.config, repository / MODEL, entry.labels)
+    return model_processing(repository, MODEL)
 
 
 # --------------------------------------------------------------------------- roles (core 0/1)
