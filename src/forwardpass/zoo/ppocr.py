@@ -37,16 +37,14 @@ as a single request (``max_batch_size: 0``): K varies, and line widths differ pe
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from forwardpass.datatypes import DataType
 from forwardpass.errors import InternalError, InvalidArgument, Unsupported
 from forwardpass.model_config import DynamicBatching, EnsembleStep, ModelConfig, TensorSpec
 from forwardpass.repository.pbtxt_writer import config_to_pbtxt
-from forwardpass.zoo.registry import Built, Recipe, provenance
+from forwardpass.zoo.registry import Built, Recipe, install, provenance
 
 __all__ = ["DICTIONARY_FILE", "RECIPE", "add", "build", "models_folder", "step_names"]
 
@@ -288,25 +286,9 @@ def add(
             "written. Pass force to replace them"
         )
     models_folder()  # fail before creating anything when the package is missing
-    try:
-        repository.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".zoo-", dir=repository))
-    except OSError as exc:
-        raise InternalError(f"cannot write into {repository}: {exc}") from exc
-    try:
-        staging.chmod(0o755)
-        build(staging, name, det_size=det_size)
-        written = []
-        for model in names:
-            target = repository / model
-            if target.exists():
-                shutil.rmtree(target)
-            os.rename(staging / model, target)
-            written.append(target)
-    except OSError as exc:
-        raise InternalError(f"cannot move the OCR models into {repository}: {exc}") from exc
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    written, _ = install(
+        repository, lambda staging: build(staging, name, det_size=det_size), force, name, names
+    )
     return written
 
 

@@ -20,7 +20,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -37,6 +37,7 @@ __all__ = [
     "Recipe",
     "add",
     "get_recipe",
+    "install",
     "missing_modules",
     "processing_parameter",
     "provenance",
@@ -174,6 +175,31 @@ def add(name: str, repository: Path, *, force: bool = False) -> Added:
             f"{', '.join(versions) or 'none'}); nothing was written. Pass --force to replace "
             "the whole model folder, or use another --model-repository"
         )
+    began = time.perf_counter()
+    outcome: list[Built] = []
+    written, replaced = install(
+        repository, lambda staging: outcome.append(recipe.build(staging, name)), force, name
+    )
+    seconds = time.perf_counter() - began
+    model_bytes = sum(p.stat().st_size for f in written for p in f.glob("*/model.onnx"))
+    return Added(recipe, target, seconds, model_bytes, replaced, outcome[0].notes)
+
+
+def install(
+    repository: Path,
+    build: Callable[[Path], object],
+    force: bool,
+    last: str,
+    order: Sequence[str] = (),
+) -> tuple[list[Path], bool]:
+    """Run ``build(staging)`` in a hidden folder of ``repository``, then move every model
+    folder it wrote into place: the folders written, and whether any replaced an old one.
+
+    A build may write several models (an ensemble and its steps): every one is checked
+    before any is moved (one that exists is an error unless ``force``), they move in
+    ``order`` (by default any), and ``last`` moves last, so a model that calls the others
+    appears only once they are there. A failed build leaves nothing behind.
+    """
     try:
         repository.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".zoo-", dir=repository))
@@ -181,14 +207,14 @@ def add(name: str, repository: Path, *, force: bool = False) -> Added:
         raise InternalError(f"cannot write into {repository}: {exc}") from exc
     try:
         staging.chmod(0o755)  # mkdtemp makes it private; a server may run as another user
-        began = time.perf_counter()
-        built = recipe.build(staging, name)
-        seconds = time.perf_counter() - began
-        # A recipe may write several models (an ensemble and its steps): every one of them
-        # is checked before any is moved, and the model called ``name`` moves last.
+        try:
+            build(staging)
+        except OSError as exc:
+            raise InternalError(f"cannot build into {staging}: {exc}") from exc
+        rank = {model: i for i, model in enumerate(order)}
         folders = sorted(
             (p for p in staging.iterdir() if p.is_dir() and not p.name.startswith(".")),
-            key=lambda p: p.name == name,
+            key=lambda p: (p.name == last, rank.get(p.name, len(rank))),
         )
         clashes = [p.name for p in folders if (repository / p.name).exists()]
         if clashes and not force:
@@ -196,13 +222,14 @@ def add(name: str, repository: Path, *, force: bool = False) -> Added:
                 f"model(s) {', '.join(clashes)} already exist in {repository}; nothing was "
                 "written. Pass --force to replace them"
             )
-        model_bytes = sum(p.stat().st_size for f in folders for p in f.glob("*/model.onnx"))
         replaced = False
+        written = []
         for folder in folders:
             replaced |= _move_into_place(folder, repository / folder.name, force)
+            written.append(repository / folder.name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return Added(recipe, target, seconds, model_bytes, replaced, built.notes)
+    return written, replaced
 
 
 def _move_into_place(folder: Path, target: Path, force: bool) -> bool:
