@@ -82,9 +82,10 @@ def build_processing(
             outputs.append(_output(config, item, i, labels, model_inputs, model_dir))
     except ForwardpassError as exc:
         raise InvalidModelConfig(f"processing: {exc.message}") from None
-    _check_unique(config, inputs, outputs)
-    _check_sources(config, inputs, outputs)
-    return Processing(config, tuple(inputs), tuple(outputs))
+    processing = Processing(config, tuple(inputs), tuple(outputs))
+    _check_unique(processing)
+    _check_sources(processing)
+    return processing
 
 
 def _list(value: Any, what: str) -> list[Mapping[str, Any]]:
@@ -164,15 +165,16 @@ def _output(
     return OutputChain(name, source, steps, labels.get(source.name, ()), model_inputs, model_dir)
 
 
-def _check_sources(
-    config: ModelConfig, inputs: list[InputProcessor], outputs: list[OutputProcessor]
-) -> None:
+def _check_sources(processing: Processing) -> None:
     """Every tensor an output step reads exists: a model output or input, or image geometry."""
     from forwardpass.processing.image import ImageInput, geometry_key
 
+    config = processing.config
     known = {s.name for s in (*config.inputs, *config.outputs)}
-    known |= {geometry_key(p.inputs[0].name) for p in inputs if isinstance(p, ImageInput)}
-    for p in outputs:
+    known |= {
+        geometry_key(p.inputs[0].name) for p in processing.inputs if isinstance(p, ImageInput)
+    }
+    for p in processing.outputs:
         missing = [s for s in p.sources if s not in known]
         if missing:
             names = [s.name for s in p.outputs]
@@ -182,19 +184,16 @@ def _check_sources(
             )
 
 
-def _check_unique(
-    config: ModelConfig, inputs: list[InputProcessor], outputs: list[OutputProcessor]
-) -> None:
+def _check_unique(processing: Processing) -> None:
     seen: set[str] = set()
-    for p in inputs:
+    for p in processing.inputs:
         for target in p.targets:
             if target in seen:
                 raise InvalidModelConfig(f"processing: model input {target!r} is filled twice")
             seen.add(target)
-    client = Processing(config, tuple(inputs), tuple(outputs))
-    names = [s.name for s in client.client_inputs]
+    names = [s.name for s in processing.client_inputs]
     if len(names) != len(set(names)):
         raise InvalidModelConfig(f"processing: client input names collide: {names}")
-    names = [s.name for s in client.client_outputs]
+    names = [s.name for s in processing.client_outputs]
     if len(names) != len(set(names)):
         raise InvalidModelConfig(f"processing: client output names collide: {names}")
