@@ -101,14 +101,18 @@ class HttpApp:
 
     async def handle(self, request: HttpRequest) -> HttpResponse:
         try:
-            return await self._route(request)
+            # Most routes answer at once; infer and the repository calls must be awaited.
+            response = self._route(request)
+            if isinstance(response, HttpResponse):
+                return response
+            return await response
         except ForwardpassError as exc:
             return HttpResponse(exc.status, encode_error(exc.message))
         except Exception as exc:  # a bug: answer 500, keep serving
             log.exception("unhandled error on %s %s", request.method, request.path)
             return HttpResponse(500, encode_error(f"internal error: {type(exc).__name__}: {exc}"))
 
-    def _route(self, request: HttpRequest) -> Awaitable[HttpResponse]:
+    def _route(self, request: HttpRequest) -> HttpResponse | Awaitable[HttpResponse]:
         # Split first, then percent-decode each segment: tritonclient quotes model names, and
         # an encoded "/" (%2F) must stay inside its segment, never become a separator.
         parts = [unquote(p) for p in request.path.split("/") if p]
@@ -116,21 +120,21 @@ class HttpApp:
         if not parts:
             raise NotFound(f"no route for {method} {request.path}")
         if parts[0] == "metrics" and len(parts) == 1 and method == "GET" and self.metrics:
-            return _now(HttpResponse(200, self.metrics(), "text/plain; version=0.0.4"))
+            return HttpResponse(200, self.metrics(), "text/plain; version=0.0.4")
         if parts[0] != "v2":
             raise NotFound(f"no route for {method} {request.path}")
         rest = parts[1:]
         if not rest:
             self._method(method, "GET")
-            return _now(self._server_metadata())
+            return self._server_metadata()
         head = rest[0]
         if head == "health" and len(rest) == 2:
             self._method(method, "GET")
             if rest[1] == "live":
-                return _now(_EMPTY_OK)
+                return _EMPTY_OK
             if rest[1] == "ready":
                 if self.engine.ready:
-                    return _now(_EMPTY_OK)
+                    return _EMPTY_OK
                 raise Unavailable("server is not ready")
         elif head == "models":
             return self._models_route(method, rest[1:], request)
@@ -146,10 +150,10 @@ class HttpApp:
     # ------------------------------------------------------------------ /v2/models/...
     def _models_route(
         self, method: str, rest: list[str], request: HttpRequest
-    ) -> Awaitable[HttpResponse]:
+    ) -> HttpResponse | Awaitable[HttpResponse]:
         if rest == ["stats"]:
             self._method(method, "GET")
-            return _now(_json({"model_stats": self.engine.stats()}))
+            return _json({"model_stats": self.engine.stats()})
         if not rest:
             raise NotFound("no route for /v2/models; name a model")
         name = rest[0]
@@ -160,7 +164,7 @@ class HttpApp:
             tail = tail[2:]
         if not tail:
             self._method(method, "GET")
-            return _now(_json(self.engine.metadata(name, version)))
+            return _json(self.engine.metadata(name, version))
         action = tail[0] if len(tail) == 1 else ""
         if action == "infer":
             self._method(method, "POST")
@@ -169,16 +173,16 @@ class HttpApp:
             self._method(method, "GET")
             # version() raises 404 for an unknown model or version, 503 for one not ready.
             self.engine.version(name, version)
-            return _now(_EMPTY_OK)
+            return _EMPTY_OK
         if action == "config":
             self._method(method, "GET")
             handle, _ = self.engine.version(name, version)
             from forwardpass.repository import config_to_dict
 
-            return _now(_json(config_to_dict(handle.config)))
+            return _json(config_to_dict(handle.config))
         if action == "stats":
             self._method(method, "GET")
-            return _now(_json({"model_stats": self.engine.stats(name, version)}))
+            return _json({"model_stats": self.engine.stats(name, version)})
         raise NotFound(f"no route for {method} {request.path}")
 
     async def _infer(self, name: str, version: str, request: HttpRequest) -> HttpResponse:
@@ -303,11 +307,3 @@ def _decompress(request: HttpRequest, limit: int) -> bytes:
             "the end of the compressed stream"
         )
     return out
-
-
-async def _ready(response: HttpResponse) -> HttpResponse:
-    return response
-
-
-def _now(response: HttpResponse) -> Awaitable[HttpResponse]:
-    return _ready(response)
