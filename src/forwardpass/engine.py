@@ -39,6 +39,7 @@ from forwardpass.processing.base import Processing
 from forwardpass.processing.outputs import topk_strings
 from forwardpass.processing.spec import build_processing
 from forwardpass.repository import ModelEntry, ModelRepository, warmup_inputs
+from forwardpass.repository.warmup import zeros
 from forwardpass.runtime import Backend, backend_class
 from forwardpass.scheduling.batcher import Batcher, BatcherPolicy
 from forwardpass.types import InferRequest, InferResponse, Tensor
@@ -344,15 +345,12 @@ class Engine:
         if not config.inputs or any(d < 0 for s in config.inputs for d in s.dims):
             return
         lead = (1,) if config.batching else ()
-        arrays = {}
-        for spec in config.inputs:
-            dims = lead + (spec.reshape if spec.reshape is not None else spec.dims)
-            if spec.datatype is DataType.BYTES:
-                array = np.empty(dims, dtype=object)
-                array.fill(b"")
-            else:
-                array = np.zeros(dims, dtype=spec.datatype.numpy)
-            arrays[spec.name] = array
+        arrays = {
+            spec.name: zeros(
+                spec.datatype, lead + (spec.reshape if spec.reshape is not None else spec.dims)
+            )
+            for spec in config.inputs
+        }
         for backend in backends:
             try:
                 backend.infer(arrays, outputs)
@@ -705,8 +703,7 @@ def _zero_rows(config: ModelConfig) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     for spec in config.outputs:
         shape = (0, *(d if d > 0 else 1 for d in spec.dims[1:]))
-        dtype = object if spec.datatype is DataType.BYTES else spec.datatype.numpy
-        out[spec.name] = np.zeros(shape, dtype=dtype)
+        out[spec.name] = zeros(spec.datatype, shape)
     return out
 
 

@@ -19,13 +19,14 @@ from forwardpass.datatypes import DataType, bf16_from_float32, deserialize_bytes
 from forwardpass.errors import InvalidArgument, InvalidModelConfig
 from forwardpass.model_config import ModelConfig, ModelWarmup, WarmupInput
 
-__all__ = ["warmup_inputs"]
+__all__ = ["warmup_inputs", "zeros"]
 
 #: Random integers stay below this, which every integer type holds.
 _INT_LIMIT = 128
 
 
-def _zeros(datatype: DataType, shape: tuple[int, ...]) -> np.ndarray:
+def zeros(datatype: DataType, shape: tuple[int, ...]) -> np.ndarray:
+    """Zeros of ``datatype`` (empty ``bytes`` for BYTES)."""
     if datatype is DataType.BYTES:
         array = np.empty(shape, dtype=object)
         array.fill(b"")
@@ -115,7 +116,7 @@ def warmup_inputs(
             shape = ((batch,) if batch is not None else ()) + tuple(data.dims)
             where = f"model_warmup {sample.name!r} input {name!r}"
             if data.source == "zero_data":
-                arrays[name] = _zeros(data.data_type, shape)
+                arrays[name] = zeros(data.data_type, shape)
             elif data.source == "random_data":
                 arrays[name] = _random(data.data_type, shape, rng)
             else:
