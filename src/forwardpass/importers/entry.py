@@ -35,6 +35,7 @@ from forwardpass.repository import (
     load_config_file,
 )
 from forwardpass.repository.pbtxt_writer import config_to_pbtxt
+from forwardpass.repository.repository import next_version
 from forwardpass.runtime.onnx import describe_onnx
 
 __all__ = [
@@ -98,15 +99,6 @@ def build_config(
     if parameters:
         draft["parameters"] = {k: {"string_value": v} for k, v in parameters.items()}
     return complete_config(draft, describe_onnx(model_file), name=name)
-
-
-def _next_version(folder: Path) -> int:
-    numbers = [
-        int(p.name)
-        for p in folder.iterdir()
-        if p.name.isascii() and p.name.isdigit() and not p.name.startswith("0")
-    ]
-    return max(numbers, default=0) + 1
 
 
 def _check_existing(folder: Path, plan: EntryPlan) -> tuple[bool, list[Path]]:
@@ -178,7 +170,7 @@ def _stage(parent: Path, plan: EntryPlan, version: int | None, with_shared: bool
 
 def _add_version(folder: Path, plan: EntryPlan, version: int | None) -> WrittenEntry:
     config_kept, kept = _check_existing(folder, plan)
-    version = version or _next_version(folder)
+    version = version or next_version(folder)
     target = folder / str(version)
     if target.exists():
         raise InvalidArgument(

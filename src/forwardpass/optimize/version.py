@@ -18,22 +18,13 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from forwardpass.errors import InternalError, InvalidArgument
+from forwardpass.repository.repository import next_version
 
 __all__ = ["next_version", "write_version"]
 
 _FOLDER_MODE = 0o755
 _FILE_MODE = 0o644
 STAGING_PREFIX = ".optimize-"
-
-
-def next_version(model_folder: Path) -> int:
-    """One more than the highest version folder (1 for none)."""
-    numbers = [
-        int(p.name)
-        for p in model_folder.iterdir()
-        if p.is_dir() and p.name.isascii() and p.name.isdigit() and not p.name.startswith("0")
-    ]
-    return max(numbers, default=0) + 1
 
 
 def _write_file(path: Path, data: bytes) -> None:

@@ -38,7 +38,7 @@ from forwardpass.repository.draft import ConfigDraft
 from forwardpass.repository.pbtxt import parse_pbtxt
 from forwardpass.runtime.onnx import describe_onnx
 
-__all__ = ["CONFIG_FILES", "ModelEntry", "ModelRepository", "load_config_file"]
+__all__ = ["CONFIG_FILES", "ModelEntry", "ModelRepository", "load_config_file", "next_version"]
 
 log = logging.getLogger("forwardpass.repository")
 
@@ -48,6 +48,17 @@ _FILELESS = ("null", "ensemble", "function")
 #: Config file names, in the order they are looked for.
 CONFIG_FILES = ("config.pbtxt", "config.yaml", "config.yml")
 _MAX_NAME = 255
+
+
+def next_version(model_folder: Path) -> int:
+    """One more than the highest version number among ``model_folder``'s entries (1 for
+    none): the number a new version takes, whether or not the others hold a model yet."""
+    numbers = [
+        int(p.name)
+        for p in model_folder.iterdir()
+        if p.name.isascii() and p.name.isdigit() and not p.name.startswith("0")
+    ]
+    return max(numbers, default=0) + 1
 
 
 @dataclass(frozen=True, slots=True)
