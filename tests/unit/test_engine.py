@@ -18,6 +18,7 @@ from forwardpass.errors import (
     NotFound,
     Unavailable,
 )
+from forwardpass.protocol.documents import index_document, metadata_document, statistics_document
 from forwardpass.types import InferRequest, RequestedOutput, Tensor
 
 
@@ -99,7 +100,7 @@ def test_reshape_is_applied_on_the_way_in_and_undone_on_the_way_out(
         [y] = response.outputs
         assert y.shape == (2, 4)
         np.testing.assert_array_equal(y.data, x * x)
-        assert engine.metadata("square")["inputs"] == [
+        assert metadata_document(engine.metadata("square"))["inputs"] == [
             {"name": "x", "datatype": "FP32", "shape": [-1, 4]}
         ]
 
@@ -120,7 +121,7 @@ def test_requested_output_only_and_classification_with_labels(repo: Path, with_e
             [b"11.000000:0:ant", b"3.000000:2:cat"],
             [b"13.000000:2:cat", b"2.000000:1:bee"],
         ]
-        assert y.parameters == {"classification": 2}
+        assert y.parameters == {}  # Triton never echoes the request's output parameters
 
     with_engine(repo, body)
 
@@ -211,7 +212,7 @@ def test_bad_schedule_parameters(
     async def body(engine: Engine) -> None:
         await expect(engine, add_request([1, 2, 3], parameters=params), InvalidArgument, word)
         # The rejected request still counts as a failure of that model version.
-        [stats] = engine.stats("add")
+        [stats] = statistics_document(engine.stats("add"))["model_stats"]
         assert stats["inference_stats"]["fail"]["count"] == 1
         assert stats["execution_count"] == 0
 
@@ -246,7 +247,7 @@ def test_unknown_model_is_not_found(repo: Path, with_engine: Any) -> None:
     async def body(engine: Engine) -> None:
         await expect(engine, InferRequest("ghost", [fp32([1, 2, 3])]), NotFound, "'ghost'")
         with pytest.raises(NotFound):
-            engine.metadata("ghost")
+            metadata_document(engine.metadata("ghost"))
         assert not engine.is_ready("ghost")
 
     with_engine(repo, body)
@@ -267,7 +268,7 @@ def test_version_selection(repo: Path, with_engine: Any) -> None:
         assert response.outputs[0].data.tolist() == [[7, 8]]
         await expect(engine, echo("7"), NotFound, "no version 7", "[1, 2, 3]")
         await expect(engine, echo("two"), InvalidArgument, "integer", "'two'")
-        assert engine.metadata("echo")["versions"] == ["1", "2", "3"]
+        assert metadata_document(engine.metadata("echo"))["versions"] == ["1", "2", "3"]
         assert engine.is_ready("echo", "2")
         assert not engine.is_ready("echo", "9")
 
@@ -279,7 +280,7 @@ def test_latest_policy_serves_only_the_highest_version(tmp_path: Path, with_engi
     write_model(root, "m", config=null_config("m"), versions=(1, 5, 10))
 
     async def body(engine: Engine) -> None:
-        assert engine.metadata("m")["versions"] == ["10"]
+        assert metadata_document(engine.metadata("m"))["versions"] == ["10"]
         await expect(engine, InferRequest("m", [int32([1, 2])], model_version="5"), NotFound)
 
     with_engine(root, body)
@@ -293,18 +294,20 @@ def test_broken_model_is_unavailable_with_reason_while_others_are_ready(
 ) -> None:
     async def body(engine: Engine) -> None:
         assert engine.ready
-        index = {(row["name"], row.get("version")): row for row in engine.index()}
+        index = {(row["name"], row.get("version")): row for row in index_document(engine.index())}
         broken = index[("broken", "")]
         assert broken["state"] == "UNAVAILABLE"
         assert "config.pbtxt:2" in broken["reason"]
         for name in ("add", "square"):
             assert index[(name, "1")]["state"] == "READY"
-        assert [(r["name"], r["version"]) for r in engine.index() if r["name"] == "echo"] == [
+        assert [
+            (r["name"], r["version"]) for r in index_document(engine.index()) if r["name"] == "echo"
+        ] == [
             ("echo", "1"),
             ("echo", "2"),
             ("echo", "3"),
         ]
-        ready_names = {row["name"] for row in engine.index(ready_only=True)}
+        ready_names = {row.name for row in engine.index(ready_only=True)}
         assert ready_names == {"add", "square", "echo"}
         await expect(engine, InferRequest("broken", []), Unavailable, "UNAVAILABLE", "config.pbtxt")
         assert engine.handle("broken").state is ModelState.UNAVAILABLE
@@ -314,7 +317,7 @@ def test_broken_model_is_unavailable_with_reason_while_others_are_ready(
 
 def test_load_all_false_loads_only_named_models(repo: Path, with_engine: Any) -> None:
     async def body(engine: Engine) -> None:
-        index = {row["name"]: row for row in engine.index()}
+        index = {row["name"]: row for row in index_document(engine.index())}
         assert index["add"]["state"] == "READY"
         assert index["square"] == {"name": "square"}  # in the repository, never loaded
         await expect(engine, InferRequest("square", []), NotFound)
@@ -331,7 +334,7 @@ def test_unload_then_requests_are_unavailable_and_load_brings_it_back(
         await engine.unload("add")
         await expect(engine, add_request([1, 2, 3]), Unavailable, "not ready", "unloaded")
         assert not engine.is_ready("add")
-        [row] = [r for r in engine.index() if r["name"] == "add"]
+        [row] = [r for r in index_document(engine.index()) if r["name"] == "add"]
         assert (row["state"], row["reason"]) == ("UNAVAILABLE", "unloaded")
         with pytest.raises(NotFound):
             await engine.unload("never-loaded")
@@ -366,7 +369,7 @@ def test_reload_lets_in_flight_requests_finish_on_the_old_version(
             assert response.outputs[0].data.tolist() == [[i, i]]
         response = await engine.infer(InferRequest("slow", [int32([9, 9])]))
         assert response.model_version == "2"
-        assert engine.metadata("slow")["versions"] == ["2"]
+        assert metadata_document(engine.metadata("slow"))["versions"] == ["2"]
 
     with_engine(repo, body)
 
@@ -398,10 +401,10 @@ def test_loading_a_model_that_does_not_exist_leaves_no_trace(repo: Path, with_en
             await engine.load("ghost")
         with pytest.raises(InvalidArgument, match="path separator"):
             await engine.load("../add")
-        assert "ghost" not in {row["name"] for row in engine.index()}
+        assert "ghost" not in {row["name"] for row in index_document(engine.index())}
         await expect(engine, InferRequest("ghost", []), NotFound)
         with pytest.raises(NotFound):
-            engine.stats("ghost")
+            statistics_document(engine.stats("ghost"))["model_stats"]
 
     with_engine(repo, body)
 
@@ -459,7 +462,7 @@ def test_warmup_runs_before_the_model_is_ready(
         assert engine.is_ready("warm")
         assert seen == [(2, 2)] * 3  # three zero batches of 2 rows ran at load
         # Warm-up is not traffic: the statistics start at zero.
-        [stats] = engine.stats("warm")
+        [stats] = statistics_document(engine.stats("warm"))["model_stats"]
         assert stats["inference_count"] == 0
 
     with_engine(root, body)
@@ -472,7 +475,7 @@ def test_failing_warmup_leaves_the_model_unavailable(tmp_path: Path, with_engine
     write_model(root, "fine", config=null_config("fine"))
 
     async def body(engine: Engine) -> None:
-        index = {row["name"]: row for row in engine.index()}
+        index = {row["name"]: row for row in index_document(engine.index())}
         assert index["cold"]["state"] == "UNAVAILABLE"
         assert "fail_value" in index["cold"]["reason"]
         assert index["fine"]["state"] == "READY"
@@ -489,7 +492,7 @@ def test_statistics_shape_and_counts(repo: Path, with_engine: Any) -> None:
             await engine.infer(add_request([1, 2, 3], [4, 5, 6]))
         with pytest.raises(InvalidArgument):
             await engine.infer(InferRequest("add", []))
-        [stats] = engine.stats("add")
+        [stats] = statistics_document(engine.stats("add"))["model_stats"]
         assert stats["name"] == "add"
         assert stats["version"] == "1"
         assert stats["inference_count"] == 6  # rows
@@ -516,7 +519,7 @@ def test_statistics_shape_and_counts(repo: Path, with_engine: Any) -> None:
         assert batch["batch_size"] == 2
         assert batch["compute_infer"]["count"] == 3
         # Every version of every model, and one named version.
-        everything = engine.stats()
+        everything = statistics_document(engine.stats())["model_stats"]
         assert [(s["name"], s["version"]) for s in everything] == [
             ("add", "1"),
             ("echo", "1"),
@@ -524,10 +527,12 @@ def test_statistics_shape_and_counts(repo: Path, with_engine: Any) -> None:
             ("echo", "3"),
             ("square", "1"),
         ]
-        assert [s["version"] for s in engine.stats("echo", "2")] == ["2"]
-        assert engine.stats("broken") == []
+        assert [
+            s["version"] for s in statistics_document(engine.stats("echo", "2"))["model_stats"]
+        ] == ["2"]
+        assert statistics_document(engine.stats("broken"))["model_stats"] == []
         with pytest.raises(NotFound):
-            engine.stats("ghost")
+            statistics_document(engine.stats("ghost"))["model_stats"]
 
     with_engine(repo, body)
 
@@ -544,7 +549,7 @@ def test_backend_failure_fails_only_that_request(tmp_path: Path, with_engine: An
             await engine.infer(InferRequest("m", [int32([13, 0])]))
         ok = await engine.infer(InferRequest("m", [int32([1, 2])]))
         assert ok.outputs[0].data.tolist() == [[1, 2]]
-        [stats] = engine.stats("m")
+        [stats] = statistics_document(engine.stats("m"))["model_stats"]
         assert stats["inference_stats"]["fail"]["count"] == 1
         assert stats["inference_stats"]["success"]["count"] == 1
 

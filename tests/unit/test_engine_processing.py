@@ -17,6 +17,7 @@ from PIL import Image
 from forwardpass.datatypes import DataType
 from forwardpass.engine import Engine
 from forwardpass.errors import InvalidArgument
+from forwardpass.protocol.documents import index_document, metadata_document
 from forwardpass.types import InferRequest, RequestedOutput, Tensor
 
 
@@ -86,7 +87,7 @@ def repo(tmp_path: Path) -> Path:
 
 def test_metadata_shows_the_raw_input_and_interpreted_outputs(repo: Path) -> None:
     async def body(engine: Engine) -> None:
-        meta = engine.metadata("colours")
+        meta = metadata_document(engine.metadata("colours"))
         assert meta["inputs"] == [{"name": "photo", "datatype": "BYTES", "shape": [-1, 1]}]
         assert meta["outputs"] == [
             {"name": "colour", "datatype": "BYTES", "shape": [-1, 1]},
@@ -150,7 +151,7 @@ def test_a_wrong_declaration_makes_the_model_unavailable(tmp_path: Path) -> None
     )
 
     async def body(engine: Engine) -> None:
-        (entry,) = engine.index()
+        (entry,) = index_document(engine.index())
         assert entry["state"] == "UNAVAILABLE"
         assert "processing" in entry["reason"] and "'to'" in entry["reason"]
 
@@ -279,7 +280,7 @@ parameters {{ key: "processing" value: {{ string_value: {json.dumps(json.dumps(d
     write_model(tmp_path, "det", config=config, model=constant_detector())
 
     async def body(engine: Engine) -> None:
-        (entry,) = engine.index()
+        (entry,) = index_document(engine.index())
         assert entry["state"] == "UNAVAILABLE" and "x@geometry" in entry["reason"]
 
     run_with_engine(tmp_path, body)

@@ -9,6 +9,7 @@ from pathlib import Path
 from model_builders import run_with_engine
 
 from forwardpass.engine import Engine
+from forwardpass.protocol.documents import index_document
 
 
 def test_index_names_the_version_an_optimized_one_came_from(repo: Path) -> None:
@@ -23,7 +24,7 @@ def test_index_names_the_version_an_optimized_one_came_from(repo: Path) -> None:
     }))  # fmt: skip
 
     async def body(engine: Engine) -> None:
-        rows = {r["version"]: r for r in engine.index() if r["name"] == "add"}
+        rows = {r["version"]: r for r in index_document(engine.index()) if r["name"] == "add"}
         assert "optimized_from" not in rows["1"]
         assert rows["2"]["optimized_from"] == "1"
         assert rows["2"]["optimization"] == "int8-dynamic"

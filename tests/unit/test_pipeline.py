@@ -14,6 +14,7 @@ from onnx import TensorProto, helper
 from forwardpass.datatypes import DataType
 from forwardpass.engine import Engine
 from forwardpass.errors import InvalidArgument
+from forwardpass.protocol.documents import index_document, metadata_document, statistics_document
 from forwardpass.repository import config_to_dict
 from forwardpass.types import InferRequest, Tensor
 
@@ -78,7 +79,7 @@ def test_ensemble_runs_its_dag(tmp_path: Path) -> None:
         assert np.allclose(got["squared"], (x + ADD_BIAS) ** 2)
         assert np.allclose(got["raw_squared"], x**2)
         assert response.id == "e1" and response.model_name == "pipe"
-        meta = engine.metadata("pipe")
+        meta = metadata_document(engine.metadata("pipe"))
         assert meta["platform"] == "ensemble"
         assert [i["name"] for i in meta["inputs"]] == ["raw"]
         config = config_to_dict(engine.handle("pipe").config)
@@ -101,7 +102,7 @@ def test_steps_batch_with_other_traffic(tmp_path: Path) -> None:
         for i, response in enumerate(responses):
             squared = {t.name: t.data for t in response.outputs}["squared"]
             assert np.allclose(squared, [[(i + 1.0) ** 2, 4.0, 9.0]])
-        (stats,) = engine.stats("square3")
+        (stats,) = statistics_document(engine.stats("square3"))["model_stats"]
         assert stats["inference_count"] == 48
         assert stats["execution_count"] < 48  # merged with the other requests' steps
 
@@ -161,7 +162,7 @@ def test_broken_ensembles_are_unavailable_with_a_reason(
     tmp_path: Path, steps: str, outputs: str, reason: str
 ) -> None:
     async def body(engine: Engine) -> None:
-        entry = next(e for e in engine.index() if e["name"] == "pipe")
+        entry = next(e for e in index_document(engine.index()) if e["name"] == "pipe")
         assert entry["state"] == "UNAVAILABLE"
         assert reason in entry["reason"], entry["reason"]
         assert engine.is_ready("add")

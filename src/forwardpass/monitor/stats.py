@@ -9,8 +9,8 @@ from __future__ import annotations
 import bisect
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
+from forwardpass.results import BatchStatistics, Duration, InferenceStatistics, ModelStatistics
 from forwardpass.scheduling.batcher import BatchRecord
 
 __all__ = ["BATCH_BUCKETS", "LATENCY_BUCKETS_S", "Histogram", "ModelStats"]
@@ -49,10 +49,6 @@ class Histogram:
             out.append((repr(float(bound)), running))
         out.append(("+Inf", self.count))
         return out
-
-
-def _duration(count: int, ns: int) -> dict[str, int]:
-    return {"count": count, "ns": ns}
 
 
 class ModelStats:
@@ -128,33 +124,25 @@ class ModelStats:
         if post_ns:
             self.postprocess_latency.observe(post_ns / 1e9)
 
-    def triton(self) -> dict[str, Any]:
-        """The ``model_stats`` entry of Triton's statistics extension."""
-        return {
-            "name": self.name,
-            "version": self.version,
-            "last_inference": self.last_inference_ms,
-            "inference_count": self.inference_count,
-            "execution_count": self.execution_count,
-            "inference_stats": {
-                "success": _duration(self.success_count, self.success_ns),
-                "fail": _duration(self.fail_count, self.fail_ns),
-                "queue": _duration(self.queue_count, self.queue_ns),
-                "compute_input": _duration(self.compute_count, self.input_ns),
-                "compute_infer": _duration(self.compute_count, self.infer_ns),
-                "compute_output": _duration(self.compute_count, self.output_ns),
-                "cache_hit": _duration(0, 0),
-                "cache_miss": _duration(0, 0),
-            },
-            "response_stats": {},
-            "batch_stats": [
-                {
-                    "batch_size": size,
-                    "compute_input": _duration(n, i),
-                    "compute_infer": _duration(n, c),
-                    "compute_output": _duration(n, o),
-                }
+    def snapshot(self) -> ModelStatistics:
+        """Triton's statistics for this version, as of now."""
+        compute = self.compute_count
+        return ModelStatistics(
+            name=self.name,
+            version=self.version,
+            last_inference=self.last_inference_ms,
+            inference_count=self.inference_count,
+            execution_count=self.execution_count,
+            inference_stats=InferenceStatistics(
+                success=Duration(self.success_count, self.success_ns),
+                fail=Duration(self.fail_count, self.fail_ns),
+                queue=Duration(self.queue_count, self.queue_ns),
+                compute_input=Duration(compute, self.input_ns),
+                compute_infer=Duration(compute, self.infer_ns),
+                compute_output=Duration(compute, self.output_ns),
+            ),
+            batch_stats=tuple(
+                BatchStatistics(size, Duration(n, i), Duration(n, c), Duration(n, o))
                 for size, (n, i, c, o) in sorted(self.batches.items())
-            ],
-            "memory_usage": [],
-        }
+            ),
+        )

@@ -30,8 +30,16 @@ from forwardpass.errors import (
     PayloadTooLarge,
     Unavailable,
     Unsupported,
+    http_status,
 )
 from forwardpass.protocol.codec import decode_infer_request, encode_error, encode_infer_response
+from forwardpass.protocol.documents import (
+    index_document,
+    metadata_document,
+    server_document,
+    statistics_document,
+)
+from forwardpass.repository import config_to_dict
 
 __all__ = ["EXTENSIONS", "HttpApp", "HttpRequest", "HttpResponse"]
 
@@ -107,7 +115,7 @@ class HttpApp:
                 return response
             return await response
         except ForwardpassError as exc:
-            return HttpResponse(exc.status, encode_error(exc.message))
+            return HttpResponse(http_status(exc), encode_error(exc.message))
         except Exception as exc:  # a bug: answer 500, keep serving
             log.exception("unhandled error on %s %s", request.method, request.path)
             return HttpResponse(500, encode_error(f"internal error: {type(exc).__name__}: {exc}"))
@@ -153,7 +161,7 @@ class HttpApp:
     ) -> HttpResponse | Awaitable[HttpResponse]:
         if rest == ["stats"]:
             self._method(method, "GET")
-            return _json({"model_stats": self.engine.stats()})
+            return _json(statistics_document(self.engine.stats()))
         if not rest:
             raise NotFound("no route for /v2/models; name a model")
         name = rest[0]
@@ -164,7 +172,7 @@ class HttpApp:
             tail = tail[2:]
         if not tail:
             self._method(method, "GET")
-            return _json(self.engine.metadata(name, version))
+            return _json(metadata_document(self.engine.metadata(name, version)))
         action = tail[0] if len(tail) == 1 else ""
         if action == "infer":
             self._method(method, "POST")
@@ -176,13 +184,10 @@ class HttpApp:
             return _EMPTY_OK
         if action == "config":
             self._method(method, "GET")
-            handle, _ = self.engine.version(name, version)
-            from forwardpass.repository import config_to_dict
-
-            return _json(config_to_dict(handle.config))
+            return _json(config_to_dict(self.engine.model_config(name, version)))
         if action == "stats":
             self._method(method, "GET")
-            return _json({"model_stats": self.engine.stats(name, version)})
+            return _json(statistics_document(self.engine.stats(name, version)))
         raise NotFound(f"no route for {method} {request.path}")
 
     async def _infer(self, name: str, version: str, request: HttpRequest) -> HttpResponse:
@@ -198,7 +203,7 @@ class HttpApp:
                     f"Inference-Header-Content-Length must be an integer, got {raw_length!r}"
                 ) from None
             if header_length == 0:
-                config = self.engine.version(name, version)[0].config
+                config = self.engine.model_config(name, version)
         infer_request = decode_infer_request(
             body,
             model_name=name,
@@ -227,7 +232,7 @@ class HttpApp:
             ready = body.get("ready", False)
             if not isinstance(ready, bool):
                 raise InvalidArgument("'ready' must be true or false")
-            return _json(self.engine.index(ready_only=ready))
+            return _json(index_document(self.engine.index(ready_only=ready)))
         if len(rest) == 3 and rest[0] == "models" and rest[2] in ("load", "unload"):
             name = rest[1]
             params = body.get("parameters", {})
@@ -244,9 +249,7 @@ class HttpApp:
         raise NotFound(f"no route for {method} {request.path}")
 
     def _server_metadata(self) -> HttpResponse:
-        return _json(
-            {"name": "forwardpass", "version": __version__, "extensions": list(EXTENSIONS)}
-        )
+        return _json(server_document("forwardpass", __version__, EXTENSIONS))
 
 
 def _load_parameters(params: dict[str, Any]) -> tuple[dict[str, Any] | None, dict[str, bytes]]:

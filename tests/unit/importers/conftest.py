@@ -10,6 +10,7 @@ import pytest
 from model_builders import run_with_engine
 
 from forwardpass.datatypes import DataType
+from forwardpass.protocol.documents import index_document
 from forwardpass.types import InferRequest, Tensor
 
 
@@ -19,7 +20,7 @@ def serve_once(
     """Load ``repository`` with the engine, as ``forwardpass serve`` would, and infer once."""
 
     async def body(engine: object) -> dict[str, np.ndarray]:
-        assert engine.is_ready(name), engine.index()  # type: ignore[attr-defined]
+        assert engine.is_ready(name), index_document(engine.index())  # type: ignore[attr-defined]
         request = InferRequest(
             model_name=name,
             inputs=[Tensor(k, DataType.from_numpy(v.dtype), v) for k, v in inputs.items()],

@@ -18,6 +18,7 @@ from forwardpass.engine import Engine
 from forwardpass.errors import InvalidArgument
 from forwardpass.monitor.metrics import EngineCollector, metrics_renderer
 from forwardpass.monitor.stats import BATCH_BUCKETS, LATENCY_BUCKETS_S, Histogram, ModelStats
+from forwardpass.protocol.documents import statistics_document
 from forwardpass.scheduling.batcher import BatchRecord
 from forwardpass.types import InferRequest, Tensor
 
@@ -83,7 +84,7 @@ def test_model_stats_counts_batches_and_requests() -> None:
     assert stats.execution_count == 4  # failed batches executed too
     assert stats.inference_count == 9  # rows of successful batches only
     assert stats.fail_reasons == {"INTERNAL": 2, "INVALID_ARG": 1}
-    triton = stats.triton()
+    triton = statistics_document([stats.snapshot()])["model_stats"][0]
     assert (triton["name"], triton["version"]) == ("m", "3")
     assert triton["inference_count"] == 9
     assert triton["execution_count"] == 4
@@ -119,7 +120,7 @@ def test_model_stats_counts_batches_and_requests() -> None:
 
 
 def test_fresh_stats_are_zero() -> None:
-    triton = ModelStats("m", "1").triton()
+    triton = statistics_document([ModelStats("m", "1").snapshot()])["model_stats"][0]
     assert triton["last_inference"] == 0
     assert triton["batch_stats"] == []
     assert all(v == {"count": 0, "ns": 0} for v in triton["inference_stats"].values())

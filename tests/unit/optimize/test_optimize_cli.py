@@ -8,6 +8,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from forwardpass.cli.main import _register, cli
+from forwardpass.protocol.documents import index_document
 
 _register()
 
@@ -67,7 +68,7 @@ def check_served(digits_repo: Path) -> None:
         engine = Engine(ModelRepository(digits_repo), ServerConfig(model_repository=digits_repo))
         await engine.start()
         try:
-            (entry,) = engine.index()
+            (entry,) = index_document(engine.index())
             assert entry["version"] == "2" and entry["optimized_from"] == "1"
             response = await engine.infer(
                 InferRequest("digits", [Tensor("image", DataType.FP32, images)])

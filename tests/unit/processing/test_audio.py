@@ -21,6 +21,7 @@ from forwardpass.processing.audio import AudioInput
 from forwardpass.processing.dsp import LogMel, hz_to_mel, mel_filterbank, mel_to_hz, resample
 from forwardpass.processing.spec import build_processing
 from forwardpass.processing.wav import WavError, decode_wav
+from forwardpass.protocol.documents import metadata_document
 
 
 # --------------------------------------------------------------------------- WAV writers
@@ -504,7 +505,7 @@ parameters {{ key: "processing" value: {{ string_value: {json.dumps(json.dumps(p
     write_model(tmp_path, "mels", config=config, model=mel_mean_model())
 
     async def body(engine: Engine) -> None:
-        meta = engine.metadata("mels")
+        meta = metadata_document(engine.metadata("mels"))
         assert meta["inputs"] == [{"name": "speech", "datatype": "BYTES", "shape": [-1, 1]}]
         low, high = pcm_wav(sine(300, 16000, 1.0), 16000), float_wav(sine(3000, 44100, 1.0), 44100)
         response = await engine.infer(

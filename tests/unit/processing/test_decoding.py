@@ -19,6 +19,7 @@ from forwardpass.model_config import ModelConfig, TensorSpec
 from forwardpass.processing.decoding import Decoder
 from forwardpass.processing.outputs import OutputChain
 from forwardpass.processing.spec import build_processing
+from forwardpass.protocol.documents import metadata_document
 
 
 def one_hot(classes: list[int], width: int, confidence: float = 0.9) -> np.ndarray:
@@ -262,7 +263,7 @@ def test_ctc_and_nms_through_the_engine(tmp_path: Path) -> None:
     )
 
     async def body(engine: Engine) -> None:
-        assert engine.metadata("ocr")["outputs"] == [
+        assert metadata_document(engine.metadata("ocr"))["outputs"] == [
             {"name": "text", "datatype": "BYTES", "shape": [-1, 1]},
             {"name": "score", "datatype": "FP32", "shape": [-1, 1]},
         ]

@@ -11,6 +11,7 @@ from model_builders import run_with_engine, write_model
 
 from forwardpass.datatypes import DataType
 from forwardpass.engine import Engine
+from forwardpass.protocol.documents import index_document, metadata_document
 from forwardpass.runtime import function as function_module
 from forwardpass.types import InferRequest, Tensor
 
@@ -47,7 +48,7 @@ def test_function_model_serves_and_may_change_the_row_count(tmp_path: Path) -> N
         x = np.array([[1, 2], [3, 4]], np.float32)
         response = await engine.infer(InferRequest("fan", [Tensor("x", DataType.FP32, x)]))
         assert response.outputs[0].data.tolist() == [[1, 2]] * 3 + [[3, 4]] * 3
-        assert engine.metadata("fan")["platform"] == "function"
+        assert metadata_document(engine.metadata("fan"))["platform"] == "function"
 
     run_with_engine(tmp_path, body)
 
@@ -56,7 +57,7 @@ def test_unknown_function_is_unavailable_with_the_registered_names(tmp_path: Pat
     write_model(tmp_path, "fan", config=CONFIG % "nope")
 
     async def body(engine: Engine) -> None:
-        (entry,) = engine.index()
+        (entry,) = index_document(engine.index())
         assert entry["state"] == "UNAVAILABLE"
         assert "unknown function 'nope'" in entry["reason"] and "repeat_rows" in entry["reason"]
 

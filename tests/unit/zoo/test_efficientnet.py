@@ -18,6 +18,7 @@ from zoo_helpers import Built, photo
 from forwardpass.cli.commands import register
 from forwardpass.cli.main import cli
 from forwardpass.datatypes import DataType
+from forwardpass.protocol.documents import metadata_document
 from forwardpass.types import InferRequest, Tensor
 
 register(cli)
@@ -65,7 +66,7 @@ def test_the_entry_is_complete(built: Built) -> None:
 
 def test_metadata_shows_image_bytes_in_and_answers_out(repo: Path) -> None:
     async def body(engine: Any) -> None:
-        meta = engine.metadata(NAME)
+        meta = metadata_document(engine.metadata(NAME))
         assert meta["inputs"] == [{"name": "image", "datatype": "BYTES", "shape": [-1, 1]}]
         assert meta["outputs"] == [
             {"name": "probabilities", "datatype": "FP32", "shape": [-1, 1000]},

@@ -1,0 +1,99 @@
+"""The JSON documents of the HTTP protocol, rendered from the engine's typed results.
+
+One function per document of Triton's HTTP API (model metadata, repository index, statistics,
+server metadata); the gRPC adapter renders the same results as protobuf messages instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from forwardpass.results import (
+    BatchStatistics,
+    Duration,
+    IndexEntry,
+    ModelMetadata,
+    ModelStatistics,
+    TensorMetadata,
+)
+
+__all__ = ["index_document", "metadata_document", "server_document", "statistics_document"]
+
+
+def _tensor(t: TensorMetadata) -> dict[str, Any]:
+    return {"name": t.name, "datatype": t.datatype.value, "shape": list(t.shape)}
+
+
+def metadata_document(meta: ModelMetadata) -> dict[str, Any]:
+    return {
+        "name": meta.name,
+        "versions": list(meta.versions),
+        "platform": meta.platform,
+        "inputs": [_tensor(t) for t in meta.inputs],
+        "outputs": [_tensor(t) for t in meta.outputs],
+    }
+
+
+def index_document(entries: Iterable[IndexEntry]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for e in entries:
+        if e.state is None:
+            out.append({"name": e.name})
+            continue
+        item: dict[str, Any] = {
+            "name": e.name,
+            "version": e.version,
+            "state": e.state.value,
+            "reason": e.reason,
+        }
+        if e.optimized_from is not None:
+            item["optimized_from"] = e.optimized_from
+            item["optimization"] = e.optimization
+        out.append(item)
+    return out
+
+
+def _duration(d: Duration) -> dict[str, int]:
+    return {"count": d.count, "ns": d.ns}
+
+
+def _batch(b: BatchStatistics) -> dict[str, Any]:
+    return {
+        "batch_size": b.batch_size,
+        "compute_input": _duration(b.compute_input),
+        "compute_infer": _duration(b.compute_infer),
+        "compute_output": _duration(b.compute_output),
+    }
+
+
+def _model_stats(s: ModelStatistics) -> dict[str, Any]:
+    i = s.inference_stats
+    return {
+        "name": s.name,
+        "version": s.version,
+        "last_inference": s.last_inference,
+        "inference_count": s.inference_count,
+        "execution_count": s.execution_count,
+        "inference_stats": {
+            "success": _duration(i.success),
+            "fail": _duration(i.fail),
+            "queue": _duration(i.queue),
+            "compute_input": _duration(i.compute_input),
+            "compute_infer": _duration(i.compute_infer),
+            "compute_output": _duration(i.compute_output),
+            "cache_hit": _duration(i.cache_hit),
+            "cache_miss": _duration(i.cache_miss),
+        },
+        "response_stats": {},
+        "batch_stats": [_batch(b) for b in s.batch_stats],
+        "memory_usage": [],
+    }
+
+
+def statistics_document(stats: Sequence[ModelStatistics]) -> dict[str, Any]:
+    return {"model_stats": [_model_stats(s) for s in stats]}
+
+
+def server_document(name: str, version: str, extensions: Iterable[str]) -> dict[str, Any]:
+    return {"name": name, "version": version, "extensions": list(extensions)}
