@@ -6,15 +6,16 @@ boundary where they enter and re-raised as one of these with ``raise ... from ex
 Protocol adapters map the tree to wire status codes in exactly one place
 (:func:`http_status` here; gRPC later maps ``code`` the same way).
 
-    ForwardpassError                      code        HTTP
-    ├── InvalidArgument                   INVALID     400   bad request: JSON, shapes, names
-    │   ├── PayloadTooLarge               INVALID     413   body over the configured size limit
-    │   └── InvalidModelConfig            INVALID     400   a wrong config.pbtxt / config.yaml
-    ├── NotFound                          NOT_FOUND   404   unknown model, version or route
-    ├── Unavailable                       UNAVAILABLE 503   not ready, queue full, stopping
-    │   └── RequestTimeout                UNAVAILABLE 503   the request's queue timeout expired
-    ├── Unsupported                       UNSUPPORTED 501   a feature this build does not provide
-    └── InternalError                     INTERNAL    500   a backend failed while running a batch
+    ForwardpassError              code               HTTP
+    ├── InvalidArgument           INVALID_ARG        400   bad request: JSON, shapes, names
+    │   ├── PayloadTooLarge       INVALID_ARG        413   body over the configured size limit
+    │   └── InvalidModelConfig    INVALID_ARG        400   a wrong config.pbtxt / config.yaml
+    ├── NotFound                  NOT_FOUND          404   unknown model, version or route
+    ├── PermissionDenied          PERMISSION_DENIED  403   a feature the operator left off
+    ├── Unavailable               UNAVAILABLE        503   not ready, queue full, stopping
+    │   └── RequestTimeout        UNAVAILABLE        503   the request's queue timeout expired
+    ├── Unsupported               UNSUPPORTED        501   a feature this build does not provide
+    └── InternalError             INTERNAL           500   a backend failed while running a batch
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ __all__ = [
     "InvalidModelConfig",
     "NotFound",
     "PayloadTooLarge",
+    "PermissionDenied",
     "RequestTimeout",
     "Unavailable",
     "Unsupported",
@@ -66,6 +68,13 @@ class NotFound(ForwardpassError):
 
     code = "NOT_FOUND"
     status = 404
+
+
+class PermissionDenied(ForwardpassError):
+    """The request needs a feature the server's operator has not enabled (client shared memory)."""
+
+    code = "PERMISSION_DENIED"
+    status = 403
 
 
 class Unavailable(ForwardpassError):

@@ -27,6 +27,7 @@ PUBLIC = [
     "ModelState",
     "NotFound",
     "PayloadTooLarge",
+    "PermissionDenied",
     "RequestTimeout",
     "RequestedOutput",
     "Server",
