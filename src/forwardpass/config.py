@@ -42,6 +42,10 @@ class ServerConfig:
     load_models: tuple[str, ...] = ()
     #: Serve Prometheus metrics at /metrics.
     metrics: bool = True
+    #: Let clients register system shared memory regions and pass tensors through them
+    #: (Triton's --allow-client-shm). Off by default, as in Triton: a client that can register
+    #: a region makes the server read and write memory of this host.
+    allow_client_shm: bool = False
     log_level: str = "INFO"
 
     @classmethod

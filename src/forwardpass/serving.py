@@ -16,6 +16,7 @@ from forwardpass.engine import Engine
 from forwardpass.monitor.metrics import metrics_renderer
 from forwardpass.protocol.http import HttpApp
 from forwardpass.protocol.server import HttpServer
+from forwardpass.protocol.shared_memory import SharedMemoryRegistry
 from forwardpass.repository import ModelRepository
 
 __all__ = ["Server", "run_server"]
@@ -30,7 +31,10 @@ class Server:
         self.config = config
         self.engine = Engine(ModelRepository(config.model_repository), config)
         metrics = metrics_renderer(self.engine) if config.metrics else None
-        self.app = HttpApp(self.engine, metrics, config.max_request_bytes)
+        self.shared_memory = SharedMemoryRegistry() if config.allow_client_shm else None
+        self.app = HttpApp(
+            self.engine, metrics, config.max_request_bytes, shared_memory=self.shared_memory
+        )
         self.http = HttpServer(
             self.app, config.host, config.http_port, config.max_request_bytes, config.keep_alive_s
         )
@@ -47,6 +51,8 @@ class Server:
             return
         await self.http.stop(self.config.shutdown_grace_s)
         await self.engine.stop()
+        if self.shared_memory is not None:
+            self.shared_memory.unregister()  # unmap every region the clients left registered
         self._stopped.set()
 
     async def wait_stopped(self) -> None:

@@ -26,6 +26,12 @@ __all__ = ["serve"]
     help="Load only these models at start (others can be loaded through the repository API).",
 )
 @click.option("--log-level", default=None, help="DEBUG, INFO, WARNING or ERROR.")
+@click.option(
+    "--allow-client-shm/--no-allow-client-shm",
+    default=None,
+    help="Let clients pass tensors through system shared memory (default off; trusts local "
+    "processes, as Triton's --allow-client-shm).",
+)
 def serve(
     model_repository: Path | None,
     host: str | None,
@@ -33,6 +39,7 @@ def serve(
     max_request_bytes: int | None,
     models: tuple[str, ...],
     log_level: str | None,
+    allow_client_shm: bool | None,
 ) -> None:
     """Serve a model repository over the Open Inference Protocol (KServe V2) on HTTP."""
     from forwardpass.config import ServerConfig
@@ -48,6 +55,7 @@ def serve(
             load_all=False if models else None,
             load_models=models or None,
             log_level=log_level,
+            allow_client_shm=allow_client_shm,
         )
     except ForwardpassError as exc:
         raise click.ClickException(exc.message) from None

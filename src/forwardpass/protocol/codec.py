@@ -3,12 +3,20 @@
 An inference body is either all JSON, or a JSON header followed by binary tensor blobs
 (``Inference-Header-Content-Length`` gives the header's size), or, when that header is 0, the
 raw bytes of a single-input model's only input. Every malformed body raises
-:class:`~forwardpass.errors.InvalidArgument` with a message that names the offending field;
-shared-memory tensors raise :class:`~forwardpass.errors.Unsupported`.
+:class:`~forwardpass.errors.InvalidArgument` with a message that names the offending field.
+
+Shared memory (Triton's ``system_shared_memory``): an input whose parameters name a
+``shared_memory_region`` (with ``shared_memory_byte_size`` and an optional
+``shared_memory_offset``) and carry no data is read from that region; a requested output with
+those parameters is written into it, and its response entry carries the parameters and no
+data. The caller passes the request's :class:`~forwardpass.protocol.shared_memory.RegionLeases`
+to both calls; without it (client shared memory not enabled) such tensors raise
+:class:`~forwardpass.errors.PermissionDenied`.
 
 Transport parameters stay where the encoder and engine look for them: ``binary_data_output``
-in :attr:`InferRequest.parameters`, ``binary_data`` and ``classification`` in
-:attr:`RequestedOutput.parameters`. ``binary_data_size`` is consumed here.
+in :attr:`InferRequest.parameters`, ``binary_data``, ``classification`` and the shared-memory
+parameters in :attr:`RequestedOutput.parameters`. ``binary_data_size`` and an input's
+shared-memory parameters are consumed here.
 """
 
 from __future__ import annotations
@@ -16,17 +24,20 @@ from __future__ import annotations
 import json
 import math
 from math import prod
-from typing import Any, NamedTuple, TypeGuard
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeGuard
 
 import numpy as np
 import orjson
 
 from forwardpass.datatypes import DataType
-from forwardpass.errors import InternalError, InvalidArgument, Unsupported
+from forwardpass.errors import InternalError, InvalidArgument, PermissionDenied
 from forwardpass.model_config import ModelConfig
 from forwardpass.protocol.binary import array_from_binary, array_to_binary, tensor_from_raw_body
 from forwardpass.protocol.json_data import array_from_json, array_to_json
 from forwardpass.types import InferRequest, InferResponse, Parameters, RequestedOutput, Tensor
+
+if TYPE_CHECKING:
+    from forwardpass.protocol.shared_memory import RegionLeases
 
 __all__ = ["decode_infer_request", "encode_error", "encode_infer_response"]
 
@@ -34,6 +45,12 @@ _DATATYPES: dict[str, DataType] = {t.value: t for t in DataType}
 _DATATYPE_NAMES = ", ".join(_DATATYPES)
 _PARAMETER_TYPES = (str, int, float, bool)
 _SHARED_MEMORY = ("shared_memory_region", "shared_memory_offset", "shared_memory_byte_size")
+#: Triton's refusal when client shared memory is off (its flag has the same name).
+SHM_DISABLED = (
+    "Client shared memory is disabled. Start the server with '--allow-client-shm' to enable."
+)
+#: Offsets and sizes are 64-bit on every wire.
+_MAX_SIZE = 2**63 - 1
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY
 
 
@@ -44,16 +61,18 @@ def decode_infer_request(
     model_version: str = "",
     header_length: int | None = None,
     config: ModelConfig | None = None,
+    shared_memory: RegionLeases | None = None,
 ) -> InferRequest:
     """Decode an inference request body.
 
     ``header_length`` is the ``Inference-Header-Content-Length`` header: ``None`` when the
     body is all JSON, ``0`` for a raw binary request (which needs ``config``), otherwise the
     size of the JSON header that precedes the binary blobs. Tensors decoded from blobs are
-    read-only views of ``body``.
+    read-only views of ``body``; tensors read from shared memory are read-only views of the
+    region, valid while ``shared_memory`` holds it.
     """
     if header_length is None:
-        return _decode_json(body, None, model_name, model_version)
+        return _decode_json(body, None, model_name, model_version, shared_memory)
     if header_length == 0:
         tensor = tensor_from_raw_body(body, config)
         return InferRequest(
@@ -66,16 +85,18 @@ def decode_infer_request(
         raise InvalidArgument(
             f"Inference-Header-Content-Length is {header_length} but the body has {len(body)} bytes"
         )
-    return _decode_json(memoryview(body), header_length, model_name, model_version)
+    return _decode_json(memoryview(body), header_length, model_name, model_version, shared_memory)
 
 
 def encode_infer_response(
-    response: InferResponse, request: InferRequest
+    response: InferResponse, request: InferRequest, shared_memory: RegionLeases | None = None
 ) -> tuple[bytes, int | None]:
     """Encode ``response`` as the client asked in ``request``.
 
     Returns the body and, when any output travels as a binary blob, the size of the JSON
     header to send as ``Inference-Header-Content-Length`` (``None`` for an all-JSON body).
+    Outputs the request placed in shared memory are written there through ``shared_memory``
+    (the leases the request was decoded with).
     """
     default_binary = request.parameters.get("binary_data_output") is True
     asked = {out.name: out.parameters for out in request.outputs} if request.outputs else {}
@@ -85,12 +106,16 @@ def encode_infer_response(
         name, datatype, array = tensor.name, tensor.datatype, tensor.data
         _check_dtype(name, datatype, array)
         wanted = asked.get(name)
-        binary = wanted.get("binary_data", default_binary) if wanted else default_binary
         entry: dict[str, Any] = {
             "name": name,
             "datatype": datatype.value,
             "shape": list(array.shape),
         }
+        if wanted and "shared_memory_region" in wanted:
+            entry["parameters"] = _write_shared(tensor, wanted, shared_memory)
+            outputs.append(entry)
+            continue
+        binary = wanted.get("binary_data", default_binary) if wanted else default_binary
         if binary:
             blob = array_to_binary(datatype, array)
             blobs.append(blob)
@@ -129,6 +154,7 @@ def _decode_json(
     header_length: int | None,
     model_name: str,
     model_version: str,
+    shared_memory: RegionLeases | None,
 ) -> InferRequest:
     header = body if header_length is None else body[:header_length]
     document = _loads(header)
@@ -150,7 +176,7 @@ def _decode_json(
     names: set[str] = set()
     blobs: list[_Blob] = []  # inputs whose data follows the header, in body order
     for position, raw in enumerate(raw_inputs):
-        tensor, blob = _input(raw, position, header_length is not None)
+        tensor, blob = _input(raw, position, header_length is not None, shared_memory)
         if tensor.name in names:
             raise InvalidArgument(f"input {tensor.name!r} appears more than once")
         names.add(tensor.name)
@@ -165,7 +191,7 @@ def _decode_json(
         model_version=model_version,
         inputs=inputs,
         id=request_id,
-        outputs=_outputs(document.get("outputs")),
+        outputs=_outputs(document.get("outputs"), shared_memory),
         parameters=parameters,
     )
 
@@ -240,7 +266,9 @@ class _Blob(NamedTuple):
     shape: tuple[int, ...]
 
 
-def _input(raw: Any, position: int, has_blobs: bool) -> tuple[Tensor, _Blob | None]:
+def _input(
+    raw: Any, position: int, has_blobs: bool, shared_memory: RegionLeases | None
+) -> tuple[Tensor, _Blob | None]:
     """One ``$request_input``; a tensor whose data is a blob gets it from :func:`_read_blobs`."""
     if type(raw) is not dict:
         raise InvalidArgument(f"inputs[{position}] must be a JSON object")
@@ -269,7 +297,17 @@ def _input(raw: Any, position: int, has_blobs: bool) -> tuple[Tensor, _Blob | No
         raise InvalidArgument(f"input {name!r}: 'shape' {_short(shape)} is too large")
     parameters = _parameters(raw.get("parameters"), f"input {name!r}")
     if parameters:
-        _no_shared_memory(parameters, f"input {name!r}")
+        place = _shared_place(parameters, f"input {name!r}", shared_memory)
+        if place is not None:
+            if "data" in raw or "binary_data_size" in parameters:
+                raise InvalidArgument(
+                    f"input {name!r} has both data and shared memory parameters; send one"
+                )
+            assert shared_memory is not None  # _shared_place refused otherwise
+            for key in _SHARED_MEMORY:
+                parameters.pop(key, None)
+            array = shared_memory.read(name, datatype, tuple(shape), *place)
+            return Tensor(name, datatype, array, parameters), None
         size = parameters.pop("binary_data_size", None)
         if size is not None:
             if type(size) is not int or size < 0:
@@ -328,12 +366,33 @@ def _read_blobs(
         raise InvalidArgument(f"the body has {end - offset} unexpected trailing byte(s){after}")
 
 
-def _no_shared_memory(parameters: Parameters, where: str) -> None:
-    if any(key in parameters for key in _SHARED_MEMORY):
-        raise Unsupported(f"{where}: shared memory tensors are not supported yet")
+def _shared_place(
+    parameters: Parameters, where: str, shared_memory: RegionLeases | None
+) -> tuple[str, int, int] | None:
+    """(region, offset, byte_size) when ``parameters`` place the tensor in shared memory."""
+    if not any(key in parameters for key in _SHARED_MEMORY):
+        return None
+    if shared_memory is None:
+        raise PermissionDenied(f"{where}: {SHM_DISABLED}")
+    region = parameters.get("shared_memory_region")
+    size = parameters.get("shared_memory_byte_size")
+    offset = parameters.get("shared_memory_offset", 0)
+    if region is None or size is None:
+        raise InvalidArgument(
+            f"{where}: shared memory needs both 'shared_memory_region' and "
+            "'shared_memory_byte_size'"
+        )
+    if type(region) is not str or not region:
+        raise InvalidArgument(f"{where}: 'shared_memory_region' must be a non-empty string")
+    for key, number in (("shared_memory_offset", offset), ("shared_memory_byte_size", size)):
+        if type(number) is not int or not 0 <= number <= _MAX_SIZE:
+            raise InvalidArgument(
+                f"{where}: {key!r} must be an integer from 0 to {_MAX_SIZE}, got {_short(number)}"
+            )
+    return region, offset, size
 
 
-def _outputs(value: Any) -> list[RequestedOutput] | None:
+def _outputs(value: Any, shared_memory: RegionLeases | None) -> list[RequestedOutput] | None:
     if value is None:
         return None
     if type(value) is not list:
@@ -352,7 +411,11 @@ def _outputs(value: Any) -> list[RequestedOutput] | None:
         where = f"output {name!r}"
         parameters = _parameters(raw.get("parameters"), where)
         if parameters:
-            _no_shared_memory(parameters, where)
+            place = _shared_place(parameters, where, shared_memory)
+            if place is not None:
+                assert shared_memory is not None  # _shared_place refused otherwise
+                # Leased now, so the place exists (and stays mapped) when the result comes.
+                shared_memory.reserve(name, *place)
             binary = parameters.get("binary_data")
             if binary is not None and type(binary) is not bool:
                 raise InvalidArgument(f"{where}: parameter 'binary_data' must be a boolean")
@@ -371,6 +434,32 @@ def _short(value: Any) -> str:
 
 
 # -- encoding ---------------------------------------------------------------------------------
+
+
+def _write_shared(
+    tensor: Tensor, wanted: Parameters, shared_memory: RegionLeases | None
+) -> Parameters:
+    """Write output ``tensor`` where the request placed it; its entry's parameters."""
+    if shared_memory is None:
+        raise InternalError(
+            f"output {tensor.name!r} asks for shared memory but no leases were passed"
+        )
+    region = wanted["shared_memory_region"]
+    offset = wanted.get("shared_memory_offset", 0)
+    size = wanted["shared_memory_byte_size"]
+    shared_memory.write(tensor.name, tensor.datatype, tensor.data, region, offset, size)
+    # The request's other output parameters (classification) stay; binary_data means nothing
+    # for a tensor that travels outside the body.
+    parameters: Parameters = {
+        key: value
+        for key, value in tensor.parameters.items()
+        if key != "binary_data" and key not in _SHARED_MEMORY
+    }
+    parameters["shared_memory_region"] = region
+    parameters["shared_memory_byte_size"] = size
+    if offset:
+        parameters["shared_memory_offset"] = offset
+    return parameters
 
 
 def _check_dtype(name: str, datatype: DataType, array: np.ndarray) -> None:

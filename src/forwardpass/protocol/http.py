@@ -28,24 +28,32 @@ from forwardpass.errors import (
     InvalidArgument,
     NotFound,
     PayloadTooLarge,
+    PermissionDenied,
     Unavailable,
     Unsupported,
     http_status,
 )
-from forwardpass.protocol.codec import decode_infer_request, encode_error, encode_infer_response
+from forwardpass.protocol.codec import (
+    SHM_DISABLED,
+    decode_infer_request,
+    encode_error,
+    encode_infer_response,
+)
 from forwardpass.protocol.documents import (
     index_document,
     metadata_document,
     server_document,
     statistics_document,
 )
+from forwardpass.protocol.shared_memory import SharedMemoryRegistry
 from forwardpass.repository import config_to_dict
 
 __all__ = ["EXTENSIONS", "HttpApp", "HttpRequest", "HttpResponse"]
 
 log = logging.getLogger("forwardpass.http")
 
-#: Reported in server metadata; each is implemented, not aspirational.
+#: Reported in server metadata; each is implemented, not aspirational. A server that allows
+#: client shared memory adds :data:`SHM_EXTENSION`.
 EXTENSIONS = (
     "binary_tensor_data",
     "classification",
@@ -54,6 +62,8 @@ EXTENSIONS = (
     "schedule_policy",
     "statistics",
 )
+
+SHM_EXTENSION = "system_shared_memory"
 
 JSON = "application/json"
 
@@ -95,17 +105,24 @@ def _parse_json(body: bytes, what: str) -> dict[str, Any]:
 
 
 class HttpApp:
-    """Routes V2 requests to an :class:`Engine`."""
+    """Routes V2 requests to an :class:`Engine`.
+
+    ``shared_memory`` is the server's registry of client regions, or ``None`` when client
+    shared memory is not allowed (then its routes and tensors answer 403).
+    """
 
     def __init__(
         self,
         engine: Engine,
         metrics: Callable[[], bytes] | None = None,
         max_request_bytes: int = 64 * 1024 * 1024,
+        shared_memory: SharedMemoryRegistry | None = None,
     ) -> None:
         self.engine = engine
         self.metrics = metrics
         self.max_request_bytes = max_request_bytes
+        self.shared_memory = shared_memory
+        self.extensions = [*EXTENSIONS, SHM_EXTENSION] if shared_memory else list(EXTENSIONS)
 
     async def handle(self, request: HttpRequest) -> HttpResponse:
         try:
@@ -148,6 +165,13 @@ class HttpApp:
             return self._models_route(method, rest[1:], request)
         elif head == "repository":
             return self._repository_route(method, rest[1:], request)
+        elif head == "systemsharedmemory":
+            return self._shared_memory_route(method, rest[1:], request)
+        elif head == "cudasharedmemory":
+            raise Unsupported(
+                "CUDA shared memory is not supported on this server (it has no CUDA device "
+                "support); use system shared memory (v2/systemsharedmemory)"
+            )
         raise NotFound(f"no route for {method} {request.path}")
 
     @staticmethod
@@ -204,15 +228,21 @@ class HttpApp:
                 ) from None
             if header_length == 0:
                 config = self.engine.model_config(name, version)
-        infer_request = decode_infer_request(
-            body,
-            model_name=name,
-            model_version=version,
-            header_length=header_length,
-            config=config,
-        )
-        response = await self.engine.infer(infer_request)
-        payload, json_length = encode_infer_response(response, infer_request)
+        leases = self.shared_memory.leases() if self.shared_memory is not None else None
+        try:
+            infer_request = decode_infer_request(
+                body,
+                model_name=name,
+                model_version=version,
+                header_length=header_length,
+                config=config,
+                shared_memory=leases,
+            )
+            response = await self.engine.infer(infer_request)
+            payload, json_length = encode_infer_response(response, infer_request, leases)
+        finally:
+            if leases is not None:
+                leases.close()
         if json_length is None:
             return HttpResponse(200, payload)
         return HttpResponse(
@@ -248,8 +278,56 @@ class HttpApp:
             return _EMPTY_OK
         raise NotFound(f"no route for {method} {request.path}")
 
+    # ------------------------------------------------------------------ /v2/systemsharedmemory
+    def _shared_memory_route(
+        self, method: str, rest: list[str], request: HttpRequest
+    ) -> HttpResponse:
+        # [region/R/]status, region/R/register, [region/R/]unregister
+        region = ""
+        action = rest[0] if len(rest) == 1 else ""
+        if len(rest) == 3 and rest[0] == "region":
+            region, action = rest[1], rest[2]
+        if action not in ("status", "register", "unregister") or (
+            action == "register" and not region
+        ):
+            raise NotFound(f"no route for {method} {request.path}")
+        registry = self.shared_memory
+        if registry is None:
+            raise PermissionDenied(SHM_DISABLED)
+        if action == "status":
+            self._method(method, "GET")
+            return _json(
+                [
+                    {"name": s.name, "key": s.key, "offset": s.offset, "byte_size": s.byte_size}
+                    for s in registry.status(region)
+                ]
+            )
+        self._method(method, "POST")
+        if action == "unregister":
+            registry.unregister(region)
+            return _EMPTY_OK
+        key, offset, byte_size = _register_body(_parse_json(request.body, "register request"))
+        registry.register(region, key, offset, byte_size)
+        return _EMPTY_OK
+
     def _server_metadata(self) -> HttpResponse:
-        return _json(server_document("forwardpass", __version__, EXTENSIONS))
+        return _json(server_document("forwardpass", __version__, self.extensions))
+
+
+def _register_body(body: dict[str, Any]) -> tuple[str, int, int]:
+    """``{"key", "offset", "byte_size"}`` of a system shared memory register request."""
+    key = body.get("key")
+    if not isinstance(key, str):
+        raise InvalidArgument("register request: 'key' must be a string")
+    offset = body.get("offset", 0)
+    byte_size = body.get("byte_size")
+    for what, value in (("offset", offset), ("byte_size", byte_size)):
+        if type(value) is not int or value < 0:
+            raise InvalidArgument(
+                f"register request: {what!r} must be a non-negative integer, got {value!r}"
+            )
+    assert isinstance(byte_size, int) and isinstance(offset, int)
+    return key, offset, byte_size
 
 
 def _load_parameters(params: dict[str, Any]) -> tuple[dict[str, Any] | None, dict[str, bytes]]:

@@ -11,7 +11,7 @@ import pytest
 import tritonclient.http as httpclient
 
 from forwardpass.datatypes import DataType, bf16_from_float32
-from forwardpass.errors import InternalError, InvalidArgument, Unsupported
+from forwardpass.errors import InternalError, InvalidArgument, PermissionDenied
 from forwardpass.model_config import ModelConfig, TensorSpec
 from forwardpass.protocol.codec import (
     decode_infer_request,
@@ -391,16 +391,17 @@ def test_bad_json_requests_are_invalid_arguments(body: bytes, match: str) -> Non
     ],
     ids=["input", "output"],
 )
-def test_shared_memory_is_unsupported(body: bytes) -> None:
-    with pytest.raises(Unsupported, match="shared memory"):
+def test_shared_memory_is_refused_without_leases(body: bytes) -> None:
+    # No leases: the server does not allow client shared memory (see test_codec_shm.py).
+    with pytest.raises(PermissionDenied, match="Client shared memory is disabled"):
         decode(body)
 
 
-def test_shared_memory_from_tritonclient_is_unsupported() -> None:
+def test_shared_memory_from_tritonclient_is_refused_without_leases() -> None:
     item = httpclient.InferInput("x", [1, 4], "FP32")
     item.set_shared_memory("region0", 16)
     body, size = httpclient.InferenceServerClient.generate_request_body([item])
-    with pytest.raises(Unsupported):
+    with pytest.raises(PermissionDenied, match="--allow-client-shm"):
         decode(body, size)
 
 

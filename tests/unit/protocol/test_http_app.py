@@ -438,7 +438,7 @@ def test_infer_errors_map_to_status(tmp_path: Path, repo: Path) -> None:
                 }
             ]
         }
-        error(await call("POST", path, shm), 501, "shared memory")
+        error(await call("POST", path, shm), 403, "Client shared memory is disabled")
 
     with_app(repo, body)
 
