@@ -224,11 +224,8 @@ class Engine:
             self._derive(handle)
             for version, (backends, executor) in built.items():
                 stats = ModelStats(name, str(version))
-                policy = BatcherPolicy.from_config(
-                    entry.config.max_batch_size,
-                    entry.config.dynamic_batching,
-                    len(backends),
-                    self.config.default_max_queue_size,
+                policy = BatcherPolicy.for_model(
+                    entry.config, len(backends), self.config.default_max_queue_size
                 )
                 batcher = Batcher(
                     _runner(backends, handle.output_names),
@@ -501,6 +498,7 @@ class Engine:
                 outputs = _zero_rows(handle.config)
             else:
                 assert loaded.batcher is not None
+                inputs = loaded.backends[0].check(inputs)
                 outputs, _queue_ns, _compute_ns = await loaded.batcher.submit(
                     inputs, priority=priority, timeout_us=timeout
                 )
