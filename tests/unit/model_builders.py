@@ -203,3 +203,28 @@ def ragged_sum_model() -> onnx.ModelProto:
         ],
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+#: ``ragged_sum_model`` served with a ragged ``x``, the ``end`` batch input and ``twice`` scattered.
+RAGGED_CONFIG = """
+name: "ragged"
+platform: "onnxruntime_onnx"
+max_batch_size: 16
+input [ { name: "x" data_type: TYPE_FP32 dims: [ -1 ] allow_ragged_batch: true } ]
+batch_input [
+  {
+    kind: BATCH_ACCUMULATED_ELEMENT_COUNT
+    target_name: "end"
+    data_type: TYPE_INT64
+    source_input: "x"
+  }
+]
+output [
+  { name: "sum" data_type: TYPE_FP32 dims: [ 1 ] },
+  { name: "twice" data_type: TYPE_FP32 dims: [ -1 ] }
+]
+batch_output [
+  { kind: BATCH_SCATTER_WITH_INPUT_SHAPE target_name: "twice" source_input: "x" }
+]
+dynamic_batching { preferred_batch_size: [ 5 ] max_queue_delay_microseconds: 5000000 }
+"""
