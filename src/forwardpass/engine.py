@@ -42,6 +42,7 @@ from forwardpass.repository import ModelEntry, ModelRepository, warmup_inputs
 from forwardpass.repository.warmup import zeros
 from forwardpass.runtime import Backend, backend_class
 from forwardpass.scheduling.batcher import Batcher, BatcherPolicy
+from forwardpass.scheduling.layout import BatchLayout
 from forwardpass.types import InferRequest, InferResponse, Tensor
 
 __all__ = ["Engine", "ModelState"]
@@ -332,12 +333,14 @@ class Engine:
         """
         config = entry.config
         outputs = [o.name for o in config.outputs]
+        layout = BatchLayout.from_config(config)  # a sample is a batch of one request
         samples = warmup_inputs(config, entry.path)
         if samples:
             for warmup, arrays in samples:
+                merged = layout.merge([arrays])
                 for backend in backends:
                     for _ in range(max(1, warmup.count)):
-                        backend.infer(arrays, outputs)
+                        backend.infer(merged, outputs)
             return
         if not config.inputs or any(d < 0 for s in config.inputs for d in s.dims):
             return
@@ -348,6 +351,7 @@ class Engine:
             )
             for spec in config.inputs
         }
+        arrays = layout.merge([arrays])
         for backend in backends:
             try:
                 backend.infer(arrays, outputs)

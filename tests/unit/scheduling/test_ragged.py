@@ -103,3 +103,20 @@ def test_requests_of_different_lengths_share_a_batch(tmp_path: Path) -> None:
         assert [(r.requests, r.ok) for r in records] == [(5, True)]
 
     run_with_engine(root, body)
+
+
+def test_a_configured_warmup_gets_the_batch_inputs(tmp_path: Path) -> None:
+    root = tmp_path / "models"
+    warmup = """
+model_warmup [ {
+  name: "w" batch_size: 1
+  inputs { key: "x" value: { data_type: TYPE_FP32 dims: [ 4 ] random_data: true } }
+} ]
+"""
+    write_model(root, "ragged", config=RAGGED_CONFIG + warmup, model=ragged_sum_model())
+
+    async def body(engine: Engine) -> bool:
+        return engine.is_ready("ragged")
+
+    # Without the ``end`` batch input the sample would fail in onnxruntime, and so the load.
+    assert run_with_engine(root, body)
