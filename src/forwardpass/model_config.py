@@ -18,6 +18,9 @@ from typing import Literal
 from forwardpass.datatypes import DataType
 
 __all__ = [
+    "BATCH_INPUT_KINDS",
+    "BatchInput",
+    "BatchOutput",
     "DynamicBatching",
     "EnsembleStep",
     "ExecutionAccelerator",
@@ -47,6 +50,48 @@ class TensorSpec:
     optional: bool = False
     #: Triton's ``reshape``: the shape the model sees, when it differs from ``dims``.
     reshape: tuple[int, ...] | None = None
+    #: Input only: requests whose shapes differ in this input may share a batch; the model
+    #: receives the requests' elements concatenated into one flat (1-D) tensor.
+    allow_ragged_batch: bool = False
+
+
+#: Triton's ``BatchInput.Kind`` names, in the proto's order.
+BATCH_INPUT_KINDS = (
+    "BATCH_ELEMENT_COUNT",
+    "BATCH_ACCUMULATED_ELEMENT_COUNT",
+    "BATCH_ACCUMULATED_ELEMENT_COUNT_WITH_ZERO",
+    "BATCH_MAX_ELEMENT_COUNT_AS_SHAPE",
+    "BATCH_ITEM_SHAPE",
+    "BATCH_ITEM_SHAPE_FLATTEN",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchInput:
+    """Triton's ``BatchInput``: an extra model input the batcher computes for each batch.
+
+    It describes ``source_input`` across the requests of the batch (their element counts,
+    running totals, shapes), so a model fed a ragged (flat, concatenated) input can tell the
+    requests apart. ``target_name`` is the model input that receives it.
+    """
+
+    kind: str
+    target_name: tuple[str, ...]
+    data_type: DataType
+    source_input: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class BatchOutput:
+    """Triton's ``BatchOutput``: how to split an output that is not one row per batch item.
+
+    The only kind, ``BATCH_SCATTER_WITH_INPUT_SHAPE``, gives each request the slice of the
+    output's first axis that matches its ``source_input`` elements, shaped like that input.
+    """
+
+    target_name: tuple[str, ...]
+    kind: str
+    source_input: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +219,8 @@ class ModelConfig:
     model_warmup: tuple[ModelWarmup, ...] = ()
     #: Steps of an ensemble (``platform: "ensemble"``); empty for a model with a backend.
     ensemble: tuple[EnsembleStep, ...] = ()
+    batch_input: tuple[BatchInput, ...] = ()
+    batch_output: tuple[BatchOutput, ...] = ()
 
     @property
     def is_ensemble(self) -> bool:

@@ -132,3 +132,99 @@ def run_with_engine(root: Path, body: Callable[[Any], Awaitable[Any]], **config:
             await engine.stop()
 
     return asyncio.run(main())
+
+
+#: The table the ``gather`` model looks its indices up in: ``y = TABLE[x]``.
+GATHER_TABLE = np.arange(10, dtype=np.float32) * 10
+
+
+def gather_model() -> onnx.ModelProto:
+    """``y = TABLE[x]`` with x INT64 [batch, 1]: an index outside 0..9 fails inside the graph."""
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["T", "x"], ["y"], axis=0)],
+        "gather",
+        [helper.make_tensor_value_info("x", TensorProto.INT64, ["batch", 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 1])],
+        initializer=[numpy_helper.from_array(GATHER_TABLE, "T")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def text_model() -> onnx.ModelProto:
+    """``y = x`` on a string tensor [batch, 1] (onnxruntime takes UTF-8 text only)."""
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "text",
+        [helper.make_tensor_value_info("x", TensorProto.STRING, ["batch", 1])],
+        [helper.make_tensor_value_info("y", TensorProto.STRING, ["batch", 1])],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def ragged_sum_model() -> onnx.ModelProto:
+    """Per-request sums of a ragged input, and the input doubled.
+
+    ``x`` is the requests' elements concatenated flat (FP32 [n]); ``end`` (INT64 [requests],
+    a ``BATCH_ACCUMULATED_ELEMENT_COUNT`` batch input) is where each request's elements end.
+    ``sum`` [requests, 1] is each request's total, ``twice`` [n] is ``2 * x`` (for a
+    ``BATCH_SCATTER_WITH_INPUT_SHAPE`` batch output).
+    """
+    const = helper.make_node
+    nodes = [
+        const("Constant", [], ["zero"], value=numpy_helper.from_array(np.zeros(1, np.float32))),
+        const("Constant", [], ["zero_i"], value=numpy_helper.from_array(np.zeros(1, np.int64))),
+        const("Constant", [], ["axis0"], value=numpy_helper.from_array(np.array(0, np.int64))),
+        const("Constant", [], ["starts"], value=numpy_helper.from_array(np.array([0], np.int64))),
+        const("Constant", [], ["ends"], value=numpy_helper.from_array(np.array([-1], np.int64))),
+        const("Constant", [], ["column"], value=numpy_helper.from_array(np.array([-1, 1]))),
+        const("Constant", [], ["two"], value=numpy_helper.from_array(np.array([2.0], np.float32))),
+        # running[i] = x[0] + ... + x[i-1], with running[0] = 0
+        const("Concat", ["zero", "x"], ["padded"], axis=0),
+        const("CumSum", ["padded", "axis0"], ["running"]),
+        # starts of each request = [0, end[0], ..., end[-2]]
+        const("Slice", ["end", "starts", "ends"], ["head"]),
+        const("Concat", ["zero_i", "head"], ["begin"], axis=0),
+        const("Gather", ["running", "end"], ["upper"], axis=0),
+        const("Gather", ["running", "begin"], ["lower"], axis=0),
+        const("Sub", ["upper", "lower"], ["flat_sum"]),
+        const("Reshape", ["flat_sum", "column"], ["sum"]),
+        const("Mul", ["x", "two"], ["twice"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "ragged_sum",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n"]),
+            helper.make_tensor_value_info("end", TensorProto.INT64, ["requests"]),
+        ],
+        [
+            helper.make_tensor_value_info("sum", TensorProto.FLOAT, ["requests", 1]),
+            helper.make_tensor_value_info("twice", TensorProto.FLOAT, ["n"]),
+        ],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+#: ``ragged_sum_model`` served with a ragged ``x``, the ``end`` batch input and ``twice`` scattered.
+RAGGED_CONFIG = """
+name: "ragged"
+platform: "onnxruntime_onnx"
+max_batch_size: 16
+input [ { name: "x" data_type: TYPE_FP32 dims: [ -1 ] allow_ragged_batch: true } ]
+batch_input [
+  {
+    kind: BATCH_ACCUMULATED_ELEMENT_COUNT
+    target_name: "end"
+    data_type: TYPE_INT64
+    source_input: "x"
+  }
+]
+output [
+  { name: "sum" data_type: TYPE_FP32 dims: [ 1 ] },
+  { name: "twice" data_type: TYPE_FP32 dims: [ -1 ] }
+]
+batch_output [
+  { kind: BATCH_SCATTER_WITH_INPUT_SHAPE target_name: "twice" source_input: "x" }
+]
+dynamic_batching { preferred_batch_size: [ 5 ] max_queue_delay_microseconds: 5000000 }
+"""

@@ -207,6 +207,7 @@ class Engine:
                 outputs = _zero_rows(handle.config)
             else:
                 assert loaded.batcher is not None
+                inputs = loaded.backends[0].check(inputs)
                 outputs, _queue_ns, _compute_ns = await loaded.batcher.submit(
                     inputs, priority=priority, timeout_us=timeout
                 )

@@ -33,6 +33,7 @@ from forwardpass.repository.warmup import zeros
 from forwardpass.results import ModelState
 from forwardpass.runtime import Backend, backend_class
 from forwardpass.scheduling.batcher import Batcher, BatcherPolicy
+from forwardpass.scheduling.layout import BatchLayout
 
 __all__ = ["LoadedVersion", "ModelHandle", "ModelTable"]
 
@@ -212,11 +213,8 @@ class ModelTable:
         _derive(handle)
         for version, (backends, executor) in built.items():
             stats = ModelStats(name, str(version))
-            policy = BatcherPolicy.from_config(
-                entry.config.max_batch_size,
-                entry.config.dynamic_batching,
-                len(backends),
-                self.config.default_max_queue_size,
+            policy = BatcherPolicy.for_model(
+                entry.config, len(backends), self.config.default_max_queue_size
             )
             batcher = Batcher(
                 _runner(backends, handle.output_names),
@@ -321,12 +319,14 @@ def _warm(entry: ModelEntry, backends: list[Backend]) -> None:
     """
     config = entry.config
     outputs = [o.name for o in config.outputs]
+    layout = BatchLayout.from_config(config)  # a sample is a batch of one request
     samples = warmup_inputs(config, entry.path)
     if samples:
         for warmup, arrays in samples:
+            merged = layout.merge([arrays])
             for backend in backends:
                 for _ in range(max(1, warmup.count)):
-                    backend.infer(arrays, outputs)
+                    backend.infer(merged, outputs)
         return
     if not config.inputs or any(d < 0 for s in config.inputs for d in s.dims):
         return
@@ -337,6 +337,7 @@ def _warm(entry: ModelEntry, backends: list[Backend]) -> None:
         )
         for spec in config.inputs
     }
+    arrays = layout.merge([arrays])
     for backend in backends:
         try:
             backend.infer(arrays, outputs)

@@ -83,11 +83,12 @@ class ModelStats:
     def on_batch(self, record: BatchRecord) -> None:
         """Listener for the batcher: one call per executed batch."""
         self.execution_count += 1
-        queue_hist = self.queue_latency
-        for q in record.queue_ns:
-            queue_hist.observe(q / 1e9)
-        self.queue_count += record.requests
-        self.queue_ns += sum(record.queue_ns)
+        if not record.retry:  # a re-run's requests had their queue time counted already
+            queue_hist = self.queue_latency
+            for q in record.queue_ns:
+                queue_hist.observe(q / 1e9)
+            self.queue_count += record.requests
+            self.queue_ns += sum(record.queue_ns)
         self.batch_size.observe(record.batch_size)
         compute = record.input_ns + record.infer_ns + record.output_ns
         self.compute_latency.observe(compute / 1e9)

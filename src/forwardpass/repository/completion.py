@@ -22,7 +22,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from forwardpass.errors import InvalidModelConfig
-from forwardpass.model_config import DynamicBatching, ModelConfig, TensorSpec
+from forwardpass.model_config import (
+    BatchInput,
+    BatchOutput,
+    DynamicBatching,
+    ModelConfig,
+    TensorSpec,
+)
 from forwardpass.repository.config_io import read_draft
 from forwardpass.repository.draft import ConfigDraft, TensorDraft
 from forwardpass.runtime.base import BackendIO
@@ -83,10 +89,27 @@ def _shape_error(
 
 
 def _merge(
-    kind: str, declared: list[TensorDraft], model: tuple[TensorSpec, ...], batching: bool
+    kind: str,
+    declared: list[TensorDraft],
+    model: tuple[TensorSpec, ...],
+    batching: bool,
+    flat: frozenset[str] = frozenset(),
+    computed: frozenset[str] = frozenset(),
 ) -> tuple[TensorSpec, ...]:
-    """Declared tensors checked against the model and completed, then the undeclared ones."""
+    """Declared tensors checked against the model and completed, then the undeclared ones.
+
+    ``flat`` names tensors the model holds as one flat (1-D) tensor for the whole batch (ragged
+    inputs, scattered batch outputs): their config dims are what each request has, and the
+    model's tensor must be 1-D. ``computed`` names model inputs the batcher computes (batch
+    inputs): they are no input of the config.
+    """
     by_name = {t.name: t for t in model}
+    for name in sorted(computed):
+        if name not in by_name:
+            raise InvalidModelConfig(
+                f"batch_input target {name!r} is not an input of the model; the model's inputs "
+                f"are {sorted(by_name)}"
+            )
     out: list[TensorSpec] = []
     for tensor in declared:
         spec = by_name.get(tensor.name)
@@ -100,6 +123,23 @@ def _merge(
                 f"{kind} {tensor.name!r}: data_type {tensor.datatype.config_name} contradicts the "
                 f"model's {spec.datatype.config_name}"
             )
+        if tensor.name in flat:
+            if len(spec.dims) != 1:
+                raise InvalidModelConfig(
+                    f"{kind} {tensor.name!r} is batched flat (ragged or scattered), so the "
+                    f"model's {kind} must be 1-D, but it has shape {_describe(spec.dims)}"
+                )
+            out.append(
+                TensorSpec(
+                    name=tensor.name,
+                    datatype=spec.datatype,
+                    dims=tuple(tensor.dims) if tensor.dims is not None else (-1,),
+                    label_filename=tensor.label_filename,
+                    optional=tensor.optional,
+                    allow_ragged_batch=tensor.allow_ragged_batch,
+                )
+            )
+            continue
         model_view = spec.dims[1:] if batching else spec.dims
         if tensor.reshape is not None and tensor.dims is None:
             raise InvalidModelConfig(
@@ -117,9 +157,10 @@ def _merge(
                 label_filename=tensor.label_filename,
                 optional=tensor.optional,
                 reshape=tensor.reshape,
+                allow_ragged_batch=tensor.allow_ragged_batch,
             )
         )
-    named = {t.name for t in declared}
+    named = {t.name for t in declared} | computed
     for spec in model:
         if spec.name not in named:
             dims = spec.dims[1:] if batching else spec.dims
@@ -180,9 +221,14 @@ def complete_config(
                         "model unbatched"
                     )
     batching = max_batch_size > 0
+    batch_inputs: tuple[BatchInput, ...] = draft.fields.get("batch_input", ())
+    batch_outputs: tuple[BatchOutput, ...] = draft.fields.get("batch_output", ())
+    ragged = frozenset(t.name for t in draft.inputs if t.allow_ragged_batch)
+    computed = frozenset(n for b in batch_inputs for n in b.target_name)
+    scattered = frozenset(n for b in batch_outputs for n in b.target_name)
     return draft.build(
-        inputs=_merge("input", draft.inputs, io.inputs, batching),
-        outputs=_merge("output", draft.outputs, io.outputs, batching),
+        inputs=_merge("input", draft.inputs, io.inputs, batching, ragged, computed),
+        outputs=_merge("output", draft.outputs, io.outputs, batching, scattered),
         max_batch_size=max_batch_size,
         dynamic_batching=dynamic_batching,
     )

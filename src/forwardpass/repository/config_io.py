@@ -14,8 +14,8 @@ spelling of the same thing:
 * enums as names (``TYPE_FP32``, ``KIND_GPU``) or numbers; datatypes also as protocol names.
 
 Unknown fields are errors naming the field, as in Triton. Fields of Triton's schema that
-forwardpass does not implement either fail (``sequence_batching``, ``batch_input``,
-decoupled models, shape tensors ...) or, when they cannot change results (``response_cache``,
+forwardpass does not implement either fail (``sequence_batching``, decoupled models,
+shape tensors ...) or, when they cannot change results (``response_cache``,
 ``model_metrics`` ...), are ignored with a logged warning.
 
 A config may leave out what the model file can tell (inputs, their datatypes or dims,
@@ -34,6 +34,9 @@ from typing import Any, Literal, cast
 
 from forwardpass.errors import InvalidModelConfig
 from forwardpass.model_config import (
+    BATCH_INPUT_KINDS,
+    BatchInput,
+    BatchOutput,
     DynamicBatching,
     EnsembleStep,
     ExecutionAccelerator,
@@ -97,6 +100,8 @@ _TOP_FIELDS = (
     "parameters",
     "optimization",
     "model_warmup",
+    "batch_input",
+    "batch_output",
 )
 #: Triton fields with no effect on results here: ignored, with a warning when set.
 _TOP_IGNORED = (
@@ -108,7 +113,7 @@ _TOP_IGNORED = (
     "response_cache",
     "model_metrics",
 )
-_TOP_UNSUPPORTED = ("sequence_batching", "batch_input", "batch_output")
+_TOP_UNSUPPORTED = ("sequence_batching",)
 
 
 def read_draft(d: Mapping[str, Any], *, name: str) -> ConfigDraft:
@@ -122,8 +127,7 @@ def read_draft(d: Mapping[str, Any], *, name: str) -> ConfigDraft:
         _TOP_IGNORED,
     )
     for key in _TOP_UNSUPPORTED:
-        # batch_input/batch_output come as [] in Triton JSON; the schedulers' mere presence counts.
-        if key in top and (key.endswith("scheduling") or key.endswith("batching") or top[key]):
+        if key in top:
             raise InvalidModelConfig(f"{key} is not supported yet")
     policy = message_fields(
         single(top.get("model_transaction_policy"), "model_transaction_policy"),
@@ -189,6 +193,13 @@ def read_draft(d: Mapping[str, Any], *, name: str) -> ConfigDraft:
     if platform == "ensemble":
         fields["ensemble"] = _ensemble(top["ensemble_scheduling"])
     fields["optimization"] = _optimization(top.get("optimization"))
+    fields["batch_input"] = tuple(
+        _batch_input(b, f"batch_input[{i}]") for i, b in enumerate(repeated(top.get("batch_input")))
+    )
+    fields["batch_output"] = tuple(
+        _batch_output(b, f"batch_output[{i}]")
+        for i, b in enumerate(repeated(top.get("batch_output")))
+    )
     fields["model_warmup"] = tuple(
         _warmup(w, f"model_warmup[{i}]", i) for i, w in enumerate(repeated(top.get("model_warmup")))
     )
@@ -220,9 +231,9 @@ def config_from_dict(d: Mapping[str, Any], *, name: str) -> ModelConfig:
 
 # -- sections ---------------------------------------------------------------------------------
 
-_INPUT_FIELDS = ("name", "data_type", "format", "dims", "reshape", "optional")
+_INPUT_FIELDS = ("name", "data_type", "format", "dims", "reshape", "optional", "allow_ragged_batch")
 _OUTPUT_FIELDS = ("name", "data_type", "dims", "reshape", "label_filename")
-_FLAG_FIELDS = ("is_shape_tensor", "allow_ragged_batch", "is_non_linear_format_io")
+_FLAG_FIELDS = ("is_shape_tensor", "is_non_linear_format_io")
 
 
 def _tensors(value: Any, kind: str) -> list[TensorDraft]:
@@ -237,7 +248,7 @@ def _tensors(value: Any, kind: str) -> list[TensorDraft]:
 
 def _tensor(value: Any, path: str, kind: str) -> TensorDraft:
     own = _INPUT_FIELDS if kind == "input" else _OUTPUT_FIELDS
-    flags = _FLAG_FIELDS if kind == "input" else ("is_shape_tensor", "is_non_linear_format_io")
+    flags = _FLAG_FIELDS
     msg = message_fields(value, path, own + flags)
     if "name" not in msg or not as_str(msg["name"], join(path, "name")):
         raise config_error(path, f"every {kind} needs a name")
@@ -261,6 +272,37 @@ def _tensor(value: Any, path: str, kind: str) -> TensorDraft:
         label_filename=as_str(msg.get("label_filename", ""), join(path, "label_filename")),
         optional=as_bool(msg.get("optional", False), join(path, "optional")),
         reshape=reshape,
+        allow_ragged_batch=as_bool(
+            msg.get("allow_ragged_batch", False), join(path, "allow_ragged_batch")
+        ),
+    )
+
+
+def _names(value: Any, path: str) -> tuple[str, ...]:
+    names = tuple(as_str(v, f"{path}[{i}]") for i, v in enumerate(repeated(value)))
+    if not names or not all(names):
+        raise config_error(path, "name at least one tensor (and no empty names)")
+    return names
+
+
+def _batch_input(value: Any, path: str) -> BatchInput:
+    msg = message_fields(value, path, ("kind", "target_name", "data_type", "source_input"))
+    if "data_type" not in msg:
+        raise config_error(path, "a batch_input needs a data_type")
+    return BatchInput(
+        kind=as_enum(msg.get("kind", 0), join(path, "kind"), BATCH_INPUT_KINDS),
+        target_name=_names(msg.get("target_name"), join(path, "target_name")),
+        data_type=as_datatype(msg["data_type"], join(path, "data_type")),
+        source_input=_names(msg.get("source_input"), join(path, "source_input")),
+    )
+
+
+def _batch_output(value: Any, path: str) -> BatchOutput:
+    msg = message_fields(value, path, ("target_name", "kind", "source_input"))
+    return BatchOutput(
+        target_name=_names(msg.get("target_name"), join(path, "target_name")),
+        kind=as_enum(msg.get("kind", 0), join(path, "kind"), ("BATCH_SCATTER_WITH_INPUT_SHAPE",)),
+        source_input=_names(msg.get("source_input"), join(path, "source_input")),
     )
 
 

@@ -32,7 +32,7 @@ def _input(spec: TensorSpec) -> dict[str, Any]:
         "format": "FORMAT_NONE",
         "dims": list(spec.dims),
         "is_shape_tensor": False,
-        "allow_ragged_batch": False,
+        "allow_ragged_batch": spec.allow_ragged_batch,
         "optional": spec.optional,
         "is_non_linear_format_io": False,
     }
@@ -141,8 +141,23 @@ def config_to_dict(config: ModelConfig) -> dict[str, Any]:
         "max_batch_size": config.max_batch_size,
         "input": [_input(s) for s in config.inputs],
         "output": [_output(s) for s in config.outputs],
-        "batch_input": [],
-        "batch_output": [],
+        "batch_input": [
+            {
+                "kind": b.kind,
+                "target_name": list(b.target_name),
+                "data_type": b.data_type.config_name,
+                "source_input": list(b.source_input),
+            }
+            for b in config.batch_input
+        ],
+        "batch_output": [
+            {
+                "target_name": list(b.target_name),
+                "kind": b.kind,
+                "source_input": list(b.source_input),
+            }
+            for b in config.batch_output
+        ],
         "optimization": _optimization(config),
     }
     if config.dynamic_batching is not None:

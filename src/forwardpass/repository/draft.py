@@ -24,6 +24,7 @@ class TensorDraft:
     label_filename: str = ""
     optional: bool = False
     reshape: tuple[int, ...] | None = None
+    allow_ragged_batch: bool = False
 
     @classmethod
     def from_spec(cls, spec: TensorSpec) -> TensorDraft:
@@ -34,6 +35,7 @@ class TensorDraft:
             label_filename=spec.label_filename,
             optional=spec.optional,
             reshape=spec.reshape,
+            allow_ragged_batch=spec.allow_ragged_batch,
         )
 
     def build(self, kind: str) -> TensorSpec:
@@ -51,6 +53,7 @@ class TensorDraft:
             label_filename=self.label_filename,
             optional=self.optional,
             reshape=self.reshape,
+            allow_ragged_batch=self.allow_ragged_batch,
         )
 
 

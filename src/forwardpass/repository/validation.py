@@ -1,10 +1,12 @@
-"""Checks that need the whole model config: names, reshapes, batch sizes, priorities, warm-up."""
+"""Checks that need the whole model config: names, reshapes, batch sizes, priorities, warm-up,
+ragged inputs with batch inputs and outputs."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
 
+from forwardpass.datatypes import DataType
 from forwardpass.errors import InvalidModelConfig
 from forwardpass.model_config import ModelConfig
 
@@ -84,11 +86,79 @@ def _check_warmup(config: ModelConfig) -> None:
                 )
 
 
+#: What a batch input may be computed as (counts and shapes: integers, or FP32 as Triton allows).
+_BATCH_INPUT_TYPES = (DataType.INT32, DataType.INT64, DataType.FP32)
+
+
+def _check_batch_io(config: ModelConfig) -> None:
+    """Ragged inputs, batch inputs and batch outputs name real tensors and need batching."""
+    ragged = [s.name for s in config.inputs if s.allow_ragged_batch]
+    if not (ragged or config.batch_input or config.batch_output):
+        return
+    if not config.batching:
+        what = f"input {ragged[0]!r} allows ragged batches" if ragged else "batch_input/output"
+        raise InvalidModelConfig(f"{what}, which needs max_batch_size > 0")
+    if not config.inputs:
+        return  # tensors still to come from the model file
+    inputs = {s.name for s in config.inputs}
+    outputs = {s.name for s in config.outputs}
+    targets: set[str] = set()
+    for i, batch_input in enumerate(config.batch_input):
+        where = f"batch_input[{i}] ({batch_input.kind})"
+        if batch_input.data_type not in _BATCH_INPUT_TYPES:
+            raise InvalidModelConfig(
+                f"{where}: data_type {batch_input.data_type.config_name} is not one of "
+                f"{', '.join(t.config_name for t in _BATCH_INPUT_TYPES)}"
+            )
+        if len(batch_input.source_input) != 1:
+            raise InvalidModelConfig(
+                f"{where}: needs exactly one source_input, got {list(batch_input.source_input)}"
+            )
+        source = batch_input.source_input[0]
+        if source not in inputs:
+            raise InvalidModelConfig(
+                f"{where}: source_input {source!r} is not an input of the model "
+                f"(inputs: {sorted(inputs)})"
+            )
+        for target in batch_input.target_name:
+            if target in inputs:
+                raise InvalidModelConfig(
+                    f"{where}: target_name {target!r} is also a declared input; a batch input "
+                    "is computed by the server, never sent by clients"
+                )
+            if target in targets:
+                raise InvalidModelConfig(f"{where}: target_name {target!r} is computed twice")
+            targets.add(target)
+    scattered: set[str] = set()
+    for i, batch_output in enumerate(config.batch_output):
+        where = f"batch_output[{i}] ({batch_output.kind})"
+        if len(batch_output.source_input) != 1:
+            raise InvalidModelConfig(
+                f"{where}: needs exactly one source_input, got {list(batch_output.source_input)}"
+            )
+        source = batch_output.source_input[0]
+        if source not in inputs:
+            raise InvalidModelConfig(
+                f"{where}: source_input {source!r} is not an input of the model "
+                f"(inputs: {sorted(inputs)})"
+            )
+        for target in batch_output.target_name:
+            if target not in outputs:
+                raise InvalidModelConfig(
+                    f"{where}: target_name {target!r} is not an output of the model "
+                    f"(outputs: {sorted(outputs)})"
+                )
+            if target in scattered:
+                raise InvalidModelConfig(f"{where}: output {target!r} is scattered twice")
+            scattered.add(target)
+
+
 #: The checks that need the whole config; each raises :class:`InvalidModelConfig`.
 _CHECKS: tuple[Callable[[ModelConfig], None], ...] = (
     _check_tensors,
     _check_batching,
     _check_warmup,
+    _check_batch_io,
 )
 
 

@@ -1,8 +1,13 @@
 """The backend contract: load a model version, run a batch of named arrays.
 
 A backend never sees a request, only arrays already merged along the batch axis; the batcher
-never sees a backend's own types. Subclasses implement the ``_load``/``_infer`` hooks; the
-public methods here validate and translate foreign exceptions exactly once.
+never sees a backend's own types. Subclasses implement the ``_load``/``_infer`` hooks (and
+``_check``, for what can be told wrong about one request before it joins a batch); the public
+methods here validate and translate foreign exceptions exactly once.
+
+The error contract: :class:`InvalidArgument` from ``infer`` means "the data of this batch is
+wrong", so the batcher re-runs the batch in halves to find the request at fault;
+:class:`InternalError` means the backend or the model failed, which fails the batch (500).
 """
 
 from __future__ import annotations
@@ -72,6 +77,24 @@ class Backend(abc.ABC):
         if missing:
             raise InternalError(f"backend {self.name} returned no output(s) {missing}")
         return result
+
+    def check(self, inputs: NamedArrays) -> NamedArrays:
+        """Check (and convert) one request's inputs before it is queued; the arrays to queue.
+
+        Anything this backend would reject in one request's data is rejected here, with an
+        :class:`InvalidArgument` for that request alone, instead of failing the batch it would
+        join. Called on the event loop for every request, so it must be cheap.
+        """
+        try:
+            return self._check(inputs)
+        except ForwardpassError:
+            raise
+        except Exception as exc:
+            raise self.translate_error(exc) from exc
+
+    def _check(self, inputs: NamedArrays) -> NamedArrays:
+        """Per-request hook; the default accepts everything unchanged."""
+        return inputs
 
     def unload(self) -> None:  # noqa: B027 - optional hook; most backends free on GC
         """Release the model's resources. Safe to call twice."""

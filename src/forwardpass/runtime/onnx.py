@@ -256,13 +256,22 @@ class OnnxRuntimeBackend(Backend):
         results = session.run(list(outputs), feed)
         return dict(zip(outputs, results, strict=True))
 
+    def _check(self, inputs: NamedArrays) -> NamedArrays:
+        """String inputs decoded to ``str`` per request, so non-UTF-8 fails only its request."""
+        if not self._string_inputs & inputs.keys():
+            return inputs
+        checked = dict(inputs)
+        for name in self._string_inputs & inputs.keys():
+            checked[name] = _text(name, inputs[name])
+        return checked
+
     def translate_error(self, exc: Exception) -> ForwardpassError:
+        """ORT's INVALID_ARGUMENT raised by a node while running is the data's fault (an index
+        out of range): 400, and the batcher finds the request that caused it. One raised
+        before running (a feed's dtype, rank or dims) contradicts the config the engine has
+        already checked the request against: the model and its config disagree, a 500."""
         text = str(exc)
-        kind = type(exc).__name__
-        if (
-            kind in ("InvalidArgument", "InvalidGraph", "NotImplemented")
-            or "INVALID_ARGUMENT" in text
-        ):
+        if "INVALID_ARGUMENT" in text and "while running" in text:
             return InvalidArgument(f"onnxruntime: {text}")
         return InternalError(f"onnxruntime: {text}")
 

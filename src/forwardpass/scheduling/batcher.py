@@ -1,37 +1,53 @@
 """The dynamic batcher: one per loaded model version.
 
-Requests wait in per-priority queues. Each model instance runs a worker coroutine that takes
-the next batch: the oldest request of the highest priority, plus every queued request with the
-same *signature* (input names, dtypes and non-batch dimensions) until ``max_batch_size`` rows.
-Requests whose other dimensions differ are never merged; they form their own batch.
+Requests wait in per-priority queues. Each model instance runs a worker coroutine that, once
+free, plans the next batch the way Triton's dynamic batcher does (core
+``src/dynamic_batch_scheduler.cc``, ``GetDynamicBatch``). It walks the queued requests oldest
+first, highest priority first, adding each to a pending batch until one would not fit: its
+*signature* (input names, dtypes, non-batch dims; ragged inputs' dims excepted) differs, or it
+would take the batch past ``max_batch_size``. Then:
 
-When to dispatch follows Triton's dynamic batcher: with ``max_queue_delay_microseconds`` 0 a
-free instance takes whatever is queued at once (so a lone request pays no waiting, and under
-load batches grow by themselves while the instances are busy); with a delay, a batch is held
-until it reaches a preferred size (or ``max_batch_size``) or its oldest request has waited the
-delay.
+* the pending batch once reached a preferred size: the largest such prefix goes at once
+  (with no preferred sizes, ``max_batch_size`` plays that part), and so does the prefix
+  before the request that would take it past the largest preferred size;
+* a request that could not join (another shape, or no room) or a batch of at least the
+  largest preferred size: everything pending goes at once, it cannot grow;
+* ``max_queue_delay_microseconds`` 0, or the oldest pending request has waited that long:
+  everything pending goes (so with no delay a free instance takes what is queued, a lone
+  request never waits, and under load batches grow while the instances are busy);
+* otherwise the worker waits until the delay runs out or another request arrives.
 
-Guarantees: every submitted request gets exactly one result or one error; a batch whose backend
-call fails fails only its own requests, with the backend's message; a request whose queue
-timeout expires is rejected (``timeout_action: REJECT``) or moved behind everything else
-(``DELAY``); a full queue rejects new requests with :class:`Unavailable`.
+Guarantees: every submitted request gets exactly one result or one error. A failure in one
+request's data never fails the requests batched with it: a batch whose backend call fails
+with an :class:`InvalidArgument` (the data was wrong, e.g. an index out of range inside the
+graph) is run again in halves until the failing requests stand alone; they alone get the
+error. Other failures (:class:`InternalError`, 500) fail the whole batch at once, without
+retries. A request whose queue timeout expires is rejected (``timeout_action: REJECT``) or
+moved behind everything else (``DELAY``); a full queue rejects new requests with
+:class:`Unavailable`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
-import numpy as np
-
-from forwardpass.errors import ForwardpassError, InternalError, RequestTimeout, Unavailable
-from forwardpass.model_config import DynamicBatching, QueuePolicy
+from forwardpass.errors import (
+    ForwardpassError,
+    InternalError,
+    InvalidArgument,
+    RequestTimeout,
+    Unavailable,
+)
+from forwardpass.model_config import DynamicBatching, ModelConfig, QueuePolicy
 from forwardpass.runtime.base import NamedArrays
+from forwardpass.scheduling.layout import BatchLayout
 
 __all__ = ["BatchRecord", "Batcher", "BatcherPolicy", "Pending", "RunFn"]
 
@@ -57,6 +73,8 @@ class BatcherPolicy:
     #: Bound used where a queue policy says max_queue_size 0.
     default_max_queue_size: int = 4096
     instances: int = 1
+    #: Ragged inputs, batch inputs and batch outputs.
+    layout: BatchLayout = field(default_factory=BatchLayout)
 
     @classmethod
     def from_config(
@@ -65,24 +83,41 @@ class BatcherPolicy:
         dynamic: DynamicBatching | None,
         instances: int,
         default_max_queue_size: int,
+        layout: BatchLayout | None = None,
     ) -> BatcherPolicy:
+        layout = layout or BatchLayout()
         if dynamic is None:
             return cls(
                 max_batch_size=max_batch_size,
                 instances=instances,
                 default_max_queue_size=default_max_queue_size,
+                layout=layout,
             )
         return cls(
             max_batch_size=max_batch_size,
             merge=max_batch_size > 0,
             max_queue_delay_ns=dynamic.max_queue_delay_microseconds * 1000,
-            preferred_batch_sizes=tuple(sorted(dynamic.preferred_batch_size)),
+            preferred_batch_sizes=tuple(sorted(set(dynamic.preferred_batch_size))),
             priority_levels=dynamic.priority_levels,
             default_priority_level=dynamic.default_priority_level,
             default_queue_policy=dynamic.default_queue_policy,
             priority_queue_policy=dict(dynamic.priority_queue_policy),
             default_max_queue_size=default_max_queue_size,
             instances=instances,
+            layout=layout,
+        )
+
+    @classmethod
+    def for_model(
+        cls, config: ModelConfig, instances: int, default_max_queue_size: int
+    ) -> BatcherPolicy:
+        """The policy of a model config (batching, queues, ragged inputs, batch inputs)."""
+        return cls.from_config(
+            config.max_batch_size,
+            config.dynamic_batching,
+            instances,
+            default_max_queue_size,
+            BatchLayout.from_config(config),
         )
 
     def queue_policy(self, level: int) -> QueuePolicy:
@@ -103,11 +138,13 @@ class Pending:
     deadline_ns: int = 0
     timeout_action: str = "REJECT"
     timer: asyncio.TimerHandle | None = None
+    #: When its batch started (set once, kept through any re-runs of a failed batch).
+    started_ns: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class BatchRecord:
-    """What happened to one batch, for statistics and metrics listeners."""
+    """What happened to one backend execution, for statistics and metrics listeners."""
 
     batch_size: int
     requests: int
@@ -118,12 +155,17 @@ class BatchRecord:
     infer_ns: int
     output_ns: int
     ok: bool
+    #: A re-run of part of a failed batch, to find the request whose data failed it. Its
+    #: requests' queue time was already reported with the first run.
+    retry: bool = False
 
 
-def _signature(inputs: NamedArrays, batching: bool) -> tuple[object, ...]:
-    if batching:
-        return tuple((name, a.dtype.str, a.shape[1:]) for name, a in inputs.items())
-    return tuple((name, a.dtype.str, a.shape) for name, a in inputs.items())
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """The worker's decision: take ``count`` requests now, or wait ``wait_ns`` (0: for news)."""
+
+    count: int = 0
+    wait_ns: int = 0
 
 
 class Batcher:
@@ -203,8 +245,6 @@ class Batcher:
         level = priority or policy.default_priority_level or 1
         if policy.priority_levels:
             if not 1 <= level <= policy.priority_levels:
-                from forwardpass.errors import InvalidArgument
-
                 raise InvalidArgument(
                     f"priority {priority} is out of range; model {self.name} has levels "
                     f"1..{policy.priority_levels}"
@@ -226,7 +266,7 @@ class Batcher:
         item = Pending(
             inputs=inputs,
             rows=rows,
-            signature=_signature(inputs, batching),
+            signature=policy.layout.signature(inputs, batching),
             future=loop.create_future(),
             level=level - 1,
             enqueued_ns=now,
@@ -253,6 +293,8 @@ class Batcher:
             queue.remove(item)
         except ValueError:
             return  # already taken into a batch
+        assert self._wakeup is not None
+        self._wakeup.set()  # the pending batch changed: plan again
         if item.timeout_action == "DELAY":
             item.level = len(self._queues) - 1
             self._queues[item.level].append(item)
@@ -262,86 +304,79 @@ class Batcher:
         self._check_idle()
 
     # ------------------------------------------------------------------ batching
-    def _ready_rows(self) -> tuple[int, int]:
-        """(rows that could go in the next batch, age in ns of its oldest request)."""
-        for queue in self._queues:
-            if queue:
-                head = queue[0]
-                if not self.policy.merge:
-                    return head.rows, time.monotonic_ns() - head.enqueued_ns
-                rows = 0
-                for item in queue:
-                    if item.signature == head.signature:
-                        rows += item.rows
-                        if rows >= self.policy.max_batch_size:
-                            break
-                return rows, time.monotonic_ns() - head.enqueued_ns
-        return 0, 0
+    def _in_order(self) -> Iterator[Pending]:
+        """Queued requests in the order batches take them: by priority, then oldest first."""
+        return itertools.chain.from_iterable(self._queues)
 
-    def _target_rows(self, available: int) -> int:
-        cap = self.policy.max_batch_size
-        available = min(available, cap)
-        preferred = [p for p in self.policy.preferred_batch_sizes if p <= available]
-        return preferred[-1] if preferred else available
+    def _plan(self, now_ns: int) -> _Plan:
+        """Triton's ``GetDynamicBatch``: how many queued requests to send now, or how long to wait.
 
-    def _take(self) -> list[Pending]:
-        cap = self.policy.max_batch_size
-        for queue in self._queues:
-            if not queue:
-                continue
-            if not self.policy.merge:
-                self._queued -= 1
-                return [queue.popleft()]
-            signature = queue[0].signature
-            available = 0
-            for item in queue:
-                if item.signature == signature:
-                    available += item.rows
-                    if available >= cap:
-                        break
-            limit = self._target_rows(available)
-            batch: list[Pending] = []
-            skipped: list[Pending] = []
-            rows = 0
-            while queue:
-                item = queue[0]
-                if item.signature != signature:
-                    skipped.append(queue.popleft())
-                    continue
-                if batch and rows + item.rows > limit:
+        See the module docstring for the rules.
+        """
+        policy = self.policy
+        if not policy.merge:
+            return _Plan(count=1)
+        preferred = policy.preferred_batch_sizes
+        cap = policy.max_batch_size
+        largest = preferred[-1] if preferred else cap
+        rows = count = best = 0
+        oldest = now_ns
+        blocked = False
+        signature: tuple[object, ...] = ()
+        for item in self._in_order():
+            if count == 0:
+                signature = item.signature
+            else:
+                if rows + item.rows > largest and not best:
+                    best = count
+                if rows + item.rows > cap or item.signature != signature:
+                    blocked = True
                     break
+            rows += item.rows
+            count += 1
+            oldest = min(oldest, item.enqueued_ns)
+            if rows in preferred:
+                best = count
+        if not count:
+            return _Plan()
+        delay = policy.max_queue_delay_ns
+        waited = now_ns - oldest
+        expired = delay > 0 and waited >= delay
+        if best and not expired:
+            return _Plan(count=best)
+        if blocked or rows >= largest or expired or delay == 0:
+            return _Plan(count=count)
+        return _Plan(wait_ns=delay - waited)
+
+    def _take(self, count: int) -> list[Pending]:
+        batch: list[Pending] = []
+        for queue in self._queues:
+            while queue and len(batch) < count:
                 batch.append(queue.popleft())
-                rows += item.rows
-                if rows >= limit:
-                    break
-            queue.extendleft(reversed(skipped))
-            self._queued -= len(batch)
-            return batch
-        return []
+            if len(batch) == count:
+                break
+        self._queued -= len(batch)
+        return batch
 
     async def _wait_for_batch(self) -> list[Pending]:
-        assert self._wakeup is not None
-        delay = self.policy.max_queue_delay_ns
+        wakeup = self._wakeup
+        assert wakeup is not None
         while True:
-            while not self._queued:
-                self._wakeup.clear()
-                await self._wakeup.wait()
-            if delay and self.policy.merge:
-                rows, age = self._ready_rows()
-                preferred = self.policy.preferred_batch_sizes
-                full = rows >= self.policy.max_batch_size or (
-                    bool(preferred) and rows >= preferred[0]
-                )
-                if not full and age < delay:
-                    self._wakeup.clear()
-                    try:
-                        await asyncio.wait_for(self._wakeup.wait(), (delay - age) / 1e9)
-                    except TimeoutError:
-                        pass
-                    continue
-            batch = [p for p in self._take() if not p.future.done()]
-            if batch:
-                return batch
+            if not self._queued:
+                wakeup.clear()
+                await wakeup.wait()
+                continue
+            plan = self._plan(time.monotonic_ns())
+            if plan.count:
+                batch = [p for p in self._take(plan.count) if not p.future.done()]
+                if batch:
+                    return batch
+                continue
+            wakeup.clear()
+            try:
+                await asyncio.wait_for(wakeup.wait(), plan.wait_ns / 1e9)
+            except TimeoutError:
+                pass
 
     async def _worker(self, instance: int) -> None:
         loop = asyncio.get_running_loop()
@@ -359,75 +394,77 @@ class Batcher:
             self._idle.set()
 
     async def _execute(
-        self, loop: asyncio.AbstractEventLoop, instance: int, batch: Sequence[Pending]
+        self,
+        loop: asyncio.AbstractEventLoop,
+        instance: int,
+        batch: Sequence[Pending],
+        retry: bool = False,
     ) -> None:
+        """Run ``batch``; on a data error, run each half again until the culprits stand alone.
+
+        A batch of n requests takes at most 2n - 1 backend runs, and only when the backend
+        blamed the data (:class:`InvalidArgument`); any other failure fails the batch at once.
+        """
         start = time.monotonic_ns()
         for item in batch:
             if item.timer is not None:
                 item.timer.cancel()
                 item.timer = None
-        queue_ns = tuple(start - item.enqueued_ns for item in batch)
+            if not item.started_ns:
+                item.started_ns = start
+        queue_ns = tuple(item.started_ns - item.enqueued_ns for item in batch)
         rows = sum(item.rows for item in batch)
         try:
-            outputs, input_ns, infer_ns, output_ns, parts = await loop.run_in_executor(
+            input_ns, infer_ns, output_ns, parts = await loop.run_in_executor(
                 self.executor, self._run_batch, instance, batch
             )
-        except ForwardpassError as exc:
-            for item in batch:
-                self._fail(item, exc)
+        except Exception as exc:
+            error = exc if isinstance(exc, ForwardpassError) else None
+            if error is None:  # a bug in a backend that escaped its own translation
+                log.exception("%s: batch failed", self.name)
+                error = InternalError(f"model {self.name}: {exc}")
             self._emit(
-                BatchRecord(rows, len(batch), queue_ns, 0, time.monotonic_ns() - start, 0, False)
+                BatchRecord(
+                    rows,
+                    len(batch),
+                    queue_ns,
+                    0,
+                    time.monotonic_ns() - start,
+                    0,
+                    False,
+                    retry,
+                )
             )
-            return
-        except Exception as exc:  # a bug in a backend that escaped its own translation
-            log.exception("%s: batch failed", self.name)
+            if len(batch) > 1 and isinstance(error, InvalidArgument):
+                middle = len(batch) // 2
+                await self._execute(loop, instance, batch[:middle], retry=True)
+                await self._execute(loop, instance, batch[middle:], retry=True)
+                return
             for item in batch:
-                self._fail(item, InternalError(f"model {self.name}: {exc}"))
-            self._emit(
-                BatchRecord(rows, len(batch), queue_ns, 0, time.monotonic_ns() - start, 0, False)
-            )
+                self._fail(item, error)
             return
         compute_ns = input_ns + infer_ns + output_ns
         for item, part, q in zip(batch, parts, queue_ns, strict=True):
             if not item.future.done():
                 item.future.set_result((part, q, compute_ns))
-        self._emit(BatchRecord(rows, len(batch), queue_ns, input_ns, infer_ns, output_ns, True))
-        del outputs
+        self._emit(
+            BatchRecord(rows, len(batch), queue_ns, input_ns, infer_ns, output_ns, True, retry)
+        )
 
     def _run_batch(
         self, instance: int, batch: Sequence[Pending]
-    ) -> tuple[NamedArrays, int, int, int, list[NamedArrays]]:
-        """Worker-thread side: merge, run, split. Checks the backend kept len(out) == len(in)."""
+    ) -> tuple[int, int, int, list[NamedArrays]]:
+        """Worker-thread side: merge, run, split (the layout checks every output's rows)."""
+        layout = self.policy.layout
+        requests = [item.inputs for item in batch]
         t0 = time.monotonic_ns()
-        if len(batch) == 1:
-            merged = batch[0].inputs
-        else:
-            merged = {
-                name: np.concatenate([item.inputs[name] for item in batch], axis=0)
-                for name in batch[0].inputs
-            }
+        merged = layout.merge(requests)
         t1 = time.monotonic_ns()
         outputs = self.run(instance, merged)
         t2 = time.monotonic_ns()
-        if len(batch) == 1:
-            parts = [outputs]
-        else:
-            rows = sum(item.rows for item in batch)
-            for name, array in outputs.items():
-                if array.ndim == 0 or array.shape[0] != rows:
-                    raise InternalError(
-                        f"model {self.name}: output {name!r} has leading dimension "
-                        f"{array.shape[0] if array.ndim else 'none'} for a batch of {rows} rows; "
-                        "the model does not batch along its first axis"
-                    )
-            parts = []
-            offset = 0
-            for item in batch:
-                end = offset + item.rows
-                parts.append({name: array[offset:end] for name, array in outputs.items()})
-                offset = end
+        parts = layout.split(outputs, requests, [item.rows for item in batch], self.name)
         t3 = time.monotonic_ns()
-        return outputs, t1 - t0, t2 - t1, t3 - t2, parts
+        return t1 - t0, t2 - t1, t3 - t2, parts
 
     def _fail(self, item: Pending, exc: Exception) -> None:
         if item.timer is not None:

@@ -246,7 +246,51 @@ def test_version_policies() -> None:
             "input_map and output_map",
         ),
         ("platform: 'ensemble' backend: 'onnxruntime' ensemble_scheduling { }", "has no backend"),
-        ("batch_input [ { kind: BATCH_ELEMENT_COUNT } ]", "batch_input is not supported yet"),
+        (
+            "batch_input [ { kind: BATCH_ELEMENT_COUNT } ]",
+            r"batch_input\[0\]: a batch_input needs a data_type",
+        ),
+        (
+            "batch_input [ { kind: BATCH_COUNT target_name: 'n' data_type: TYPE_INT32 "
+            "source_input: 'x' } ]",
+            r"batch_input\[0\].kind: expected one of BATCH_ELEMENT_COUNT",
+        ),
+        (
+            "batch_input [ { kind: BATCH_ELEMENT_COUNT data_type: TYPE_INT32 source_input: 'x' } ]",
+            r"batch_input\[0\].target_name: name at least one tensor",
+        ),
+        (
+            "max_batch_size: 4 input { name: 'x' data_type: TYPE_FP32 dims: -1 } "
+            "output { name: 'y' data_type: TYPE_FP32 dims: 1 } "
+            "batch_input [ { kind: BATCH_ELEMENT_COUNT target_name: 'n' data_type: TYPE_STRING "
+            "source_input: 'x' } ]",
+            "data_type TYPE_STRING is not one of TYPE_INT32, TYPE_INT64, TYPE_FP32",
+        ),
+        (
+            "max_batch_size: 4 input { name: 'x' data_type: TYPE_FP32 dims: -1 } "
+            "output { name: 'y' data_type: TYPE_FP32 dims: 1 } "
+            "batch_input [ { kind: BATCH_ELEMENT_COUNT target_name: 'n' data_type: TYPE_INT32 "
+            "source_input: 'z' } ]",
+            r"source_input 'z' is not an input of the model \(inputs: \['x'\]\)",
+        ),
+        (
+            "max_batch_size: 4 input { name: 'x' data_type: TYPE_FP32 dims: -1 } "
+            "output { name: 'y' data_type: TYPE_FP32 dims: 1 } "
+            "batch_input [ { kind: BATCH_ELEMENT_COUNT target_name: 'x' data_type: TYPE_INT32 "
+            "source_input: 'x' } ]",
+            "target_name 'x' is also a declared input",
+        ),
+        (
+            "max_batch_size: 4 input { name: 'x' data_type: TYPE_FP32 dims: -1 } "
+            "output { name: 'y' data_type: TYPE_FP32 dims: 1 } "
+            "batch_output [ { kind: BATCH_SCATTER_WITH_INPUT_SHAPE target_name: 'w' "
+            "source_input: 'x' } ]",
+            r"target_name 'w' is not an output of the model \(outputs: \['y'\]\)",
+        ),
+        (
+            "input { name: 'x' data_type: TYPE_FP32 dims: -1 allow_ragged_batch: true }",
+            "input 'x' allows ragged batches, which needs max_batch_size > 0",
+        ),
         ("model_transaction_policy { decoupled: true }", "decoupled models"),
         ("name: 'other'", "config name 'other' does not match the model's folder name 'm'"),
         ("max_batch_size: -1", "max_batch_size: must be >= 0, got -1"),
@@ -258,10 +302,6 @@ def test_version_policies() -> None:
         ("input { name: 'x' data_type: TYPE_FP33 dims: 1 }", "unknown data_type 'TYPE_FP33'"),
         ("input { name: 'x' data_type: TYPE_INVALID dims: 1 }", "unknown data_type"),
         ("input { name: 'x' data_type: TYPE_FP32 dims: 1 is_shape_tensor: true }", "shape_tensor"),
-        (
-            "input { name: 'x' data_type: TYPE_FP32 dims: 1 allow_ragged_batch: true }",
-            "allow_ragged_batch is not supported yet",
-        ),
         (
             "input { name: 'x' data_type: TYPE_FP32 dims: 1 }"
             "input { name: 'x' data_type: TYPE_FP32 dims: 1 }",
