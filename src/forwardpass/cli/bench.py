@@ -75,10 +75,10 @@ def bench(
     from the model's metadata. Exits with status 1 if any request failed.
     """
     import orjson
-    from rich.console import Console
-    from rich.table import Table
 
     from forwardpass import loadgen
+    from forwardpass.cli.console import console as make_console
+    from forwardpass.cli.console import show
     from forwardpass.errors import ForwardpassError
 
     try:
@@ -98,7 +98,7 @@ def bench(
     except ForwardpassError as exc:
         raise click.UsageError(exc.message) from exc
 
-    console = Console(stderr=as_json)
+    console = make_console(stderr=as_json)
     if not as_json:
         console.print(
             f"[bold]{model}[/] at {url}: {len(config.concurrency)} level(s), "
@@ -122,11 +122,14 @@ def bench(
     if as_json:
         click.echo(orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2).decode())
     else:
+        from rich.table import Table
+
         table = Table(
+            title_justify="left",
             title=(
                 f"{model} · {report.encoding} · batch {report.batch_size} · "
                 f"{report.request_bytes} B/request · {report.event_loop}"
-            )
+            ),
         )
         table.add_column("conc.", justify="right")
         table.add_column("infer/s", justify="right")
@@ -147,7 +150,7 @@ def bench(
                 f"{r.requests:,}",
                 f"[red]{r.errors}[/]" if r.errors else "0",
             )
-        console.print(table)
+        show(console, table)
     for r in report.results:
         if r.first_error:
             click.echo(f"concurrency {r.concurrency}: first error: {r.first_error}", err=True)

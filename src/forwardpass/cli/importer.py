@@ -108,24 +108,29 @@ def _run(framework: str, source: str, repository: Path, o: dict[str, Any]) -> An
 
 
 def _report(result: Any, repository: Path) -> None:
-    from rich.console import Console
     from rich.markup import escape
-    from rich.table import Table
 
-    console = Console()
+    from forwardpass.cli.console import console as make_console
+    from forwardpass.cli.console import show, table
+
+    console = make_console()
     entry, check = result.entry, result.verification
     console.print(
         f"[bold green]imported[/] {escape(entry.name)} version {entry.version} "
         f"({result.framework}) into {escape(str(repository))}",
         soft_wrap=True,
     )
-    table = Table(title=f"Export vs original on {check.samples} sample row(s)")
-    for column in ("output", "shape", "max |diff|", f"atol {check.atol:g}"):
-        table.add_column(column)
+    grid = table(
+        "output",
+        "shape",
+        "max |diff|",
+        f"atol {check.atol:g}",
+        title=f"Export vs original on {check.samples} sample row(s)",
+    )
     for out in check.outputs:
         diff = f"{out.max_abs_diff:.3g}" + (" mismatched" if out.exact else "")
-        table.add_row(escape(out.name), str(list(out.shape)), diff, "ok" if out.ok else "FAIL")
-    console.print(table)
+        grid.add_row(escape(out.name), str(list(out.shape)), diff, "ok" if out.ok else "FAIL")
+    show(console, grid)
     for path in entry.written:
         console.print(f"  wrote {escape(str(path))}", soft_wrap=True)
     for path in entry.kept:
