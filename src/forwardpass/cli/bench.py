@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import click
 
@@ -50,6 +51,16 @@ def _ms(value: float) -> str:
     metavar="NAME:D1,D2",
     help="Shape (without the batch dim) for an input with variable dims; repeatable.",
 )
+@click.option(
+    "--input-data",
+    "input_data",
+    multiple=True,
+    type=click.Path(exists=True, path_type=Path),
+    help="Real inputs instead of synthesized ones: a perf_analyzer JSON file "
+    '({"data": [{"INPUT": [...] | {"content": [...], "shape": [...]} | {"b64": "..."}}]}), '
+    "a folder with one raw file per input named after it, or image/text files (a folder of "
+    "them) for a model with one BYTES input. Repeatable; requests take the samples in turn.",
+)
 @click.option("--model-version", default="", help="Model version (default: the server's choice).")
 @click.option(
     "--timeout", type=float, default=30.0, show_default=True, help="Give up on a request after."
@@ -64,6 +75,7 @@ def bench(
     binary: bool,
     batch_size: int,
     shapes: tuple[str, ...],
+    input_data: tuple[Path, ...],
     model_version: str,
     timeout: float,
     as_json: bool,
@@ -71,8 +83,10 @@ def bench(
     """Measure throughput and latency of MODEL on a running server.
 
     Each of C workers sends a request, waits for the answer and sends the next, for
-    --duration seconds after --warmup, at each concurrency level. Inputs are synthesized
-    from the model's metadata. Exits with status 1 if any request failed.
+    --duration seconds after --warmup, at each concurrency level. Inputs come from
+    --input-data, else are synthesized from the model's metadata (a real PNG, sentence or WAV
+    for inputs its processing reads as images, text or audio). Exits with status 1 if any
+    request failed.
     """
     import orjson
 
@@ -93,6 +107,7 @@ def bench(
             batch_size=batch_size,
             shapes=loadgen.parse_shape_overrides(shapes),
             timeout=timeout,
+            input_data=input_data,
         )
         loadgen.Endpoint.parse(url)  # a bad URL is a usage error, reported before any work
     except ForwardpassError as exc:
