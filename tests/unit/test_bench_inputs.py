@@ -44,11 +44,11 @@ def _text_model() -> onnx.ModelProto:
         [
             helper.make_tensor_value_info(n, TensorProto.INT64, ["n", "t"])
             for n in ("input_ids", "attention_mask")
-        ],  # fmt: skip
+        ],
         [
             helper.make_tensor_value_info("score", TensorProto.FLOAT, ["n", 1]),
             helper.make_tensor_value_info("mask_out", TensorProto.INT64, ["n", "t"]),
-        ],  # fmt: skip
+        ],
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
 
@@ -110,8 +110,8 @@ def test_real_inputs_from_files_a_folder_and_perf_analyzer_json(
     server: Any, tmp_path: Path
 ) -> None:
     samples = sorted((EMBEDDED / "digits" / "samples").glob("*.png"))
-    by_files = _bench(server, "digits_image", "--binary", *sum((["--input-data", str(p)]
-                      for p in samples[:3]), []))  # fmt: skip
+    files = [arg for p in samples[:3] for arg in ("--input-data", str(p))]
+    by_files = _bench(server, "digits_image", "--binary", *files)
     assert by_files["results"][0]["errors"] == 0  # type: ignore[index]
     samples_folder = str(EMBEDDED / "digits" / "samples")
     folder = _bench(server, "digits_image", "--binary", "--input-data", samples_folder)
