@@ -9,10 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import pytest
 from click.testing import CliRunner
-from onnx import TensorProto, helper
+from model_builders import write_text_model
 
 from forwardpass.bench_inputs import read_input_data
 from forwardpass.cli.main import _register, cli
@@ -32,31 +31,9 @@ def _processing(declaration: dict[str, object]) -> str:
     return f'parameters {{ key: "processing" value: {{ string_value: {text} }} }}\n'
 
 
-def _text_model() -> onnx.ModelProto:
-    """score[n] = mean token id of row n (a stand-in for a text classifier)."""
-    graph = helper.make_graph(
-        [
-            helper.make_node("Cast", ["input_ids"], ["ids"], to=TensorProto.FLOAT),
-            helper.make_node("ReduceMean", ["ids"], ["score"], axes=[1], keepdims=1),
-            helper.make_node("Identity", ["attention_mask"], ["mask_out"]),
-        ],
-        "text",
-        [
-            helper.make_tensor_value_info(n, TensorProto.INT64, ["n", "t"])
-            for n in ("input_ids", "attention_mask")
-        ],
-        [
-            helper.make_tensor_value_info("score", TensorProto.FLOAT, ["n", 1]),
-            helper.make_tensor_value_info("mask_out", TensorProto.INT64, ["n", "t"]),
-        ],
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, start_module_server: Any) -> Any:
     pytest.importorskip("tokenizers")
-    from tokenizers import Tokenizer, models, pre_tokenizers
 
     root = tmp_path_factory.mktemp("bench") / "repo"
     # The embedded digits model, raw pictures in (its image processing declared).
@@ -65,22 +42,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, start_module_server: Any) -
     text = config.read_text().replace('name: "digits"', 'name: "digits_image"')
     config.write_text(text + _processing(IMAGE_PROCESSING))
     # A text model that tokenizes with a word-level tokenizer built here.
-    folder = root / "words"
-    (folder / "1").mkdir(parents=True)
-    onnx.save(_text_model(), str(folder / "1" / "model.onnx"))
-    words = "the quick brown fox jumps over lazy dog near quiet river bank".split()
-    vocab = {"[PAD]": 0, "[UNK]": 1, **{w: i + 2 for i, w in enumerate(words)}}
-    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer.save(str(folder / "tokenizer.json"))
-    (folder / "config.pbtxt").write_text(
-        'name: "words"\nbackend: "onnxruntime"\nmax_batch_size: 8\n'
-        'input [ { name: "input_ids" data_type: TYPE_INT64 dims: [ -1 ] },\n'
-        '        { name: "attention_mask" data_type: TYPE_INT64 dims: [ -1 ] } ]\n'
-        'output [ { name: "score" data_type: TYPE_FP32 dims: [ 1 ] },\n'
-        '         { name: "mask_out" data_type: TYPE_INT64 dims: [ -1 ] } ]\n'
-        + _processing(TEXT_PROCESSING)
-    )
+    write_text_model(root)
     return start_module_server(root)
 
 
