@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from forwardpass.cli.options import DataclassOption, given
+
 __all__ = ["bench"]
 
 
@@ -24,25 +26,42 @@ def _ms(value: float) -> str:
     return "-" if math.isnan(value) else f"{value:.2f}"
 
 
+_CONFIG = "forwardpass.loadgen:LoadConfig"
+
+
 @click.command("bench")
 @click.argument("model")
-@click.option("--url", default="http://127.0.0.1:8000", show_default=True, help="Server URL.")
+@click.option("--url", cls=DataclassOption, default_from=f"{_CONFIG}.url", help="Server URL.")
 @click.option(
     "--concurrency",
     "-c",
-    default="1,8,32",
-    show_default=True,
+    cls=DataclassOption,
+    default_from=f"{_CONFIG}.concurrency",
     help="Comma-separated numbers of concurrent clients, measured one after another.",
 )
 @click.option(
-    "--duration", "-d", type=float, default=5.0, show_default=True, help="Seconds per level."
+    "--duration",
+    "-d",
+    cls=DataclassOption,
+    default_from=f"{_CONFIG}.duration",
+    type=float,
+    help="Seconds per level.",
 )
 @click.option(
-    "--warmup", type=float, default=1.0, show_default=True, help="Unmeasured seconds per level."
+    "--warmup",
+    cls=DataclassOption,
+    default_from=f"{_CONFIG}.warmup",
+    type=float,
+    help="Unmeasured seconds per level.",
 )
 @click.option("--binary", is_flag=True, help="Use the binary tensor extension instead of JSON.")
 @click.option(
-    "--batch-size", "-b", type=int, default=1, show_default=True, help="Samples per request."
+    "--batch-size",
+    "-b",
+    cls=DataclassOption,
+    default_from=f"{_CONFIG}.batch_size",
+    type=int,
+    help="Samples per request.",
 )
 @click.option(
     "--shape",
@@ -63,21 +82,25 @@ def _ms(value: float) -> str:
 )
 @click.option("--model-version", default="", help="Model version (default: the server's choice).")
 @click.option(
-    "--timeout", type=float, default=30.0, show_default=True, help="Give up on a request after."
+    "--timeout",
+    cls=DataclassOption,
+    default_from=f"{_CONFIG}.timeout",
+    type=float,
+    help="Give up on a request after this many seconds.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 def bench(
     model: str,
-    url: str,
-    concurrency: str,
-    duration: float,
-    warmup: float,
+    url: str | None,
+    concurrency: str | None,
+    duration: float | None,
+    warmup: float | None,
     binary: bool,
-    batch_size: int,
+    batch_size: int | None,
     shapes: tuple[str, ...],
     input_data: tuple[Path, ...],
     model_version: str,
-    timeout: float,
+    timeout: float | None,
     as_json: bool,
 ) -> None:
     """Measure throughput and latency of MODEL on a running server.
@@ -98,26 +121,28 @@ def bench(
     try:
         config = loadgen.LoadConfig(
             model=model,
-            url=url,
             version=model_version,
-            concurrency=_levels(concurrency),
-            duration=duration,
-            warmup=warmup,
             binary=binary,
-            batch_size=batch_size,
             shapes=loadgen.parse_shape_overrides(shapes),
-            timeout=timeout,
             input_data=input_data,
+            **given(
+                url=url,
+                concurrency=_levels(concurrency) if concurrency is not None else None,
+                duration=duration,
+                warmup=warmup,
+                batch_size=batch_size,
+                timeout=timeout,
+            ),
         )
-        loadgen.Endpoint.parse(url)  # a bad URL is a usage error, reported before any work
+        loadgen.Endpoint.parse(config.url)  # a bad URL is a usage error, reported before any work
     except ForwardpassError as exc:
         raise click.UsageError(exc.message) from exc
 
     console = make_console(stderr=as_json)
     if not as_json:
         console.print(
-            f"[bold]{model}[/] at {url}: {len(config.concurrency)} level(s), "
-            f"{warmup:g} s warm-up + {duration:g} s each, "
+            f"[bold]{model}[/] at {config.url}: {len(config.concurrency)} level(s), "
+            f"{config.warmup:g} s warm-up + {config.duration:g} s each, "
             f"{'binary' if binary else 'JSON'}"
         )
 
