@@ -30,6 +30,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -87,6 +88,8 @@ class LoadConfig:
     #: How long a single request may take before the run gives up on it (seconds).
     timeout: float = 30.0
     seed: int = 0
+    #: perf_analyzer-style real inputs (see :mod:`forwardpass.bench_inputs`); empty: synthesize.
+    input_data: tuple[Path, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.concurrency or any(c < 1 for c in self.concurrency):
@@ -163,6 +166,10 @@ class ModelInfo:
     inputs: tuple[TensorInfo, ...]
     outputs: tuple[TensorInfo, ...]
     max_batch_size: int
+    #: Client input name → (kind, declaration) of the model's declared processing.
+    processed: Mapping[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
+    #: The configuration as the server sent it (None without the extension).
+    config: Mapping[str, Any] | None = None
 
     @property
     def batches(self) -> bool:
@@ -193,7 +200,16 @@ class ModelInfo:
             # No configuration extension: a variable leading dim on every input is the best
             # evidence of a batch dimension there is.
             max_batch_size = 1 if all(t.shape[:1] == (-1,) for t in inputs) else 0
-        return cls(str(metadata.get("name", "")), inputs, tensors("outputs"), max_batch_size)
+        from forwardpass.bench_inputs import processed_kinds
+
+        return cls(
+            str(metadata.get("name", "")),
+            inputs,
+            tensors("outputs"),
+            max_batch_size,
+            processed_kinds(config),
+            config,
+        )
 
 
 def _input_shape(
@@ -221,8 +237,12 @@ def synthesize_inputs(
 ) -> dict[str, tuple[DataType, np.ndarray]]:
     """Valid random inputs for every model input: ``name → (datatype, array)``.
 
-    Floats are uniform in [0, 1), integers in [0, 10), booleans random, BYTES short strings.
+    Floats are uniform in [0, 1), integers in [0, 10), booleans random, BYTES short strings;
+    a BYTES input the model's processing reads as an image, text or audio gets a real encoded
+    picture (PNG), a sentence or a WAV clip (see :mod:`forwardpass.bench_inputs`).
     """
+    from forwardpass.bench_inputs import synthesize_processed
+
     shapes = shapes or {}
     unknown = set(shapes) - {t.name for t in info.inputs}
     if unknown:
@@ -235,8 +255,10 @@ def synthesize_inputs(
         datatype = DataType.parse(tensor.datatype)
         shape = _input_shape(tensor, info.batches, batch_size, shapes.get(tensor.name))
         if datatype is DataType.BYTES:
+            kind, item = info.processed.get(tensor.name, ("", {}))
+            element = synthesize_processed(kind, item, info.config, seed) or b"forwardpass"
             array = np.empty(shape, dtype=object)
-            array.reshape(-1)[:] = [b"forwardpass"] * math.prod(shape)
+            array.reshape(-1)[:] = [element] * math.prod(shape)
         elif datatype is DataType.BF16:
             array = bf16_from_float32(rng.random(shape, dtype=np.float32))
         elif datatype.is_float:
@@ -252,7 +274,7 @@ def synthesize_inputs(
 def _json_data(datatype: DataType, array: np.ndarray) -> list[Any]:
     flat = array.reshape(-1)
     if datatype is DataType.BYTES:
-        return [bytes(v).decode("utf-8", "replace") for v in flat]
+        return [bytes(v).decode("utf-8") for v in flat]
     if datatype is DataType.BF16:
         from forwardpass.datatypes import bf16_to_float32
 
@@ -295,7 +317,15 @@ def encode_infer_request(
             tensor["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:
-            tensor["data"] = _json_data(datatype, array)
+            try:
+                tensor["data"] = _json_data(datatype, array)
+            except UnicodeDecodeError:
+                # A JSON string holds text only; mangling the bytes would only measure the
+                # server's error path.
+                raise InvalidArgument(
+                    f"input {name} holds binary data (e.g. an encoded image), which a JSON "
+                    "request cannot carry: add --binary (the binary tensor extension)"
+                ) from None
         tensors.append(tensor)
     request: dict[str, Any] = {"inputs": tensors}
     if binary and outputs:
@@ -584,7 +614,8 @@ class _Tally:
 
 async def _worker(
     endpoint: Endpoint,
-    request: bytes,
+    requests: Sequence[bytes],
+    first: int,
     window_start: float,
     window_end: float,
     tally: _Tally,
@@ -593,8 +624,11 @@ async def _worker(
     conn: _Connection | None = None
     latencies = tally.latencies
     clock = _CLOCK
+    sent = first  # workers start on different steps of the input data, then take turns
     try:
         while True:
+            request = requests[sent % len(requests)]
+            sent += 1
             start = clock()
             if start >= window_end:
                 return
@@ -624,15 +658,15 @@ async def _worker(
 
 
 async def _run_level(
-    endpoint: Endpoint, request: bytes, concurrency: int, config: LoadConfig
+    endpoint: Endpoint, requests: Sequence[bytes], concurrency: int, config: LoadConfig
 ) -> LevelResult:
     # Workers connect during the warm-up, so the window never includes a handshake.
     window_start = _CLOCK() + config.warmup
     window_end = window_start + config.duration
     tally = _Tally()
     tasks = [
-        asyncio.create_task(_worker(endpoint, request, window_start, window_end, tally))
-        for _ in range(concurrency)
+        asyncio.create_task(_worker(endpoint, requests, i, window_start, window_end, tally))
+        for i in range(concurrency)
     ]
     done, pending = await asyncio.wait(
         tasks, timeout=config.warmup + config.duration + config.timeout
@@ -665,20 +699,39 @@ async def run_async(
     """Probe the model, then measure each concurrency level in turn."""
     endpoint = Endpoint.parse(config.url)
     info = await fetch_model_info(endpoint, config.model, config.version)
-    inputs = synthesize_inputs(info, config.shapes, config.batch_size, config.seed)
-    encoded = encode_infer_request(inputs, [t.name for t in info.outputs], config.binary)
-    path = endpoint.model_path(config.model, config.version) + "/infer"
-    # One request up front: a request the server rejects fails loudly here, with the
-    # server's own message, instead of producing a table of errors.
-    status, body = await _fetch(endpoint, "POST", path, encoded.body, encoded.headers)
-    if status != 200:
-        raise InvalidArgument(
-            f"the server rejected the synthesized request (HTTP {status}): {_error_message(body)}"
+    if config.input_data:
+        from forwardpass.bench_inputs import read_input_data
+
+        if config.batch_size != 1 and not info.batches:
+            raise InvalidArgument(f"model {info.name!r} does not batch; use batch size 1")
+        steps = read_input_data(
+            config.input_data,
+            [(t.name, t.datatype, t.shape[1:] if info.batches else t.shape) for t in info.inputs],
+            batching=info.batches,
+            batch_size=config.batch_size,
         )
-    request = _http_request("POST", path, endpoint, encoded.body, encoded.headers)
+        what = "request from --input-data"
+    else:
+        steps = [synthesize_inputs(info, config.shapes, config.batch_size, config.seed)]
+        what = "synthesized request"
+    inputs = steps[0]
+    path = endpoint.model_path(config.model, config.version) + "/infer"
+    requests, sizes = [], []
+    for i, step in enumerate(steps):
+        encoded = encode_infer_request(step, [t.name for t in info.outputs], config.binary)
+        # Each request once up front: one the server rejects fails loudly here, with the
+        # server's own message, instead of producing a table of errors.
+        status, body = await _fetch(endpoint, "POST", path, encoded.body, encoded.headers)
+        if status != 200:
+            step_name = f" (step {i})" if len(steps) > 1 else ""
+            raise InvalidArgument(
+                f"the server rejected the {what}{step_name} (HTTP {status}): {_error_message(body)}"
+            )
+        requests.append(_http_request("POST", path, endpoint, encoded.body, encoded.headers))
+        sizes.append(len(encoded.body))
     results: list[LevelResult] = []
     for concurrency in config.concurrency:
-        result = await _run_level(endpoint, request, concurrency, config)
+        result = await _run_level(endpoint, requests, concurrency, config)
         results.append(result)
         if on_level is not None:
             on_level(result)
@@ -688,7 +741,7 @@ async def run_async(
         encoding="binary" if config.binary else "json",
         batch_size=config.batch_size,
         input_shapes={name: list(array.shape) for name, (_, array) in inputs.items()},
-        request_bytes=len(encoded.body),
+        request_bytes=round(sum(sizes) / len(sizes)),
         event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
         results=tuple(results),
     )

@@ -228,3 +228,45 @@ batch_output [
 ]
 dynamic_batching { preferred_batch_size: [ 5 ] max_queue_delay_microseconds: 5000000 }
 """
+TEXT_WORDS = "the quick brown fox jumps over lazy dog near quiet river bank".split()
+
+
+def write_text_model(root: Path, name: str = "words") -> Path:
+    """A model with declared text processing (a word-level tokenizer built here).
+
+    score[n] = mean token id of row n: a stand-in for a text model, with input_ids and
+    attention_mask inputs as Hugging Face exports have.
+    """
+    import json
+
+    from onnx import TensorProto, helper
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    ids = [helper.make_tensor_value_info(n, TensorProto.INT64, ["n", "t"])
+           for n in ("input_ids", "attention_mask")]  # fmt: skip
+    graph = helper.make_graph(
+        [
+            helper.make_node("Cast", ["input_ids"], ["ids"], to=TensorProto.FLOAT),
+            helper.make_node("Cast", ["attention_mask"], ["mask"], to=TensorProto.FLOAT),
+            helper.make_node("Mul", ["ids", "mask"], ["kept"]),
+            helper.make_node("ReduceMean", ["kept"], ["score"], axes=[1], keepdims=1),
+        ],
+        "text",
+        ids,
+        [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["n", 1])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    processing = json.dumps(json.dumps({"inputs": [{"name": "text", "kind": "text"}]}))
+    config = (
+        f'name: "{name}"\nbackend: "onnxruntime"\nmax_batch_size: 8\n'
+        'input [ { name: "input_ids" data_type: TYPE_INT64 dims: [ -1 ] },\n'
+        '        { name: "attention_mask" data_type: TYPE_INT64 dims: [ -1 ] } ]\n'
+        'output [ { name: "score" data_type: TYPE_FP32 dims: [ 1 ] } ]\n'
+        f'parameters {{ key: "processing" value: {{ string_value: {processing} }} }}\n'
+    )
+    folder = write_model(root, name, config=config, model=model)
+    vocab = {"[PAD]": 0, "[UNK]": 1, **{w: i + 2 for i, w in enumerate(TEXT_WORDS)}}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.save(str(folder / "tokenizer.json"))
+    return folder

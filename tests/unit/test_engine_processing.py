@@ -284,3 +284,27 @@ parameters {{ key: "processing" value: {{ string_value: {json.dumps(json.dumps(d
         assert entry["state"] == "UNAVAILABLE" and "x@geometry" in entry["reason"]
 
     run_with_engine(tmp_path, body)
+
+
+def test_undecodable_images_are_explained_without_python_reprs(repo: Path) -> None:
+    import base64
+
+    async def body(engine: Engine) -> None:
+        async def message(blob: bytes) -> str:
+            request = InferRequest(model_name="colours", inputs=[photo(blob)])
+            with pytest.raises(InvalidArgument) as caught:
+                await engine.infer(request)
+            assert "object at 0x" not in caught.value.message and "<_io" not in caught.value.message
+            return caught.value.message
+
+        # A JSON BYTES string holding base64 arrives as the base64 text's bytes.
+        hint = await message(base64.b64encode(png((250, 10, 10))))
+        assert "base64 text of a PNG image" in hint and "binary tensor" in hint
+        url = await message(b"data:image/jpeg;base64," + base64.b64encode(b"\xff\xd8\xff\xe0junk"))
+        assert "data: URL (base64 text) of a JPEG image" in url
+        garbage = await message(b"hello, world")
+        assert "12 bytes that are not an image" in garbage and "68 65 6c 6c" in garbage
+        truncated = await message(png((0, 0, 255))[:40])
+        assert "a PNG image of 40 bytes that cannot be decoded" in truncated
+
+    run_with_engine(repo, body)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import click
+
+from forwardpass.cli.options import DataclassOption, given
 
 __all__ = ["bench"]
 
@@ -23,25 +26,42 @@ def _ms(value: float) -> str:
     return "-" if math.isnan(value) else f"{value:.2f}"
 
 
+_CONFIG = "forwardpass.loadgen:LoadConfig"
+
+
 @click.command("bench")
 @click.argument("model")
-@click.option("--url", default="http://127.0.0.1:8000", show_default=True, help="Server URL.")
+@click.option("--url", cls=DataclassOption, default_from=f"{_CONFIG}.url", help="Server URL.")
 @click.option(
     "--concurrency",
     "-c",
-    default="1,8,32",
-    show_default=True,
+    cls=DataclassOption,
+    default_from=f"{_CONFIG}.concurrency",
     help="Comma-separated numbers of concurrent clients, measured one after another.",
 )
 @click.option(
-    "--duration", "-d", type=float, default=5.0, show_default=True, help="Seconds per level."
+    "--duration",
+    "-d",
+    cls=DataclassOption,
+    default_from=f"{_CONFIG}.duration",
+    type=float,
+    help="Seconds per level.",
 )
 @click.option(
-    "--warmup", type=float, default=1.0, show_default=True, help="Unmeasured seconds per level."
+    "--warmup",
+    cls=DataclassOption,
+    default_from=f"{_CONFIG}.warmup",
+    type=float,
+    help="Unmeasured seconds per level.",
 )
 @click.option("--binary", is_flag=True, help="Use the binary tensor extension instead of JSON.")
 @click.option(
-    "--batch-size", "-b", type=int, default=1, show_default=True, help="Samples per request."
+    "--batch-size",
+    "-b",
+    cls=DataclassOption,
+    default_from=f"{_CONFIG}.batch_size",
+    type=int,
+    help="Samples per request.",
 )
 @click.option(
     "--shape",
@@ -50,59 +70,79 @@ def _ms(value: float) -> str:
     metavar="NAME:D1,D2",
     help="Shape (without the batch dim) for an input with variable dims; repeatable.",
 )
+@click.option(
+    "--input-data",
+    "input_data",
+    multiple=True,
+    type=click.Path(exists=True, path_type=Path),
+    help="Real inputs instead of synthesized ones: a perf_analyzer JSON file "
+    '({"data": [{"INPUT": [...] | {"content": [...], "shape": [...]} | {"b64": "..."}}]}), '
+    "a folder with one raw file per input named after it, or image/text files (a folder of "
+    "them) for a model with one BYTES input. Repeatable; requests take the samples in turn.",
+)
 @click.option("--model-version", default="", help="Model version (default: the server's choice).")
 @click.option(
-    "--timeout", type=float, default=30.0, show_default=True, help="Give up on a request after."
+    "--timeout",
+    cls=DataclassOption,
+    default_from=f"{_CONFIG}.timeout",
+    type=float,
+    help="Give up on a request after this many seconds.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 def bench(
     model: str,
-    url: str,
-    concurrency: str,
-    duration: float,
-    warmup: float,
+    url: str | None,
+    concurrency: str | None,
+    duration: float | None,
+    warmup: float | None,
     binary: bool,
-    batch_size: int,
+    batch_size: int | None,
     shapes: tuple[str, ...],
+    input_data: tuple[Path, ...],
     model_version: str,
-    timeout: float,
+    timeout: float | None,
     as_json: bool,
 ) -> None:
     """Measure throughput and latency of MODEL on a running server.
 
     Each of C workers sends a request, waits for the answer and sends the next, for
-    --duration seconds after --warmup, at each concurrency level. Inputs are synthesized
-    from the model's metadata. Exits with status 1 if any request failed.
+    --duration seconds after --warmup, at each concurrency level. Inputs come from
+    --input-data, else are synthesized from the model's metadata (a real PNG, sentence or WAV
+    for inputs its processing reads as images, text or audio). Exits with status 1 if any
+    request failed.
     """
     import orjson
-    from rich.console import Console
-    from rich.table import Table
 
     from forwardpass import loadgen
+    from forwardpass.cli.console import console as make_console
+    from forwardpass.cli.console import show
     from forwardpass.errors import ForwardpassError
 
     try:
         config = loadgen.LoadConfig(
             model=model,
-            url=url,
             version=model_version,
-            concurrency=_levels(concurrency),
-            duration=duration,
-            warmup=warmup,
             binary=binary,
-            batch_size=batch_size,
             shapes=loadgen.parse_shape_overrides(shapes),
-            timeout=timeout,
+            input_data=input_data,
+            **given(
+                url=url,
+                concurrency=_levels(concurrency) if concurrency is not None else None,
+                duration=duration,
+                warmup=warmup,
+                batch_size=batch_size,
+                timeout=timeout,
+            ),
         )
-        loadgen.Endpoint.parse(url)  # a bad URL is a usage error, reported before any work
+        loadgen.Endpoint.parse(config.url)  # a bad URL is a usage error, reported before any work
     except ForwardpassError as exc:
         raise click.UsageError(exc.message) from exc
 
-    console = Console(stderr=as_json)
+    console = make_console(stderr=as_json)
     if not as_json:
         console.print(
-            f"[bold]{model}[/] at {url}: {len(config.concurrency)} level(s), "
-            f"{warmup:g} s warm-up + {duration:g} s each, "
+            f"[bold]{model}[/] at {config.url}: {len(config.concurrency)} level(s), "
+            f"{config.warmup:g} s warm-up + {config.duration:g} s each, "
             f"{'binary' if binary else 'JSON'}"
         )
 
@@ -122,11 +162,14 @@ def bench(
     if as_json:
         click.echo(orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2).decode())
     else:
+        from rich.table import Table
+
         table = Table(
+            title_justify="left",
             title=(
                 f"{model} · {report.encoding} · batch {report.batch_size} · "
                 f"{report.request_bytes} B/request · {report.event_loop}"
-            )
+            ),
         )
         table.add_column("conc.", justify="right")
         table.add_column("infer/s", justify="right")
@@ -147,7 +190,7 @@ def bench(
                 f"{r.requests:,}",
                 f"[red]{r.errors}[/]" if r.errors else "0",
             )
-        console.print(table)
+        show(console, table)
     for r in report.results:
         if r.first_error:
             click.echo(f"concurrency {r.concurrency}: first error: {r.first_error}", err=True)

@@ -10,12 +10,9 @@ from typing import Any
 
 import click
 
-__all__ = ["DEFAULT_REPOSITORY", "import_"]
+__all__ = ["import_"]
 
 FRAMEWORKS = ("onnx", "sklearn", "torch", "huggingface")
-#: Where imports go without --model-repository or FORWARDPASS_MODEL_REPOSITORY: never the
-#: repository embedded in the package.
-DEFAULT_REPOSITORY = Path("model_repository")
 
 #: Options that only one framework reads, so a misplaced one is an error, not ignored.
 _FRAMEWORK_OPTIONS = {
@@ -27,16 +24,6 @@ _FRAMEWORK_OPTIONS = {
     "pooling": ("--pooling", "huggingface"),
     "no_normalize": ("--no-normalize", "huggingface"),
 }
-
-
-def _repository(flag: Path | None) -> Path:
-    from forwardpass.config import DEFAULT_REPOSITORY as EMBEDDED
-    from forwardpass.config import ServerConfig
-
-    if flag is not None:
-        return flag
-    configured = ServerConfig.from_env().model_repository
-    return DEFAULT_REPOSITORY if configured == EMBEDDED else configured
 
 
 def _check_options(framework: str, options: dict[str, Any]) -> None:
@@ -121,24 +108,29 @@ def _run(framework: str, source: str, repository: Path, o: dict[str, Any]) -> An
 
 
 def _report(result: Any, repository: Path) -> None:
-    from rich.console import Console
     from rich.markup import escape
-    from rich.table import Table
 
-    console = Console()
+    from forwardpass.cli.console import console as make_console
+    from forwardpass.cli.console import show, table
+
+    console = make_console()
     entry, check = result.entry, result.verification
     console.print(
         f"[bold green]imported[/] {escape(entry.name)} version {entry.version} "
         f"({result.framework}) into {escape(str(repository))}",
         soft_wrap=True,
     )
-    table = Table(title=f"Export vs original on {check.samples} sample row(s)")
-    for column in ("output", "shape", "max |diff|", f"atol {check.atol:g}"):
-        table.add_column(column)
+    grid = table(
+        "output",
+        "shape",
+        "max |diff|",
+        f"atol {check.atol:g}",
+        title=f"Export vs original on {check.samples} sample row(s)",
+    )
     for out in check.outputs:
         diff = f"{out.max_abs_diff:.3g}" + (" mismatched" if out.exact else "")
-        table.add_row(escape(out.name), str(list(out.shape)), diff, "ok" if out.ok else "FAIL")
-    console.print(table)
+        grid.add_row(escape(out.name), str(list(out.shape)), diff, "ok" if out.ok else "FAIL")
+    show(console, grid)
     for path in entry.written:
         console.print(f"  wrote {escape(str(path))}", soft_wrap=True)
     for path in entry.kept:
@@ -164,7 +156,7 @@ def _report(result: Any, repository: Path) -> None:
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
     help="Repository to write into (default: $FORWARDPASS_MODEL_REPOSITORY, else "
-    "./model_repository, created if missing).",
+    "./model_repository, created if missing; never inside the installed package).",
 )
 @click.option(
     "--version",
@@ -249,10 +241,11 @@ def import_(framework: str, source: str, **options: Any) -> None:
     file or module.py:factory, or a local Hugging Face folder. The export runs beside the
     original on sample inputs; beyond tolerance the import fails and writes nothing.
     """
+    from forwardpass.cli.options import writable_repository
     from forwardpass.errors import ForwardpassError
 
     _check_options(framework, options)
-    repository = _repository(options.pop("model_repository"))
+    repository = writable_repository(options.pop("model_repository"))
     try:
         result = _run(framework, source, repository, options)
     except ForwardpassError as exc:

@@ -166,11 +166,12 @@ def inspect(file: Path, as_json: bool) -> None:
         click.echo(orjson.dumps(info, option=orjson.OPT_INDENT_2).decode())
         return
 
-    from rich.console import Console
     from rich.markup import escape
-    from rich.table import Table
 
-    console = Console()
+    from forwardpass.cli.console import console as make_console
+    from forwardpass.cli.console import show, table
+
+    console = make_console()
     opsets = ", ".join(f"{d} {v}" for d, v in info["opsets"].items())
     console.print(f"[bold]{escape(info['file'])}[/]  {_size_text(info['file_bytes'])}")
     console.print(
@@ -184,16 +185,13 @@ def inspect(file: Path, as_json: bool) -> None:
     )
     if info["doc_string"]:
         console.print(escape(info["doc_string"]), style="dim")
-    io = Table(title="Tensors")
-    for column in ("", "name", "datatype", "shape"):
-        io.add_column(column)
+    io = table("", "name", "datatype", "shape", title="Tensors")
     for role in ("inputs", "outputs"):
         for t in info[role]:
             io.add_row(role[:-1], escape(t["name"]), t["datatype"], escape(_shape_text(t["shape"])))
-    console.print(io)
-    ops = Table(title="Operators")
-    ops.add_column("op type")
+    show(console, io)
+    ops = table("op type", title="Operators")
     ops.add_column("count", justify="right")
     for op, count in info["op_types"].items():
         ops.add_row(escape(op), str(count))
-    console.print(ops)
+    show(console, ops)

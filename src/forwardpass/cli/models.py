@@ -21,8 +21,9 @@ __all__ = ["models"]
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 def models(model_repository: Path | None, url: str | None, as_json: bool) -> None:
     """List the models of a repository with their versions and state."""
-    from rich.console import Console
-    from rich.table import Table
+    from rich.markup import escape
+
+    from forwardpass.cli.console import console, show, table
 
     rows: list[dict[str, str]] = []
     if url:
@@ -95,9 +96,8 @@ def models(model_repository: Path | None, url: str | None, as_json: bool) -> Non
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    table = Table()
-    for column in ("name", "versions", "state", "detail"):
-        table.add_column(column)
+    grid = table("name", "versions", "state", "detail")
+    grid.columns[0].no_wrap = True
     for row in rows:
-        table.add_row(row["name"], row["versions"], row["state"], row["detail"])
-    Console().print(table)
+        grid.add_row(*(escape(row[k]) for k in ("name", "versions", "state", "detail")))
+    show(console(), grid)

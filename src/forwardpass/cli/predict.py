@@ -163,9 +163,10 @@ def predict(
     model: str, inputs: tuple[Path, ...], model_repository: Path | None, top_k: int, as_json: bool
 ) -> None:
     """Run MODEL on INPUTS (images, text files, .npy arrays or JSON) without a server."""
-    from rich.console import Console
-    from rich.table import Table
+    from rich.markup import escape
 
+    from forwardpass.cli.console import console as make_console
+    from forwardpass.cli.console import show, table
     from forwardpass.config import ServerConfig
     from forwardpass.engine import Engine
     from forwardpass.errors import ForwardpassError
@@ -210,17 +211,16 @@ def predict(
     if as_json:
         click.echo(json.dumps({str(p): r for p, r in results}, indent=2))
         return
-    console = Console()
+    console = make_console()
     for path, result in results:
         for name, value in result.items():
             if isinstance(value, list):
-                table = Table(title=f"{path.name} → {name}", title_justify="left")
-                table.add_column("label")
-                table.add_column("score", justify="right")
+                grid = table("label", title=f"{path.name} → {name}")
+                grid.add_column("score", justify="right")
                 rows = value if value and isinstance(value[0], dict) else value[0]
                 for item in rows:
-                    table.add_row(item["label"], f"{item['score']:.4f}")
-                console.print(table)
+                    grid.add_row(escape(str(item["label"])), f"{item['score']:.4f}")
+                show(console, grid)
             elif math.prod(value["shape"]) > 32:
                 # A long vector (1000 probabilities, an embedding) says little in a terminal.
                 console.print(

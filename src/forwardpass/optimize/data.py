@@ -8,7 +8,10 @@ the batch axis for a batching model):
 - an ``.npy`` file, for a model with one input;
 - a folder of ``.npz`` / ``.npy`` files (read in name order, each one sample or a batch of
   them), or of image files: an image is fed through the model's declared ``processing`` when
-  it has an image input, else decoded to the input's shape as ``forwardpass predict`` does.
+  it has an image input, else decoded to the input's shape as ``forwardpass predict`` does;
+- a ``.txt`` file of sentences, one per line, for a model whose declared ``processing`` has a
+  text input: the sentences go through that processing (its tokenizer), all at once, so they
+  are padded to one length as a batch of them would be when served.
 
 Without any of these, :func:`synthesize` makes random inputs of the right shapes; they serve
 for latency only, and the report says "no accuracy data: agreement on random inputs".
@@ -170,6 +173,45 @@ def _read_images(
     return {k: np.concatenate([d[k] for d in per_file]) for k in per_file[0]}
 
 
+def _read_texts(
+    config: ModelConfig,
+    model_dir: Path,
+    labels: Mapping[str, Sequence[str]],
+    path: Path,
+    limit: int | None,
+) -> dict[str, np.ndarray]:
+    from forwardpass.processing.spec import build_processing
+    from forwardpass.processing.text import TextInput
+
+    processing = build_processing(config, model_dir, labels)
+    if not any(isinstance(p, TextInput) for p in processing.inputs):
+        raise InvalidArgument(
+            f"{path}: a text file of sentences fits a model whose processing declares a text "
+            f"input; {config.name!r} declares none (give .npz/.npy arrays of its inputs)"
+        )
+    if len(processing.client_inputs) != 1:
+        raise InvalidArgument(
+            f"{path}: sentences can feed a model whose only raw input is a text; this one takes "
+            f"{[s.name for s in processing.client_inputs]}"
+        )
+    if not config.batching:
+        raise InvalidArgument(
+            f"{path}: {config.name!r} does not batch, so sentences of different lengths cannot "
+            "be stacked; give .npz files of its inputs instead"
+        )
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidArgument(f"cannot read {path} as UTF-8 text: {exc}") from None
+    lines = [line.strip() for line in text.splitlines() if line.strip()][:limit]
+    if not lines:
+        raise InvalidArgument(f"{path} holds no sentences (one per line)")
+    blobs = np.empty((len(lines), 1), dtype=object)
+    blobs[:, 0] = [line.encode() for line in lines]
+    prepared = processing.preprocess({processing.client_inputs[0].name: blobs})
+    return {s.name: prepared[s.name] for s in config.inputs if s.name in prepared}
+
+
 def load_samples(
     path: Path,
     config: ModelConfig,
@@ -189,6 +231,8 @@ def load_samples(
     elif path.is_file() and path.suffix == ".npy":
         spec = _single_input(config, where)
         arrays = {spec.name: _conform(spec, np.load(path, allow_pickle=False), True, where)}
+    elif path.is_file() and path.suffix.lower() == ".txt":
+        arrays = _read_texts(config, model_dir or path.parent, labels or {}, path, limit)
     elif path.is_dir():
         files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
         kinds = {p.suffix.lower() for p in files}
@@ -213,7 +257,9 @@ def load_samples(
     elif not path.exists():
         raise InvalidArgument(f"{where} does not exist")
     else:
-        raise InvalidArgument(f"{where}: expected an .npz, an .npy, or a folder of them/images")
+        raise InvalidArgument(
+            f"{where}: expected an .npz, an .npy, a .txt of sentences, or a folder of them/images"
+        )
     samples = Samples(arrays, source=where, real=True, labels=found_labels)
     if limit is not None and len(samples) > limit:
         samples = samples.take(np.arange(limit))

@@ -227,7 +227,7 @@ def distill(options: DistillOptions) -> DistillResult:
     )
     from forwardpass.optimize.data import load_labels, load_samples
     from forwardpass.optimize.feedforward import count_flops
-    from forwardpass.optimize.measure import measure
+    from forwardpass.optimize.measure import measure_all
     from forwardpass.optimize.pruning import run_onnx
     from forwardpass.optimize.report import Report, report_files, save_report
     from forwardpass.optimize.selection import Selection
@@ -297,17 +297,23 @@ def distill(options: DistillOptions) -> DistillResult:
             result.accuracy = evaluate(
                 reference, outputs, primary=out_name, task=task, labels=held.labels
             )
-            result.performance = measure(
-                file,
-                {in_name: xv},
-                ["CPUExecutionProvider"],
-                settings,
-                batching=True,
-                max_batch=config.max_batch_size,
-            )
             result.size_bytes = file.stat().st_size
             result.parameters = count_parameters(file)
             results.append(result)
+        # Teacher and student timed in interleaved rounds (see measure.py).
+        performances = measure_all(
+            {r.name: r.path for r in results if r.path is not None},
+            {in_name: xv},
+            ["CPUExecutionProvider"],
+            settings,
+            batching=True,
+            max_batch=config.max_batch_size,
+        )
+        for result in results:
+            performance = performances[result.name]
+            if isinstance(performance, Exception):
+                raise performance
+            result.performance = performance
         teacher, pupil = results
         assert pupil.accuracy is not None and teacher.parameters and pupil.parameters
         flops = (count_flops(teacher_model).flops, count_flops(onnx.load(str(path))).flops)

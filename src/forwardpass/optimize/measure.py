@@ -8,6 +8,13 @@ colour the next one's numbers, and peak memory is the process's own high-water m
 
 Latency is measured with one intra-op thread unless told otherwise, since that is what a
 served model instance gets by default and the figure least disturbed by other load.
+
+Sub-millisecond timings drift with whatever else the machine does, so one measurement per
+candidate decides by luck. :func:`measure_all` measures the candidates interleaved, in
+``rounds`` (original, candidate 1, candidate 2, …, original, candidate 1, …), each round with a
+share of the iterations and time: a drift then touches every candidate alike, each candidate's
+batch-1 p50 of every round is kept (``rounds_p50_ms``), and the selection compares a candidate
+with the original round by round and against the original's own spread between rounds.
 """
 
 from __future__ import annotations
@@ -18,14 +25,21 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["MeasureSettings", "Performance", "measure", "open_session", "run_spec"]
+__all__ = [
+    "MeasureSettings",
+    "Performance",
+    "measure",
+    "measure_all",
+    "open_session",
+    "run_spec",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +53,20 @@ class MeasureSettings:
     max_seconds: float = 3.0
     batch_sizes: tuple[int, ...] = (1, 8, 32)
     isolate: bool = True
+    #: Interleaved rounds over all candidates; ``iterations`` and ``max_seconds`` are shared
+    #: out between them.
+    rounds: int = 3
+
+    def per_round(self) -> MeasureSettings:
+        """The settings of one round (at least 5 timed runs each)."""
+        from dataclasses import replace
+
+        return replace(
+            self,
+            iterations=max(5, -(-self.iterations // self.rounds)),
+            max_seconds=self.max_seconds / self.rounds,
+            rounds=1,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,9 +84,18 @@ class Performance:
     memory_kind: str
     #: Per batch size: p50, p99 (ms) and samples/s.
     by_batch: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    #: Batch-1 p50 of each interleaved round (``p50_ms`` is their median).
+    rounds_p50_ms: tuple[float, ...] = ()
+
+    @property
+    def spread(self) -> float | None:
+        """(slowest − fastest round) / median: this candidate's own noise; None for 1 round."""
+        if len(self.rounds_p50_ms) < 2 or self.p50_ms <= 0:
+            return None
+        return (max(self.rounds_p50_ms) - min(self.rounds_p50_ms)) / self.p50_ms
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "rounds_p50_ms": list(self.rounds_p50_ms), "spread": self.spread}
 
 
 def open_session(path: Path, providers: Sequence[str], threads: int) -> Any:
@@ -143,18 +180,17 @@ def _run(
     }
 
 
-def measure(
+def _one(
     path: Path,
     inputs: Mapping[str, np.ndarray],
     providers: Sequence[str],
     settings: MeasureSettings,
-    *,
     batching: bool,
     max_batch: int,
-) -> Performance:
-    """Measure ``path`` on ``inputs`` (a leading sample axis; tiled to each batch size)."""
+) -> dict[str, Any]:
+    """One round of one file: in this process, or in a fresh one when ``settings.isolate``."""
     if not settings.isolate:
-        return Performance(**_run(path, inputs, providers, settings, batching, max_batch))
+        return _run(path, inputs, providers, settings, batching, max_batch)
     with tempfile.TemporaryDirectory(prefix="forwardpass-measure-") as tmp:
         data = Path(tmp) / "inputs.npz"
         np.savez(data, **{k: np.asarray(v) for k, v in inputs.items()})  # type: ignore[arg-type]
@@ -178,7 +214,83 @@ def measure(
     if done.returncode != 0:
         tail = done.stderr.strip().splitlines()[-1:] or [f"exit status {done.returncode}"]
         raise RuntimeError(f"measuring process failed: {tail[0]}")
-    return Performance(**json.loads(done.stdout.strip().splitlines()[-1]))
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def _combine(rounds: Sequence[Mapping[str, Any]]) -> Performance:
+    """The rounds of one candidate as one :class:`Performance` (medians; memory: the peak)."""
+    median = lambda values: float(np.median(values))  # noqa: E731
+    by_batch = {
+        size: {
+            key: median([r["by_batch"][size][key] for r in rounds])
+            for key in rounds[0]["by_batch"][size]
+        }
+        for size in rounds[0]["by_batch"]
+    }
+    best = max(by_batch, key=lambda b: by_batch[b]["throughput"])
+    return Performance(
+        p50_ms=by_batch["1"]["p50_ms"],
+        p99_ms=by_batch["1"]["p99_ms"],
+        best_batch=int(best),
+        best_p50_ms=by_batch[best]["p50_ms"],
+        best_p99_ms=by_batch[best]["p99_ms"],
+        throughput=by_batch[best]["throughput"],
+        peak_memory_mb=max(r["peak_memory_mb"] for r in rounds),
+        memory_kind=rounds[0]["memory_kind"],
+        by_batch=by_batch,
+        rounds_p50_ms=tuple(r["p50_ms"] for r in rounds),
+    )
+
+
+def measure_all(
+    paths: Mapping[str, Path],
+    inputs: Mapping[str, np.ndarray],
+    providers: Sequence[str],
+    settings: MeasureSettings,
+    *,
+    batching: bool,
+    max_batch: int,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> dict[str, Performance | Exception]:
+    """Measure every file of ``paths`` in interleaved rounds (see the module docstring).
+
+    A file that fails to run is dropped from the later rounds; its entry is the exception.
+    """
+    per_round = settings.per_round()
+    results: dict[str, list[dict[str, Any]]] = {name: [] for name in paths}
+    failed: dict[str, Exception] = {}
+    total, done = settings.rounds * len(paths), 0
+    for round_ in range(settings.rounds):
+        for name, path in paths.items():
+            done += 1
+            if name in failed:
+                continue
+            if progress is not None:
+                progress(done - 1, total, f"measuring {name} (round {round_ + 1})")
+            try:
+                results[name].append(_one(path, inputs, providers, per_round, batching, max_batch))
+            except Exception as exc:  # one candidate's failure must not stop the others
+                failed[name] = exc
+    return {name: failed.get(name) or _combine(results[name]) for name in paths}
+
+
+def measure(
+    path: Path,
+    inputs: Mapping[str, np.ndarray],
+    providers: Sequence[str],
+    settings: MeasureSettings,
+    *,
+    batching: bool,
+    max_batch: int,
+) -> Performance:
+    """Measure ``path`` on ``inputs`` (a leading sample axis; tiled to each batch size)."""
+    result = measure_all(
+        {"model": path}, inputs, providers, settings, batching=batching, max_batch=max_batch
+    )["model"]
+    if isinstance(result, Exception):
+        raise result
+    return result
 
 
 def run_spec(spec_path: str) -> None:

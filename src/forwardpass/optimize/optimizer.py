@@ -40,7 +40,7 @@ from forwardpass.optimize.data import (
     load_samples,
     synthesize,
 )
-from forwardpass.optimize.measure import MeasureSettings, measure, open_session
+from forwardpass.optimize.measure import MeasureSettings, measure_all, open_session
 from forwardpass.optimize.methods import BuildContext, MethodSkipped, resolve_methods
 from forwardpass.optimize.report import Report, report_files, save_report
 from forwardpass.optimize.selection import select
@@ -263,15 +263,6 @@ def optimize(options: OptimizeOptions, progress: ProgressCallback | None = None)
                     labels=data.evaluation.labels,
                     real_inputs=data.evaluation.real,
                 )
-                say(i, total, f"measuring {result.name}")
-                result.performance = measure(
-                    result.path,
-                    data.evaluation.arrays,
-                    plan.providers,
-                    settings,
-                    batching=config.batching,
-                    max_batch=max_batch,
-                )
                 result.size_bytes = result.path.stat().st_size
                 result.parameters = count_parameters(result.path)
             except MethodSkipped as exc:
@@ -282,6 +273,26 @@ def optimize(options: OptimizeOptions, progress: ProgressCallback | None = None)
                 log.debug("candidate %s failed", result.name, exc_info=True)
                 result.status, result.reason = "failed", _first_line(exc)
             say(i + 1, total, f"{result.name}: {result.status}")
+
+        # Timed last, all together and interleaved, so a drift of the machine touches every
+        # candidate alike (see measure.py).
+        timed = {r.name: r for r in results if r.status == "measured" and r.path is not None}
+        performances = measure_all(
+            {name: r.path for name, r in timed.items() if r.path is not None},
+            data.evaluation.arrays,
+            plan.providers,
+            settings,
+            batching=config.batching,
+            max_batch=max_batch,
+            progress=say,
+        )
+        for name, performance in performances.items():
+            if isinstance(performance, Exception):
+                if timed[name].method == ORIGINAL:
+                    raise performance
+                timed[name].status, timed[name].reason = "failed", _first_line(performance)
+            else:
+                timed[name].performance = performance
 
         selection = select(
             results,

@@ -3,8 +3,8 @@
 The JSON (``optimization.json`` in the new version's folder) is the record: every candidate
 with its size, parameters, latency, throughput, memory and accuracy, the selection and why, and
 ``optimized_from``/``method`` for the repository to show. The HTML page holds the same table and
-an inline SVG scatter of accuracy against latency; a PNG of the same chart is written only when
-matplotlib is importable.
+an inline SVG chart (a bar of latency per candidate, its accuracy beside it); a PNG of the same
+chart is written only when matplotlib is importable.
 """
 
 from __future__ import annotations
@@ -62,6 +62,28 @@ class Report:
             "versions": dict(self.versions),
         }
 
+    def headline(self) -> str:
+        """One sentence on what was chosen and why (about the chosen candidate only)."""
+        reason = self.selection.reason
+        return reason[:1].upper() + reason[1:] + "."
+
+    def notes(self) -> list[str]:
+        """The lines printed under the table: data caveats, noise, the excluded candidates."""
+        lines = [str(self.data["note"])] if self.data.get("note") else []
+        if self.selection.noise is not None:
+            lines.append(
+                f"Latency noise between rounds: ±{self.selection.noise:.1%}; a smaller gain "
+                "is not promoted."
+            )
+        if self.selection.over_budget:
+            lines.append(
+                "Over the accuracy budget, never promoted: "
+                + ", ".join(self.selection.over_budget)
+                + "."
+            )
+        lines += [f"{c.name} {c.status}: {c.reason}" for c in self.candidates if not c.measured]
+        return lines
+
     def to_json(self) -> bytes:
         return (json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n").encode()
 
@@ -94,19 +116,43 @@ def _row(c: CandidateResult, chosen: str) -> dict[str, str]:
     }
 
 
+def _compact_row(c: CandidateResult, chosen: str) -> dict[str, str]:
+    """The columns that fit a terminal of 80 columns (the JSON and HTML hold them all)."""
+    p, a = c.performance, c.accuracy
+    state = c.status if c.status != "measured" else _row(c, chosen)["state"]
+    return {
+        "candidate": c.name,
+        "KiB": "—" if c.size_bytes is None else f"{c.size_bytes / 1024:,.1f}",
+        "p50 ms": "—" if p is None else f"{p.p50_ms:.3f}",
+        "p99 ms": "—" if p is None else f"{p.p99_ms:.3f}",
+        "best/s": "—" if p is None else f"{p.throughput:,.0f}",
+        "accuracy": "—" if a is None else f"{a.value:.4f}",
+        "drop": _fmt(a.drop if a else None, "+.4f"),
+        "state": state,
+    }
+
+
 def report_table(report: Report) -> Any:
-    """A rich :class:`~rich.table.Table` of the candidates."""
+    """A rich :class:`~rich.table.Table` of the candidates, narrow enough for 80 columns.
+
+    Latencies are batch 1; best/s is the throughput at the best batch size; skipped and failed
+    candidates' reasons are in :meth:`Report.notes`.
+    """
     from rich.table import Table
 
-    rows = [_row(c, report.selection.chosen) for c in report.candidates]
-    basis = next((c.accuracy.basis for c in report.candidates if c.accuracy), "—")
+    rows = [_compact_row(c, report.selection.chosen) for c in report.candidates]
+    accuracy = next((c.accuracy for c in report.candidates if c.accuracy), None)
+    basis = f"{accuracy.metric}, {accuracy.basis}" if accuracy else "not measured"
     table = Table(
-        title=f"{report.model} v{report.optimized_from} → target {report.target}"
-        f" (accuracy: {basis}, budget {report.max_accuracy_drop})"
+        title=f"{report.model} v{report.optimized_from} → target {report.target}; "
+        f"accuracy: {basis}; budget {report.max_accuracy_drop}",
+        title_justify="left",
     )
     for column in rows[0]:
         table.add_column(
-            column, overflow="fold", justify="left" if column in ("candidate", "state") else "right"
+            column,
+            no_wrap=column == "candidate",
+            justify="left" if column in ("candidate", "state") else "right",
         )
     for row, c in zip(rows, report.candidates, strict=True):
         style = (
@@ -134,49 +180,39 @@ def _points(report: Report) -> list[tuple[str, float, float, str]]:
     return points
 
 
-def _svg(report: Report, width: int = 640, height: int = 360) -> str:
+def _svg(report: Report, width: int = 720) -> str:
+    """Horizontal bars of batch-1 p50 latency, one row per candidate.
+
+    One row each, the name left of its bar and the accuracy right of it, so labels can never
+    overlap, however close the candidates' numbers are (a scatter's labels did).
+    """
     points = _points(report)
     if not points:
         return "<p>No candidate was measured.</p>"
     metric = next(c.accuracy.metric for c in report.candidates if c.accuracy)
-    left, right, top, bottom = 70, 20, 20, 50
-    xs, ys = [p[1] for p in points], [p[2] for p in points]
-    x0, x1 = 0.0, max(xs) * 1.1 or 1.0
-    y0, y1 = min(ys), max(ys)
-    pad = (y1 - y0) * 0.1 or max(abs(y1) * 0.01, 1e-3)
-    y0, y1 = y0 - pad, y1 + pad
-
-    def sx(x: float) -> float:
-        return left + (x - x0) / (x1 - x0) * (width - left - right)
-
-    def sy(y: float) -> float:
-        return top + (1 - (y - y0) / (y1 - y0)) * (height - top - bottom)
+    row, top, bottom = 22, 10, 40
+    label = 12 + 7 * max(len(name) for name, *_ in points)
+    right = 150
+    height = top + row * len(points) + bottom
+    longest = max(p[1] for p in points) or 1.0
+    span = width - label - right
 
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-        f'font-family="sans-serif" font-size="11">',
-        f'<line x1="{left}" y1="{height - bottom}" x2="{width - right}" '
-        f'y2="{height - bottom}" stroke="#888"/>',
-        f'<line x1="{left}" y1="{top}" x2="{left}" y2="{height - bottom}" stroke="#888"/>',
-        f'<text x="{(width + left) / 2}" y="{height - 12}" text-anchor="middle">'
-        "batch-1 p50 latency (ms)</text>",
-        f'<text x="14" y="{(height - bottom) / 2}" '
-        f'transform="rotate(-90 14 {(height - bottom) / 2})" '
-        f'text-anchor="middle">{html.escape(metric)}</text>',
+        f'font-family="sans-serif" font-size="12">',
+        f'<line x1="{label}" y1="{top}" x2="{label}" y2="{height - bottom}" stroke="#888"/>',
+        f'<text x="{label + span / 2}" y="{height - 12}" text-anchor="middle">'
+        f"batch-1 p50 latency (ms); right of each bar: {html.escape(metric)}</text>",
     ]
-    for frac in (0.0, 0.5, 1.0):
-        xv, yv = x0 + frac * (x1 - x0), y0 + frac * (y1 - y0)
-        parts.append(
-            f'<text x="{sx(xv):.1f}" y="{height - bottom + 14}" '
-            f'text-anchor="middle">{xv:.3g}</text>'
-        )
-        parts.append(f'<text x="{left - 6}" y="{sy(yv) + 4:.1f}" text-anchor="end">{yv:.4g}</text>')
-    for name, x, y, colour in points:
-        parts.append(
-            f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="5" fill="{colour}">'
-            f"<title>{html.escape(name)}: {x:.3f} ms, {y:.4f}</title></circle>"
-        )
-        parts.append(f'<text x="{sx(x) + 7:.1f}" y="{sy(y) - 6:.1f}">{html.escape(name)}</text>')
+    for i, (name, x, y, colour) in enumerate(points):
+        y_top = top + i * row
+        bar = max(x / longest * span, 1.0)
+        parts += [
+            f'<text x="{label - 6}" y="{y_top + 15}" text-anchor="end">{html.escape(name)}</text>',
+            f'<rect x="{label}" y="{y_top + 4}" width="{bar:.1f}" height="{row - 8}" '
+            f'fill="{colour}"><title>{html.escape(name)}: {x:.3f} ms, {y:.4f}</title></rect>',
+            f'<text x="{label + bar + 6:.1f}" y="{y_top + 15}">{x:.3f} ms · {y:.4f}</text>',
+        ]
     parts.append("</svg>")
     return "\n".join(parts)
 
@@ -198,7 +234,8 @@ td:first-child,td:last-child{{text-align:left}}</style>
 </head><body>
 <h1>{html.escape(report.model)}: v{report.optimized_from} optimized for
 {html.escape(report.target)}</h1>
-<p><b>{html.escape(report.selection.reason)}</b></p>
+<p><b>{html.escape(report.headline())}</b></p>
+{"".join(f"<p>{html.escape(line)}</p>" for line in report.notes())}
 <p>Rule: {html.escape(report.selection.rule)}. Accuracy budget: {report.max_accuracy_drop}.
 Green: chosen; blue: within budget; red: over budget.</p>
 {_svg(report)}
@@ -213,7 +250,7 @@ Green: chosen; blue: within budget; red: over budget.</p>
 
 
 def render_png(report: Report) -> bytes | None:
-    """The scatter as PNG bytes, or None when matplotlib is not installed."""
+    """The chart as PNG bytes, or None when matplotlib is not installed."""
     try:
         import matplotlib
 
@@ -226,12 +263,16 @@ def render_png(report: Report) -> bytes | None:
     points = _points(report)
     if not points:
         return None
-    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
-    for name, x, y, colour in points:
-        ax.scatter([x], [y], color=colour)
-        ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
-    ax.set_xlabel("batch-1 p50 latency (ms)")
-    ax.set_ylabel(next(c.accuracy.metric for c in report.candidates if c.accuracy))
+    # Horizontal bars, one row per candidate: the names sit on the y axis and cannot overlap.
+    fig, ax = plt.subplots(figsize=(7.2, 1.2 + 0.35 * len(points)), dpi=100)
+    names = [p[0] for p in points]
+    ax.barh(range(len(points)), [p[1] for p in points], color=[p[3] for p in points])
+    ax.set_yticks(range(len(points)), names, fontsize=8)
+    ax.invert_yaxis()
+    for i, (_, x, y, _) in enumerate(points):
+        ax.annotate(f"{y:.4f}", (x, i), textcoords="offset points", xytext=(4, -3), fontsize=8)
+    metric = next(c.accuracy.metric for c in report.candidates if c.accuracy)
+    ax.set_xlabel(f"batch-1 p50 latency (ms); beside each bar: {metric}")
     ax.set_xlim(left=0)
     buffer = io.BytesIO()
     fig.tight_layout()

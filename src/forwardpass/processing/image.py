@@ -11,8 +11,11 @@ Pixels are scaled to [0, 1]. Model parameters refine it:
 
 from __future__ import annotations
 
+import base64
+import binascii
 import io
 import math
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -23,7 +26,69 @@ from forwardpass.errors import InvalidArgument, InvalidModelConfig
 from forwardpass.model_config import TensorSpec
 from forwardpass.processing.base import InputProcessor
 
-__all__ = ["IMAGE_SUFFIXES", "ImageInput", "geometry_key", "image_layout", "load_image"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "ImageInput",
+    "geometry_key",
+    "image_layout",
+    "load_image",
+    "undecodable",
+]
+
+#: Leading bytes of the formats Pillow is most often sent.
+_SIGNATURES = (
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"GIF8", "GIF"),
+    (b"BM", "BMP"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"RIFF", "WebP"),
+)
+#: A Python object's repr as foreign messages carry it (Pillow: "cannot identify image file
+#: <_io.BytesIO object at 0x7f…>"): it tells a client nothing.
+_REPR = re.compile(r"\s*<[\w.]+ object at 0x[0-9a-fA-F]+>")
+
+
+def _format(head: bytes) -> str | None:
+    return next((name for sig, name in _SIGNATURES if head.startswith(sig)), None)
+
+
+def undecodable(blob: bytes | bytearray, exc: BaseException) -> str:
+    """Why ``blob`` is not a picture, in words a client can act on (no Python reprs).
+
+    Base64 text of an image (what a JSON BYTES string often carries) gets a hint of its own.
+    """
+    head = bytes(blob[:96]).strip()
+    if head.startswith(b"data:") and b";base64," in head:
+        head = head.split(b";base64,", 1)[1]
+        kind = "a data: URL (base64 text)"
+    else:
+        kind = "base64 text"
+    try:
+        decoded = base64.b64decode(head[: len(head) // 4 * 4], validate=True)
+    except (binascii.Error, ValueError):
+        decoded = b""
+    encoded = _format(decoded)
+    if encoded is not None:
+        return (
+            f"the {len(blob)} bytes are {kind} of a {encoded} image, not the image itself: "
+            "image bytes go raw, as they are in the file — in a binary tensor (the binary "
+            "data extension: tritonclient's set_data_from_numpy(..., binary_data=True)), "
+            "not base64 in a JSON string"
+        )
+    detail = _REPR.sub("", str(exc)).strip().rstrip(":")
+    found = _format(bytes(blob[:16]))
+    if found is not None:
+        return (
+            f"a {found} image of {len(blob)} bytes that cannot be decoded "
+            f"(truncated or corrupt: {detail})"
+        )
+    return (
+        f"{len(blob)} bytes that are not an image in a format Pillow reads (PNG, JPEG, GIF, "
+        f"BMP, TIFF, WebP…); they begin {bytes(blob[:8]).hex(' ')}"
+    )
+
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 
@@ -61,7 +126,13 @@ def load_image(path: Path, spec: TensorSpec, params: Mapping[str, str] | None = 
             img = img.resize((width, height), resample)
             pixels = np.asarray(img, dtype=np.float32) / 255.0
     except (UnidentifiedImageError, OSError) as exc:
-        raise InvalidArgument(f"cannot decode image {path}: {exc}") from None
+        try:
+            head = path.read_bytes()
+        except OSError:
+            raise InvalidArgument(
+                f"cannot decode image {path}: cannot read it ({exc.strerror or exc})"
+            ) from None
+        raise InvalidArgument(f"cannot decode image {path}: {undecodable(head, exc)}") from None
     invert = params.get("image_invert", "false").lower()
     if invert == "true" or (invert == "auto" and float(pixels.mean()) > 0.5):
         pixels = 1.0 - pixels
@@ -252,7 +323,8 @@ class ImageInput(InputProcessor):
                 geometry[:] = (*affine.values(), *shown)
         except (UnidentifiedImageError, OSError, ValueError) as exc:
             raise InvalidArgument(
-                f"input {self.inputs[0].name!r}[{index}]: cannot decode image: {exc}"
+                f"input {self.inputs[0].name!r}[{index}]: cannot decode image: "
+                f"{undecodable(blob, exc)}"
             ) from None
         self._finish(pixels, out)
 
@@ -299,8 +371,8 @@ class ImageInput(InputProcessor):
         img = cv2.imdecode(np.frombuffer(blob, np.uint8), flag)
         if img is None:
             raise InvalidArgument(
-                f"input {self.inputs[0].name!r}[{index}]: cannot decode image "
-                "(not a format OpenCV reads, or truncated)"
+                f"input {self.inputs[0].name!r}[{index}]: cannot decode image (OpenCV): "
+                f"{undecodable(blob, ValueError('not a format OpenCV reads, or truncated'))}"
             )
         if img.ndim == 3:
             img = img[:, :, ::-1]  # OpenCV decodes to BGR

@@ -56,6 +56,7 @@ from typing import Any
 import numpy as np
 
 from forwardpass.errors import InvalidArgument, InvalidModelConfig
+from forwardpass.processing.image import undecodable
 
 __all__ = [
     "DbOptions",
@@ -66,7 +67,8 @@ __all__ = [
     "reading_order",
 ]
 
-_PIP = "pip install 'forwardpass[ocr]' (opencv-python and pyclipper)"
+#: A whole command, last in its message, so it can be copied as it is.
+_PIP = "pip install 'forwardpass[ocr]'"
 
 
 def _libraries() -> tuple[Any, Any]:
@@ -75,7 +77,10 @@ def _libraries() -> tuple[Any, Any]:
         import cv2
         import pyclipper
     except ImportError as exc:
-        raise InvalidModelConfig(f"the OCR functions need {exc.name}: {_PIP}") from None
+        raise InvalidModelConfig(
+            f"the OCR functions need {exc.name} (opencv-python and pyclipper, "
+            f"which the ocr extra installs): {_PIP}"
+        ) from None
     return cv2, pyclipper
 
 
@@ -286,7 +291,9 @@ def _decode(inputs: Mapping[str, np.ndarray]) -> np.ndarray:
             img = (ImageOps.exif_transpose(source) or source).convert("RGB")
             rgb = np.asarray(img, dtype=np.uint8)
     except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise InvalidArgument(f"input 'image': cannot decode image: {exc}") from None
+        raise InvalidArgument(
+            f"input 'image': cannot decode image: {undecodable(blob, exc)}"
+        ) from None
     return np.ascontiguousarray(rgb[:, :, ::-1])
 
 

@@ -58,11 +58,12 @@ def test_distill_writes_a_new_version(tmp_path: Path) -> None:
 
 def test_bad_spec_is_a_clear_error(tmp_path: Path) -> None:
     np.save(tmp_path / "x.npy", np.zeros((4, 1, 8, 8), np.float32))
+    shutil.copytree(DIGITS, tmp_path / "repo" / "digits")
     args = [
         "distill",
         "digits",
         "--model-repository",
-        str(DIGITS.parent),
+        str(tmp_path / "repo"),
         "--student",
         "transformer:4",
         "--data",

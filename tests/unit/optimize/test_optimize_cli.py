@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
+import numpy as np
 from click.testing import CliRunner
 
 from forwardpass.cli.main import _register, cli
+from forwardpass.config import DEFAULT_REPOSITORY
 from forwardpass.protocol.documents import index_document
 
 _register()
@@ -80,3 +83,29 @@ def check_served(digits_repo: Path) -> None:
             await engine.stop()
 
     asyncio.run(serve())
+
+
+def test_a_text_file_of_sentences_validates_a_text_model(tmp_path: Path) -> None:
+    import pytest
+
+    pytest.importorskip("tokenizers")
+    from model_builders import TEXT_WORDS, write_text_model
+
+    write_text_model(tmp_path / "repo")
+    rng = np.random.default_rng(0)
+    sentences = [" ".join(rng.choice(TEXT_WORDS, rng.integers(2, 9))) for _ in range(40)]
+    (tmp_path / "sentences.txt").write_text("\n".join(sentences) + "\n\n")
+    args = ["optimize", "words", "--model-repository", str(tmp_path / "repo"), "--no-isolate",
+            "--iterations", "5", "--seconds", "0.1", "--methods", "graph", "--dry-run",
+            "--json", "--validation", str(tmp_path / "sentences.txt")]  # fmt: skip
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output[result.output.index("{") :])
+    assert report["data"]["real_inputs"] is True
+    assert report["data"]["evaluation"].endswith("sentences.txt")
+    # 40 sentences: a quarter held out for calibration, the rest evaluated.
+    assert report["data"]["evaluation_samples"] + report["data"]["calibration_samples"] == 40
+    # The digits model declares no text processing: a clear refusal, not a crash.
+    shutil.copytree(DEFAULT_REPOSITORY / "digits", tmp_path / "repo" / "digits")
+    refused = CliRunner().invoke(cli, [*args[:1], "digits", *args[2:]])
+    assert refused.exit_code != 0 and "declares none" in refused.output
