@@ -172,7 +172,9 @@ class _Connection(asyncio.Protocol):
             self._send_refusal()
             return
         server.connections.add(self)
-        self.transport.set_write_buffer_limits(WRITE_HIGH_WATER, WRITE_LOW_WATER)
+        transport.set_write_buffer_limits(  # type: ignore[attr-defined]
+            WRITE_HIGH_WATER, WRITE_LOW_WATER
+        )
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
