@@ -39,7 +39,7 @@ class ServerProcess:
             line = self.proc.stdout.readline()
             if not line:
                 break
-            match = re.search(r"listening on (http://[\d.]+:(\d+))", line)
+            match = re.search(r"listening on (https?://[\d.]+:(\d+))", line)
             if match:
                 self.url, self.port = match.group(1), int(match.group(2))
                 return

@@ -11,7 +11,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_type_hints
 
 from forwardpass.errors import InvalidArgument
 
@@ -34,6 +34,19 @@ class ServerConfig:
     default_max_queue_size: int = 4096
     #: Seconds an idle keep-alive connection stays open (0 keeps it until the client closes).
     keep_alive_s: float = 60.0
+    #: Seconds a request's head and body may take to arrive (and a client may leave a response
+    #: unread); a slower request gets a 408 and the connection is closed. 0 waits forever.
+    read_timeout_s: float = 30.0
+    #: Open client connections at most; one more gets a 503 and is closed.
+    max_connections: int = 2048
+    #: TLS: a PEM certificate (chain) and its private key make the server speak only HTTPS.
+    #: Named for the server, not the wire, so a gRPC endpoint can serve the same pair.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    #: PEM CA bundle: when set, clients must present a certificate it signed (mutual TLS).
+    tls_ca: Path | None = None
+    #: Origins a browser may call from (CORS), or ``("*",)`` for any; empty turns CORS off.
+    cors_origins: tuple[str, ...] = ()
     #: Seconds to let in-flight requests finish on shutdown.
     shutdown_grace_s: float = 10.0
     #: Load every model found at start-up (Triton's --model-control-mode=none/poll); when false
@@ -53,10 +66,15 @@ class ServerConfig:
         """Defaults, then ``FORWARDPASS_*`` variables, then explicit ``overrides`` (CLI flags)."""
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
+        defaults = cls()
+        hints = get_type_hints(cls)
         for f in fields(cls):
             key = "FORWARDPASS_" + f.name.upper()
             if key in env:
-                values[f.name] = _coerce(f.name, env[key], getattr(cls(), f.name))
+                default = getattr(defaults, f.name)
+                if default is None and Path in get_args(hints[f.name]):
+                    default = Path()  # an optional path: coerce like a path
+                values[f.name] = _coerce(f.name, env[key], default)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return replace(cls(), **values)
 

@@ -35,15 +35,18 @@ class Server:
         self.app = HttpApp(
             self.engine, metrics, config.max_request_bytes, shared_memory=self.shared_memory
         )
-        self.http = HttpServer(
-            self.app, config.host, config.http_port, config.max_request_bytes, config.keep_alive_s
-        )
+        self.http = HttpServer(self.app, config)
         self._stopped = asyncio.Event()
 
     async def start(self) -> int:
         """Load the models, then listen. Returns the bound HTTP port."""
         await self.engine.start()
-        return await self.http.start()
+        try:
+            return await self.http.start()
+        except BaseException:
+            # A busy port or a bad TLS file: release the models so the process can exit.
+            await self.engine.stop()
+            raise
 
     async def stop(self) -> None:
         """Finish in-flight requests, then release the models."""
@@ -68,7 +71,11 @@ def _install_loop() -> None:
 
 
 def run_server(config: ServerConfig, on_ready: Callable[[int], None] | None = None) -> None:
-    """Run until SIGINT/SIGTERM; the first signal drains in-flight requests, a second exits."""
+    """Run until SIGINT/SIGTERM; the first signal drains in-flight requests, a second exits.
+
+    A port that cannot be bound or a TLS file that cannot be loaded raises a
+    :class:`~forwardpass.errors.ForwardpassError` naming it.
+    """
     logging.basicConfig(
         level=config.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -102,8 +109,9 @@ def run_server(config: ServerConfig, on_ready: Callable[[int], None] | None = No
             loop.add_signal_handler(sig, on_signal)
         ready = [h.name for h in server.engine.models() if h.state.value == "READY"]
         log.info(
-            "forwardpass ready in %.2fs: http://%s:%d (models: %s)",
+            "forwardpass ready in %.2fs: %s://%s:%d (models: %s)",
             time.perf_counter() - began,
+            server.http.scheme,
             config.host,
             port,
             ", ".join(ready) or "none",

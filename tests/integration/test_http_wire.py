@@ -76,7 +76,8 @@ def test_expect_100_continue(server: Any) -> None:
     assert json.loads(answer)["outputs"][0]["data"] == [7, 0]
 
 
-def test_expect_100_continue_over_the_limit_is_not_invited(server: Any) -> None:
+def test_expect_100_continue_over_the_limit_gets_413_at_once(server: Any) -> None:
+    # Triton answers the final status instead of inviting a body it would refuse.
     size = MAX_REQUEST_BYTES + 1
     head = (
         "POST /v2/models/echo_i32/infer HTTP/1.1\r\nHost: x\r\n"
@@ -84,17 +85,35 @@ def test_expect_100_continue_over_the_limit_is_not_invited(server: Any) -> None:
     ).encode()
     with _connect(server) as sock:
         sock.sendall(head)
-        sock.settimeout(0.5)
-        try:
-            early = sock.recv(65536)
-        except TimeoutError:
-            early = b""
-        assert not early.startswith(b"HTTP/1.1 100"), early
-        sock.settimeout(10)
-        sock.sendall(b" " * size)
-        status, _, answer = _read_response(sock, bytearray(early))
+        sock.settimeout(2)
+        status, headers, answer = _read_response(sock, bytearray())
     assert status == 413
+    assert headers.get("connection") == "close"
     assert str(MAX_REQUEST_BYTES) in json.loads(answer)["error"]
+
+
+def test_a_malformed_request_in_a_pipeline_is_answered_after_the_good_ones(server: Any) -> None:
+    with _connect(server) as sock:
+        sock.sendall(
+            _infer_request(5)
+            + b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n"
+            + b"GARBAGE\r\n\r\n"
+        )
+        buffer = bytearray()
+        answers = [_read_response(sock, buffer) for _ in range(3)]
+        assert sock.recv(65536) == b"" and not buffer  # then the server closes
+    assert [status for status, _, _ in answers] == [200, 200, 400]
+    assert json.loads(answers[0][2])["outputs"][0]["data"] == [5, 0]
+    assert answers[2][1].get("connection") == "close"
+    assert "malformed HTTP request" in json.loads(answers[2][2])["error"]
+
+
+def test_without_cors_origins_no_cors_headers_are_sent(server: Any) -> None:
+    with _connect(server) as sock:
+        sock.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nOrigin: http://a.example\r\n\r\n")
+        status, headers, _ = _read_response(sock, bytearray())
+    assert status == 200
+    assert not any(name.startswith("access-control-") for name in headers)
 
 
 def test_an_endless_header_block_is_refused_and_others_still_served(server: Any) -> None:

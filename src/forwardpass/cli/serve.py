@@ -32,6 +32,39 @@ __all__ = ["serve"]
     help="Let clients pass tensors through system shared memory (default off; trusts local "
     "processes, as Triton's --allow-client-shm).",
 )
+@click.option(
+    "--read-timeout",
+    "read_timeout_s",
+    type=float,
+    default=None,
+    help="Seconds a request may take to arrive before a 408 (default 30; 0 waits forever).",
+)
+@click.option(
+    "--max-connections", type=int, default=None, help="Open connections at most (default 2048)."
+)
+@click.option(
+    "--tls-cert",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="PEM certificate (chain): serve HTTPS only. Needs --tls-key.",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="PEM private key of --tls-cert.",
+)
+@click.option(
+    "--tls-ca",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="PEM CA bundle: require client certificates signed by it (mutual TLS).",
+)
+@click.option(
+    "--cors-origins",
+    default=None,
+    help="Comma-separated origins browsers may call from, or '*' (default: CORS off).",
+)
 def serve(
     model_repository: Path | None,
     host: str | None,
@@ -40,6 +73,12 @@ def serve(
     models: tuple[str, ...],
     log_level: str | None,
     allow_client_shm: bool | None,
+    read_timeout_s: float | None,
+    max_connections: int | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    tls_ca: Path | None,
+    cors_origins: str | None,
 ) -> None:
     """Serve a model repository over the Open Inference Protocol (KServe V2) on HTTP."""
     from forwardpass.config import ServerConfig
@@ -56,13 +95,26 @@ def serve(
             load_models=models or None,
             log_level=log_level,
             allow_client_shm=allow_client_shm,
+            read_timeout_s=read_timeout_s,
+            max_connections=max_connections,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            tls_ca=tls_ca,
+            cors_origins=None
+            if cors_origins is None
+            else tuple(o.strip() for o in cors_origins.split(",") if o.strip()),
         )
     except ForwardpassError as exc:
         raise click.ClickException(exc.message) from None
     if not config.model_repository.is_dir():
         raise click.ClickException(f"model repository {config.model_repository} is not a folder")
 
-    def announce(port: int) -> None:
-        click.echo(f"forwardpass listening on http://{config.host}:{port}", err=False)
+    scheme = "https" if config.tls_cert is not None else "http"
 
-    run_server(config, on_ready=announce)
+    def announce(port: int) -> None:
+        click.echo(f"forwardpass listening on {scheme}://{config.host}:{port}", err=False)
+
+    try:
+        run_server(config, on_ready=announce)
+    except ForwardpassError as exc:  # a busy port, an unreadable TLS file: one line, exit 1
+        raise click.ClickException(exc.message) from None

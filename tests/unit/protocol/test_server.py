@@ -7,6 +7,7 @@ from pathlib import Path
 
 from model_builders import run_with_engine
 
+from forwardpass.config import ServerConfig
 from forwardpass.engine import Engine
 from forwardpass.protocol.http import HttpApp
 from forwardpass.protocol.server import HttpServer
@@ -14,7 +15,8 @@ from forwardpass.protocol.server import HttpServer
 
 def test_idle_keep_alive_connections_are_closed(repo: Path) -> None:
     async def body(engine: Engine) -> None:
-        server = HttpServer(HttpApp(engine), "127.0.0.1", 0, 1 << 20, keep_alive_s=0.3)
+        config = ServerConfig(http_port=0, max_request_bytes=1 << 20, keep_alive_s=0.3)
+        server = HttpServer(HttpApp(engine), config)
         port = await server.start()
         try:
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
