@@ -19,6 +19,7 @@ Batching is decided like this:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from forwardpass.errors import InvalidModelConfig
@@ -33,7 +34,7 @@ from forwardpass.repository.config_io import read_draft
 from forwardpass.repository.draft import ConfigDraft, TensorDraft
 from forwardpass.runtime.base import BackendIO
 
-__all__ = ["complete_config"]
+__all__ = ["complete_config", "complete_pytorch_config"]
 
 
 def _compatible(declared: Sequence[int], model: Sequence[int]) -> bool:
@@ -232,3 +233,56 @@ def complete_config(
         max_batch_size=max_batch_size,
         dynamic_batching=dynamic_batching,
     )
+
+
+def complete_pytorch_config(
+    draft: ConfigDraft,
+    model_file: Path,
+    *,
+    autocomplete: bool = True,
+    default_max_batch_size: int = 64,
+) -> ModelConfig:
+    """The effective config of a PyTorch model (``backend: "pytorch"``), as the server will
+    load it.
+
+    Without torch installed this raises :class:`Unsupported` with the install hint, so listing a
+    repository reports the model exactly as serving it would. A TorchScript file carries no
+    tensor names, datatypes or shapes, so (as in Triton) its config must declare every input
+    and output in full. A torch.export program does carry them (its example inputs, with
+    dynamic dimensions as -1) and completes a partial config like an ONNX file does.
+    """
+    from forwardpass.runtime import pytorch
+
+    pytorch.require_torch()
+    if not draft.platform:
+        draft.platform = "pytorch_libtorch"  # Triton reports the platform of backend "pytorch"
+    pytorch.check_datatypes(
+        [("input", t.name, t.datatype) for t in draft.inputs]
+        + [("output", t.name, t.datatype) for t in draft.outputs]
+    )
+    parameters = draft.fields.get("parameters", {})
+    fmt = pytorch.model_format(parameters, model_file.name)
+    pytorch.check_file(model_file, fmt)
+    pytorch.check_devices(draft.fields.get("instance_group", ()))
+    if fmt == "export" and autocomplete:
+        return complete_config(
+            draft,
+            pytorch.describe_export(model_file),
+            name=draft.name,
+            default_max_batch_size=default_max_batch_size,
+        )
+    incomplete = [
+        f"{kind} {t.name!r}"
+        for kind, tensors in (("input", draft.inputs), ("output", draft.outputs))
+        for t in tensors
+        if t.datatype is None or t.dims is None
+    ]
+    if not draft.inputs or not draft.outputs or incomplete:
+        what = ", ".join(incomplete) if incomplete else "its inputs and outputs"
+        raise InvalidModelConfig(
+            f"{model_file.name}: a TorchScript file does not say its tensors' names, datatypes "
+            f"or shapes, so the config must declare every input and output with data_type and "
+            f"dims (missing for {what}); name them INPUT__0, OUTPUT__0 ... or after forward()'s "
+            "arguments"
+        )
+    return draft.build()

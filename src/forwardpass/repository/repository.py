@@ -32,7 +32,7 @@ from forwardpass.errors import (
     NotFound,
 )
 from forwardpass.model_config import ModelConfig
-from forwardpass.repository.completion import complete_config
+from forwardpass.repository.completion import complete_config, complete_pytorch_config
 from forwardpass.repository.config_io import read_draft
 from forwardpass.repository.draft import ConfigDraft
 from forwardpass.repository.pbtxt import parse_pbtxt
@@ -274,6 +274,13 @@ class ModelRepository:
             io = describe_onnx(model_file)
             return complete_config(
                 draft, io, name=draft.name, default_max_batch_size=self.default_max_batch_size
+            )
+        if draft.backend == "pytorch":
+            return complete_pytorch_config(
+                draft,
+                path / str(versions[-1]) / draft.default_model_filename,
+                autocomplete=self.autocomplete,
+                default_max_batch_size=self.default_max_batch_size,
             )
         config = draft.build()
         if draft.backend in _FILELESS and (not config.inputs or not config.outputs):

@@ -16,6 +16,10 @@ def backend_class(config: ModelConfig) -> type[Backend]:
         from forwardpass.runtime.onnx import OnnxRuntimeBackend
 
         return OnnxRuntimeBackend
+    if name in ("pytorch", "pytorch_libtorch"):
+        from forwardpass.runtime.pytorch import PyTorchBackend
+
+        return PyTorchBackend
     if name == "null":
         from forwardpass.runtime.null import NullBackend
 
@@ -25,5 +29,6 @@ def backend_class(config: ModelConfig) -> type[Backend]:
 
         return FunctionBackend
     raise InvalidModelConfig(
-        f"model {config.name!r}: unknown backend {name!r} (available: onnxruntime, function, null)"
+        f"model {config.name!r}: unknown backend {name!r} "
+        "(available: onnxruntime, pytorch, function, null)"
     )

@@ -21,6 +21,8 @@ from forwardpass.datatypes import DataType
 from forwardpass.errors import ForwardpassError, InternalError, InvalidArgument, InvalidModelConfig
 from forwardpass.model_config import ModelConfig, TensorSpec
 from forwardpass.runtime.base import Backend, BackendIO, NamedArrays
+from forwardpass.runtime.parameters import bool_param as _bool_param
+from forwardpass.runtime.parameters import int_param as _int_param
 
 __all__ = ["OnnxRuntimeBackend", "describe_onnx", "select_providers"]
 
@@ -134,31 +136,6 @@ def select_providers(config: ModelConfig, available: Sequence[str]) -> tuple[lis
                 "install the matching onnxruntime package or set parameter provider_fallback=true"
             )
     return chosen, warnings
-
-
-def _bool_param(params: Mapping[str, str], key: str) -> bool | None:
-    if key not in params:
-        return None
-    value = params[key].strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise InvalidModelConfig(f"parameter {key} must be true or false, got {params[key]!r}")
-
-
-def _int_param(params: Mapping[str, str], key: str, minimum: int = 0) -> int | None:
-    if key not in params:
-        return None
-    try:
-        value = int(params[key])
-    except ValueError:
-        raise InvalidModelConfig(
-            f"parameter {key} must be an integer, got {params[key]!r}"
-        ) from None
-    if value < minimum:
-        raise InvalidModelConfig(f"parameter {key} must be >= {minimum}, got {params[key]!r}")
-    return value
 
 
 def _text(name: str, array: np.ndarray) -> np.ndarray:
