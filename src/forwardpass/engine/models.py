@@ -120,7 +120,11 @@ class ModelTable:
         if handle is None:
             raise NotFound(f"Request for unknown model: '{name}' is not found")
         if handle.state is not ModelState.READY or handle.latest is None:
-            what = f"version {version} is not at ready state" if version else "has no available versions"
+            what = (
+                f"version {version} is not at ready state"
+                if version
+                else "has no available versions"
+            )
             raise Unavailable(
                 f"Request for unknown model: '{name}' {what} (model {name!r} is not ready: "
                 f"{handle.state.value}" + (f": {handle.reason})" if handle.reason else ")")

@@ -63,8 +63,7 @@ def _shape_out(config: ModelConfig, spec: TensorSpec, data: np.ndarray) -> np.nd
         return data.reshape(lead + spec.dims)
     if len(model) != len(spec.reshape):
         raise InternalError(
-            f"output {spec.name!r} has shape {list(shape)}, but its reshape is "
-            f"{list(spec.reshape)}"
+            f"output {spec.name!r} has shape {list(shape)}, but its reshape is {list(spec.reshape)}"
         )
     try:
         return data.reshape(lead + map_variable_dims(model, spec.reshape, spec.dims))

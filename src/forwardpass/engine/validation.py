@@ -157,7 +157,9 @@ def _model_shape(shape: tuple[int, ...], spec: TensorSpec, batching: bool) -> tu
 def _input_count(handle: ModelHandle, request: InferRequest) -> InvalidArgument:
     """Triton's message for a request that lacks required inputs (or has too many)."""
     given = [t.name for t in request.inputs]
-    missing = [s.name for s in handle.input_specs.values() if not s.optional and s.name not in given]
+    missing = [
+        s.name for s in handle.input_specs.values() if not s.optional and s.name not in given
+    ]
     total, required = len(handle.input_specs), len(handle.required)
     expected = (
         f"expected {total} inputs"

@@ -149,7 +149,9 @@ def _decode_json(
     raw_inputs = document.get("inputs")
     if type(raw_inputs) is not list:
         # An empty array is valid (as in Triton): a model whose inputs are all optional runs.
-        raise InvalidArgument("Unable to parse 'inputs': 'inputs' must be an array of input tensors")
+        raise InvalidArgument(
+            "Unable to parse 'inputs': 'inputs' must be an array of input tensors"
+        )
     inputs: list[Tensor] = []
     names: set[str] = set()
     blobs: list[_Blob] = []  # inputs whose data follows the header, in body order

@@ -161,7 +161,11 @@ def test_model_metadata_ready_and_config(repo: Path) -> None:
         assert config["output"][0]["label_filename"] == "labels.txt"
         assert config["dynamic_batching"]["max_queue_delay_microseconds"] == 0
 
-        error(await call("GET", "/v2/models/ghost"), 404, "Request for unknown model: 'ghost' is not found")
+        error(
+            await call("GET", "/v2/models/ghost"),
+            404,
+            "Request for unknown model: 'ghost' is not found",
+        )
         error(
             await call("GET", "/v2/models/echo/versions/9"),
             404,
@@ -428,7 +432,11 @@ def test_infer_errors_map_to_status(tmp_path: Path, repo: Path) -> None:
         bad_input = {
             "inputs": [{"name": "z", "datatype": "FP32", "shape": [1, 3], "data": [1, 2, 3]}]
         }
-        error(await call("POST", path, bad_input), 400, "unexpected inference input 'z' for model 'add'")
+        error(
+            await call("POST", path, bad_input),
+            400,
+            "unexpected inference input 'z' for model 'add'",
+        )
         wrong_type = {
             "inputs": [{"name": "x", "datatype": "INT32", "shape": [1, 3], "data": [1, 2, 3]}]
         }
