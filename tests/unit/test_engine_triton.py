@@ -45,8 +45,10 @@ RESHAPE_CONFIG = """
 name: "reshape"
 platform: "onnxruntime_onnx"
 max_batch_size: 8
-input [ { name: "x" data_type: TYPE_FP32 dims: [ 2, 4, -1, 6 ] reshape: { shape: [ 8, -1, 1, 6 ] } } ]
-output [ { name: "y" data_type: TYPE_FP32 dims: [ 2, 4, -1, 6 ] reshape: { shape: [ 8, -1, 1, 6 ] } } ]
+input [ { name: "x" data_type: TYPE_FP32 dims: [ 2, 4, -1, 6 ]
+          reshape: { shape: [ 8, -1, 1, 6 ] } } ]
+output [ { name: "y" data_type: TYPE_FP32 dims: [ 2, 4, -1, 6 ]
+           reshape: { shape: [ 8, -1, 1, 6 ] } } ]
 """
 
 
