@@ -186,3 +186,27 @@ def test_unknown_models_and_versions_answer_triton_text(tmp_path: Path) -> None:
         )
 
     run_with_engine(tmp_path, body)
+
+
+# ----------------------------------------------------------------------- unranked ONNX input
+
+
+def test_onnx_input_of_unknown_rank_serves_with_the_config_dims(tmp_path: Path) -> None:
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "unranked",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],  # no shape at all
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    config = """
+name: "unranked"
+platform: "onnxruntime_onnx"
+max_batch_size: 0
+input [ { name: "x" data_type: TYPE_FP32 dims: [ -1, 3 ] } ]
+output [ { name: "y" data_type: TYPE_FP32 dims: [ -1, 3 ] } ]
+"""
+    write_model(tmp_path, "unranked", config=config, model=model)
+    x = np.arange(6).reshape(2, 3)
+    response = _infer(tmp_path, InferRequest("unranked", [_x(x)]))
+    np.testing.assert_array_equal(response.outputs[0].data, x)

@@ -32,7 +32,7 @@ from forwardpass.errors import (
     NotFound,
 )
 from forwardpass.model_config import ModelConfig
-from forwardpass.repository.completion import complete_config
+from forwardpass.repository.completion import DEFAULT_MAX_BATCH_SIZE, complete_config
 from forwardpass.repository.config_io import read_draft
 from forwardpass.repository.draft import ConfigDraft
 from forwardpass.repository.pbtxt import parse_pbtxt
@@ -153,7 +153,11 @@ class ModelRepository:
     """
 
     def __init__(
-        self, root: Path | str, *, autocomplete: bool = True, default_max_batch_size: int = 64
+        self,
+        root: Path | str,
+        *,
+        autocomplete: bool = True,
+        default_max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
     ) -> None:
         self._root = Path(root).absolute()
         self.autocomplete = autocomplete

@@ -440,7 +440,11 @@ def test_infer_errors_map_to_status(tmp_path: Path, repo: Path) -> None:
         wrong_type = {
             "inputs": [{"name": "x", "datatype": "INT32", "shape": [1, 3], "data": [1, 2, 3]}]
         }
-        error(await call("POST", path, wrong_type), 400, "datatype INT32")
+        error(
+            await call("POST", path, wrong_type),
+            400,
+            "inference input 'x' data-type is 'INT32', but model 'add' expects 'FP32'",
+        )
         error(await call("POST", "/v2/models/ghost/infer", ADD_INFER), 404, "'ghost'")
         error(await call("POST", "/v2/models/broken/infer", ADD_INFER), 503, "not ready")
         error(
