@@ -142,32 +142,58 @@ def test_classification_count_larger_than_classes_is_clamped(repo: Path, with_en
 def test_validation_errors_name_the_problem(repo: Path, with_engine: Any) -> None:
     async def body(engine: Engine) -> None:
         nine = [[0.0, 0.0, 0.0]] * 9
+        # Each message begins with Triton's text (core InferenceRequest::Normalize).
         cases: list[tuple[InferRequest, tuple[str, ...]]] = [
             (
                 InferRequest(
                     "add", [fp32([1, 2, 3]), Tensor("z", DataType.FP32, np.zeros((1, 3)))]
                 ),
-                ("unknown input 'z'", "['x']"),
+                (
+                    "expected 1 inputs but got 2 inputs for model 'add'. Got input(s) ['x','z']",
+                    "unexpected input(s) ['z']",
+                ),
             ),
-            (InferRequest("add", []), ("needs input(s) ['x']",)),
+            (
+                InferRequest("add", [Tensor("z", DataType.FP32, np.zeros((1, 3)))]),
+                ("unexpected inference input 'z' for model 'add'", "['x']"),
+            ),
+            (
+                InferRequest("add", []),
+                (
+                    "expected 1 inputs but got 0 inputs for model 'add'. Got input(s) [], but "
+                    "missing required input(s) ['x']. Please provide all required input(s).",
+                ),
+            ),
             (
                 InferRequest("add", [Tensor("x", DataType.INT32, np.zeros((1, 3), np.int32))]),
-                ("datatype INT32", "expects FP32"),
+                ("inference input 'x' data-type is 'INT32', but model 'add' expects 'FP32'",),
             ),
-            (InferRequest("add", [fp32([1, 2])]), ("shape [1,2]", "[3]")),
+            (
+                InferRequest("add", [fp32([1, 2])]),
+                (
+                    "unexpected shape for input 'x' for model 'add'. Expected [-1,3], got [1,2]. "
+                    "NOTE: Setting a non-zero max_batch_size",
+                ),
+            ),
             (
                 InferRequest("add", [Tensor("x", DataType.FP32, np.zeros(3, np.float32))]),
-                ("shape [3]",),
+                ("unexpected shape for input 'x'", "got [3]"),
             ),
             (
                 InferRequest("add", [Tensor("x", DataType.FP32, np.float32(1.0)[()])]),
-                ("scalar",),
+                ("input 'x' has no shape but model requires batch dimension for 'add'",),
             ),
-            (InferRequest("add", [fp32(*nine)]), ("batch size 9", "1..8")),
-            (InferRequest("add", [fp32([1, 2, 3]), fp32([1, 2, 3])]), ("given twice",)),
+            (
+                InferRequest("add", [fp32(*nine)]),
+                ("inference request batch-size must be <= 8 for 'add'", "batch size 9"),
+            ),
+            (
+                InferRequest("add", [fp32([1, 2, 3]), fp32([1, 2, 3])]),
+                ("expected 1 inputs but got 2 inputs",),
+            ),
             (
                 add_request([1, 2, 3], outputs=[RequestedOutput("nope")]),
-                ("unknown output 'nope'", "['y']"),
+                ("unexpected inference output 'nope' for model 'add'", "['y']"),
             ),
         ]
         for request, words in cases:
@@ -266,7 +292,13 @@ def test_version_selection(repo: Path, with_engine: Any) -> None:
         response = await engine.infer(echo("1"))
         assert response.model_version == "1"
         assert response.outputs[0].data.tolist() == [[7, 8]]
-        await expect(engine, echo("7"), NotFound, "no version 7", "[1, 2, 3]")
+        await expect(
+            engine,
+            echo("7"),
+            NotFound,
+            "Request for unknown model: 'echo' version 7 is not found",
+            "[1, 2, 3]",
+        )
         await expect(engine, echo("two"), InvalidArgument, "integer", "'two'")
         assert metadata_document(engine.metadata("echo"))["versions"] == ["1", "2", "3"]
         assert engine.is_ready("echo", "2")

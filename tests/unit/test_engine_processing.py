@@ -129,7 +129,9 @@ def test_a_bad_image_fails_alone(repo: Path) -> None:
         assert all(not isinstance(r, BaseException) for r in results[:-1])
         assert isinstance(results[-1], InvalidArgument)
         assert "cannot decode image" in results[-1].message
-        with pytest.raises(InvalidArgument, match="unknown input 'image'"):
+        with pytest.raises(
+            InvalidArgument, match="unexpected inference input 'image' for model 'colours'"
+        ):
             await engine.infer(
                 InferRequest(
                     model_name="colours",

@@ -119,7 +119,9 @@ def test_a_failing_step_names_itself(tmp_path: Path) -> None:
             )
         await engine.unload("square3")
         with pytest.raises(
-            Exception, match=r"ensemble step [12] \(square3\): model 'square3' is not ready"
+            Exception,
+            match=r"ensemble step [12] \(square3\): Request for unknown model: 'square3' has no "
+            r"available versions \(model 'square3' is not ready",
         ):
             await engine.infer(InferRequest(model_name="pipe", inputs=[raw([1.0, 1.0, 1.0])]))
 

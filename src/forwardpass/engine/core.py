@@ -203,14 +203,20 @@ class Engine:
                 tensors = {n: Tensor(n, specs[n].datatype, a) for n, a in inputs.items()}
                 produced = await loaded.pipeline.run(self.infer, tensors, request.id)
                 outputs = {n: t.data for n, t in produced.items()}
-            elif _no_rows(handle.config, inputs):
-                outputs = _zero_rows(handle.config)
             else:
                 assert loaded.batcher is not None
                 inputs = loaded.backends[0].check(inputs)
-                outputs, _queue_ns, _compute_ns = await loaded.batcher.submit(
-                    inputs, priority=priority, timeout_us=timeout
-                )
+                try:
+                    outputs, _queue_ns, _compute_ns = await loaded.batcher.submit(
+                        inputs, priority=priority, timeout_us=timeout
+                    )
+                except InternalError as exc:
+                    if not _no_rows(handle.config, inputs):
+                        raise
+                    # Triton runs the backend on zero rows, and so does the engine (above);
+                    # only where the network cannot run them does it answer zero rows itself.
+                    log.debug("model %s cannot run zero rows (%s)", handle.name, exc.message)
+                    outputs = _zero_rows(handle.config)
             if processing is not None and processing.outputs:
                 began = time.monotonic_ns()
                 outputs = _guarded(processing.postprocess, outputs, {**inputs, **extra})
@@ -239,8 +245,9 @@ def _no_rows(config: ModelConfig, inputs: Mapping[str, np.ndarray]) -> bool:
 
     True when every input and output declares a variable leading axis (rows in, rows out)
     and every input is empty along it: an ensemble step after a detector that found nothing.
-    Many networks cannot run an empty tensor (an ONNX ``Reshape`` to ``[0, C, -1]`` fails)
-    and there is nothing to compute, so the engine answers zero rows without the backend.
+    Many networks cannot run an empty tensor (an ONNX ``Reshape`` to ``[0, C, -1]`` fails);
+    when the backend fails on such a request there was nothing to compute, so the engine
+    answers zero rows instead of the failure.
     """
     if config.batching or not inputs:
         return False

@@ -110,18 +110,25 @@ class ModelTable:
     def handle(self, name: str) -> ModelHandle:
         handle = self._models.get(name)
         if handle is None:
-            raise NotFound(f"unknown model {name!r}")
+            raise NotFound(f"Request for unknown model: '{name}' is not found")
         return handle
 
     def version(self, name: str, version: str = "") -> tuple[ModelHandle, LoadedVersion]:
         """The served version named (or the latest); 404 if unknown, 503 if not ready."""
+        # Messages begin with Triton's (core model_repository_manager + model_lifecycle), which
+        # clients match on ("Request for unknown model"); forwardpass's detail follows.
         handle = self._models.get(name)
         if handle is None:
-            raise NotFound(f"unknown model {name!r}")
+            raise NotFound(f"Request for unknown model: '{name}' is not found")
         if handle.state is not ModelState.READY or handle.latest is None:
+            what = (
+                f"version {version} is not at ready state"
+                if version
+                else "has no available versions"
+            )
             raise Unavailable(
-                f"model {name!r} is not ready ({handle.state.value}"
-                + (f": {handle.reason})" if handle.reason else ")")
+                f"Request for unknown model: '{name}' {what} (model {name!r} is not ready: "
+                f"{handle.state.value}" + (f": {handle.reason})" if handle.reason else ")")
             )
         if not version:
             return handle, handle.latest
@@ -131,8 +138,8 @@ class ModelTable:
             raise InvalidArgument(f"model version must be an integer, got {version!r}") from None
         if loaded is None:
             raise NotFound(
-                f"model {name!r} has no version {version} loaded "
-                f"(serving {sorted(handle.versions)})"
+                f"Request for unknown model: '{name}' version {version} is not found "
+                f"(serving versions {sorted(handle.versions)})"
             )
         return handle, loaded
 

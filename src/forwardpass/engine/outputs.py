@@ -9,7 +9,8 @@ import numpy as np
 
 from forwardpass.datatypes import DataType, bf16_to_float32
 from forwardpass.engine.models import LoadedVersion, ModelHandle
-from forwardpass.errors import InvalidArgument
+from forwardpass.engine.validation import map_variable_dims
+from forwardpass.errors import InternalError, InvalidArgument
 from forwardpass.model_config import ModelConfig, TensorSpec
 from forwardpass.processing.outputs import topk_strings
 from forwardpass.types import InferRequest, InferResponse, Tensor
@@ -51,9 +52,23 @@ def respond(
 
 
 def _shape_out(config: ModelConfig, spec: TensorSpec, data: np.ndarray) -> np.ndarray:
-    if spec.reshape is not None and all(d > 0 for d in spec.dims):
-        return data.reshape(((data.shape[0],) if config.batching else ()) + spec.dims)
-    return data
+    """An output with a ``reshape`` goes back to its ``dims``; each ``-1`` of ``dims`` takes the
+    size of the matching ``-1`` of the reshape (Triton's ``InferenceResponse::Output::Reshape``).
+    """
+    if spec.reshape is None:
+        return data
+    shape = data.shape
+    lead, model = (shape[:1], shape[1:]) if config.batching else ((), shape)
+    if -1 not in spec.dims:
+        return data.reshape(lead + spec.dims)
+    if len(model) != len(spec.reshape):
+        raise InternalError(
+            f"output {spec.name!r} has shape {list(shape)}, but its reshape is {list(spec.reshape)}"
+        )
+    try:
+        return data.reshape(lead + map_variable_dims(model, spec.reshape, spec.dims))
+    except (InvalidArgument, ValueError) as exc:
+        raise InternalError(f"output {spec.name!r}: {exc}") from exc
 
 
 def _classify(handle: ModelHandle, spec: TensorSpec, data: np.ndarray, count: Any) -> np.ndarray:

@@ -78,6 +78,12 @@ class WrittenEntry:
     kept: tuple[Path, ...] = ()
 
 
+#: The ``max_batch_size`` an import writes for a batchable model when not told one. The
+#: repository completes a config-less model as Triton does (4); an import writes its config
+#: once, so it picks a limit that lets the dynamic batcher fill a CPU.
+IMPORT_MAX_BATCH_SIZE = 64
+
+
 def build_config(
     name: str,
     model_file: Path,
@@ -98,7 +104,9 @@ def build_config(
         draft["output"] = [{"name": labels_for, "label_filename": "labels.txt"}]
     if parameters:
         draft["parameters"] = {k: {"string_value": v} for k, v in parameters.items()}
-    return complete_config(draft, describe_onnx(model_file), name=name)
+    return complete_config(
+        draft, describe_onnx(model_file), name=name, default_max_batch_size=IMPORT_MAX_BATCH_SIZE
+    )
 
 
 def _check_existing(folder: Path, plan: EntryPlan) -> tuple[bool, list[Path]]:

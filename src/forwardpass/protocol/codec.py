@@ -105,7 +105,11 @@ def encode_infer_response(
     for tensor in response.outputs:
         name, datatype, array = tensor.name, tensor.datatype, tensor.data
         _check_dtype(name, datatype, array)
+        # As Triton's HTTP server: an output the request lists goes as its own binary_data
+        # says (JSON without it), whatever binary_data_output says; only an output the
+        # request does not list follows binary_data_output.
         wanted = asked.get(name)
+        binary = wanted.get("binary_data") is True if wanted is not None else default_binary
         entry: dict[str, Any] = {
             "name": name,
             "datatype": datatype.value,
@@ -115,7 +119,6 @@ def encode_infer_response(
             entry["parameters"] = _write_shared(tensor, wanted, shared_memory)
             outputs.append(entry)
             continue
-        binary = wanted.get("binary_data", default_binary) if wanted else default_binary
         if binary:
             blob = array_to_binary(datatype, array)
             blobs.append(blob)
@@ -170,8 +173,11 @@ def _decode_json(
         raise InvalidArgument("request parameter 'binary_data_output' must be a boolean")
 
     raw_inputs = document.get("inputs")
-    if type(raw_inputs) is not list or not raw_inputs:
-        raise InvalidArgument("'inputs' must be a non-empty array of input tensors")
+    if type(raw_inputs) is not list:
+        # An empty array is valid (as in Triton): a model whose inputs are all optional runs.
+        raise InvalidArgument(
+            "Unable to parse 'inputs': 'inputs' must be an array of input tensors"
+        )
     inputs: list[Tensor] = []
     names: set[str] = set()
     blobs: list[_Blob] = []  # inputs whose data follows the header, in body order

@@ -9,11 +9,15 @@ Batching is decided like this:
 
 * the config sets ``max_batch_size``: that value holds (0 means never batch); a positive one
   needs every model input and output to have a variable leading dimension;
-* the config does not say: the model is batched (``max_batch_size`` = the default, dynamic
-  batching on with no delay) only when every input and output has rank >= 1 and a variable
-  leading dimension, and every tensor the config declares reads as "dims without the batch
-  dimension". Otherwise ``max_batch_size`` is 0 and dims are the full shapes, so a model whose
-  batch axis is not first, or that takes a scalar, still serves.
+* the config does not say: the model is batched (``max_batch_size`` = the default, 4 as in
+  Triton's onnxruntime backend, dynamic batching on with no delay) only when every input and
+  output has rank >= 1 and a variable leading dimension, and every tensor the config declares
+  reads as "dims without the batch dimension". Otherwise ``max_batch_size`` is 0 and dims are
+  the full shapes, so a model whose batch axis is not first, or that takes a scalar, still
+  serves.
+
+A tensor the model file declares without a rank takes the config's dims
+(and never makes the model batchable on its own, as in Triton's autocomplete).
 """
 
 from __future__ import annotations
@@ -34,7 +38,11 @@ from forwardpass.repository.config_io import read_draft
 from forwardpass.repository.draft import ConfigDraft, TensorDraft
 from forwardpass.runtime.base import BackendIO
 
-__all__ = ["complete_config", "complete_pytorch_config"]
+__all__ = ["DEFAULT_MAX_BATCH_SIZE", "complete_config", "complete_pytorch_config"]
+
+#: The ``max_batch_size`` a batchable model without one gets: Triton's onnxruntime backend's
+#: ``default-max-batch-size`` backend setting, 4 unless the server is told otherwise.
+DEFAULT_MAX_BATCH_SIZE = 4
 
 
 def _compatible(declared: Sequence[int], model: Sequence[int]) -> bool:
@@ -46,15 +54,22 @@ def _compatible(declared: Sequence[int], model: Sequence[int]) -> bool:
 
 def _batchable(io: BackendIO) -> bool:
     tensors = io.inputs + io.outputs
-    return bool(io.inputs) and all(len(t.dims) >= 1 and t.dims[0] == -1 for t in tensors)
+    return bool(io.inputs) and all(
+        t.name not in io.unranked and len(t.dims) >= 1 and t.dims[0] == -1 for t in tensors
+    )
 
 
-def _fits(declared: list[TensorDraft], model: tuple[TensorSpec, ...], batching: bool) -> bool:
+def _fits(
+    declared: list[TensorDraft],
+    model: tuple[TensorSpec, ...],
+    batching: bool,
+    unranked: frozenset[str] = frozenset(),
+) -> bool:
     by_name = {t.name: t for t in model}
     for tensor in declared:
         spec = by_name.get(tensor.name)
         shape = tensor.reshape if tensor.reshape is not None else tensor.dims
-        if spec is None or shape is None:
+        if spec is None or shape is None or tensor.name in unranked:
             continue
         if not _compatible(shape, spec.dims[1:] if batching else spec.dims):
             return False
@@ -96,6 +111,7 @@ def _merge(
     batching: bool,
     flat: frozenset[str] = frozenset(),
     computed: frozenset[str] = frozenset(),
+    unranked: frozenset[str] = frozenset(),
 ) -> tuple[TensorSpec, ...]:
     """Declared tensors checked against the model and completed, then the undeclared ones.
 
@@ -146,9 +162,12 @@ def _merge(
             raise InvalidModelConfig(
                 f"{kind} {tensor.name!r} has a reshape but no dims; declare the dims clients send"
             )
+        if tensor.name in unranked and tensor.dims is None:
+            raise InvalidModelConfig(_unranked(kind, tensor.name))
         dims = tensor.dims if tensor.dims is not None else model_view
         seen_by_model = tensor.reshape if tensor.reshape is not None else dims
-        if not _compatible(seen_by_model, model_view):
+        # The model file does not say the rank of an unranked tensor: the config's dims hold.
+        if tensor.name not in unranked and not _compatible(seen_by_model, model_view):
             raise _shape_error(kind, tensor, seen_by_model, spec, batching)
         out.append(
             TensorSpec(
@@ -163,10 +182,16 @@ def _merge(
         )
     named = {t.name for t in declared} | computed
     for spec in model:
+        if spec.name not in named and spec.name in unranked:
+            raise InvalidModelConfig(_unranked(kind, spec.name))
         if spec.name not in named:
             dims = spec.dims[1:] if batching else spec.dims
             out.append(TensorSpec(name=spec.name, datatype=spec.datatype, dims=dims))
     return tuple(out)
+
+
+def _unranked(kind: str, name: str) -> str:
+    return f"{kind} {name!r} has no declared rank in the model file; give its dims in the config"
 
 
 def _draft(config: ModelConfig | Mapping[str, Any] | ConfigDraft | None, name: str) -> ConfigDraft:
@@ -188,7 +213,7 @@ def complete_config(
     io: BackendIO,
     *,
     name: str,
-    default_max_batch_size: int = 64,
+    default_max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
 ) -> ModelConfig:
     """The effective config of model ``name``: ``config`` completed and checked against ``io``.
 
@@ -205,8 +230,8 @@ def complete_config(
     if max_batch_size is None:
         batched = (
             _batchable(io)
-            and _fits(draft.inputs, io.inputs, True)
-            and _fits(draft.outputs, io.outputs, True)
+            and _fits(draft.inputs, io.inputs, True, io.unranked)
+            and _fits(draft.outputs, io.outputs, True, io.unranked)
         )
         max_batch_size = default_max_batch_size if batched else 0
         if batched and dynamic_batching is None:
@@ -214,6 +239,8 @@ def complete_config(
     elif max_batch_size > 0:
         for kind, specs in model_tensors:
             for spec in specs:
+                if spec.name in io.unranked:
+                    continue
                 if not spec.dims or spec.dims[0] != -1:
                     raise InvalidModelConfig(
                         f"max_batch_size {max_batch_size} needs a variable leading (batch) "
@@ -228,8 +255,12 @@ def complete_config(
     computed = frozenset(n for b in batch_inputs for n in b.target_name)
     scattered = frozenset(n for b in batch_outputs for n in b.target_name)
     return draft.build(
-        inputs=_merge("input", draft.inputs, io.inputs, batching, ragged, computed),
-        outputs=_merge("output", draft.outputs, io.outputs, batching, scattered),
+        inputs=_merge(
+            "input", draft.inputs, io.inputs, batching, ragged, computed, unranked=io.unranked
+        ),
+        outputs=_merge(
+            "output", draft.outputs, io.outputs, batching, scattered, unranked=io.unranked
+        ),
         max_batch_size=max_batch_size,
         dynamic_batching=dynamic_batching,
     )
@@ -240,7 +271,7 @@ def complete_pytorch_config(
     model_file: Path,
     *,
     autocomplete: bool = True,
-    default_max_batch_size: int = 64,
+    default_max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
 ) -> ModelConfig:
     """The effective config of a PyTorch model (``backend: "pytorch"``), as the server will
     load it.

@@ -115,13 +115,20 @@ class ConfigDraft:
         kwargs = dict(self.fields)
         if dynamic_batching is not None:
             kwargs["dynamic_batching"] = dynamic_batching
+        if max_batch_size is None:
+            max_batch_size = self.max_batch_size or 0
+        dynamic = kwargs.get("dynamic_batching")
+        if max_batch_size > 0 and dynamic is not None and not dynamic.preferred_batch_size:
+            # Triton's NormalizeModelConfig: no preferred batch size means [max_batch_size]
+            # (the same batches either way; the effective config shows it).
+            kwargs["dynamic_batching"] = dataclasses.replace(
+                dynamic, preferred_batch_size=(max_batch_size,)
+            )
         config = ModelConfig(
             name=self.name,
             platform=self.platform,
             backend=self.backend,
-            max_batch_size=(
-                max_batch_size if max_batch_size is not None else self.max_batch_size or 0
-            ),
+            max_batch_size=max_batch_size,
             inputs=inputs if inputs is not None else tuple(t.build("input") for t in self.inputs),
             outputs=(
                 outputs if outputs is not None else tuple(t.build("output") for t in self.outputs)

@@ -32,7 +32,11 @@ from forwardpass.errors import (
     NotFound,
 )
 from forwardpass.model_config import ModelConfig
-from forwardpass.repository.completion import complete_config, complete_pytorch_config
+from forwardpass.repository.completion import (
+    DEFAULT_MAX_BATCH_SIZE,
+    complete_config,
+    complete_pytorch_config,
+)
 from forwardpass.repository.config_io import read_draft
 from forwardpass.repository.draft import ConfigDraft
 from forwardpass.repository.pbtxt import parse_pbtxt
@@ -153,7 +157,11 @@ class ModelRepository:
     """
 
     def __init__(
-        self, root: Path | str, *, autocomplete: bool = True, default_max_batch_size: int = 64
+        self,
+        root: Path | str,
+        *,
+        autocomplete: bool = True,
+        default_max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
     ) -> None:
         self._root = Path(root).absolute()
         self.autocomplete = autocomplete

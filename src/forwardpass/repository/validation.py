@@ -13,8 +13,17 @@ from forwardpass.model_config import ModelConfig
 __all__ = ["validate_config"]
 
 
-def _elements(shape: tuple[int, ...]) -> int | None:
-    return None if -1 in shape else math.prod(shape)
+def _segments(shape: tuple[int, ...]) -> list[int]:
+    """The element counts between the ``-1`` dims of ``shape`` (Triton's reshape check)."""
+    counts, current = [], 1
+    for dim in shape:
+        if dim == -1:
+            counts.append(current)
+            current = 1
+        else:
+            current *= dim
+    counts.append(current)
+    return counts
 
 
 def _check_tensors(config: ModelConfig) -> None:
@@ -24,11 +33,23 @@ def _check_tensors(config: ModelConfig) -> None:
             if names.count(spec.name) > 1:
                 raise InvalidModelConfig(f"{kind} name {spec.name!r} is declared twice")
             if spec.reshape is not None:
-                a, b = _elements(spec.dims), _elements(spec.reshape)
-                if a is not None and b is not None and a != b:
+                # As Triton: dims and reshape have as many -1 dims, and the fixed dims between
+                # them hold as many elements, so each -1 maps to one -1 (in order).
+                a, b = _segments(spec.dims), _segments(spec.reshape)
+                if len(a) != len(b):
                     raise InvalidModelConfig(
-                        f"{kind} {spec.name!r}: reshape {list(spec.reshape)} holds {b} elements "
-                        f"but dims {list(spec.dims)} hold {a}"
+                        f"{kind} {spec.name!r} has different number of variable-size dimensions "
+                        f"for dims and reshape (dims {list(spec.dims)}, reshape "
+                        f"{list(spec.reshape)})"
+                    )
+                if a != b:
+                    raise InvalidModelConfig(
+                        f"{kind} {spec.name!r} has different size for dims and reshape: reshape "
+                        f"{list(spec.reshape)} holds {math.prod(b)} elements but dims "
+                        f"{list(spec.dims)} hold {math.prod(a)}"
+                        if -1 not in spec.dims
+                        else f"{kind} {spec.name!r} has different size for dims and reshape "
+                        f"(dims {list(spec.dims)}, reshape {list(spec.reshape)})"
                     )
 
 

@@ -32,10 +32,13 @@ class BackendIO:
     """What a model file declares about itself, used to complete a missing config.
 
     Shapes are the model's full shapes with ``-1`` for symbolic or unknown dimensions.
+    A tensor of unknown rank is named in ``unranked`` (its ``dims`` are empty): the config's
+    dims are taken for it.
     """
 
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    unranked: frozenset[str] = frozenset()
 
 
 class Backend(abc.ABC):

@@ -59,8 +59,8 @@ def _dims(type_proto: Any) -> tuple[int, ...] | None:
 def describe_onnx(path: Path) -> BackendIO:
     """Inputs and outputs an ONNX file declares (full shapes, -1 for symbolic dimensions).
 
-    Raises :class:`InvalidModelConfig` for an unreadable file, an unsupported element type
-    or an input/output of unknown rank.
+    Raises :class:`InvalidModelConfig` for an unreadable file or an unsupported element type.
+    An input/output of unknown rank is listed in ``unranked``; its config gives its dims.
     """
     import onnx
 
@@ -69,6 +69,7 @@ def describe_onnx(path: Path) -> BackendIO:
     except Exception as exc:
         raise InvalidModelConfig(f"cannot read ONNX model {path.name}: {exc}") from exc
     initializers = {init.name for init in model.graph.initializer}
+    unranked: set[str] = set()
 
     def specs(values: Any, kind: str) -> tuple[TensorSpec, ...]:
         out = []
@@ -82,14 +83,15 @@ def describe_onnx(path: Path) -> BackendIO:
                 raise InvalidModelConfig(f"{kind} {value.name!r} has unsupported ONNX type {elem}")
             dims = _dims(value.type)
             if dims is None:
-                raise InvalidModelConfig(
-                    f"{kind} {value.name!r} has no declared rank; write a config with its dims"
-                )
+                unranked.add(value.name)
+                dims = ()
             out.append(TensorSpec(name=value.name, datatype=_ONNX_TYPES[elem], dims=dims))
         return tuple(out)
 
     return BackendIO(
-        inputs=specs(model.graph.input, "input"), outputs=specs(model.graph.output, "output")
+        inputs=specs(model.graph.input, "input"),
+        outputs=specs(model.graph.output, "output"),
+        unranked=frozenset(unranked),
     )
 
 

@@ -41,11 +41,13 @@ MLP_IO = _io({"x": (-1, 4)}, {"y": (-1, 3)})
 
 
 def test_mlp_with_dynamic_batch_is_batched(describe: Any, mlp_model: Any) -> None:
+    # As Triton's onnxruntime backend completes it: max_batch_size 4 (its default-max-batch-
+    # size), dynamic batching on, and (core's normalization) preferred_batch_size [4].
     config = complete_config(None, describe(mlp_model()), name="mlp")
-    assert config.max_batch_size == 64
+    assert config.max_batch_size == 4
     assert config.inputs == (TensorSpec("x", DataType.FP32, (4,)),)
     assert config.outputs == (TensorSpec("y", DataType.FP32, (3,)),)
-    assert config.dynamic_batching == DynamicBatching()
+    assert config.dynamic_batching == DynamicBatching(preferred_batch_size=(4,))
     assert (config.platform, config.backend) == ("onnxruntime_onnx", "onnxruntime")
     assert complete_config(None, MLP_IO, name="m", default_max_batch_size=8).max_batch_size == 8
 
@@ -83,14 +85,16 @@ def test_partial_config_batching_only_fills_tensors() -> None:
     partial = parse_pbtxt("max_batch_size: 8 dynamic_batching { max_queue_delay_microseconds: 50 }")
     config = complete_config(partial, MLP_IO, name="m")
     assert config.max_batch_size == 8
-    assert config.dynamic_batching == DynamicBatching(max_queue_delay_microseconds=50)
+    assert config.dynamic_batching == DynamicBatching(
+        max_queue_delay_microseconds=50, preferred_batch_size=(8,)
+    )
     assert [t.dims for t in config.inputs + config.outputs] == [(4,), (3,)]
 
 
 def test_config_without_max_batch_size_keeps_its_dynamic_batching() -> None:
-    config = complete_config({"dynamic_batching": {"preferred_batch_size": [4]}}, MLP_IO, name="m")
-    assert config.max_batch_size == 64
-    assert config.dynamic_batching == DynamicBatching(preferred_batch_size=(4,))
+    config = complete_config({"dynamic_batching": {"preferred_batch_size": [2]}}, MLP_IO, name="m")
+    assert config.max_batch_size == 4
+    assert config.dynamic_batching == DynamicBatching(preferred_batch_size=(2,))
 
 
 def test_inputs_without_dims_or_datatype_are_filled() -> None:
@@ -190,7 +194,7 @@ def test_warmup_is_checked_against_completed_inputs() -> None:
         ),
         (
             "dynamic_batching { preferred_batch_size: 128 }",
-            "preferred_batch_size 128 exceeds max_batch_size 64",
+            "preferred_batch_size 128 exceeds max_batch_size 4",
         ),
     ],
 )
@@ -223,3 +227,31 @@ def test_completed_config_equals_the_declared_one() -> None:
     """
     declared = config_from_dict(parse_pbtxt(text), name="m")
     assert complete_config(parse_pbtxt(text), MLP_IO, name="m") == declared
+
+
+def test_unranked_tensor_takes_the_config_dims() -> None:
+    """An ONNX input without a declared rank serves with the dims its config gives."""
+    io = BackendIO(
+        inputs=(TensorSpec("x", DataType.FP32, ()),),
+        outputs=(TensorSpec("y", DataType.FP32, (-1, 3)),),
+        unranked=frozenset({"x"}),
+    )
+    # Unranked, the model cannot be batched on its own (Triton's autocomplete sees no dims).
+    config = complete_config({"input": [{"name": "x", "dims": [-1, 3]}]}, io, name="m")
+    assert config.max_batch_size == 0
+    assert config.inputs == (TensorSpec("x", DataType.FP32, (-1, 3)),)
+    # With max_batch_size the config's dims leave out the batch dimension, as always.
+    batched = complete_config(
+        {"max_batch_size": 8, "input": [{"name": "x", "dims": [3]}]}, io, name="m"
+    )
+    assert batched.inputs == (TensorSpec("x", DataType.FP32, (3,)),)
+
+
+def test_unranked_tensor_without_config_dims_is_a_config_error() -> None:
+    io = BackendIO(
+        inputs=(TensorSpec("x", DataType.FP32, ()),),
+        outputs=(TensorSpec("y", DataType.FP32, (-1, 3)),),
+        unranked=frozenset({"x"}),
+    )
+    with pytest.raises(InvalidModelConfig, match="no declared rank"):
+        complete_config(None, io, name="m")

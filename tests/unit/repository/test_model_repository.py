@@ -46,7 +46,7 @@ def test_model_without_config_is_completed_from_onnx(make_model: Any, mlp_model:
     assert entry.name == "mlp" and entry.path == repo / "mlp"
     assert entry.config_file is None
     assert entry.versions == (1,)
-    assert entry.config.max_batch_size == 64
+    assert entry.config.max_batch_size == 4  # Triton's onnxruntime default-max-batch-size
     assert entry.config.inputs[0].dims == (4,)
     assert entry.version_dir(1) == repo / "mlp" / "1"
     with pytest.raises(NotFound, match=r"has no version 2 \(served versions: \[1\]\)"):

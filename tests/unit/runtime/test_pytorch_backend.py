@@ -221,7 +221,7 @@ def test_a_torch_export_program_completes_its_config_and_matches_eager(tmp_path:
     )
     entry = ModelRepository(tmp_path).read("ex")
     config = entry.config
-    assert config.max_batch_size == 64 and config.dynamic_batching is not None
+    assert config.max_batch_size == 4 and config.dynamic_batching is not None
     assert [(s.name, s.datatype, s.dims) for s in config.inputs] == [("x", DataType.FP32, (4,))]
     assert [(s.name, s.dims) for s in config.outputs] == [("OUTPUT__0", (3,))]
     backend = load(tmp_path, "ex")
