@@ -13,6 +13,7 @@ from dataclasses import asdict
 
 from forwardpass.config import ServerConfig
 from forwardpass.engine import Engine
+from forwardpass.monitor.logsettings import LogControl
 from forwardpass.monitor.metrics import metrics_renderer
 from forwardpass.protocol.http import HttpApp
 from forwardpass.protocol.server import HttpServer
@@ -26,11 +27,11 @@ log = logging.getLogger("forwardpass")
 class Server:
     """One forwardpass server: start it, it serves until :meth:`stop`."""
 
-    def __init__(self, config: ServerConfig) -> None:
+    def __init__(self, config: ServerConfig, logs: LogControl | None = None) -> None:
         self.config = config
         self.engine = Engine(ModelRepository(config.model_repository), config)
         metrics = metrics_renderer(self.engine) if config.metrics else None
-        self.app = HttpApp(self.engine, metrics, config.max_request_bytes)
+        self.app = HttpApp(self.engine, metrics, config.max_request_bytes, logs)
         self.http = HttpServer(
             self.app, config.host, config.http_port, config.max_request_bytes, config.keep_alive_s
         )
@@ -63,17 +64,20 @@ def _install_loop() -> None:
 
 def run_server(config: ServerConfig, on_ready: Callable[[int], None] | None = None) -> None:
     """Run until SIGINT/SIGTERM; the first signal drains in-flight requests, a second exits."""
+    # Other libraries' records go to stderr through the root logger; forwardpass's own go
+    # through the LogControl, which the logging extension changes at run time.
     logging.basicConfig(
-        level=config.log_level.upper(),
+        level=logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    logs = LogControl(config.log_settings())
     log.info("effective configuration: %s", {k: str(v) for k, v in asdict(config).items()})
     _install_loop()
 
     async def main() -> None:
         began = time.perf_counter()
-        server = Server(config)
+        server = Server(config, logs)
         port = await server.start()
         loop = asyncio.get_running_loop()
         stopping = False

@@ -32,12 +32,16 @@ from forwardpass.errors import (
     Unsupported,
     http_status,
 )
+from forwardpass.monitor.logsettings import LogControl, parse_log_update
+from forwardpass.monitor.trace import Trace, parse_trace_update
 from forwardpass.protocol.codec import decode_infer_request, encode_error, encode_infer_response
 from forwardpass.protocol.documents import (
     index_document,
+    log_settings_document,
     metadata_document,
     server_document,
     statistics_document,
+    trace_settings_document,
 )
 from forwardpass.repository import config_to_dict
 
@@ -49,10 +53,12 @@ log = logging.getLogger("forwardpass.http")
 EXTENSIONS = (
     "binary_tensor_data",
     "classification",
+    "logging",
     "model_configuration",
     "model_repository",
     "schedule_policy",
     "statistics",
+    "trace",
 )
 
 JSON = "application/json"
@@ -102,10 +108,13 @@ class HttpApp:
         engine: Engine,
         metrics: Callable[[], bytes] | None = None,
         max_request_bytes: int = 64 * 1024 * 1024,
+        logs: LogControl | None = None,
     ) -> None:
         self.engine = engine
         self.metrics = metrics
         self.max_request_bytes = max_request_bytes
+        #: The logging extension's target; None where the process's logging is not ours.
+        self.logs = logs
 
     async def handle(self, request: HttpRequest) -> HttpResponse:
         try:
@@ -148,6 +157,10 @@ class HttpApp:
             return self._models_route(method, rest[1:], request)
         elif head == "repository":
             return self._repository_route(method, rest[1:], request)
+        elif head == "trace" and rest[1:] == ["setting"]:
+            return self._trace_setting(method, "", request)
+        elif head == "logging" and len(rest) == 1:
+            return self._logging(method, request)
         raise NotFound(f"no route for {method} {request.path}")
 
     @staticmethod
@@ -173,6 +186,8 @@ class HttpApp:
         if not tail:
             self._method(method, "GET")
             return _json(metadata_document(self.engine.metadata(name, version)))
+        if tail == ["trace", "setting"]:
+            return self._trace_setting(method, name, request)
         action = tail[0] if len(tail) == 1 else ""
         if action == "infer":
             self._method(method, "POST")
@@ -191,6 +206,22 @@ class HttpApp:
         raise NotFound(f"no route for {method} {request.path}")
 
     async def _infer(self, name: str, version: str, request: HttpRequest) -> HttpResponse:
+        tracer = self.engine.tracer
+        if tracer.active:
+            trace = tracer.sample(name)
+            if trace is not None:
+                # The request is parsed off the socket by now: as close to RECV_END as the
+                # app can see (the socket layer does not stamp RECV_START).
+                trace.stamp("HTTP_RECV_END")
+                try:
+                    return await self._infer_traced(name, version, request, trace)
+                finally:
+                    trace.finish()
+        return await self._infer_traced(name, version, request, None)
+
+    async def _infer_traced(
+        self, name: str, version: str, request: HttpRequest, trace: Trace | None
+    ) -> HttpResponse:
         body = _decompress(request, self.max_request_bytes)
         raw_length = request.headers.get("inference-header-content-length")
         header_length: int | None = None
@@ -211,8 +242,10 @@ class HttpApp:
             header_length=header_length,
             config=config,
         )
-        response = await self.engine.infer(infer_request)
+        response = await self.engine.infer(infer_request, trace)
         payload, json_length = encode_infer_response(response, infer_request)
+        if trace is not None:
+            trace.stamp("HTTP_SEND_START")
         if json_length is None:
             return HttpResponse(200, payload)
         return HttpResponse(
@@ -247,6 +280,30 @@ class HttpApp:
             await self.engine.load(name, config_override=config, files=files)
             return _EMPTY_OK
         raise NotFound(f"no route for {method} {request.path}")
+
+    # ------------------------------------------------------------------ trace and logging
+    def _trace_setting(self, method: str, model: str, request: HttpRequest) -> HttpResponse:
+        """Triton's trace extension: GET shows, POST updates (``null`` clears a field)."""
+        if method not in ("GET", "POST"):
+            raise InvalidArgument(f"method {method} is not allowed here; use GET or POST")
+        if model and not self.engine.is_ready(model):
+            raise InvalidArgument(f"Request for unknown model : {model}")
+        tracer = self.engine.tracer
+        if method == "POST":
+            update = parse_trace_update(_parse_json(request.body, "trace setting request"))
+            return _json(trace_settings_document(tracer.update(model, update)))
+        return _json(trace_settings_document(tracer.settings(model)))
+
+    def _logging(self, method: str, request: HttpRequest) -> HttpResponse:
+        """Triton's logging extension: GET shows, POST updates the server's log settings."""
+        if method not in ("GET", "POST"):
+            raise InvalidArgument(f"method {method} is not allowed here; use GET or POST")
+        if self.logs is None:
+            raise Unavailable("the server does not support dynamic logging")
+        if method == "POST":
+            update = parse_log_update(_parse_json(request.body, "log setting request"))
+            return _json(log_settings_document(self.logs.update(update)))
+        return _json(log_settings_document(self.logs.current))
 
     def _server_metadata(self) -> HttpResponse:
         return _json(server_document("forwardpass", __version__, EXTENSIONS))

@@ -103,6 +103,9 @@ class Pending:
     deadline_ns: int = 0
     timeout_action: str = "REJECT"
     timer: asyncio.TimerHandle | None = None
+    #: When the caller asked (a traced request): the batch's monotonic-clock instants are
+    #: appended here: compute start, input end (merged), output start (backend done), end.
+    stamps: list[int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,9 +197,16 @@ class Batcher:
 
     # ------------------------------------------------------------------ submit
     async def submit(
-        self, inputs: NamedArrays, *, priority: int = 0, timeout_us: int | None = None
+        self,
+        inputs: NamedArrays,
+        *,
+        priority: int = 0,
+        timeout_us: int | None = None,
+        stamps: list[int] | None = None,
     ) -> tuple[NamedArrays, int, int]:
-        """Queue one request; returns (outputs, queue_ns, compute_ns) once its batch has run."""
+        """Queue one request; returns (outputs, queue_ns, compute_ns) once its batch has run.
+
+        ``stamps``, when given, receives the batch's compute instants (see :class:`Pending`)."""
         if self._closed:
             raise Unavailable(f"model {self.name} is unloading")
         policy = self.policy
@@ -231,6 +241,7 @@ class Batcher:
             level=level - 1,
             enqueued_ns=now,
             timeout_action=qpolicy.timeout_action,
+            stamps=stamps,
         )
         timeout = qpolicy.default_timeout_microseconds
         if timeout_us is not None and (qpolicy.allow_timeout_override or not timeout):
@@ -369,7 +380,7 @@ class Batcher:
         queue_ns = tuple(start - item.enqueued_ns for item in batch)
         rows = sum(item.rows for item in batch)
         try:
-            outputs, input_ns, infer_ns, output_ns, parts = await loop.run_in_executor(
+            outputs, times, parts = await loop.run_in_executor(
                 self.executor, self._run_batch, instance, batch
             )
         except ForwardpassError as exc:
@@ -387,8 +398,12 @@ class Batcher:
                 BatchRecord(rows, len(batch), queue_ns, 0, time.monotonic_ns() - start, 0, False)
             )
             return
-        compute_ns = input_ns + infer_ns + output_ns
+        t0, t1, t2, t3 = times
+        input_ns, infer_ns, output_ns = t1 - t0, t2 - t1, t3 - t2
+        compute_ns = t3 - t0
         for item, part, q in zip(batch, parts, queue_ns, strict=True):
+            if item.stamps is not None:
+                item.stamps.extend(times)
             if not item.future.done():
                 item.future.set_result((part, q, compute_ns))
         self._emit(BatchRecord(rows, len(batch), queue_ns, input_ns, infer_ns, output_ns, True))
@@ -396,8 +411,11 @@ class Batcher:
 
     def _run_batch(
         self, instance: int, batch: Sequence[Pending]
-    ) -> tuple[NamedArrays, int, int, int, list[NamedArrays]]:
-        """Worker-thread side: merge, run, split. Checks the backend kept len(out) == len(in)."""
+    ) -> tuple[NamedArrays, tuple[int, int, int, int], list[NamedArrays]]:
+        """Worker-thread side: merge, run, split. Checks the backend kept len(out) == len(in).
+
+        Returns the outputs, the instants (start, merged, run, split), and each request's part.
+        """
         t0 = time.monotonic_ns()
         if len(batch) == 1:
             merged = batch[0].inputs
@@ -427,7 +445,7 @@ class Batcher:
                 parts.append({name: array[offset:end] for name, array in outputs.items()})
                 offset = end
         t3 = time.monotonic_ns()
-        return outputs, t1 - t0, t2 - t1, t3 - t2, parts
+        return outputs, (t0, t1, t2, t3), parts
 
     def _fail(self, item: Pending, exc: Exception) -> None:
         if item.timer is not None:
