@@ -180,7 +180,9 @@ class LogControl:
 
     def update(self, update: Mapping[str, Any]) -> LogSettings:
         """Apply a parsed update (see :func:`parse_log_update`)."""
-        return self.apply(replace(self.current, **update))
+        settings = self.apply(replace(self.current, **update))
+        self.logger.getChild("logsettings").info("log settings: %s", settings)
+        return settings
 
     def close(self) -> None:
         with self._lock:

@@ -530,7 +530,13 @@ class Tracer:
             self._refresh()
         for scope in retired:
             self.writer.retire(scope)
-        return self.settings(model_name)
+        settings = self.settings(model_name)
+        log.info(
+            "trace settings of %s: %s",
+            f"model {model_name}" if model_name else "the server",
+            settings,
+        )
+        return settings
 
     def _refresh(self) -> None:
         self.active = self._global.tracing or any(s.tracing for s in self._models.values())
