@@ -191,7 +191,9 @@ class HttpApp:
         action = tail[0] if len(tail) == 1 else ""
         if action == "infer":
             self._method(method, "POST")
-            return self._infer(name, version, request)
+            if self.engine.tracer.active:
+                return self._traced_infer(name, version, request)
+            return self._infer(name, version, request, None)
         if action == "ready":
             self._method(method, "GET")
             # version() raises 404 for an unknown model or version, 503 for one not ready.
@@ -205,21 +207,20 @@ class HttpApp:
             return _json(statistics_document(self.engine.stats(name, version)))
         raise NotFound(f"no route for {method} {request.path}")
 
-    async def _infer(self, name: str, version: str, request: HttpRequest) -> HttpResponse:
-        tracer = self.engine.tracer
-        if tracer.active:
-            trace = tracer.sample(name)
-            if trace is not None:
-                # The request is parsed off the socket by now: as close to RECV_END as the
-                # app can see (the socket layer does not stamp RECV_START).
-                trace.stamp("HTTP_RECV_END")
-                try:
-                    return await self._infer_traced(name, version, request, trace)
-                finally:
-                    trace.finish()
-        return await self._infer_traced(name, version, request, None)
+    async def _traced_infer(self, name: str, version: str, request: HttpRequest) -> HttpResponse:
+        """Infer while some scope traces: sample, stamp the HTTP side, finish the trace."""
+        trace = self.engine.tracer.sample(name)
+        if trace is None:
+            return await self._infer(name, version, request, None)
+        # The request is parsed off the socket by now: as close to RECV_END as the app can
+        # see (the socket layer does not stamp RECV_START or SEND_END).
+        trace.stamp("HTTP_RECV_END")
+        try:
+            return await self._infer(name, version, request, trace)
+        finally:
+            trace.finish()
 
-    async def _infer_traced(
+    async def _infer(
         self, name: str, version: str, request: HttpRequest, trace: Trace | None
     ) -> HttpResponse:
         body = _decompress(request, self.max_request_bytes)
