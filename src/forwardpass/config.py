@@ -11,9 +11,13 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any, get_args, get_type_hints
+from typing import TYPE_CHECKING, Any, get_args, get_type_hints
 
 from forwardpass.errors import InvalidArgument
+
+if TYPE_CHECKING:
+    from forwardpass.monitor.logsettings import LogSettings
+    from forwardpass.monitor.trace import TraceSettings
 
 __all__ = ["DEFAULT_REPOSITORY", "ServerConfig"]
 
@@ -60,6 +64,17 @@ class ServerConfig:
     #: a region makes the server read and write memory of this host.
     allow_client_shm: bool = False
     log_level: str = "INFO"
+    #: Triton's log line layout: "default" or "ISO8601".
+    log_format: str = "default"
+    #: Append log lines to this file ("" writes them to stderr).
+    log_file: str = ""
+    #: Triton's trace settings at start-up (``--trace-config``); the trace extension's
+    #: requests change them at run time. An empty level is OFF.
+    trace_file: str = ""
+    trace_level: tuple[str, ...] = ()
+    trace_rate: int = 1000
+    trace_count: int = -1
+    trace_log_frequency: int = 0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> ServerConfig:
@@ -77,6 +92,36 @@ class ServerConfig:
                 values[f.name] = _coerce(f.name, env[key], default)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return replace(cls(), **values)
+
+    def trace_settings(self) -> TraceSettings:
+        """The start-up trace settings, checked as the trace extension checks an update."""
+        from forwardpass.monitor.trace import (
+            TraceSettings,
+            check_trace_settings,
+            parse_trace_update,
+        )
+
+        update = parse_trace_update(
+            {
+                "trace_level": list(self.trace_level) or ["OFF"],
+                "trace_rate": self.trace_rate,
+                "trace_count": self.trace_count,
+                "log_frequency": self.trace_log_frequency,
+            }
+        )
+        settings = TraceSettings(file=self.trace_file, **update)
+        check_trace_settings(settings)
+        return settings
+
+    def log_settings(self) -> LogSettings:
+        """The start-up log settings: ``log_level`` mapped to Triton's switches."""
+        from forwardpass.monitor.logsettings import FORMATS, LogSettings
+
+        if self.log_format not in FORMATS:
+            raise InvalidArgument(f"invalid argument for --log-format, got: {self.log_format}")
+        return LogSettings.from_level(
+            self.log_level, log_file=self.log_file, log_format=self.log_format
+        )
 
 
 def _coerce(name: str, raw: str, default: Any) -> Any:

@@ -13,6 +13,7 @@ from dataclasses import asdict
 
 from forwardpass.config import ServerConfig
 from forwardpass.engine import Engine
+from forwardpass.monitor.logsettings import LogControl
 from forwardpass.monitor.metrics import metrics_renderer
 from forwardpass.protocol.http import HttpApp
 from forwardpass.protocol.server import HttpServer
@@ -27,13 +28,17 @@ log = logging.getLogger("forwardpass")
 class Server:
     """One forwardpass server: start it, it serves until :meth:`stop`."""
 
-    def __init__(self, config: ServerConfig) -> None:
+    def __init__(self, config: ServerConfig, logs: LogControl | None = None) -> None:
         self.config = config
         self.engine = Engine(ModelRepository(config.model_repository), config)
         metrics = metrics_renderer(self.engine) if config.metrics else None
         self.shared_memory = SharedMemoryRegistry() if config.allow_client_shm else None
         self.app = HttpApp(
-            self.engine, metrics, config.max_request_bytes, shared_memory=self.shared_memory
+            self.engine,
+            metrics,
+            config.max_request_bytes,
+            logs,
+            shared_memory=self.shared_memory,
         )
         self.http = HttpServer(self.app, config)
         self._stopped = asyncio.Event()
@@ -76,17 +81,20 @@ def run_server(config: ServerConfig, on_ready: Callable[[int], None] | None = No
     A port that cannot be bound or a TLS file that cannot be loaded raises a
     :class:`~forwardpass.errors.ForwardpassError` naming it.
     """
+    # Other libraries' records go to stderr through the root logger; forwardpass's own go
+    # through the LogControl, which the logging extension changes at run time.
     logging.basicConfig(
-        level=config.log_level.upper(),
+        level=logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    logs = LogControl(config.log_settings())
     log.info("effective configuration: %s", {k: str(v) for k, v in asdict(config).items()})
     _install_loop()
 
     async def main() -> None:
         began = time.perf_counter()
-        server = Server(config)
+        server = Server(config, logs)
         port = await server.start()
         loop = asyncio.get_running_loop()
         stopping = False

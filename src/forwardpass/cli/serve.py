@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -65,6 +66,31 @@ __all__ = ["serve"]
     default=None,
     help="Comma-separated origins browsers may call from, or '*' (default: CORS off).",
 )
+@click.option("--log-format", default=None, help="Log line layout: default or ISO8601.")
+@click.option("--log-file", default=None, help="Append log lines to this file (default stderr).")
+@click.option("--trace-file", default=None, help="Where traces are written (Triton's format).")
+@click.option(
+    "--trace-level",
+    multiple=True,
+    help="OFF, TIMESTAMPS or TENSORS; repeat for several (default OFF).",
+)
+@click.option("--trace-rate", type=int, default=None, help="Trace every N-th request (1000).")
+@click.option("--trace-count", type=int, default=None, help="Traces to take; -1 = no limit.")
+@click.option(
+    "--trace-log-frequency",
+    "--log-frequency",
+    "trace_log_frequency",
+    type=int,
+    default=None,
+    help="Write every N traces to <trace-file>.<index>; 0 writes all to <trace-file>.",
+)
+@click.option(
+    "--trace-config",
+    "trace_config",
+    multiple=True,
+    help="Triton's spelling: level=, rate=, count=, mode=triton, triton,file=, "
+    "triton,log-frequency=. The flags above win over it.",
+)
 def serve(
     model_repository: Path | None,
     host: str | None,
@@ -79,6 +105,14 @@ def serve(
     tls_key: Path | None,
     tls_ca: Path | None,
     cors_origins: str | None,
+    log_format: str | None,
+    log_file: str | None,
+    trace_file: str | None,
+    trace_level: tuple[str, ...],
+    trace_rate: int | None,
+    trace_count: int | None,
+    trace_log_frequency: int | None,
+    trace_config: tuple[str, ...],
 ) -> None:
     """Serve a model repository over the Open Inference Protocol (KServe V2) on HTTP."""
     from forwardpass.config import ServerConfig
@@ -86,6 +120,15 @@ def serve(
     from forwardpass.serving import run_server
 
     try:
+        trace = _trace_config(trace_config)
+        explicit = {
+            "trace_file": trace_file,
+            "trace_level": trace_level or None,
+            "trace_rate": trace_rate,
+            "trace_count": trace_count,
+            "trace_log_frequency": trace_log_frequency,
+        }
+        trace.update({k: v for k, v in explicit.items() if v is not None})
         config = ServerConfig.from_env(
             model_repository=model_repository,
             host=host,
@@ -103,7 +146,13 @@ def serve(
             cors_origins=None
             if cors_origins is None
             else tuple(o.strip() for o in cors_origins.split(",") if o.strip()),
+            log_format=log_format,
+            log_file=log_file,
+            **trace,
         )
+        # Checked here so that a bad value is a usage error, not a traceback at start-up.
+        config.trace_settings()
+        config.log_settings()
     except ForwardpassError as exc:
         raise click.ClickException(exc.message) from None
     if not config.model_repository.is_dir():
@@ -118,3 +167,60 @@ def serve(
         run_server(config, on_ready=announce)
     except ForwardpassError as exc:  # a busy port, an unreadable TLS file: one line, exit 1
         raise click.ClickException(exc.message) from None
+
+
+#: ``--trace-config`` setting names → ServerConfig fields (Triton's global and "triton," ones).
+_TRACE_CONFIG = {
+    "level": "trace_level",
+    "rate": "trace_rate",
+    "count": "trace_count",
+    "file": "trace_file",
+    "log-frequency": "trace_log_frequency",
+}
+
+
+def _trace_config(values: tuple[str, ...]) -> dict[str, Any]:
+    """Triton's ``--trace-config [mode,]setting=value`` list → ServerConfig fields."""
+    from forwardpass.errors import InvalidArgument
+
+    out: dict[str, Any] = {}
+    levels: list[str] = []
+    for raw in values:
+        spec = raw
+        mode, sep, rest = spec.partition(",")
+        if sep and "=" not in mode:
+            if mode == "opentelemetry":
+                raise InvalidArgument(
+                    f"--trace-config {raw}: only Triton's trace mode ('triton') is supported"
+                )
+            if mode != "triton":
+                raise InvalidArgument(f"--trace-config {raw}: unknown trace mode {mode!r}")
+            spec = rest
+        name, eq, value = spec.partition("=")
+        if not eq:
+            raise InvalidArgument(f"--trace-config {raw}: expected <setting>=<value>")
+        if name == "mode":
+            if value != "triton":
+                raise InvalidArgument(
+                    f"--trace-config {raw}: only Triton's trace mode ('triton') is supported"
+                )
+            continue
+        field = _TRACE_CONFIG.get(name)
+        if field is None:
+            raise InvalidArgument(
+                f"--trace-config {raw}: unknown setting {name!r} (level, rate, count, mode, "
+                "file, log-frequency)"
+            )
+        if field == "trace_level":
+            levels.append(value)
+            out[field] = tuple(levels)
+        elif field == "trace_file":
+            out[field] = value
+        else:
+            try:
+                out[field] = int(value)
+            except ValueError:
+                raise InvalidArgument(
+                    f"--trace-config {raw}: {name} must be an integer, got {value!r}"
+                ) from None
+    return out

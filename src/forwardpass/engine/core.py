@@ -20,11 +20,13 @@ from typing import Any
 import numpy as np
 
 from forwardpass.config import ServerConfig
+from forwardpass.datatypes import DataType
 from forwardpass.engine.models import LoadedVersion, ModelHandle, ModelTable
 from forwardpass.engine.outputs import respond
 from forwardpass.engine.validation import schedule_params, validate
 from forwardpass.errors import ForwardpassError, InternalError
 from forwardpass.model_config import ModelConfig, TensorSpec
+from forwardpass.monitor.trace import Trace, Tracer
 from forwardpass.processing.base import Processing
 from forwardpass.repository import ModelRepository
 from forwardpass.repository.warmup import zeros
@@ -49,6 +51,8 @@ class Engine:
         self.repository = repository
         self.config = config or ServerConfig(model_repository=repository.root)
         self.table = ModelTable(repository, self.config)
+        #: Triton's trace extension: settings, sampler and trace-file writer.
+        self.tracer = Tracer(self.config.trace_settings())
         self._processing_pool = ThreadPoolExecutor(
             max_workers=max(2, os.cpu_count() or 1), thread_name_prefix="fp-processing"
         )
@@ -77,6 +81,8 @@ class Engine:
         self.stopping = True
         await self.table.retire_all("server is shutting down")
         self._processing_pool.shutdown(wait=False)
+        # After the models: traces of the requests that just finished are written too.
+        await asyncio.get_running_loop().run_in_executor(None, self.tracer.close)
 
     @property
     def ready(self) -> bool:
@@ -179,10 +185,25 @@ class Engine:
         return [v.stats.snapshot() for h in self.table for _, v in sorted(h.versions.items())]
 
     # ------------------------------------------------------------------ inference
-    async def infer(self, request: InferRequest) -> InferResponse:
-        """Validate, queue, run and answer one request."""
+    async def infer(self, request: InferRequest, trace: Trace | None = None) -> InferResponse:
+        """Validate, queue, run and answer one request.
+
+        ``trace`` is the protocol's trace of this request when it sampled one: it stamps its
+        own activities (HTTP receive and send) around this call and finishes the trace.
+        Otherwise the engine samples here and finishes the trace it took. The trace is an
+        argument, not a field of :class:`InferRequest` (core types know nothing of tracing or
+        a wire) nor a context variable (an ensemble's steps call ``infer`` from inside this
+        call and would silently inherit, and stamp, their parent's trace).
+        """
         start = time.monotonic_ns()
         handle, loaded = self.version(request.model_name, request.model_version)
+        own: Trace | None = None
+        if trace is None and self.tracer.active:
+            trace = own = self.tracer.sample(request.model_name)
+        if trace is not None:
+            trace.model_version = str(loaded.version)
+            trace.request_id = request.id
+            trace.stamp("REQUEST_START", start)
         stats = loaded.stats
         try:
             inputs = validate(handle, request)
@@ -207,9 +228,14 @@ class Engine:
                 assert loaded.batcher is not None
                 inputs = loaded.backends[0].check(inputs)
                 try:
-                    outputs, _queue_ns, _compute_ns = await loaded.batcher.submit(
-                        inputs, priority=priority, timeout_us=timeout
-                    )
+                    if trace is None:
+                        outputs, _queue_ns, _compute_ns = await loaded.batcher.submit(
+                            inputs, priority=priority, timeout_us=timeout
+                        )
+                    else:
+                        outputs = await _traced_submit(
+                            trace, loaded, handle.config, inputs, priority, timeout
+                        )
                 except InternalError as exc:
                     if not _no_rows(handle.config, inputs):
                         raise
@@ -226,8 +252,16 @@ class Engine:
             response = respond(handle, loaded, request, outputs)
         except ForwardpassError as exc:
             stats.on_request(False, time.monotonic_ns() - start, exc.code)
+            if trace is not None:
+                trace.stamp("REQUEST_END")
+                if own is not None:
+                    own.finish()
             raise
         stats.on_request(True, time.monotonic_ns() - start)
+        if trace is not None:
+            trace.stamp("REQUEST_END")
+            if own is not None:
+                own.finish()
         return response
 
     async def _preprocess(
@@ -238,6 +272,48 @@ class Engine:
         return await loop.run_in_executor(
             self._processing_pool, _guarded, processing.preprocess, inputs
         )
+
+
+async def _traced_submit(
+    trace: Trace,
+    loaded: LoadedVersion,
+    config: ModelConfig,
+    inputs: dict[str, np.ndarray],
+    priority: int,
+    timeout: int | None,
+) -> dict[str, np.ndarray]:
+    """The batcher step of a traced request: queue and compute timestamps, and the tensors
+    at level TENSORS (the model's inputs as queued, its outputs as the backend gave them)."""
+    assert loaded.batcher is not None
+    if trace.with_tensors:
+        for name, array in inputs.items():
+            trace.tensor("TENSOR_QUEUE_INPUT", name, _datatype(config.inputs, name, array), array)
+    stamps: list[int] = []
+    trace.stamp("QUEUE_START")
+    outputs, _queue_ns, _compute_ns = await loaded.batcher.submit(
+        inputs, priority=priority, timeout_us=timeout, stamps=stamps
+    )
+    if len(stamps) == 4:
+        for name, ns in zip(_COMPUTE_ACTIVITIES, stamps, strict=True):
+            trace.stamp(name, ns)
+    if trace.with_tensors:
+        for name, array in outputs.items():
+            trace.tensor(
+                "TENSOR_BACKEND_OUTPUT", name, _datatype(config.outputs, name, array), array
+            )
+    return outputs
+
+
+_COMPUTE_ACTIVITIES = ("COMPUTE_START", "COMPUTE_INPUT_END", "COMPUTE_OUTPUT_START", "COMPUTE_END")
+
+
+def _datatype(
+    specs: tuple[TensorSpec, ...] | list[TensorSpec], name: str, array: np.ndarray
+) -> DataType:
+    for spec in specs:
+        if spec.name == name:
+            return spec.datatype
+    return DataType.from_numpy(array.dtype)
 
 
 def _no_rows(config: ModelConfig, inputs: Mapping[str, np.ndarray]) -> bool:

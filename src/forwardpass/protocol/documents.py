@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from forwardpass.monitor.logsettings import LogSettings
+from forwardpass.monitor.trace import TraceSettings
 from forwardpass.results import (
     BatchStatistics,
     Duration,
@@ -18,7 +20,14 @@ from forwardpass.results import (
     TensorMetadata,
 )
 
-__all__ = ["index_document", "metadata_document", "server_document", "statistics_document"]
+__all__ = [
+    "index_document",
+    "log_settings_document",
+    "metadata_document",
+    "server_document",
+    "statistics_document",
+    "trace_settings_document",
+]
 
 
 def _tensor(t: TensorMetadata) -> dict[str, Any]:
@@ -97,3 +106,27 @@ def statistics_document(stats: Sequence[ModelStatistics]) -> dict[str, Any]:
 
 def server_document(name: str, version: str, extensions: Iterable[str]) -> dict[str, Any]:
     return {"name": name, "version": version, "extensions": list(extensions)}
+
+
+def trace_settings_document(settings: TraceSettings) -> dict[str, str | list[str]]:
+    """Triton's trace settings: every value a string, ``trace_level`` a list of strings."""
+    return {
+        "trace_level": list(settings.level) or ["OFF"],
+        "trace_rate": str(settings.rate),
+        "trace_count": str(settings.count),
+        "log_frequency": str(settings.log_frequency),
+        "trace_file": settings.file,
+        "trace_mode": settings.mode,
+    }
+
+
+def log_settings_document(settings: LogSettings) -> dict[str, str | bool | int]:
+    """Triton's log settings: booleans, an integer verbose level, strings."""
+    return {
+        "log_file": settings.log_file,
+        "log_info": settings.log_info,
+        "log_warning": settings.log_warning,
+        "log_error": settings.log_error,
+        "log_verbose_level": settings.log_verbose_level,
+        "log_format": settings.log_format,
+    }

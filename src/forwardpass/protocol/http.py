@@ -33,6 +33,8 @@ from forwardpass.errors import (
     Unsupported,
     http_status,
 )
+from forwardpass.monitor.logsettings import LogControl, parse_log_update
+from forwardpass.monitor.trace import Trace, parse_trace_update
 from forwardpass.protocol.codec import (
     SHM_DISABLED,
     decode_infer_request,
@@ -41,9 +43,11 @@ from forwardpass.protocol.codec import (
 )
 from forwardpass.protocol.documents import (
     index_document,
+    log_settings_document,
     metadata_document,
     server_document,
     statistics_document,
+    trace_settings_document,
 )
 from forwardpass.protocol.shared_memory import SharedMemoryRegistry
 from forwardpass.repository import config_to_dict
@@ -57,10 +61,12 @@ log = logging.getLogger("forwardpass.http")
 EXTENSIONS = (
     "binary_tensor_data",
     "classification",
+    "logging",
     "model_configuration",
     "model_repository",
     "schedule_policy",
     "statistics",
+    "trace",
 )
 
 SHM_EXTENSION = "system_shared_memory"
@@ -116,6 +122,7 @@ class HttpApp:
         engine: Engine,
         metrics: Callable[[], bytes] | None = None,
         max_request_bytes: int = 64 * 1024 * 1024,
+        logs: LogControl | None = None,
         shared_memory: SharedMemoryRegistry | None = None,
     ) -> None:
         self.engine = engine
@@ -123,6 +130,8 @@ class HttpApp:
         self.max_request_bytes = max_request_bytes
         self.shared_memory = shared_memory
         self.extensions = [*EXTENSIONS, SHM_EXTENSION] if shared_memory else list(EXTENSIONS)
+        #: The logging extension's target; None where the process's logging is not ours.
+        self.logs = logs
 
     async def handle(self, request: HttpRequest) -> HttpResponse:
         try:
@@ -172,6 +181,10 @@ class HttpApp:
                 "CUDA shared memory is not supported on this server (it has no CUDA device "
                 "support); use system shared memory (v2/systemsharedmemory)"
             )
+        elif head == "trace" and rest[1:] == ["setting"]:
+            return self._trace_setting(method, "", request)
+        elif head == "logging" and len(rest) == 1:
+            return self._logging(method, request)
         raise NotFound(f"no route for {method} {request.path}")
 
     @staticmethod
@@ -197,10 +210,14 @@ class HttpApp:
         if not tail:
             self._method(method, "GET")
             return _json(metadata_document(self.engine.metadata(name, version)))
+        if tail == ["trace", "setting"]:
+            return self._trace_setting(method, name, request)
         action = tail[0] if len(tail) == 1 else ""
         if action == "infer":
             self._method(method, "POST")
-            return self._infer(name, version, request)
+            if self.engine.tracer.active:
+                return self._traced_infer(name, version, request)
+            return self._infer(name, version, request, None)
         if action == "ready":
             self._method(method, "GET")
             # version() raises 404 for an unknown model or version, 503 for one not ready.
@@ -214,7 +231,22 @@ class HttpApp:
             return _json(statistics_document(self.engine.stats(name, version)))
         raise NotFound(f"no route for {method} {request.path}")
 
-    async def _infer(self, name: str, version: str, request: HttpRequest) -> HttpResponse:
+    async def _traced_infer(self, name: str, version: str, request: HttpRequest) -> HttpResponse:
+        """Infer while some scope traces: sample, stamp the HTTP side, finish the trace."""
+        trace = self.engine.tracer.sample(name)
+        if trace is None:
+            return await self._infer(name, version, request, None)
+        # The request is parsed off the socket by now: as close to RECV_END as the app can
+        # see (the socket layer does not stamp RECV_START or SEND_END).
+        trace.stamp("HTTP_RECV_END")
+        try:
+            return await self._infer(name, version, request, trace)
+        finally:
+            trace.finish()
+
+    async def _infer(
+        self, name: str, version: str, request: HttpRequest, trace: Trace | None
+    ) -> HttpResponse:
         body = _decompress(request, self.max_request_bytes)
         raw_length = request.headers.get("inference-header-content-length")
         header_length: int | None = None
@@ -238,11 +270,13 @@ class HttpApp:
                 config=config,
                 shared_memory=leases,
             )
-            response = await self.engine.infer(infer_request)
+            response = await self.engine.infer(infer_request, trace)
             payload, json_length = encode_infer_response(response, infer_request, leases)
         finally:
             if leases is not None:
                 leases.close()
+        if trace is not None:
+            trace.stamp("HTTP_SEND_START")
         if json_length is None:
             return HttpResponse(200, payload)
         return HttpResponse(
@@ -309,6 +343,30 @@ class HttpApp:
         key, offset, byte_size = _register_body(_parse_json(request.body, "register request"))
         registry.register(region, key, offset, byte_size)
         return _EMPTY_OK
+
+    # ------------------------------------------------------------------ trace and logging
+    def _trace_setting(self, method: str, model: str, request: HttpRequest) -> HttpResponse:
+        """Triton's trace extension: GET shows, POST updates (``null`` clears a field)."""
+        if method not in ("GET", "POST"):
+            raise InvalidArgument(f"method {method} is not allowed here; use GET or POST")
+        if model and not self.engine.is_ready(model):
+            raise InvalidArgument(f"Request for unknown model : {model}")
+        tracer = self.engine.tracer
+        if method == "POST":
+            update = parse_trace_update(_parse_json(request.body, "trace setting request"))
+            return _json(trace_settings_document(tracer.update(model, update)))
+        return _json(trace_settings_document(tracer.settings(model)))
+
+    def _logging(self, method: str, request: HttpRequest) -> HttpResponse:
+        """Triton's logging extension: GET shows, POST updates the server's log settings."""
+        if method not in ("GET", "POST"):
+            raise InvalidArgument(f"method {method} is not allowed here; use GET or POST")
+        if self.logs is None:
+            raise Unavailable("the server does not support dynamic logging")
+        if method == "POST":
+            update = parse_log_update(_parse_json(request.body, "log setting request"))
+            return _json(log_settings_document(self.logs.update(update)))
+        return _json(log_settings_document(self.logs.current))
 
     def _server_metadata(self) -> HttpResponse:
         return _json(server_document("forwardpass", __version__, self.extensions))

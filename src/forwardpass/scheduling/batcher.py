@@ -140,6 +140,9 @@ class Pending:
     timer: asyncio.TimerHandle | None = None
     #: When its batch started (set once, kept through any re-runs of a failed batch).
     started_ns: int = 0
+    #: When the caller asked (a traced request): the batch's monotonic-clock instants are
+    #: appended here: compute start, input end (merged), output start (backend done), end.
+    stamps: list[int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,9 +239,16 @@ class Batcher:
 
     # ------------------------------------------------------------------ submit
     async def submit(
-        self, inputs: NamedArrays, *, priority: int = 0, timeout_us: int | None = None
+        self,
+        inputs: NamedArrays,
+        *,
+        priority: int = 0,
+        timeout_us: int | None = None,
+        stamps: list[int] | None = None,
     ) -> tuple[NamedArrays, int, int]:
-        """Queue one request; returns (outputs, queue_ns, compute_ns) once its batch has run."""
+        """Queue one request; returns (outputs, queue_ns, compute_ns) once its batch has run.
+
+        ``stamps``, when given, receives the batch's compute instants (see :class:`Pending`)."""
         if self._closed:
             raise Unavailable(f"model {self.name} is unloading")
         policy = self.policy
@@ -271,6 +281,7 @@ class Batcher:
             level=level - 1,
             enqueued_ns=now,
             timeout_action=qpolicy.timeout_action,
+            stamps=stamps,
         )
         timeout = qpolicy.default_timeout_microseconds
         if timeout_us is not None and (qpolicy.allow_timeout_override or not timeout):
@@ -415,7 +426,7 @@ class Batcher:
         queue_ns = tuple(item.started_ns - item.enqueued_ns for item in batch)
         rows = sum(item.rows for item in batch)
         try:
-            input_ns, infer_ns, output_ns, parts = await loop.run_in_executor(
+            times, parts = await loop.run_in_executor(
                 self.executor, self._run_batch, instance, batch
             )
         except Exception as exc:
@@ -443,8 +454,12 @@ class Batcher:
             for item in batch:
                 self._fail(item, error)
             return
-        compute_ns = input_ns + infer_ns + output_ns
+        t0, t1, t2, t3 = times
+        input_ns, infer_ns, output_ns = t1 - t0, t2 - t1, t3 - t2
+        compute_ns = t3 - t0
         for item, part, q in zip(batch, parts, queue_ns, strict=True):
+            if item.stamps is not None:
+                item.stamps.extend(times)
             if not item.future.done():
                 item.future.set_result((part, q, compute_ns))
         self._emit(
@@ -453,8 +468,11 @@ class Batcher:
 
     def _run_batch(
         self, instance: int, batch: Sequence[Pending]
-    ) -> tuple[int, int, int, list[NamedArrays]]:
-        """Worker-thread side: merge, run, split (the layout checks every output's rows)."""
+    ) -> tuple[tuple[int, int, int, int], list[NamedArrays]]:
+        """Worker-thread side: merge, run, split (the layout checks every output's rows).
+
+        Returns the instants (start, merged, run, split) and each request's part.
+        """
         layout = self.policy.layout
         requests = [item.inputs for item in batch]
         t0 = time.monotonic_ns()
@@ -464,7 +482,7 @@ class Batcher:
         t2 = time.monotonic_ns()
         parts = layout.split(outputs, requests, [item.rows for item in batch], self.name)
         t3 = time.monotonic_ns()
-        return t1 - t0, t2 - t1, t3 - t2, parts
+        return (t0, t1, t2, t3), parts
 
     def _fail(self, item: Pending, exc: Exception) -> None:
         if item.timer is not None:
