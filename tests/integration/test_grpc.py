@@ -4,6 +4,7 @@ service. The same server process answers HTTP (one engine behind both)."""
 
 from __future__ import annotations
 
+import json
 import queue
 import time
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 from google.protobuf import json_format
-from modelrepo import DATATYPES, MLP_LABELS, mlp_expected
+from modelrepo import DATATYPES, MLP_LABELS, add_onnx, mlp_expected, null_config, write_model
 from rawhttp import raw_request
 from tritonclient.grpc import model_config_pb2, service_pb2_grpc
 from tritonclient.grpc import service_pb2 as pb
@@ -393,3 +394,56 @@ def test_graceful_stop_drains_grpc(start_server: Any, main_repository: Any) -> N
     client.close()
     assert error is None, error
     assert result.as_numpy("out").tolist() == [3.0, 3.0]
+
+
+# -- repository -------------------------------------------------------------------------------
+
+
+def test_repository_load_unload_with_config_and_files(start_server: Any, tmp_path: Any) -> None:
+    root = tmp_path / "models"
+    write_model(root, "lazy", versions={1: add_onnx(10.0, ["batch", 2])})
+    write_model(root, "echo", config=null_config("echo", max_batch_size=4))
+    server = start_server(root, "--model", "echo", "--log-level", "WARNING")
+    client = grpcclient.InferenceServerClient(server.grpc_address)
+    try:
+        x = np.array([[1.0, 2.0]], np.float32)
+
+        def add(model: str, data: np.ndarray) -> np.ndarray:
+            inp = grpcclient.InferInput("x", list(data.shape), "FP32")
+            inp.set_data_from_numpy(data)
+            return client.infer(model, [inp]).as_numpy("y")
+
+        states = {r.name: r.state for r in client.get_model_repository_index().models}
+        assert states["lazy"] == "" and states["echo"] == "READY"
+        client.load_model("lazy")
+        np.testing.assert_array_equal(add("lazy", x), x + 10)
+
+        client.load_model(
+            "lazy", config=json.dumps({"platform": "onnxruntime_onnx", "max_batch_size": 2})
+        )
+        assert client.get_model_config("lazy").config.max_batch_size == 2
+        with pytest.raises(InferenceServerException) as info:
+            add("lazy", np.zeros((3, 2), np.float32))
+        assert "batch size 3" in info.value.message()
+
+        model = add_onnx(5.0, ["batch", 2])
+        config = json.dumps({"platform": "onnxruntime_onnx", "max_batch_size": 4})
+        client.load_model("uploaded", config=config, files={"file:1/model.onnx": model})
+        np.testing.assert_array_equal(add("uploaded", x), x + 5)
+        assert (root / "uploaded" / "1" / "model.onnx").read_bytes() == model
+
+        client.unload_model("lazy")
+        assert not client.is_model_ready("lazy")
+        row = next(r for r in client.get_model_repository_index().models if r.name == "lazy")
+        assert (row.state, row.reason) == ("UNAVAILABLE", "unloaded")
+        with pytest.raises(InferenceServerException) as info:
+            add("lazy", x)
+        assert info.value.status() == "StatusCode.UNAVAILABLE"
+    finally:
+        client.close()
+
+
+def test_no_grpc_flag(start_server: Any, main_repository: Any) -> None:
+    server = start_server(main_repository, "--no-grpc", "--model", "mlp", "--log-level", "WARNING")
+    assert server.grpc_address == ""
+    assert raw_request(server.address, "GET", "/v2/health/ready").status == 200
