@@ -243,6 +243,30 @@ def triton_repository(root: Path, onnx_file: Path) -> Path:
     return root
 
 
+def triton_environment(binary: Path, tmp: Path) -> tuple[Path, dict[str, str]]:
+    """A backend folder with the python backend's stub for the wheel's own Python, and the
+    environment that lets the stub find its libpython and numpy (what pytriton sets up)."""
+    import shutil
+
+    home = binary.parent.parent  # .../pytriton/tritonserver
+    venv = binary.parents[6]  # .../lib/python3.12/site-packages/pytriton/tritonserver/bin
+    python = venv / "bin" / "python"
+    version = subprocess.run(
+        [str(python), "-c", "import sys, sysconfig; print(sysconfig.get_config_var('LIBDIR'));"
+         "print(f'{sys.version_info[0]}.{sys.version_info[1]}')"],
+        check=True, capture_output=True, text=True,
+    ).stdout.split()  # fmt: skip
+    libdir, short = version[0], version[1]
+    backends = tmp / "triton_backends"
+    shutil.copytree(home / "backends", backends)
+    shutil.copy(home / "python_backend_stubs" / short / "triton_python_backend_stub",
+                backends / "python")  # fmt: skip
+    env = dict(os.environ)
+    env["LD_LIBRARY_PATH"] = ":".join(p for p in (libdir, env.get("LD_LIBRARY_PATH", "")) if p)
+    env["PATH"] = f"{venv / 'bin'}:{env.get('PATH', '')}"
+    return backends, env
+
+
 def find_tritonserver(given: str | None) -> Path | None:
     if given:
         return Path(given)
@@ -310,14 +334,11 @@ def main() -> int:
         if binary is not None and binary.exists():
             troot = triton_repository(Path(tmp) / "triton", repo / MODEL / "1" / "model.onnx")
             tport = _free_port()
-            env = dict(os.environ)
-            env["LD_LIBRARY_PATH"] = ":".join(
-                [str(binary.parent.parent / "lib"), env.get("LD_LIBRARY_PATH", "")]
-            )
+            backends, env = triton_environment(binary, Path(tmp))
             cmd = pinned(
                 SERVER_CORE, str(binary), f"--model-repository={troot}",
-                f"--backend-directory={binary.parent.parent / 'backends'}",
-                "--allow-http=false", f"--grpc-port={tport}", "--allow-metrics=false",
+                f"--backend-directory={backends}", "--allow-http=false",
+                f"--grpc-port={tport}", "--allow-metrics=false",
             )  # fmt: skip
             try:
                 with serving_grpc(cmd, f"127.0.0.1:{tport}", env=env):
