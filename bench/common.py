@@ -60,11 +60,13 @@ def serving(cmd: Sequence[str], ready_url: str) -> Iterator[subprocess.Popen[byt
             proc.wait()
 
 
-def forwardpass_server(repository: Path, port: int) -> list[str]:
-    """``forwardpass serve`` on ``repository``, pinned to the server core."""
+def forwardpass_server(repository: Path, port: int, grpc_port: int | None = None) -> list[str]:
+    """``forwardpass serve`` on ``repository``, pinned to the server core (gRPC off unless
+    ``grpc_port`` is given)."""
+    grpc = ["--grpc-port", str(grpc_port)] if grpc_port is not None else ["--no-grpc"]
     return pinned(
         SERVER_CORE, PY, "-m", "forwardpass", "serve", "--model-repository", str(repository),
-        "--http-port", str(port), "--log-level", "WARNING",
+        "--http-port", str(port), *grpc, "--log-level", "WARNING",
     )  # fmt: skip
 
 

@@ -91,7 +91,7 @@ def raw(model: Path, batches: str, seconds: float) -> list[dict[str, Any]]:
 def startup_time() -> float:
     began = time.perf_counter()
     proc = subprocess.Popen(
-        [PY, "-m", "forwardpass", "serve", "--http-port", "0"],
+        [PY, "-m", "forwardpass", "serve", "--http-port", "0", "--grpc-port", "0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,

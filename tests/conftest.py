@@ -21,7 +21,10 @@ class ServerProcess:
     """``forwardpass serve`` in a child process, stopped with SIGINT like a user's Ctrl-C."""
 
     def __init__(self, repository: Path | None, *args: str) -> None:
-        cmd = [sys.executable, "-m", "forwardpass", "serve", "--http-port", "0", *args]
+        cmd = [sys.executable, "-m", "forwardpass", "serve", "--http-port", "0"]
+        if "--no-grpc" not in args:
+            cmd += ["--grpc-port", "0"]
+        cmd += args
         if repository is not None:
             cmd += ["--model-repository", str(repository)]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -31,6 +34,7 @@ class ServerProcess:
         self.log: list[str] = []
         self.url = ""
         self.port = 0
+        self.grpc_port = 0
         deadline = time.monotonic() + 60
         assert self.proc.stdout is not None
         self._drain = threading.Thread(target=self._drain_stderr, daemon=True)
@@ -42,6 +46,9 @@ class ServerProcess:
             match = re.search(r"listening on (https?://[\d.]+:(\d+))", line)
             if match:
                 self.url, self.port = match.group(1), int(match.group(2))
+                grpc_match = re.search(r"grpc [\d.]+:(\d+)", line)
+                if grpc_match:
+                    self.grpc_port = int(grpc_match.group(1))
                 return
         self.stop()
         raise RuntimeError("server did not start:\n" + "".join(self.log))
@@ -54,6 +61,11 @@ class ServerProcess:
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def grpc_address(self) -> str:
+        """``host:port`` of the gRPC service (empty when the server runs with ``--no-grpc``)."""
+        return f"127.0.0.1:{self.grpc_port}" if self.grpc_port else ""
 
     def stop(self, timeout: float = 30) -> int:
         if self.proc.poll() is None:

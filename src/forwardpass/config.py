@@ -32,6 +32,11 @@ class ServerConfig:
     model_repository: Path = DEFAULT_REPOSITORY
     host: str = "127.0.0.1"
     http_port: int = 8000
+    #: Serve Triton's gRPC protocol beside HTTP (one process, one engine).
+    grpc: bool = True
+    grpc_port: int = 8001
+    #: Largest gRPC message received or sent, in bytes; 0 takes ``max_request_bytes``.
+    max_grpc_message_bytes: int = 0
     #: Largest request body accepted, in bytes; larger ones get a 413 before being read whole.
     max_request_bytes: int = 64 * 1024 * 1024
     #: Queue bound per model when its config says max_queue_size 0 (Triton's "unbounded").
@@ -75,6 +80,11 @@ class ServerConfig:
     trace_rate: int = 1000
     trace_count: int = -1
     trace_log_frequency: int = 0
+
+    @property
+    def grpc_message_limit(self) -> int:
+        """The effective gRPC message limit (``max_grpc_message_bytes`` or the HTTP body limit)."""
+        return self.max_grpc_message_bytes or self.max_request_bytes
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> ServerConfig:

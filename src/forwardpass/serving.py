@@ -1,4 +1,5 @@
-"""Wires the pieces into a running server: repository → engine → HTTP app → socket."""
+"""Wires the pieces into a running server: repository → engine → HTTP app and gRPC service →
+sockets, both protocols on one event loop in one process."""
 
 from __future__ import annotations
 
@@ -10,15 +11,20 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict
+from typing import TYPE_CHECKING
 
 from forwardpass.config import ServerConfig
 from forwardpass.engine import Engine
+from forwardpass.errors import Unsupported
 from forwardpass.monitor.logsettings import LogControl
 from forwardpass.monitor.metrics import metrics_renderer
 from forwardpass.protocol.http import HttpApp
 from forwardpass.protocol.server import HttpServer
 from forwardpass.protocol.shared_memory import SharedMemoryRegistry
 from forwardpass.repository import ModelRepository
+
+if TYPE_CHECKING:
+    from forwardpass.protocol.grpc_service import GrpcServer
 
 __all__ = ["Server", "run_server"]
 
@@ -41,23 +47,48 @@ class Server:
             shared_memory=self.shared_memory,
         )
         self.http = HttpServer(self.app, config)
+        self.grpc: GrpcServer | None = None
+        if config.grpc:
+            # grpcio is an extra, imported only when gRPC is served.
+            try:
+                from forwardpass.protocol.grpc_service import GrpcServer
+            except ImportError as exc:
+                raise Unsupported(
+                    f"serving gRPC needs the grpc extra (pip install 'forwardpass[grpc]'): "
+                    f"{exc}; or turn gRPC off with --no-grpc"
+                ) from None
+
+            self.grpc = GrpcServer(
+                self.engine, config.host, config.grpc_port, config.grpc_message_limit
+            )
         self._stopped = asyncio.Event()
 
     async def start(self) -> int:
-        """Load the models, then listen. Returns the bound HTTP port."""
+        """Load the models, then listen. Returns the bound HTTP port (``grpc.port`` is gRPC's)."""
         await self.engine.start()
         try:
-            return await self.http.start()
+            port = await self.http.start()
+            if self.grpc is not None:
+                try:
+                    await self.grpc.start()
+                except BaseException:
+                    await self.http.stop(0)
+                    raise
         except BaseException:
             # A busy port or a bad TLS file: release the models so the process can exit.
             await self.engine.stop()
             raise
+        return port
 
     async def stop(self) -> None:
-        """Finish in-flight requests, then release the models."""
+        """Finish in-flight requests on both protocols, then release the models."""
         if self._stopped.is_set():
             return
-        await self.http.stop(self.config.shutdown_grace_s)
+        grace = self.config.shutdown_grace_s
+        stops = [self.http.stop(grace)]
+        if self.grpc is not None:
+            stops.append(self.grpc.stop(grace))
+        await asyncio.gather(*stops)
         await self.engine.stop()
         if self.shared_memory is not None:
             self.shared_memory.unregister()  # unmap every region the clients left registered
@@ -75,10 +106,13 @@ def _install_loop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-def run_server(config: ServerConfig, on_ready: Callable[[int], None] | None = None) -> None:
+def run_server(
+    config: ServerConfig, on_ready: Callable[[int, int | None], None] | None = None
+) -> None:
     """Run until SIGINT/SIGTERM; the first signal drains in-flight requests, a second exits.
 
-    A port that cannot be bound or a TLS file that cannot be loaded raises a
+    ``on_ready(http_port, grpc_port)`` is called once both listen (``grpc_port`` is ``None``
+    when gRPC is off). A port that cannot be bound or a TLS file that cannot be loaded raises a
     :class:`~forwardpass.errors.ForwardpassError` naming it.
     """
     # Other libraries' records go to stderr through the root logger; forwardpass's own go
@@ -116,16 +150,18 @@ def run_server(config: ServerConfig, on_ready: Callable[[int], None] | None = No
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, on_signal)
         ready = [h.name for h in server.engine.models() if h.state.value == "READY"]
+        grpc_port = server.grpc.port if server.grpc is not None else None
         log.info(
-            "forwardpass ready in %.2fs: %s://%s:%d (models: %s)",
+            "forwardpass ready in %.2fs: %s://%s:%d, grpc %s (models: %s)",
             time.perf_counter() - began,
             server.http.scheme,
             config.host,
             port,
+            f"{config.host}:{grpc_port}" if grpc_port is not None else "off",
             ", ".join(ready) or "none",
         )
         if on_ready is not None:
-            on_ready(port)
+            on_ready(port, grpc_port)
         await server.wait_stopped()
         log.info("stopped")
 

@@ -65,18 +65,19 @@ def mlp_onnx() -> bytes:
     return _save(graph)
 
 
-def alltypes_onnx() -> bytes:
-    """For every datatype T: IN_T [batch, 3] → Identity → OUT_T; plus OUT_CAST = Cast(IN_INT32,
-    FP64)."""
-    nodes = [helper.make_node("Identity", [f"IN_{t}"], [f"OUT_{t}"]) for t in DATATYPES]
+def alltypes_onnx(skip: tuple[str, ...] = ()) -> bytes:
+    """For every datatype T (but ``skip``): IN_T [batch, 3] → Identity → OUT_T; plus
+    OUT_CAST = Cast(IN_INT32, FP64)."""
+    types = {t: v for t, v in DATATYPES.items() if t not in skip}
+    nodes = [helper.make_node("Identity", [f"IN_{t}"], [f"OUT_{t}"]) for t in types]
     nodes.append(helper.make_node("Cast", ["IN_INT32"], ["OUT_CAST"], to=TensorProto.DOUBLE))
     inputs = [
         helper.make_tensor_value_info(f"IN_{t}", onnx_type, ["batch", 3])
-        for t, (onnx_type, _) in DATATYPES.items()
+        for t, (onnx_type, _) in types.items()
     ]
     outputs = [
         helper.make_tensor_value_info(f"OUT_{t}", onnx_type, ["batch", 3])
-        for t, (onnx_type, _) in DATATYPES.items()
+        for t, (onnx_type, _) in types.items()
     ]
     outputs.append(helper.make_tensor_value_info("OUT_CAST", TensorProto.DOUBLE, ["batch", 3]))
     return _save(helper.make_graph(nodes, "alltypes", inputs, outputs))
@@ -189,6 +190,8 @@ def build_main_repository(root: Path) -> Path:
         files={"labels.txt": "\n".join(MLP_LABELS) + "\n"},
     )
     write_model(root, "alltypes", versions={1: alltypes_onnx()})  # auto-completed config
+    # Every type gRPC's typed contents can carry (FP16 has no field).
+    write_model(root, "alltypes_typed", versions={1: alltypes_onnx(skip=("FP16",))})
     # The batch-like axis is the second one, so the model cannot be batched along axis 0.
     write_model(root, "batch_second", versions={1: add_onnx(1.0, [3, "n"])})
     write_model(root, "scalar", versions={1: add_onnx(1.0, [])})

@@ -19,7 +19,15 @@ __all__ = ["serve"]
 )
 @click.option("--host", default=None, help="Interface to bind (default 127.0.0.1).")
 @click.option("--http-port", type=int, default=None, help="HTTP port (default 8000; 0 picks one).")
+@click.option("--grpc-port", type=int, default=None, help="gRPC port (default 8001; 0 picks one).")
+@click.option("--no-grpc", "no_grpc", is_flag=True, default=False, help="Serve HTTP only, no gRPC.")
 @click.option("--max-request-bytes", type=int, default=None, help="Largest request body accepted.")
+@click.option(
+    "--max-grpc-message-bytes",
+    type=int,
+    default=None,
+    help="Largest gRPC message received or sent (default: --max-request-bytes).",
+)
 @click.option(
     "--model",
     "models",
@@ -95,7 +103,10 @@ def serve(
     model_repository: Path | None,
     host: str | None,
     http_port: int | None,
+    grpc_port: int | None,
+    no_grpc: bool,
     max_request_bytes: int | None,
+    max_grpc_message_bytes: int | None,
     models: tuple[str, ...],
     log_level: str | None,
     allow_client_shm: bool | None,
@@ -114,7 +125,7 @@ def serve(
     trace_log_frequency: int | None,
     trace_config: tuple[str, ...],
 ) -> None:
-    """Serve a model repository over the Open Inference Protocol (KServe V2) on HTTP."""
+    """Serve a model repository over the Open Inference Protocol (KServe V2): HTTP and gRPC."""
     from forwardpass.config import ServerConfig
     from forwardpass.errors import ForwardpassError
     from forwardpass.serving import run_server
@@ -133,7 +144,10 @@ def serve(
             model_repository=model_repository,
             host=host,
             http_port=http_port,
+            grpc=False if no_grpc else None,
+            grpc_port=grpc_port,
             max_request_bytes=max_request_bytes,
+            max_grpc_message_bytes=max_grpc_message_bytes,
             load_all=False if models else None,
             load_models=models or None,
             log_level=log_level,
@@ -160,8 +174,11 @@ def serve(
 
     scheme = "https" if config.tls_cert is not None else "http"
 
-    def announce(port: int) -> None:
-        click.echo(f"forwardpass listening on {scheme}://{config.host}:{port}", err=False)
+    def announce(port: int, grpc_port: int | None) -> None:
+        line = f"forwardpass listening on {scheme}://{config.host}:{port}"
+        if grpc_port is not None:
+            line += f" and grpc {config.host}:{grpc_port}"
+        click.echo(line, err=False)
 
     try:
         run_server(config, on_ready=announce)

@@ -12,11 +12,11 @@ from math import prod
 import numpy as np
 
 from forwardpass.datatypes import DataType, deserialize_bytes_tensor, serialize_bytes_tensor
-from forwardpass.errors import InvalidArgument
+from forwardpass.errors import InternalError, InvalidArgument
 from forwardpass.model_config import ModelConfig
 from forwardpass.types import Tensor
 
-__all__ = ["array_from_binary", "array_to_binary", "tensor_from_raw_body"]
+__all__ = ["array_from_binary", "array_to_binary", "check_output_dtype", "tensor_from_raw_body"]
 
 
 def array_from_binary(
@@ -40,6 +40,19 @@ def array_from_binary(
     if datatype is DataType.BOOL and array.size and array.view(np.uint8).max() > 1:
         raise InvalidArgument(f"input {name!r}: BOOL bytes must be 0 or 1")
     return array.reshape(shape)
+
+
+def check_output_dtype(name: str, datatype: DataType, array: np.ndarray) -> None:
+    """Refuse an output whose dtype is not its declared one.
+
+    Binary output writes the array's bytes as they are: a dtype that is not the declared one
+    would reach the client as garbage, so stop here instead.
+    """
+    if array.dtype == datatype.numpy or (datatype is DataType.BYTES and array.dtype.kind in "OSU"):
+        return
+    raise InternalError(
+        f"output {name!r} is declared {datatype.value} but the model produced {array.dtype} values"
+    )
 
 
 def array_to_binary(datatype: DataType, array: np.ndarray) -> bytes:

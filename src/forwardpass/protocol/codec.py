@@ -32,7 +32,12 @@ import orjson
 from forwardpass.datatypes import DataType
 from forwardpass.errors import InternalError, InvalidArgument, PermissionDenied
 from forwardpass.model_config import ModelConfig
-from forwardpass.protocol.binary import array_from_binary, array_to_binary, tensor_from_raw_body
+from forwardpass.protocol.binary import (
+    array_from_binary,
+    array_to_binary,
+    check_output_dtype,
+    tensor_from_raw_body,
+)
 from forwardpass.protocol.json_data import array_from_json, array_to_json
 from forwardpass.types import InferRequest, InferResponse, Parameters, RequestedOutput, Tensor
 
@@ -104,7 +109,7 @@ def encode_infer_response(
     blobs: list[bytes] = []
     for tensor in response.outputs:
         name, datatype, array = tensor.name, tensor.datatype, tensor.data
-        _check_dtype(name, datatype, array)
+        check_output_dtype(name, datatype, array)
         # As Triton's HTTP server: an output the request lists goes as its own binary_data
         # says (JSON without it), whatever binary_data_output says; only an output the
         # request does not list follows binary_data_output.
@@ -294,11 +299,11 @@ def _input(
             f"input {name!r}: 'shape' must be an array of non-negative integers, got "
             f"{_short(shape)}"
         )
-    if len(shape) > _MAX_DIMS:
+    if len(shape) > MAX_DIMS:
         raise InvalidArgument(
-            f"input {name!r}: 'shape' has {len(shape)} dimensions, at most {_MAX_DIMS} are allowed"
+            f"input {name!r}: 'shape' has {len(shape)} dimensions, at most {MAX_DIMS} are allowed"
         )
-    if prod(dim for dim in shape if dim) > _MAX_ELEMENTS:
+    if prod(dim for dim in shape if dim) > MAX_ELEMENTS:
         # Checked even when a dimension is 0: NumPy refuses such a shape for any array.
         raise InvalidArgument(f"input {name!r}: 'shape' {_short(shape)} is too large")
     parameters = _parameters(raw.get("parameters"), f"input {name!r}")
@@ -339,9 +344,9 @@ def _input(
 
 _NO_DATA = np.empty(0, dtype=np.uint8)
 #: NumPy's limit is 32 dimensions (1.x) or 64 (2.x); no model comes near either.
-_MAX_DIMS = 32
+MAX_DIMS = 32
 #: The most elements a shape may multiply to (NumPy sizes in bytes are signed 64-bit).
-_MAX_ELEMENTS = 2**60
+MAX_ELEMENTS = 2**60
 
 
 def _is_shape(value: Any) -> TypeGuard[list[int]]:
@@ -466,16 +471,6 @@ def _write_shared(
     if offset:
         parameters["shared_memory_offset"] = offset
     return parameters
-
-
-def _check_dtype(name: str, datatype: DataType, array: np.ndarray) -> None:
-    # Binary output writes the array's bytes as they are: a dtype that is not the declared
-    # one would reach the client as garbage, so stop here instead.
-    if array.dtype == datatype.numpy or (datatype is DataType.BYTES and array.dtype.kind in "OSU"):
-        return
-    raise InternalError(
-        f"output {name!r} is declared {datatype.value} but the model produced {array.dtype} values"
-    )
 
 
 def _dumps(document: dict[str, Any]) -> bytes:

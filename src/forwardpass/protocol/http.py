@@ -51,6 +51,7 @@ from forwardpass.protocol.documents import (
 )
 from forwardpass.protocol.shared_memory import SharedMemoryRegistry
 from forwardpass.repository import config_to_dict
+from forwardpass.repository.load_parameters import read_load_parameters
 
 __all__ = ["EXTENSIONS", "HttpApp", "HttpRequest", "HttpResponse"]
 
@@ -389,37 +390,20 @@ def _register_body(body: dict[str, Any]) -> tuple[str, int, int]:
 
 
 def _load_parameters(params: dict[str, Any]) -> tuple[dict[str, Any] | None, dict[str, bytes]]:
-    """Triton's load parameters: ``config`` (JSON text) and ``file:<path>`` (base64)."""
-    config = None
-    files: dict[str, bytes] = {}
+    """Triton's load parameters; over HTTP a ``file:<path>`` value is base64 text."""
+    decoded: dict[str, Any] = {}
     for key, value in params.items():
-        if key == "config":
-            if not isinstance(value, str):
-                raise InvalidArgument("load parameter 'config' must be a JSON string")
-            try:
-                config = orjson.loads(value)
-            except orjson.JSONDecodeError as exc:
-                raise InvalidArgument(f"load parameter 'config' is not valid JSON: {exc}") from None
-            if not isinstance(config, dict):
-                raise InvalidArgument("load parameter 'config' must be a JSON object")
-        elif key.startswith("file:"):
+        if key.startswith("file:"):
             if not isinstance(value, str):
                 raise InvalidArgument(f"load parameter {key!r} must be base64 text")
             try:
-                files[key[5:]] = base64.b64decode(value, validate=True)
+                value = base64.b64decode(value, validate=True)
             except binascii.Error as exc:
                 raise InvalidArgument(
                     f"load parameter {key!r} is not valid base64: {exc}"
                 ) from None
-        else:
-            raise InvalidArgument(
-                f"unknown load parameter {key!r} (expected config or file:<path>)"
-            )
-    if files and config is None:
-        raise InvalidArgument(
-            "load parameters with files must also carry 'config' (as Triton requires)"
-        )
-    return config, files
+        decoded[key] = value
+    return read_load_parameters(decoded)
 
 
 def _decompress(request: HttpRequest, limit: int) -> bytes:
