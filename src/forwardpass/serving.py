@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict
 
+from forwardpass.access import AccessPolicy
 from forwardpass.config import ServerConfig
 from forwardpass.engine import Engine
 from forwardpass.monitor.metrics import metrics_renderer
@@ -30,7 +31,9 @@ class Server:
         self.config = config
         self.engine = Engine(ModelRepository(config.model_repository), config)
         metrics = metrics_renderer(self.engine) if config.metrics else None
-        self.app = HttpApp(self.engine, metrics, config.max_request_bytes)
+        self.app = HttpApp(
+            self.engine, metrics, config.max_request_bytes, AccessPolicy.from_config(config)
+        )
         self.http = HttpServer(
             self.app, config.host, config.http_port, config.max_request_bytes, config.keep_alive_s
         )
@@ -53,6 +56,17 @@ class Server:
         await self._stopped.wait()
 
 
+def _printable(config: ServerConfig) -> dict[str, str]:
+    """The configuration to log, its secrets masked (the API key, restricted-API values)."""
+    shown = {k: str(v) for k, v in asdict(config).items()}
+    if config.api_key:
+        shown["api_key"] = "***"
+    for key in ("http_restricted_api", "grpc_restricted_protocol"):
+        specs = getattr(config, key)
+        shown[key] = str(tuple(s.partition("=")[0] + "=***" for s in specs))
+    return shown
+
+
 def _install_loop() -> None:
     try:
         import uvloop
@@ -68,7 +82,7 @@ def run_server(config: ServerConfig, on_ready: Callable[[int], None] | None = No
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    log.info("effective configuration: %s", {k: str(v) for k, v in asdict(config).items()})
+    log.info("effective configuration: %s", _printable(config))
     _install_loop()
 
     async def main() -> None:

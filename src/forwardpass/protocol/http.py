@@ -22,12 +22,14 @@ from urllib.parse import unquote
 import orjson
 
 from forwardpass import __version__
+from forwardpass.access import AccessPolicy
 from forwardpass.engine import Engine
 from forwardpass.errors import (
     ForwardpassError,
     InvalidArgument,
     NotFound,
     PayloadTooLarge,
+    Unauthenticated,
     Unavailable,
     Unsupported,
     http_status,
@@ -56,6 +58,15 @@ EXTENSIONS = (
 )
 
 JSON = "application/json"
+
+#: The API group (Triton's --http-restricted-api names) of each /v2/models/<name>/<action>;
+#: the model's metadata (no action) is "metadata".
+_MODEL_GROUPS = {
+    "infer": "inference",
+    "ready": "health",
+    "config": "model-config",
+    "stats": "statistics",
+}
 
 
 @dataclass(slots=True)
@@ -102,10 +113,17 @@ class HttpApp:
         engine: Engine,
         metrics: Callable[[], bytes] | None = None,
         max_request_bytes: int = 64 * 1024 * 1024,
+        access: AccessPolicy | None = None,
     ) -> None:
         self.engine = engine
         self.metrics = metrics
         self.max_request_bytes = max_request_bytes
+        self.access = access if access is not None and access.active else None
+
+    def _allow(self, group: str, request: HttpRequest) -> None:
+        """Each route names its API group (Triton's); the access policy may refuse it."""
+        if self.access is not None:
+            self.access.check(group, request.headers)
 
     async def handle(self, request: HttpRequest) -> HttpResponse:
         try:
@@ -114,6 +132,12 @@ class HttpApp:
             if isinstance(response, HttpResponse):
                 return response
             return await response
+        except Unauthenticated as exc:
+            return HttpResponse(
+                http_status(exc),
+                encode_error(exc.message),
+                headers=[("WWW-Authenticate", 'Bearer realm="forwardpass"')],
+            )
         except ForwardpassError as exc:
             return HttpResponse(http_status(exc), encode_error(exc.message))
         except Exception as exc:  # a bug: answer 500, keep serving
@@ -133,10 +157,12 @@ class HttpApp:
             raise NotFound(f"no route for {method} {request.path}")
         rest = parts[1:]
         if not rest:
+            self._allow("metadata", request)
             self._method(method, "GET")
             return self._server_metadata()
         head = rest[0]
         if head == "health" and len(rest) == 2:
+            self._allow("health", request)
             self._method(method, "GET")
             if rest[1] == "live":
                 return _EMPTY_OK
@@ -147,6 +173,7 @@ class HttpApp:
         elif head == "models":
             return self._models_route(method, rest[1:], request)
         elif head == "repository":
+            self._allow("model-repository", request)
             return self._repository_route(method, rest[1:], request)
         raise NotFound(f"no route for {method} {request.path}")
 
@@ -160,6 +187,7 @@ class HttpApp:
         self, method: str, rest: list[str], request: HttpRequest
     ) -> HttpResponse | Awaitable[HttpResponse]:
         if rest == ["stats"]:
+            self._allow("statistics", request)
             self._method(method, "GET")
             return _json(statistics_document(self.engine.stats()))
         if not rest:
@@ -170,10 +198,11 @@ class HttpApp:
         if len(tail) >= 2 and tail[0] == "versions":
             version = tail[1]
             tail = tail[2:]
+        action = tail[0] if len(tail) == 1 else ""
+        self._allow(_MODEL_GROUPS.get(action, "metadata"), request)
         if not tail:
             self._method(method, "GET")
             return _json(metadata_document(self.engine.metadata(name, version)))
-        action = tail[0] if len(tail) == 1 else ""
         if action == "infer":
             self._method(method, "POST")
             return self._infer(name, version, request)

@@ -22,8 +22,14 @@ from forwardpass.protocol.http import EXTENSIONS, HttpApp, HttpRequest, HttpResp
 Call = Callable[..., Awaitable[HttpResponse]]
 
 
-def with_app(root: Path, body: Callable[[Call, Engine], Awaitable[None]], **kw: Any) -> None:
-    """Run ``body(call, engine)``; ``call(method, path, body=b"", **headers)`` hits the app."""
+def with_app(
+    root: Path,
+    body: Callable[[Call, Engine], Awaitable[None]],
+    config: dict[str, Any] | None = None,
+    **kw: Any,
+) -> None:
+    """Run ``body(call, engine)``; ``call(method, path, body=b"", **headers)`` hits the app.
+    ``config`` holds ServerConfig fields, ``kw`` HttpApp arguments."""
 
     async def main(engine: Engine) -> None:
         app = HttpApp(engine, metrics_renderer(engine), **kw)
@@ -36,7 +42,7 @@ def with_app(root: Path, body: Callable[[Call, Engine], Awaitable[None]], **kw: 
 
         await body(call, engine)
 
-    run_with_engine(root, main)
+    run_with_engine(root, main, **(config or {}))
 
 
 def ok_json(response: HttpResponse) -> Any:
@@ -81,7 +87,8 @@ def test_server_metadata_and_health(repo: Path) -> None:
         error(await call("GET", "/v2/health/ready"), 503, "not ready")
         assert (await call("GET", "/v2/health/live")).status == 200
 
-    with_app(repo, body)
+    # The repository holds a broken model: readiness that ignores models (not strict).
+    with_app(repo, body, {"strict_readiness": False})
 
 
 def test_unknown_routes_are_404(repo: Path) -> None:
@@ -280,7 +287,7 @@ def test_repository_load_with_config_and_files(repo: Path) -> None:
         error(await call("POST", load, {"parameters": escape}), 400, "not a safe relative path")
         assert not (repo / "evil").exists()
 
-    with_app(repo, body)
+    with_app(repo, body, {"allow_model_upload": True})
 
 
 # -------------------------------------------------------------------------------------- infer
