@@ -32,7 +32,7 @@ from forwardpass.pipeline import Pipeline
 from forwardpass.processing.base import Processing
 from forwardpass.processing.spec import build_processing
 from forwardpass.repository import ModelEntry, ModelRepository, warmup_inputs
-from forwardpass.repository.repository import describe_os_error
+from forwardpass.repository.repository import check_name, describe_os_error
 from forwardpass.repository.upload import Upload, stage_upload
 from forwardpass.repository.warmup import zeros
 from forwardpass.results import ModelState
@@ -181,7 +181,7 @@ class ModelTable:
         steps call that are not loaded yet. Every failure is a :class:`ForwardpassError` whose
         message names no server path; a model that is not in the repository leaves no entry.
         """
-        self.repository.resolve_name(name)  # rejects names that would leave the repository
+        check_name(name)  # rejects names that would leave the repository
         if name in chain:
             raise InvalidModelConfig(f"ensembles call each other in a loop: {' -> '.join(chain)}")
         if not files and name not in self._models and not self.repository.exists(name):
@@ -327,7 +327,7 @@ class ModelTable:
 
         ``forget`` also drops its entry (the model left the repository).
         """
-        self.repository.resolve_name(name)  # rejects names that would leave the repository
+        check_name(name)  # rejects names that would leave the repository
         if name not in self._models:
             raise NotFound(f"model {name!r} is not loaded")
         async with self._locked(name):

@@ -43,6 +43,7 @@ __all__ = [
     "ModelEntry",
     "ModelRepository",
     "check_backend",
+    "check_name",
     "describe_os_error",
     "inside",
     "load_config_file",
@@ -154,6 +155,29 @@ def _config_override(override: Mapping[str, Any] | str) -> dict[str, Any]:
     return dict(override)
 
 
+def check_name(name: str) -> None:
+    """:class:`InvalidArgument` unless ``name`` is a plain folder name that stays inside the
+    repository (no separator, ``..``, NUL, control character or leading dot) and fits a file
+    system's name limit, in bytes."""
+    if not isinstance(name, str) or not name:
+        raise InvalidArgument("model name must be a non-empty string")
+    try:
+        encoded = os.fsencode(name)
+    except UnicodeError:
+        raise InvalidArgument("model name is not valid Unicode text") from None
+    if len(encoded) > _MAX_NAME:
+        # File systems limit a folder name in bytes: 200 "é" are 400 bytes.
+        raise InvalidArgument(
+            f"model name is longer than {_MAX_NAME} bytes ({len(encoded)} in UTF-8)"
+        )
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise InvalidArgument(f"model name {name!r} contains control characters")
+    if "/" in name or "\\" in name or os.sep in name or (os.altsep and os.altsep in name):
+        raise InvalidArgument(f"model name {name!r} contains a path separator")
+    if name.startswith("."):
+        raise InvalidArgument(f"model name {name!r} is not a plain folder name")
+
+
 class ModelRepository:
     """Reads the models under ``root``.
 
@@ -180,26 +204,23 @@ class ModelRepository:
 
     def resolve_name(self, name: str) -> Path:
         """The folder of model ``name``; :class:`InvalidArgument` for a name that could leave
-        the repository (separators, ``..``, absolute, NUL, control characters, leading dot).
+        the repository (separators, ``..``, absolute, NUL, control characters, leading dot,
+        longer than a file system allows).
         """
-        if not isinstance(name, str) or not name:
-            raise InvalidArgument("model name must be a non-empty string")
-        try:
-            encoded = os.fsencode(name)
-        except UnicodeError:
-            raise InvalidArgument("model name is not valid Unicode text") from None
-        if len(encoded) > _MAX_NAME:
-            # File systems limit a folder name in bytes: 200 "é" are 400 bytes.
-            raise InvalidArgument(
-                f"model name is longer than {_MAX_NAME} bytes ({len(encoded)} in UTF-8)"
-            )
-        if any(ord(c) < 32 or ord(c) == 127 for c in name):
-            raise InvalidArgument(f"model name {name!r} contains control characters")
-        if "/" in name or "\\" in name or os.sep in name or (os.altsep and os.altsep in name):
-            raise InvalidArgument(f"model name {name!r} contains a path separator")
-        if name.startswith(".") or Path(name).is_absolute() or Path(name).name != name:
-            raise InvalidArgument(f"model name {name!r} is not a plain folder name")
+        check_name(name)
         return self._root / name
+
+    def exists(self, name: str) -> bool:
+        """Whether the repository has a folder for model ``name`` (a valid name).
+
+        Checked on a plain string: a Path would intern the name, and unknown names must
+        leave nothing behind.
+        """
+        try:
+            check_name(name)
+            return os.path.isdir(os.path.join(self._root, name))
+        except (InvalidArgument, OSError, ValueError):
+            return False
 
     def list_models(self) -> list[str]:
         """Names of the model folders, sorted; hidden entries and plain files are skipped."""
@@ -226,13 +247,6 @@ class ModelRepository:
         return sorted(names)
 
     # -- reading -----------------------------------------------------------------------------
-
-    def exists(self, name: str) -> bool:
-        """Whether the repository has a folder for model ``name`` (a valid name)."""
-        try:
-            return self.resolve_name(name).is_dir()
-        except (InvalidArgument, OSError):
-            return False
 
     def read(
         self,
