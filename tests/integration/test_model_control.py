@@ -148,3 +148,14 @@ def test_bad_control_flags_stop_the_server_with_a_message(tmp_path: Path) -> Non
         )
         assert result.returncode != 0 and words in result.stderr, (args, result.stderr)
         assert "Traceback" not in result.stderr
+
+
+def test_strict_readiness_waits_for_every_model(start_server: Any, tmp_path: Path) -> None:
+    root = tmp_path / "models"
+    write_model(root, "echo", config=null_config("echo"))
+    write_model(root, "broken", config="max_batch_size: [[[\n")
+    strict = start_server(root, "--log-level", "ERROR")
+    assert raw_request(strict.address, "GET", "/v2/health/ready").status == 503
+    assert raw_request(strict.address, "GET", "/v2/models/echo/ready").status == 200
+    lenient = start_server(root, "--no-strict-readiness", "--log-level", "ERROR")
+    assert raw_request(lenient.address, "GET", "/v2/health/ready").status == 200
