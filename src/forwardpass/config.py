@@ -19,7 +19,10 @@ if TYPE_CHECKING:
     from forwardpass.monitor.logsettings import LogSettings
     from forwardpass.monitor.trace import TraceSettings
 
-__all__ = ["DEFAULT_REPOSITORY", "ServerConfig"]
+__all__ = ["DEFAULT_REPOSITORY", "MODEL_CONTROL_MODES", "ServerConfig"]
+
+#: Triton's --model-control-mode values.
+MODEL_CONTROL_MODES = ("none", "poll", "explicit")
 
 #: The repository shipped inside the package (the digits classifier).
 DEFAULT_REPOSITORY = Path(__file__).resolve().parent / "models"
@@ -58,10 +61,26 @@ class ServerConfig:
     cors_origins: tuple[str, ...] = ()
     #: Seconds to let in-flight requests finish on shutdown.
     shutdown_grace_s: float = 10.0
-    #: Load every model found at start-up (Triton's --model-control-mode=none/poll); when false
-    #: only ``load_models`` are loaded and the rest wait for a repository load request.
-    load_all: bool = True
+    #: Triton's model control: ``none`` loads every model at start and refuses the repository
+    #: load/unload API; ``poll`` does the same and rescans the repository every
+    #: ``repository_poll_secs``; ``explicit`` loads only ``load_models`` and allows the API.
+    model_control_mode: str = "none"
+    repository_poll_secs: float = 15.0
+    #: Models loaded at start in explicit mode; ``("*",)`` loads them all.
     load_models: tuple[str, ...] = ()
+    #: Accept model files in repository load requests (``file:`` parameters). Off by default:
+    #: an uploaded model is code the server runs. Only allowed with explicit model control.
+    allow_model_upload: bool = False
+    #: ``/v2/health/ready`` is true only when every model the server was asked to load is
+    #: ready (Triton's --strict-readiness); false: ready once started.
+    strict_readiness: bool = True
+    #: Triton's --http-restricted-api / --grpc-restricted-protocol: ``groups:KEY=VALUE`` each.
+    http_restricted_api: tuple[str, ...] = ()
+    grpc_restricted_protocol: tuple[str, ...] = ()
+    #: A key the inference API requires (empty: none), sent in ``api_key_header``: with the
+    #: default ``authorization`` as ``Bearer <key>``, in any other header as the bare key.
+    api_key: str = ""
+    api_key_header: str = "authorization"
     #: Serve Prometheus metrics at /metrics.
     metrics: bool = True
     #: Let clients register system shared memory regions and pass tensors through them
@@ -85,6 +104,35 @@ class ServerConfig:
     def grpc_message_limit(self) -> int:
         """The effective gRPC message limit (``max_grpc_message_bytes`` or the HTTP body limit)."""
         return self.max_grpc_message_bytes or self.max_request_bytes
+
+    def __post_init__(self) -> None:
+        if self.model_control_mode not in MODEL_CONTROL_MODES:
+            raise InvalidArgument(
+                f"model control mode {self.model_control_mode!r} is not one of "
+                + ", ".join(MODEL_CONTROL_MODES)
+            )
+        if self.load_models and self.model_control_mode != "explicit":
+            raise InvalidArgument(
+                "loading named models at start (--load-model) requires "
+                "--model-control-mode=explicit"
+            )
+        if "*" in self.load_models and len(self.load_models) > 1:
+            raise InvalidArgument("--load-model=* must be the only --load-model")
+        if self.allow_model_upload and self.model_control_mode != "explicit":
+            raise InvalidArgument(
+                "--allow-model-upload is honoured only with --model-control-mode=explicit"
+            )
+        if self.model_control_mode == "poll" and not self.repository_poll_secs > 0:
+            raise InvalidArgument("--repository-poll-secs must be positive in poll mode")
+        if self.api_key_header != self.api_key_header.strip().lower() or not self.api_key_header:
+            raise InvalidArgument(
+                f"api key header {self.api_key_header!r} must be a lower-case header name"
+            )
+
+    @property
+    def loads_all(self) -> bool:
+        """Whether start-up loads every model of the repository."""
+        return self.model_control_mode != "explicit" or self.load_models == ("*",)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> ServerConfig:
@@ -149,7 +197,9 @@ def _coerce(name: str, raw: str, default: Any) -> Any:
         if isinstance(default, Path):
             return Path(raw)
         if isinstance(default, tuple):
-            return tuple(x for x in raw.split(",") if x)
+            # A restricted-API spec holds commas itself: those lists are ';'-separated.
+            sep = ";" if name.endswith(("restricted_api", "restricted_protocol")) else ","
+            return tuple(x for x in raw.split(sep) if x)
         return raw
     except ValueError:
         raise InvalidArgument(f"FORWARDPASS_{name.upper()}={raw!r} is not a valid value") from None

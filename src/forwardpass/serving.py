@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from typing import TYPE_CHECKING
 
+from forwardpass.access import AccessPolicy
 from forwardpass.config import ServerConfig
 from forwardpass.engine import Engine
 from forwardpass.errors import Unsupported
@@ -45,6 +46,7 @@ class Server:
             config.max_request_bytes,
             logs,
             shared_memory=self.shared_memory,
+            access=AccessPolicy.from_config(config),
         )
         self.http = HttpServer(self.app, config)
         self.grpc: GrpcServer | None = None
@@ -98,6 +100,17 @@ class Server:
         await self._stopped.wait()
 
 
+def _printable(config: ServerConfig) -> dict[str, str]:
+    """The configuration to log, its secrets masked (the API key, restricted-API values)."""
+    shown = {k: str(v) for k, v in asdict(config).items()}
+    if config.api_key:
+        shown["api_key"] = "***"
+    for key in ("http_restricted_api", "grpc_restricted_protocol"):
+        specs = getattr(config, key)
+        shown[key] = str(tuple(s.partition("=")[0] + "=***" for s in specs))
+    return shown
+
+
 def _install_loop() -> None:
     try:
         import uvloop
@@ -123,7 +136,7 @@ def run_server(
         stream=sys.stderr,
     )
     logs = LogControl(config.log_settings())
-    log.info("effective configuration: %s", {k: str(v) for k, v in asdict(config).items()})
+    log.info("effective configuration: %s", _printable(config))
     _install_loop()
 
     async def main() -> None:

@@ -382,7 +382,15 @@ def test_shared_memory_and_settings_are_unimplemented(
 
 
 def test_graceful_stop_drains_grpc(start_server: Any, main_repository: Any) -> None:
-    server = start_server(main_repository, "--model", "slow", "--log-level", "WARNING")
+    server = start_server(
+        main_repository,
+        "--model-control-mode",
+        "explicit",
+        "--model",
+        "slow",
+        "--log-level",
+        "WARNING",
+    )
     client = grpcclient.InferenceServerClient(server.grpc_address)
     answers: queue.Queue[Any] = queue.Queue()
     inp = grpcclient.InferInput("in", [2], "FP32")
@@ -403,7 +411,16 @@ def test_repository_load_unload_with_config_and_files(start_server: Any, tmp_pat
     root = tmp_path / "models"
     write_model(root, "lazy", versions={1: add_onnx(10.0, ["batch", 2])})
     write_model(root, "echo", config=null_config("echo", max_batch_size=4))
-    server = start_server(root, "--model", "echo", "--log-level", "WARNING")
+    server = start_server(
+        root,
+        "--model-control-mode",
+        "explicit",
+        "--allow-model-upload",
+        "--model",
+        "echo",
+        "--log-level",
+        "WARNING",
+    )
     client = grpcclient.InferenceServerClient(server.grpc_address)
     try:
         x = np.array([[1.0, 2.0]], np.float32)
@@ -444,6 +461,15 @@ def test_repository_load_unload_with_config_and_files(start_server: Any, tmp_pat
 
 
 def test_no_grpc_flag(start_server: Any, main_repository: Any) -> None:
-    server = start_server(main_repository, "--no-grpc", "--model", "mlp", "--log-level", "WARNING")
+    server = start_server(
+        main_repository,
+        "--no-grpc",
+        "--model-control-mode",
+        "explicit",
+        "--model",
+        "mlp",
+        "--log-level",
+        "WARNING",
+    )
     assert server.grpc_address == ""
     assert raw_request(server.address, "GET", "/v2/health/ready").status == 200

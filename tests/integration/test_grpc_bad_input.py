@@ -265,7 +265,23 @@ def test_message_over_limit(stub: Any) -> None:
     _assert_serving(stub)
 
 
-def test_repository_errors(stub: Any) -> None:
+def test_repository_refused_outside_explicit_mode(stub: Any) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="mlp"))
+    assert info.value.code() is grpc.StatusCode.UNAVAILABLE
+    assert "explicit model load / unload is not allowed" in info.value.details()
+
+
+def test_repository_errors(start_server: Any, main_repository: Any) -> None:
+    server = start_server(
+        main_repository, "--model-control-mode", "explicit", "--allow-model-upload",
+        "--load-model", "mlp", "--no-strict-readiness", "--log-level", "WARNING",
+    )  # fmt: skip
+    with grpc.insecure_channel(server.grpc_address) as channel:
+        _repository_errors(service_pb2_grpc.GRPCInferenceServiceStub(channel))
+
+
+def _repository_errors(stub: Any) -> None:
     def load(name: str, **params: pb.ModelRepositoryParameter) -> grpc.RpcError:
         with pytest.raises(grpc.RpcError) as info:
             stub.RepositoryModelLoad(

@@ -34,7 +34,16 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def repo_server(start_module_server: Any, repository: Path) -> Any:
     # "lazy" is in the repository but not loaded at start.
     return start_module_server(
-        repository, "--model", "adder", "--model", "echo", "--log-level", "WARNING"
+        repository,
+        "--model-control-mode",
+        "explicit",
+        "--load-model",
+        "adder",
+        "--load-model",
+        "echo",
+        "--allow-model-upload",
+        "--log-level",
+        "WARNING",
     )
 
 
@@ -168,7 +177,9 @@ def test_reload_and_unload_under_traffic(start_server: Any, tmp_path: Path) -> N
     root = tmp_path / "models"
     write_model(root, "adder", config=ADDER_CONFIG, versions={1: add_onnx(1.0, ["batch", 2])})
     write_model(root, "echo", config=null_config("echo", max_batch_size=4, delay_ms=5))
-    server = start_server(root, "--log-level", "WARNING")
+    server = start_server(
+        root, "--model-control-mode", "explicit", "--load-model", "*", "--log-level", "WARNING"
+    )
     stop = threading.Event()
     adder_log: list[list[tuple[int, str, float, float]]] = []
     echo_log: list[tuple[int, str]] = []

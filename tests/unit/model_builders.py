@@ -120,6 +120,12 @@ def run_with_engine(root: Path, body: Callable[[Any], Awaitable[Any]], **config:
     from forwardpass.engine import Engine
     from forwardpass.repository import ModelRepository
 
+    # Explicit model control, every model loaded at start: the repository API is open, as
+    # the tests of loading and unloading need (pass model_control_mode/load_models to change).
+    config.setdefault("model_control_mode", "explicit")
+    if config["model_control_mode"] == "explicit":
+        config.setdefault("load_models", ("*",))
+
     async def main() -> Any:
         engine = Engine(
             ModelRepository(root),

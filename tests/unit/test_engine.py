@@ -325,7 +325,7 @@ def test_broken_model_is_unavailable_with_reason_while_others_are_ready(
     repo: Path, with_engine: Any
 ) -> None:
     async def body(engine: Engine) -> None:
-        assert engine.ready
+        assert not engine.ready  # strict readiness: a model it was asked to load is not ready
         index = {(row["name"], row.get("version")): row for row in index_document(engine.index())}
         broken = index[("broken", "")]
         assert broken["state"] == "UNAVAILABLE"
@@ -347,7 +347,7 @@ def test_broken_model_is_unavailable_with_reason_while_others_are_ready(
     with_engine(repo, body)
 
 
-def test_load_all_false_loads_only_named_models(repo: Path, with_engine: Any) -> None:
+def test_explicit_mode_loads_only_named_models(repo: Path, with_engine: Any) -> None:
     async def body(engine: Engine) -> None:
         index = {row["name"]: row for row in index_document(engine.index())}
         assert index["add"]["state"] == "READY"
@@ -356,7 +356,7 @@ def test_load_all_false_loads_only_named_models(repo: Path, with_engine: Any) ->
         await engine.load("square")
         assert engine.is_ready("square")
 
-    with_engine(repo, body, load_all=False, load_models=("add",))
+    with_engine(repo, body, load_models=("add",))
 
 
 def test_unload_then_requests_are_unavailable_and_load_brings_it_back(

@@ -136,7 +136,7 @@ def test_loading_an_ensemble_loads_its_steps(tmp_path: Path) -> None:
         )
         assert np.allclose(response.outputs[0].data, [ADD_BIAS**2])
 
-    run_with_engine(build(tmp_path), body, load_all=False, load_models=("pipe",))
+    run_with_engine(build(tmp_path), body, load_models=("pipe",))
 
 
 @pytest.mark.parametrize(

@@ -173,7 +173,10 @@ def predict(
     from forwardpass.repository import ModelRepository
     from forwardpass.types import RequestedOutput
 
-    config = ServerConfig.from_env(model_repository=model_repository, load_all=False)
+    # Explicit model control: only MODEL loads, through the same call as the repository API.
+    config = ServerConfig.from_env(
+        model_repository=model_repository, model_control_mode="explicit", load_models=()
+    )
 
     async def run() -> list[tuple[Path, dict[str, Any]]]:
         engine = Engine(ModelRepository(config.model_repository), config)

@@ -10,6 +10,7 @@ inference (metadata, index, statistics) are the dataclasses of ``forwardpass.res
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -21,14 +22,21 @@ import numpy as np
 
 from forwardpass.config import ServerConfig
 from forwardpass.datatypes import DataType
-from forwardpass.engine.models import LoadedVersion, ModelHandle, ModelTable
+from forwardpass.engine.models import UNLOADED, LoadedVersion, ModelHandle, ModelTable
 from forwardpass.engine.outputs import respond
 from forwardpass.engine.validation import schedule_params, validate
-from forwardpass.errors import ForwardpassError, InternalError
+from forwardpass.errors import (
+    ForwardpassError,
+    InternalError,
+    NotFound,
+    PermissionDenied,
+    Unavailable,
+)
 from forwardpass.model_config import ModelConfig, TensorSpec
 from forwardpass.monitor.trace import Trace, Tracer
 from forwardpass.processing.base import Processing
 from forwardpass.repository import ModelRepository
+from forwardpass.repository.poll import Poller
 from forwardpass.repository.warmup import zeros
 from forwardpass.results import (
     IndexEntry,
@@ -58,35 +66,99 @@ class Engine:
         )
         self.started = False
         self.stopping = False
+        self._poller: Poller | None = None
+        self._poll_task: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
-        """Load the models the configuration asks for; broken ones become UNAVAILABLE."""
+        """Load the models the model control mode asks for; broken ones become UNAVAILABLE.
+
+        In poll mode a task then rescans the repository every ``repository_poll_secs``.
+        """
         try:
             names = self.repository.list_models()
         except ForwardpassError as exc:
             log.error("cannot read model repository: %s", exc.message)
             names = []
-        if not self.config.load_all:
-            names = [n for n in names if n in self.config.load_models]
+        if not self.config.loads_all:
+            names = list(self.config.load_models)
+        self._poller = Poller(self.repository) if self.config.model_control_mode == "poll" else None
         for name in names:
-            try:
-                await self.load(name)
-            except ForwardpassError as exc:
-                log.error("model %s is UNAVAILABLE: %s", name, exc.message)
+            await self._load_logged(name)
+        if self._poller is not None:
+            self._poller.scan()  # what was loaded is the baseline
+            self._poll_task = asyncio.get_running_loop().create_task(self._poll_forever())
         self.started = True
 
     async def stop(self) -> None:
         """Finish in-flight requests (up to the grace period) and release every model."""
         self.stopping = True
+        if self._poll_task is not None:
+            self._poll_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poll_task
         await self.table.retire_all("server is shutting down")
         self._processing_pool.shutdown(wait=False)
         # After the models: traces of the requests that just finished are written too.
         await asyncio.get_running_loop().run_in_executor(None, self.tracer.close)
 
+    async def _load_logged(self, name: str) -> None:
+        try:
+            await self.table.load(name)
+        except ForwardpassError as exc:
+            log.error("model %s is UNAVAILABLE: %s", name, exc.message)
+
+    async def _poll_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.repository_poll_secs)
+            try:
+                await self.poll()
+            except Exception:  # a failed scan must not end polling
+                log.exception("repository poll failed")
+
+    async def poll(self) -> None:
+        """Poll mode: load new and changed models, unload the ones removed from the repository."""
+        assert self._poller is not None
+        changes = await asyncio.get_running_loop().run_in_executor(None, self._poller.scan)
+        for name in changes.removed:
+            if self.table.get(name) is not None:
+                log.info("model %s left the repository: unloading", name)
+                with contextlib.suppress(NotFound):
+                    await self.table.unload(name, forget=True)
+        for name in (*changes.added, *changes.changed):
+            log.info("model %s %s: loading", name, "added" if name in changes.added else "changed")
+            await self._load_logged(name)
+
     @property
     def ready(self) -> bool:
-        return self.started and not self.stopping
+        """Server readiness. Strict (the default, as in Triton): every model the server was
+        asked to load is READY, except the ones unloaded on purpose."""
+        if not self.started or self.stopping:
+            return False
+        if not self.config.strict_readiness:
+            return True
+        return all(
+            h.state is ModelState.READY
+            or (h.state is ModelState.UNAVAILABLE and h.reason == UNLOADED)
+            for h in self.table
+        )
+
+    def _control(self, files: Mapping[str, bytes] | None = None) -> None:
+        """The repository load/unload API is allowed in explicit mode only (as in Triton);
+        uploads only when also opted in."""
+        mode = self.config.model_control_mode
+        if mode != "explicit":
+            raise Unavailable(
+                "explicit model load / unload is not allowed if polling is enabled "
+                f"(model control mode is {mode}; start the server with "
+                "--model-control-mode=explicit to load and unload models through the API)"
+            )
+        if files and not self.config.allow_model_upload:
+            raise PermissionDenied(
+                "model upload (file: load parameters) is disabled: an uploaded model is code "
+                "the server runs; start the server with --model-control-mode=explicit "
+                "--allow-model-upload to accept uploads"
+            )
 
     async def load(
         self,
@@ -94,11 +166,15 @@ class Engine:
         config_override: Mapping[str, Any] | None = None,
         files: Mapping[str, bytes] | None = None,
     ) -> None:
-        """Load (or reload) a model; old versions keep serving until the new ones are ready."""
+        """The repository load API: load (or reload) a model; old versions keep serving until
+        the new ones are ready. Explicit model control only."""
+        self._control(files)
         await self.table.load(name, config_override, files)
 
     async def unload(self, name: str) -> None:
-        """Stop serving a model: queued requests finish, later ones get 503 (UNAVAILABLE)."""
+        """The repository unload API: stop serving a model; queued requests finish, later
+        ones get 503 (UNAVAILABLE). Explicit model control only."""
+        self._control()
         await self.table.unload(name)
 
     # ------------------------------------------------------------------ lookups

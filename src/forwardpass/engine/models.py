@@ -8,10 +8,13 @@ own lock; a name that is not in the table holds no lock and no memory.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Mapping
+import os
+from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from forwardpass.config import ServerConfig
@@ -29,13 +32,15 @@ from forwardpass.pipeline import Pipeline
 from forwardpass.processing.base import Processing
 from forwardpass.processing.spec import build_processing
 from forwardpass.repository import ModelEntry, ModelRepository, warmup_inputs
+from forwardpass.repository.repository import check_name, describe_os_error
+from forwardpass.repository.upload import Upload, stage_upload
 from forwardpass.repository.warmup import zeros
 from forwardpass.results import ModelState
 from forwardpass.runtime import Backend, backend_class
 from forwardpass.scheduling.batcher import Batcher, BatcherPolicy
 from forwardpass.scheduling.layout import BatchLayout
 
-__all__ = ["LoadedVersion", "ModelHandle", "ModelTable"]
+__all__ = ["UNLOADED", "LoadedVersion", "ModelHandle", "ModelTable"]
 
 log = logging.getLogger("forwardpass.engine")
 
@@ -88,6 +93,16 @@ class ModelHandle:
         return self.entry.config
 
 
+#: The reason an unloaded model gives (strict readiness does not wait for it).
+UNLOADED = "unloaded"
+
+
+@dataclass(slots=True)
+class _LockSlot:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
+
+
 class ModelTable:
     """The models a server holds, by name, with their lifecycle."""
 
@@ -95,7 +110,7 @@ class ModelTable:
         self.repository = repository
         self.config = config
         self._models: dict[str, ModelHandle] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks: dict[str, _LockSlot] = {}
 
     # ------------------------------------------------------------------ lookups
     def __iter__(self) -> Any:
@@ -144,11 +159,21 @@ class ModelTable:
         return handle, loaded
 
     # ------------------------------------------------------------------ lifecycle
-    def _lock(self, name: str) -> asyncio.Lock:
-        lock = self._locks.get(name)
-        if lock is None:
-            lock = self._locks[name] = asyncio.Lock()
-        return lock
+    @contextlib.asynccontextmanager
+    async def _locked(self, name: str) -> AsyncIterator[None]:
+        """Hold ``name``'s lock; the lock exists only while someone holds or waits for it, so
+        names that come and go (unknown ones above all) leave nothing behind."""
+        slot = self._locks.get(name)
+        if slot is None:
+            slot = self._locks[name] = _LockSlot()
+        slot.users += 1
+        try:
+            async with slot.lock:
+                yield
+        finally:
+            slot.users -= 1
+            if slot.users == 0:
+                del self._locks[name]
 
     async def load(
         self,
@@ -159,51 +184,99 @@ class ModelTable:
     ) -> None:
         """Load (or reload) a model; old versions keep serving until the new ones are ready.
 
-        Loading an ensemble also loads the models its steps call that are not loaded yet.
+        Uploaded ``files`` are staged and the model loads from them; they replace the files in
+        the repository only once it is READY. Loading an ensemble also loads the models its
+        steps call that are not loaded yet. Every failure is a :class:`ForwardpassError` whose
+        message names no server path; a model that is not in the repository leaves no entry.
         """
-        self.repository.resolve_name(name)  # rejects names that would leave the repository
+        check_name(name)  # rejects names that would leave the repository
         if name in chain:
             raise InvalidModelConfig(f"ensembles call each other in a loop: {' -> '.join(chain)}")
-        async with self._lock(name):
-            old = self._models.get(name)
-            created = old is None
-            if old is None:
-                old = self._models[name] = ModelHandle(name=name, state=ModelState.LOADING)
-            elif old.state is not ModelState.READY:
-                old.state = ModelState.LOADING
-            try:
-                handle = await self._open(name, config_override, files, (*chain, name))
-            except ForwardpassError as exc:
-                if created and isinstance(exc, NotFound):
-                    del self._models[name]  # no such model: leave no UNAVAILABLE ghost behind
-                    self._locks.pop(name, None)
-                    raise
-                old.state = ModelState.READY if old.versions else ModelState.UNAVAILABLE
-                old.reason = exc.message
-                raise
-            self._models[name] = handle
-            log.info(
-                "model %s READY: versions %s, providers %s",
-                name,
-                sorted(handle.versions),
-                handle.latest.providers if handle.latest else [],
-            )
-            if old is not handle and old.versions:
-                await self._retire(old, "model was reloaded", remove=False)
+        if not files and name not in self._models and not self.repository.exists(name):
+            raise NotFound(f"model {name!r} is not in the repository")
+        try:
+            async with self._locked(name):
+                await self._load_locked(name, config_override, files, chain)
+        except ForwardpassError as exc:
+            exc.message = self._scrub(exc.message)
+            exc.args = (exc.message,)
+            raise
 
-    async def _open(
+    async def _load_locked(
         self,
         name: str,
         config_override: Mapping[str, Any] | None,
         files: Mapping[str, bytes] | None,
         chain: tuple[str, ...],
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        upload: Upload | None = None
+        if files:
+            upload = await loop.run_in_executor(None, stage_upload, self.repository, name, files)
+        old = self._models.get(name)
+        created = old is None
+        if old is None:
+            old = self._models[name] = ModelHandle(name=name, state=ModelState.LOADING)
+        elif old.state is not ModelState.READY:
+            old.state = ModelState.LOADING
+        handle: ModelHandle | None = None
+        try:
+            folder = upload.folder if upload is not None else None
+            try:
+                handle = await self._open(name, config_override, folder, (*chain, name))
+            except OSError as exc:
+                raise InvalidModelConfig(
+                    f"cannot load model {name!r}: {describe_os_error(exc, self.repository.root)}"
+                ) from exc
+            if upload is not None:
+                assert handle.entry is not None
+                entry = handle.entry
+                await loop.run_in_executor(None, upload.commit, entry.config, config_override)
+                upload = None
+                handle.entry = replace(
+                    entry,
+                    path=self.repository.resolve_name(name),
+                    config_file=self.repository.config_file(name) if config_override else None,
+                )
+        except ForwardpassError as exc:
+            if handle is not None:
+                await self._retire(handle, "load failed")
+            if created and not self.repository.exists(name):
+                # Not in the repository (or an upload that failed): leave no ghost behind.
+                del self._models[name]
+                raise
+            old.state = ModelState.READY if old.versions else ModelState.UNAVAILABLE
+            old.reason = self._scrub(exc.message)
+            raise
+        finally:
+            if upload is not None:
+                await loop.run_in_executor(None, upload.discard)
+        self._models[name] = handle
+        log.info(
+            "model %s READY: versions %s, providers %s",
+            name,
+            sorted(handle.versions),
+            handle.latest.providers if handle.latest else [],
+        )
+        if old is not handle and old.versions:
+            await self._retire(old, "model was reloaded", remove=False)
+
+    def _scrub(self, message: str) -> str:
+        """``message`` without the repository's server path (file names stay relative)."""
+        root = str(self.repository.root)
+        return message.replace(root + os.sep, "").replace(root, "<repository>")
+
+    async def _open(
+        self,
+        name: str,
+        config_override: Mapping[str, Any] | None,
+        folder: Path | None,
+        chain: tuple[str, ...],
     ) -> ModelHandle:
         """Read, build and warm every version of ``name``: a READY handle, not yet in the table."""
         loop = asyncio.get_running_loop()
-        if files:
-            await loop.run_in_executor(None, self.repository.write_files, name, files)
         entry = await loop.run_in_executor(
-            None, lambda: self.repository.read(name, config_override=config_override)
+            None, lambda: self.repository.read(name, config_override=config_override, folder=folder)
         )
         pipeline: Pipeline | None = None
         processing: Processing | None = None
@@ -254,16 +327,21 @@ class ModelTable:
             if handle is None or handle.state is not ModelState.READY:
                 await self.load(model, None, None, chain)
 
-    async def unload(self, name: str) -> None:
-        """Stop serving a model: queued requests finish, later ones get 503 (UNAVAILABLE)."""
-        self.repository.resolve_name(name)  # rejects names that would leave the repository
+    async def unload(self, name: str, forget: bool = False) -> None:
+        """Stop serving a model: queued requests finish, later ones get 503 (UNAVAILABLE).
+
+        ``forget`` also drops its entry (the model left the repository).
+        """
+        check_name(name)  # rejects names that would leave the repository
         if name not in self._models:
             raise NotFound(f"model {name!r} is not loaded")
-        async with self._lock(name):
+        async with self._locked(name):
             handle = self._models.get(name)
             if handle is None:
                 raise NotFound(f"model {name!r} is not loaded")
-            await self._retire(handle, "unloaded")
+            await self._retire(handle, UNLOADED)
+            if forget:
+                del self._models[name]
 
     async def retire_all(self, reason: str) -> None:
         for name in list(self._models):

@@ -22,6 +22,7 @@ from urllib.parse import unquote
 import orjson
 
 from forwardpass import __version__
+from forwardpass.access import AccessPolicy
 from forwardpass.engine import Engine
 from forwardpass.errors import (
     ForwardpassError,
@@ -29,6 +30,7 @@ from forwardpass.errors import (
     NotFound,
     PayloadTooLarge,
     PermissionDenied,
+    Unauthenticated,
     Unavailable,
     Unsupported,
     http_status,
@@ -73,6 +75,15 @@ EXTENSIONS = (
 SHM_EXTENSION = "system_shared_memory"
 
 JSON = "application/json"
+
+#: The API group (Triton's --http-restricted-api names) of each /v2/models/<name>/<action>;
+#: the model's metadata (no action) is "metadata".
+_MODEL_GROUPS = {
+    "infer": "inference",
+    "ready": "health",
+    "config": "model-config",
+    "stats": "statistics",
+}
 
 
 @dataclass(slots=True)
@@ -125,6 +136,7 @@ class HttpApp:
         max_request_bytes: int = 64 * 1024 * 1024,
         logs: LogControl | None = None,
         shared_memory: SharedMemoryRegistry | None = None,
+        access: AccessPolicy | None = None,
     ) -> None:
         self.engine = engine
         self.metrics = metrics
@@ -133,6 +145,12 @@ class HttpApp:
         self.extensions = [*EXTENSIONS, SHM_EXTENSION] if shared_memory else list(EXTENSIONS)
         #: The logging extension's target; None where the process's logging is not ours.
         self.logs = logs
+        self.access = access if access is not None and access.active else None
+
+    def _allow(self, group: str, request: HttpRequest) -> None:
+        """Each route names its API group (Triton's); the access policy may refuse it."""
+        if self.access is not None:
+            self.access.check(group, request.headers)
 
     async def handle(self, request: HttpRequest) -> HttpResponse:
         try:
@@ -141,6 +159,12 @@ class HttpApp:
             if isinstance(response, HttpResponse):
                 return response
             return await response
+        except Unauthenticated as exc:
+            return HttpResponse(
+                http_status(exc),
+                encode_error(exc.message),
+                headers=[("WWW-Authenticate", 'Bearer realm="forwardpass"')],
+            )
         except ForwardpassError as exc:
             return HttpResponse(http_status(exc), encode_error(exc.message))
         except Exception as exc:  # a bug: answer 500, keep serving
@@ -160,10 +184,12 @@ class HttpApp:
             raise NotFound(f"no route for {method} {request.path}")
         rest = parts[1:]
         if not rest:
+            self._allow("metadata", request)
             self._method(method, "GET")
             return self._server_metadata()
         head = rest[0]
         if head == "health" and len(rest) == 2:
+            self._allow("health", request)
             self._method(method, "GET")
             if rest[1] == "live":
                 return _EMPTY_OK
@@ -174,17 +200,22 @@ class HttpApp:
         elif head == "models":
             return self._models_route(method, rest[1:], request)
         elif head == "repository":
+            self._allow("model-repository", request)
             return self._repository_route(method, rest[1:], request)
         elif head == "systemsharedmemory":
+            self._allow("shared-memory", request)
             return self._shared_memory_route(method, rest[1:], request)
         elif head == "cudasharedmemory":
+            self._allow("shared-memory", request)
             raise Unsupported(
                 "CUDA shared memory is not supported on this server (it has no CUDA device "
                 "support); use system shared memory (v2/systemsharedmemory)"
             )
         elif head == "trace" and rest[1:] == ["setting"]:
+            self._allow("trace", request)
             return self._trace_setting(method, "", request)
         elif head == "logging" and len(rest) == 1:
+            self._allow("logging", request)
             return self._logging(method, request)
         raise NotFound(f"no route for {method} {request.path}")
 
@@ -198,6 +229,7 @@ class HttpApp:
         self, method: str, rest: list[str], request: HttpRequest
     ) -> HttpResponse | Awaitable[HttpResponse]:
         if rest == ["stats"]:
+            self._allow("statistics", request)
             self._method(method, "GET")
             return _json(statistics_document(self.engine.stats()))
         if not rest:
@@ -208,12 +240,14 @@ class HttpApp:
         if len(tail) >= 2 and tail[0] == "versions":
             version = tail[1]
             tail = tail[2:]
+        action = tail[0] if len(tail) == 1 else ""
+        if tail == ["trace", "setting"]:
+            self._allow("trace", request)
+            return self._trace_setting(method, name, request)
+        self._allow(_MODEL_GROUPS.get(action, "metadata"), request)
         if not tail:
             self._method(method, "GET")
             return _json(metadata_document(self.engine.metadata(name, version)))
-        if tail == ["trace", "setting"]:
-            return self._trace_setting(method, name, request)
-        action = tail[0] if len(tail) == 1 else ""
         if action == "infer":
             self._method(method, "POST")
             if self.engine.tracer.active:

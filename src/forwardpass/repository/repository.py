@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,9 +39,21 @@ from forwardpass.repository.completion import (
 from forwardpass.repository.config_io import read_draft
 from forwardpass.repository.draft import ConfigDraft
 from forwardpass.repository.pbtxt import parse_pbtxt
+from forwardpass.runtime import backend_class
 from forwardpass.runtime.onnx import describe_onnx
 
-__all__ = ["CONFIG_FILES", "ModelEntry", "ModelRepository", "load_config_file", "next_version"]
+__all__ = [
+    "CONFIG_FILES",
+    "ModelEntry",
+    "ModelRepository",
+    "check_backend",
+    "check_name",
+    "describe_os_error",
+    "inside",
+    "load_config_file",
+    "next_version",
+    "relative_parts",
+]
 
 log = logging.getLogger("forwardpass.repository")
 
@@ -113,7 +124,7 @@ def load_config_file(path: Path) -> dict[str, Any]:
     return data
 
 
-def _relative_parts(relative: str, what: str) -> tuple[str, ...]:
+def relative_parts(relative: str, what: str) -> tuple[str, ...]:
     """The components of a relative path that stays inside its folder, or InvalidArgument."""
     if not isinstance(relative, str) or not relative:
         raise InvalidArgument(f"{what} must be a non-empty relative path")
@@ -129,9 +140,9 @@ def _relative_parts(relative: str, what: str) -> tuple[str, ...]:
     return parts
 
 
-def _inside(folder: Path, relative: str, what: str) -> Path:
+def inside(folder: Path, relative: str, what: str) -> Path:
     """``folder/relative``, refusing any path (or symlink) that leads out of ``folder``."""
-    target = folder.joinpath(*_relative_parts(relative, what))
+    target = folder.joinpath(*relative_parts(relative, what))
     if not target.resolve().is_relative_to(folder.resolve()):
         raise InvalidArgument(f"{what} {relative!r} leads outside {folder.name}/")
     return target
@@ -146,6 +157,29 @@ def _config_override(override: Mapping[str, Any] | str) -> dict[str, Any]:
     if not isinstance(override, Mapping):
         raise InvalidModelConfig("config override must be a JSON object")
     return dict(override)
+
+
+def check_name(name: str) -> None:
+    """:class:`InvalidArgument` unless ``name`` is a plain folder name that stays inside the
+    repository (no separator, ``..``, NUL, control character or leading dot) and fits a file
+    system's name limit, in bytes."""
+    if not isinstance(name, str) or not name:
+        raise InvalidArgument("model name must be a non-empty string")
+    try:
+        encoded = os.fsencode(name)
+    except UnicodeError:
+        raise InvalidArgument("model name is not valid Unicode text") from None
+    if len(encoded) > _MAX_NAME:
+        # File systems limit a folder name in bytes: 200 "é" are 400 bytes.
+        raise InvalidArgument(
+            f"model name is longer than {_MAX_NAME} bytes ({len(encoded)} in UTF-8)"
+        )
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise InvalidArgument(f"model name {name!r} contains control characters")
+    if "/" in name or "\\" in name or os.sep in name or (os.altsep and os.altsep in name):
+        raise InvalidArgument(f"model name {name!r} contains a path separator")
+    if name.startswith("."):
+        raise InvalidArgument(f"model name {name!r} is not a plain folder name")
 
 
 class ModelRepository:
@@ -178,19 +212,23 @@ class ModelRepository:
 
     def resolve_name(self, name: str) -> Path:
         """The folder of model ``name``; :class:`InvalidArgument` for a name that could leave
-        the repository (separators, ``..``, absolute, NUL, control characters, leading dot).
+        the repository (separators, ``..``, absolute, NUL, control characters, leading dot,
+        longer than a file system allows).
         """
-        if not isinstance(name, str) or not name:
-            raise InvalidArgument("model name must be a non-empty string")
-        if len(name) > _MAX_NAME:
-            raise InvalidArgument(f"model name is longer than {_MAX_NAME} characters")
-        if any(ord(c) < 32 or ord(c) == 127 for c in name):
-            raise InvalidArgument(f"model name {name!r} contains control characters")
-        if "/" in name or "\\" in name or os.sep in name or (os.altsep and os.altsep in name):
-            raise InvalidArgument(f"model name {name!r} contains a path separator")
-        if name.startswith(".") or Path(name).is_absolute() or Path(name).name != name:
-            raise InvalidArgument(f"model name {name!r} is not a plain folder name")
+        check_name(name)
         return self._root / name
+
+    def exists(self, name: str) -> bool:
+        """Whether the repository has a folder for model ``name`` (a valid name).
+
+        Checked on a plain string: a Path would intern the name, and unknown names must
+        leave nothing behind.
+        """
+        try:
+            check_name(name)
+            return os.path.isdir(os.path.join(self._root, name))
+        except (InvalidArgument, OSError, ValueError):
+            return False
 
     def list_models(self) -> list[str]:
         """Names of the model folders, sorted; hidden entries and plain files are skipped."""
@@ -200,7 +238,9 @@ class ModelRepository:
         except FileNotFoundError:
             raise NotFound(f"model repository {self._root} does not exist") from None
         except OSError as exc:
-            raise NotFound(f"cannot read model repository {self._root}: {exc}") from exc
+            raise NotFound(
+                f"cannot read model repository {self._root}: {exc.strerror or exc}"
+            ) from exc
         names = []
         for entry in entries:
             if entry.name.startswith("."):
@@ -216,21 +256,32 @@ class ModelRepository:
 
     # -- reading -----------------------------------------------------------------------------
 
-    def read(self, name: str, config_override: Mapping[str, Any] | str | None = None) -> ModelEntry:
+    def read(
+        self,
+        name: str,
+        config_override: Mapping[str, Any] | str | None = None,
+        folder: Path | None = None,
+    ) -> ModelEntry:
         """Model ``name``: its completed config, selected versions and labels.
 
         ``config_override`` (a Triton JSON config, as a dict or JSON text, as a repository load
-        request carries in ``parameters.config``) replaces the config file. Raises
+        request carries in ``parameters.config``) replaces the config file. ``folder`` reads the
+        model from another folder than its own (an upload being staged). Raises
         :class:`InvalidArgument` for an unsafe name, :class:`NotFound` for a missing model and
-        :class:`InvalidModelConfig` for anything wrong with the model.
+        :class:`InvalidModelConfig` for anything wrong with the model, its backend included.
+        Messages name files relative to the repository, never by their server path.
         """
-        path = self.resolve_name(name)
+        path = self.resolve_name(name) if folder is None else folder
         if not path.is_dir():
-            raise NotFound(f"model {name!r} is not in the repository {self._root}")
+            raise NotFound(f"model {name!r} is not in the repository")
         try:
-            return self._read(name, path, config_override)
+            entry = self._read(name, path, config_override)
         except OSError as exc:
-            raise InvalidModelConfig(f"cannot read model {name!r}: {exc}") from exc
+            raise InvalidModelConfig(
+                f"cannot read model {name!r}: {describe_os_error(exc, path.parent)}"
+            ) from exc
+        check_backend(entry.config)
+        return entry
 
     def read_all(self) -> dict[str, ModelEntry | ForwardpassError]:
         """Every model, each read on its own: an entry, or the error that explains it."""
@@ -245,9 +296,9 @@ class ModelRepository:
                 result[name] = InternalError(f"unexpected error reading model {name!r}: {exc}")
         return result
 
-    def config_file(self, name: str) -> Path | None:
+    def config_file(self, name: str, folder: Path | None = None) -> Path | None:
         """The config file of model ``name`` that :meth:`read` uses, if any."""
-        path = self.resolve_name(name)
+        path = self.resolve_name(name) if folder is None else folder
         found = [path / f for f in CONFIG_FILES if (path / f).is_file()]
         if len(found) > 1:
             log.warning(
@@ -262,7 +313,7 @@ class ModelRepository:
         if config_override is not None:
             raw = _config_override(config_override)
         else:
-            config_file = self.config_file(name)
+            config_file = self.config_file(name, path)
             raw = load_config_file(config_file) if config_file is not None else {}
         draft = read_draft(raw, name=name)
         versions = self._versions(path, draft)
@@ -303,7 +354,7 @@ class ModelRepository:
         filename = draft.default_model_filename
         needs_file = draft.backend not in _FILELESS and bool(filename)
         if needs_file:
-            _relative_parts(filename, "default_model_filename")
+            relative_parts(filename, "default_model_filename")
         found: list[int] = []
         empty: list[int] = []
         with os.scandir(path) as iterator:
@@ -352,7 +403,7 @@ class ModelRepository:
                 continue
             what = f"label_filename of output {output.name!r}"
             try:
-                file = _inside(path, output.label_filename, what)
+                file = inside(path, output.label_filename, what)
             except InvalidArgument as exc:
                 raise InvalidModelConfig(exc.message) from exc
             try:
@@ -371,50 +422,25 @@ class ModelRepository:
             labels[output.name] = lines
         return MappingProxyType(labels)
 
-    # -- writing -----------------------------------------------------------------------------
 
-    def write_files(self, name: str, files: Mapping[str, bytes]) -> list[Path]:
-        """Write uploaded files into model ``name``'s folder (created if missing).
+def check_backend(config: ModelConfig) -> None:
+    """:class:`InvalidModelConfig` unless this build has the backend ``config`` names: the one
+    check that the server's load and ``forwardpass models`` share."""
+    if config.is_ensemble:
+        return
+    backend_class(config)
 
-        Keys are paths relative to the model folder (``1/model.onnx``), with or without the
-        ``file:`` prefix of Triton's load request. Every path is checked before anything is
-        written; each file is written to a temporary name and renamed, so a reader never sees
-        half a file. Returns the paths written.
-        """
-        folder = self.resolve_name(name)
-        plan: list[tuple[tuple[str, ...], bytes]] = []
-        for key, data in files.items():
-            relative = key.removeprefix("file:") if isinstance(key, str) else key
-            parts = _relative_parts(relative, "file path")
-            if not isinstance(data, bytes | bytearray | memoryview):
-                raise InvalidArgument(f"contents of {relative!r} must be bytes")
-            plan.append((parts, bytes(data)))
-        if not self._root.is_dir():
-            raise NotFound(f"model repository {self._root} does not exist")
-        written: list[Path] = []
+
+def describe_os_error(exc: OSError, base: Path) -> str:
+    """An OS error in words, its file named relative to ``base`` (never a server path)."""
+    reason = exc.strerror or type(exc).__name__
+    names = []
+    for filename in (exc.filename, exc.filename2):
+        if filename is None:
+            continue
+        path = Path(os.fsdecode(filename))
         try:
-            folder.mkdir(exist_ok=True)
-            base = folder.resolve()
-            for parts, data in plan:
-                target = folder.joinpath(*parts)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                if not target.parent.resolve().is_relative_to(base) or target.is_symlink():
-                    raise InvalidArgument(f"file path {'/'.join(parts)!r} leads outside {name}/")
-                _write_atomic(target, data)
-                written.append(target)
-        except OSError as exc:
-            raise InternalError(f"cannot write files of model {name!r}: {exc}") from exc
-        return written
-
-
-def _write_atomic(target: Path, data: bytes) -> None:
-    fd, temp = tempfile.mkstemp(dir=target.parent, prefix=".upload-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, target)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+            names.append(str(path.absolute().relative_to(base.absolute())))
+        except ValueError:
+            names.append(path.name)
+    return f"{reason}: {', '.join(repr(n) for n in names)}" if names else reason

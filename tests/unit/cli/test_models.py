@@ -91,3 +91,20 @@ def test_serve_rejects_a_bad_environment_value() -> None:
     )
     assert result.exit_code == 1
     assert "FORWARDPASS_MAX_REQUEST_BYTES='lots' is not a valid value" in result.output
+
+
+def test_unknown_backend_is_unavailable_as_on_the_server(repo: Path) -> None:
+    """The same check as the server's load: `models` must not call OK what `serve` refuses."""
+    folder = repo / "torchy"
+    (folder / "1").mkdir(parents=True)
+    (folder / "1" / "model.savedmodel").write_bytes(b"weights")
+    (folder / "config.pbtxt").write_text(
+        'backend: "tensorflow"\nmax_batch_size: 2\n'
+        'input [ { name: "a" data_type: TYPE_FP32 dims: [ 2 ] } ]\n'
+        'output [ { name: "b" data_type: TYPE_FP32 dims: [ 2 ] } ]\n'
+    )
+    result = CliRunner().invoke(models, ["--model-repository", str(repo), "--json"])
+    assert result.exit_code == 0, result.output
+    row = {row["name"]: row for row in json.loads(result.output)}["torchy"]
+    assert row["state"] == "UNAVAILABLE"
+    assert "unknown backend 'tensorflow'" in row["detail"]

@@ -54,7 +54,15 @@ class AppThread:
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         self.engine = Engine(
-            ModelRepository(root), ServerConfig(model_repository=root, shutdown_grace_s=5.0)
+            ModelRepository(root),
+            ServerConfig(
+                model_repository=root,
+                shutdown_grace_s=5.0,
+                model_control_mode="explicit",
+                load_models=("*",),
+                # Fuzzed loads leave models UNAVAILABLE; "ready" here means "still serving".
+                strict_readiness=False,
+            ),
         )
         self.run(self.engine.start())
         self.app = HttpApp(self.engine, max_request_bytes=1 << 16)

@@ -22,8 +22,14 @@ from forwardpass.protocol.http import EXTENSIONS, HttpApp, HttpRequest, HttpResp
 Call = Callable[..., Awaitable[HttpResponse]]
 
 
-def with_app(root: Path, body: Callable[[Call, Engine], Awaitable[None]], **kw: Any) -> None:
-    """Run ``body(call, engine)``; ``call(method, path, body=b"", **headers)`` hits the app."""
+def with_app(
+    root: Path,
+    body: Callable[[Call, Engine], Awaitable[None]],
+    config: dict[str, Any] | None = None,
+    **kw: Any,
+) -> None:
+    """Run ``body(call, engine)``; ``call(method, path, body=b"", **headers)`` hits the app.
+    ``config`` holds ServerConfig fields, ``kw`` HttpApp arguments."""
 
     async def main(engine: Engine) -> None:
         app = HttpApp(engine, metrics_renderer(engine), **kw)
@@ -36,7 +42,7 @@ def with_app(root: Path, body: Callable[[Call, Engine], Awaitable[None]], **kw: 
 
         await body(call, engine)
 
-    run_with_engine(root, main)
+    run_with_engine(root, main, **(config or {}))
 
 
 def ok_json(response: HttpResponse) -> Any:
@@ -81,7 +87,8 @@ def test_server_metadata_and_health(repo: Path) -> None:
         error(await call("GET", "/v2/health/ready"), 503, "not ready")
         assert (await call("GET", "/v2/health/live")).status == 200
 
-    with_app(repo, body)
+    # The repository holds a broken model: readiness that ignores models (not strict).
+    with_app(repo, body, {"strict_readiness": False})
 
 
 def test_unknown_routes_are_404(repo: Path) -> None:
@@ -298,7 +305,7 @@ def test_repository_load_with_config_and_files(repo: Path) -> None:
         error(await call("POST", load, {"parameters": escape}), 400, "not a safe relative path")
         assert not (repo / "evil").exists()
 
-    with_app(repo, body)
+    with_app(repo, body, {"allow_model_upload": True})
 
 
 # -------------------------------------------------------------------------------------- infer
@@ -498,3 +505,59 @@ def test_a_bug_in_a_route_is_a_500_not_a_crash(repo: Path, monkeypatch: pytest.M
         assert (await call("GET", "/v2/health/live")).status == 200
 
     with_app(repo, body)
+
+
+def test_each_route_is_checked_against_its_api_group(repo: Path) -> None:
+    from forwardpass.access import AccessPolicy
+    from forwardpass.config import ServerConfig
+
+    routes = {
+        "health": [
+            ("GET", "/v2/health/live"),
+            ("GET", "/v2/health/ready"),
+            ("GET", "/v2/models/add/ready"),
+        ],
+        "metadata": [
+            ("GET", "/v2"),
+            ("GET", "/v2/models/add"),
+            ("GET", "/v2/models/add/versions/1"),
+        ],
+        "inference": [("POST", "/v2/models/add/infer")],
+        "model-config": [("GET", "/v2/models/add/config")],
+        "statistics": [("GET", "/v2/models/stats"), ("GET", "/v2/models/add/stats")],
+        "model-repository": [("POST", "/v2/repository/index")],
+    }
+    for group, calls in routes.items():
+        policy = AccessPolicy.from_config(
+            ServerConfig(http_restricted_api=(f"{group}:admin-key=v",))
+        )
+
+        async def body(call: Call, engine: Engine, calls: Any = calls, group: str = group) -> None:
+            for method, path in calls:
+                error(await call(method, path), 403, "expecting header 'admin-key'")
+                response = await call(method, path, admin_key="v")
+                assert response.status != 403, (group, path, response.body)
+            # every other group stays open
+            others = [c for g, cs in routes.items() if g != group for c in cs if c[0] == "GET"]
+            for method, path in others:
+                assert (await call(method, path)).status != 403, path
+
+        with_app(repo, body, {"strict_readiness": False}, access=policy)
+
+
+def test_inference_key_answers_401_with_a_bearer_challenge(repo: Path) -> None:
+    from forwardpass.access import AccessPolicy
+    from forwardpass.config import ServerConfig
+
+    policy = AccessPolicy.from_config(ServerConfig(api_key="k3y"))
+    infer = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 3], "data": [1, 2, 3]}]}
+
+    async def body(call: Call, engine: Engine) -> None:
+        response = await call("POST", "/v2/models/add/infer", infer)
+        error(response, 401, "requires an API key")
+        assert ("WWW-Authenticate", 'Bearer realm="forwardpass"') in response.headers
+        error(await call("POST", "/v2/models/add/infer", infer, authorization="Bearer no"), 401)
+        ok_json(await call("POST", "/v2/models/add/infer", infer, authorization="Bearer k3y"))
+        ok_json(await call("GET", "/v2/models/add"))  # metadata needs no key
+
+    with_app(repo, body, access=policy)

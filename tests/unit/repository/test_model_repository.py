@@ -13,6 +13,7 @@ import pytest
 from forwardpass.datatypes import DataType
 from forwardpass.errors import ForwardpassError, InvalidArgument, InvalidModelConfig, NotFound
 from forwardpass.repository import ModelEntry, ModelRepository, config_to_dict
+from forwardpass.repository.upload import stage_upload
 
 NULL_CONFIG = """
 backend: "null"
@@ -236,7 +237,21 @@ def test_broken_model_does_not_stop_the_others(make_model: Any, mlp_model: Any) 
 
 @pytest.mark.parametrize(
     "name",
-    ["", ".", "..", "../x", "a/b", "/etc", "a\\b", "a\x00b", ".hidden", "x\n", "a" * 256],
+    [
+        "",
+        ".",
+        "..",
+        "../x",
+        "a/b",
+        "/etc",
+        "a\\b",
+        "a\x00b",
+        ".hidden",
+        "x\n",
+        "a" * 256,
+        "é" * 200,
+        "\ud800",
+    ],
 )
 def test_unsafe_names_are_refused(tmp_path: Path, name: str) -> None:
     repository = ModelRepository(tmp_path)
@@ -245,7 +260,8 @@ def test_unsafe_names_are_refused(tmp_path: Path, name: str) -> None:
     with pytest.raises(InvalidArgument):
         repository.read(name)
     with pytest.raises(InvalidArgument):
-        repository.write_files(name, {"config.pbtxt": b""})
+        stage_upload(repository, name, {"config.pbtxt": b""})
+    assert list(tmp_path.iterdir()) == []  # nothing staged for a refused name
 
 
 def test_resolve_name_and_unknown_model(tmp_path: Path) -> None:
@@ -270,53 +286,3 @@ def test_config_override_replaces_the_file(make_model: Any, mlp_model: Any) -> N
         repository.read("mlp", "[1, 2]")
     with pytest.raises(InvalidModelConfig, match="does not match the model's folder name"):
         repository.read("mlp", {"name": "other"})
-
-
-def test_write_files_then_read(tmp_path: Path, mlp_model: Any) -> None:
-
-    repository = ModelRepository(tmp_path)
-    written = repository.write_files(
-        "uploaded",
-        {
-            "file:1/model.onnx": mlp_model().SerializeToString(),
-            "config.pbtxt": b"max_batch_size: 2",
-        },
-    )
-    assert written == [
-        tmp_path / "uploaded" / "1" / "model.onnx",
-        tmp_path / "uploaded" / "config.pbtxt",
-    ]
-    assert repository.read("uploaded").config.max_batch_size == 2
-    # overwriting replaces the file whole, and no temporary file is left behind
-    repository.write_files("uploaded", {"config.pbtxt": b"max_batch_size: 3"})
-    assert repository.read("uploaded").config.max_batch_size == 3
-    leftovers = [p.name for p in (tmp_path / "uploaded").rglob("*") if p.name.startswith(".")]
-    assert leftovers == []
-
-
-@pytest.mark.parametrize(
-    "path",
-    ["../evil", "/abs/path", "1/../../evil", "a//b", "./x", "", ".hidden", "1/.x", "a\\b", "x\x00"],
-)
-def test_write_files_refuses_unsafe_paths(tmp_path: Path, path: str) -> None:
-    repository = ModelRepository(tmp_path)
-    with pytest.raises(InvalidArgument):
-        repository.write_files("m", {"config.pbtxt": b"ok", path: b"evil"})
-    # every path is checked before anything is written
-    assert not (tmp_path / "m" / "config.pbtxt").exists()
-
-
-def test_write_files_refuses_symlink_escapes(tmp_path: Path) -> None:
-    repo = tmp_path / "repo"
-    outside = tmp_path / "outside"
-    (repo / "m").mkdir(parents=True)
-    outside.mkdir()
-    (repo / "m" / "link").symlink_to(outside, target_is_directory=True)
-    with pytest.raises(InvalidArgument, match="leads outside"):
-        ModelRepository(repo).write_files("m", {"link/x": b"evil"})
-    assert list(outside.iterdir()) == []
-
-
-def test_write_files_checks_contents_type(tmp_path: Path) -> None:
-    with pytest.raises(InvalidArgument, match="must be bytes"):
-        ModelRepository(tmp_path).write_files("m", {"a": "text"})  # type: ignore[dict-item]
