@@ -13,7 +13,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -23,7 +23,7 @@ from forwardpass.config import ServerConfig
 from forwardpass.engine.models import LoadedVersion, ModelHandle, ModelTable
 from forwardpass.engine.outputs import respond
 from forwardpass.engine.validation import schedule_params, validate
-from forwardpass.errors import ForwardpassError, InternalError
+from forwardpass.errors import ForwardpassError, InternalError, Unsupported
 from forwardpass.model_config import ModelConfig, TensorSpec
 from forwardpass.processing.base import Processing
 from forwardpass.repository import ModelRepository
@@ -35,6 +35,7 @@ from forwardpass.results import (
     ModelStatistics,
     TensorMetadata,
 )
+from forwardpass.runtime.base import NamedArrays, RequestContext, Sink
 from forwardpass.types import InferRequest, InferResponse, Tensor
 
 __all__ = ["Engine"]
@@ -49,6 +50,7 @@ class Engine:
         self.repository = repository
         self.config = config or ServerConfig(model_repository=repository.root)
         self.table = ModelTable(repository, self.config)
+        self.table.caller = self  # Python models' BLS calls come back through infer()
         self._processing_pool = ThreadPoolExecutor(
             max_workers=max(2, os.cpu_count() or 1), thread_name_prefix="fp-processing"
         )
@@ -183,6 +185,12 @@ class Engine:
         """Validate, queue, run and answer one request."""
         start = time.monotonic_ns()
         handle, loaded = self.version(request.model_name, request.model_version)
+        if handle.config.decoupled:
+            raise Unsupported(
+                f"model {handle.name!r} uses the decoupled transaction policy (0..n responses "
+                "per request), which a single-response inference cannot carry; stream it "
+                "(HTTP: Accept: text/event-stream; gRPC: ModelStreamInfer)"
+            )
         stats = loaded.stats
         try:
             inputs = validate(handle, request)
@@ -207,9 +215,13 @@ class Engine:
                 outputs = _zero_rows(handle.config)
             else:
                 assert loaded.batcher is not None
-                inputs = loaded.backends[0].check(inputs)
+                backend = loaded.backends[0]
+                inputs = backend.check(inputs)
                 outputs, _queue_ns, _compute_ns = await loaded.batcher.submit(
-                    inputs, priority=priority, timeout_us=timeout
+                    inputs,
+                    priority=priority,
+                    timeout_us=timeout,
+                    context=_context(request) if backend.unmerged else None,
                 )
             if processing is not None and processing.outputs:
                 began = time.monotonic_ns()
@@ -224,6 +236,64 @@ class Engine:
         stats.on_request(True, time.monotonic_ns() - start)
         return response
 
+    async def infer_stream(self, request: InferRequest) -> AsyncIterator[InferResponse]:
+        """The responses to one request as they come: a decoupled model's 0..n, in the order
+        it sends them, or any other model's one. An error ends the stream by raising.
+
+        This is what a streaming wire carries: HTTP server-sent events, gRPC
+        ``ModelStreamInfer`` (one ``ModelStreamInferResponse`` per item, the error as its
+        ``error_message``)."""
+        handle, loaded = self.version(request.model_name, request.model_version)
+        if not handle.config.decoupled:
+            yield await self.infer(request)
+            return
+        start = time.monotonic_ns()
+        stats = loaded.stats
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[NamedArrays | None, ForwardpassError | None, bool]]
+        queue = asyncio.Queue()
+
+        def sink(outputs: NamedArrays | None, error: ForwardpassError | None, final: bool) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, (outputs, error, final))
+
+        ok = False
+        try:
+            inputs = validate(handle, request)
+            priority, timeout = schedule_params(request.parameters)
+            assert loaded.batcher is not None
+            inputs = loaded.backends[0].check(inputs)
+            submitted = asyncio.ensure_future(
+                loaded.batcher.submit(
+                    inputs, priority=priority, timeout_us=timeout, context=_context(request, sink)
+                )
+            )
+            # Retrieved below or never needed (the stream ended first): never "unretrieved".
+            submitted.add_done_callback(lambda f: f.cancelled() or f.exception())
+            while True:
+                getter = asyncio.ensure_future(queue.get())
+                waiting: set[asyncio.Future[Any]] = {getter}
+                if not submitted.done():
+                    waiting.add(submitted)
+                done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                if getter not in done:
+                    getter.cancel()
+                    submitted.result()  # execute() failed: raise its error
+                    continue
+                outputs, error, final = getter.result()
+                if error is not None:
+                    raise error
+                if outputs is not None:
+                    yield respond(handle, loaded, request, outputs)
+                if final:
+                    break
+            ok = True
+        except ForwardpassError as exc:
+            stats.on_request(False, time.monotonic_ns() - start, exc.code)
+            raise
+        finally:
+            if ok:
+                stats.on_request(True, time.monotonic_ns() - start)
+
     async def _preprocess(
         self, processing: Processing, inputs: dict[str, np.ndarray]
     ) -> dict[str, np.ndarray]:
@@ -232,6 +302,20 @@ class Engine:
         return await loop.run_in_executor(
             self._processing_pool, _guarded, processing.preprocess, inputs
         )
+
+
+def _context(request: InferRequest, sink: Sink | None = None) -> RequestContext:
+    """What an unmerged backend is told about ``request``."""
+    params = request.parameters
+    flags = (1 if params.get("sequence_start") else 0) | (2 if params.get("sequence_end") else 0)
+    return RequestContext(
+        id=request.id,
+        parameters=params,
+        outputs=tuple(o.name for o in request.outputs) if request.outputs is not None else None,
+        correlation_id=params.get("sequence_id", 0),
+        flags=flags,
+        sink=sink,
+    )
 
 
 def _no_rows(config: ModelConfig, inputs: Mapping[str, np.ndarray]) -> bool:

@@ -49,12 +49,15 @@ from forwardpass.model_config import DynamicBatching, ModelConfig, QueuePolicy
 from forwardpass.runtime.base import NamedArrays
 from forwardpass.scheduling.layout import BatchLayout
 
-__all__ = ["BatchRecord", "Batcher", "BatcherPolicy", "Pending", "RunFn"]
+__all__ = ["BatchRecord", "Batcher", "BatcherPolicy", "Pending", "RequestsFn", "RunFn"]
 
 log = logging.getLogger("forwardpass.scheduling")
 
 #: Runs one merged batch on one instance, in a worker thread: (instance, inputs) -> outputs.
 RunFn = Callable[[int, NamedArrays], NamedArrays]
+#: Runs one batch unmerged (the Python backend): (instance, each request's inputs, each
+#: request's context) -> one result or one error per request.
+RequestsFn = Callable[[int, list[NamedArrays], list[object]], list[NamedArrays | ForwardpassError]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +143,8 @@ class Pending:
     timer: asyncio.TimerHandle | None = None
     #: When its batch started (set once, kept through any re-runs of a failed batch).
     started_ns: int = 0
+    #: What an unmerged backend is told about the request (``RequestContext``).
+    context: object = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,8 +183,11 @@ class Batcher:
         executor: Executor,
         listener: Callable[[BatchRecord], None] | None = None,
         name: str = "",
+        run_requests: RequestsFn | None = None,
     ) -> None:
         self.run = run
+        #: Set for a backend that takes its batches unmerged: each request answered alone.
+        self.run_requests = run_requests
         self.policy = policy
         self.executor = executor
         self.listener = listener
@@ -236,7 +244,12 @@ class Batcher:
 
     # ------------------------------------------------------------------ submit
     async def submit(
-        self, inputs: NamedArrays, *, priority: int = 0, timeout_us: int | None = None
+        self,
+        inputs: NamedArrays,
+        *,
+        priority: int = 0,
+        timeout_us: int | None = None,
+        context: object = None,
     ) -> tuple[NamedArrays, int, int]:
         """Queue one request; returns (outputs, queue_ns, compute_ns) once its batch has run."""
         if self._closed:
@@ -271,6 +284,7 @@ class Batcher:
             level=level - 1,
             enqueued_ns=now,
             timeout_action=qpolicy.timeout_action,
+            context=context,
         )
         timeout = qpolicy.default_timeout_microseconds
         if timeout_us is not None and (qpolicy.allow_timeout_override or not timeout):
@@ -445,7 +459,11 @@ class Batcher:
             return
         compute_ns = input_ns + infer_ns + output_ns
         for item, part, q in zip(batch, parts, queue_ns, strict=True):
-            if not item.future.done():
+            if item.future.done():
+                continue
+            if isinstance(part, ForwardpassError):  # an unmerged backend failed this one
+                item.future.set_exception(part)
+            else:
                 item.future.set_result((part, q, compute_ns))
         self._emit(
             BatchRecord(rows, len(batch), queue_ns, input_ns, infer_ns, output_ns, True, retry)
@@ -453,18 +471,26 @@ class Batcher:
 
     def _run_batch(
         self, instance: int, batch: Sequence[Pending]
-    ) -> tuple[int, int, int, list[NamedArrays]]:
+    ) -> tuple[int, int, int, list[NamedArrays | ForwardpassError]]:
         """Worker-thread side: merge, run, split (the layout checks every output's rows)."""
         layout = self.policy.layout
         requests = [item.inputs for item in batch]
         t0 = time.monotonic_ns()
+        if self.run_requests is not None:
+            results = self.run_requests(instance, requests, [item.context for item in batch])
+            if len(results) != len(batch):
+                raise InternalError(
+                    f"model {self.name}: {len(results)} result(s) for {len(batch)} request(s)"
+                )
+            t1 = time.monotonic_ns()
+            return 0, t1 - t0, 0, results
         merged = layout.merge(requests)
         t1 = time.monotonic_ns()
         outputs = self.run(instance, merged)
         t2 = time.monotonic_ns()
         parts = layout.split(outputs, requests, [item.rows for item in batch], self.name)
         t3 = time.monotonic_ns()
-        return t1 - t0, t2 - t1, t3 - t2, parts
+        return t1 - t0, t2 - t1, t3 - t2, list(parts)
 
     def _fail(self, item: Pending, exc: Exception) -> None:
         if item.timer is not None:
