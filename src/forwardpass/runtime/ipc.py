@@ -91,7 +91,7 @@ def _encode_array(datatype: DataType, array: np.ndarray) -> bytes | memoryview:
     if datatype is DataType.BYTES:
         return serialize_bytes_tensor(array)
     data = np.ascontiguousarray(array)
-    return memoryview(data).cast("B") if data.size else b""
+    return memoryview(data).cast("B") if data.size else b""  # type: ignore[arg-type]
 
 
 def _align(n: int) -> int:

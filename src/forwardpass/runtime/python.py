@@ -388,7 +388,7 @@ class PythonBackend(Backend):
     ) -> list[NamedArrays | ForwardpassError]:
         process = self._live()
         tensors: dict[str, tuple[DataType, np.ndarray]] = {}
-        items = []
+        items: list[dict[str, Any]] = []
         specs = {s.name: s for s in self.config.inputs}
         for index, (arrays, context) in enumerate(zip(requests, contexts, strict=True)):
             token = next(self._ids)

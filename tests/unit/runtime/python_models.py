@@ -280,7 +280,8 @@ class TritonPythonModel:
                 out = x
             if (x == -6).any():
                 responses.append(pb_utils.InferenceResponse(
-                    error=pb_utils.TritonError("-6 is not allowed", pb_utils.TritonError.INVALID_ARG)))
+                    error=pb_utils.TritonError(
+                        "-6 is not allowed", pb_utils.TritonError.INVALID_ARG)))
             else:
                 responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("y", out)]))
         return responses

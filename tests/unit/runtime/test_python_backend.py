@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-import python_models as pm  # noqa: E402
-from model_builders import run_with_engine  # noqa: E402
+import python_models as pm
+from model_builders import run_with_engine
 
-from forwardpass.datatypes import DataType  # noqa: E402
-from forwardpass.engine import Engine, ModelState  # noqa: E402
-from forwardpass.errors import InternalError, InvalidArgument, Unsupported  # noqa: E402
-from forwardpass.types import InferRequest, RequestedOutput, Tensor  # noqa: E402
+from forwardpass.datatypes import DataType
+from forwardpass.engine import Engine, ModelState
+from forwardpass.errors import InternalError, InvalidArgument, Unsupported
+from forwardpass.types import InferRequest, RequestedOutput, Tensor
 
 
 def t(name: str, array: Any, datatype: DataType | None = None) -> Tensor:

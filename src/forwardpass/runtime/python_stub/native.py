@@ -225,11 +225,13 @@ class _Adapter:
         return responses
 
     def _execute_hooks(self, requests: list[Any]) -> list[Any]:
+        decode = self.decode
+        assert decode is not None
         decoded: list[Any] = []
         failed: dict[int, str] = {}
         for index, request in enumerate(requests):
             try:
-                decoded.append(self.decode(self._arrays(request)))
+                decoded.append(decode(self._arrays(request)))
             except Exception as exc:
                 failed[index] = f"decode_request failed: {type(exc).__name__}: {exc}"
         kept = [i for i in range(len(requests)) if i not in failed]
