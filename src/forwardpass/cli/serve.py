@@ -9,7 +9,32 @@ import click
 __all__ = ["serve"]
 
 
+def native_repository(target: str, folder: Path, name: str | None = None) -> str:
+    """Write a one-model repository in ``folder`` serving the native class ``module:Class``
+    (found from the current directory); the model's name."""
+    import os
+    import re
+
+    module, _, cls = target.partition(":")
+    if not module or not cls:
+        raise click.BadParameter(f"expected module:Class, got {target!r}", param_hint="TARGET")
+    name = name or re.sub(r"(?<!^)(?=[A-Z])", "_", cls).lower()
+    model = folder / name
+    (model / "1").mkdir(parents=True)
+    paths = os.pathsep.join(
+        [os.getcwd(), *(p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p)]
+    )
+    (model / "config.pbtxt").write_text(
+        'backend: "python"\n'
+        f'parameters {{ key: "class" value {{ string_value: "{target}" }} }}\n'
+        f'parameters {{ key: "module_path" value {{ string_value: "{paths}" }} }}\n'
+    )
+    return name
+
+
 @click.command()
+@click.argument("target", required=False)
+@click.option("--name", default=None, help="Model name for TARGET (default: the class's name).")
 @click.option(
     "--model-repository",
     type=click.Path(file_okay=False, path_type=Path),
@@ -33,6 +58,8 @@ __all__ = ["serve"]
     "processes, as Triton's --allow-client-shm).",
 )
 def serve(
+    target: str | None,
+    name: str | None,
     model_repository: Path | None,
     host: str | None,
     http_port: int | None,
@@ -41,10 +68,36 @@ def serve(
     log_level: str | None,
     allow_client_shm: bool | None,
 ) -> None:
-    """Serve a model repository over the Open Inference Protocol (KServe V2) on HTTP."""
+    """Serve a model repository over the Open Inference Protocol (KServe V2) on HTTP.
+
+    TARGET (``my_module:MyModel``) serves one native Python class instead: a class with
+    ``setup()`` and a batch ``predict()``, found from the current directory.
+    """
+    import tempfile
+
     from forwardpass.config import ServerConfig
     from forwardpass.errors import ForwardpassError
     from forwardpass.serving import run_server
+
+    if target is not None:
+        if model_repository is not None:
+            raise click.UsageError("give either TARGET or --model-repository, not both")
+        with tempfile.TemporaryDirectory(prefix="forwardpass-") as folder:
+            native_repository(target, Path(folder), name)
+            ctx = click.get_current_context()
+            ctx.invoke(
+                serve,
+                target=None,
+                name=None,
+                model_repository=Path(folder),
+                host=host,
+                http_port=http_port,
+                max_request_bytes=max_request_bytes,
+                models=models,
+                log_level=log_level,
+                allow_client_shm=allow_client_shm,
+            )
+        return
 
     try:
         config = ServerConfig.from_env(
