@@ -74,3 +74,21 @@ def test_serve_a_native_class_from_the_command_line(
     x.set_data_from_numpy(np.arange(6, dtype=np.float32).reshape(2, 3))
     result = client.infer("doubler", [x])
     np.testing.assert_array_equal(result.as_numpy("y"), np.arange(6).reshape(2, 3) * 2)
+
+
+def test_models_lists_python_models_without_running_them(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from forwardpass.cli.models import models
+
+    root = tmp_path / "models"
+    pm.write(root, "add_sub", pm.ADD_SUB_CONFIG, pm.ADD_SUB)
+    pm.write(root, "broken", pm.ADD_SUB_CONFIG.replace('"add_sub"', '"broken"'), pm.IMPORT_FAILS)
+    result = CliRunner().invoke(models, ["--model-repository", str(root), "--json"])
+    assert result.exit_code == 0, result.output
+    rows = {row["name"]: row for row in json.loads(result.output)}
+    # Both are listed as the server will try them: the import failure shows only at load.
+    for name in ("add_sub", "broken"):
+        assert rows[name]["state"] == "OK"
+        assert "model.py present" in rows[name]["detail"]
+        assert "known only at load" in rows[name]["detail"]
