@@ -99,9 +99,10 @@ def main() -> int:
     ratio = py_rate / onnx_rate
     for model in ("identity_onnx", "identity_py"):
         r = results[model]
+        latency = r["latency_ms"]
         print(
             f"{model:14s} c32  {float(r['throughput_infer_per_s']):9,.0f} infer/s  "
-            f"p50 {float(r['latency_ms']['p50']):.2f} ms  p99 {float(r['latency_ms']['p99']):.2f} ms"
+            f"p50 {float(latency['p50']):.2f} ms  p99 {float(latency['p99']):.2f} ms"
         )
     print(f"python / onnx throughput: {ratio:.0%} (target >= 50%)")
     results["ratio"] = ratio
