@@ -221,6 +221,8 @@ class ModelConfig:
     ensemble: tuple[EnsembleStep, ...] = ()
     batch_input: tuple[BatchInput, ...] = ()
     batch_output: tuple[BatchOutput, ...] = ()
+    #: Triton's ``model_transaction_policy { decoupled: true }``: 0..n responses per request.
+    decoupled: bool = False
 
     @property
     def is_ensemble(self) -> bool:

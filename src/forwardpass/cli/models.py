@@ -53,7 +53,9 @@ def models(model_repository: Path | None, url: str | None, as_json: bool) -> Non
         from forwardpass.repository import ModelRepository
 
         config = ServerConfig.from_env(model_repository=model_repository)
-        repo = ModelRepository(config.model_repository)
+        # Listing never runs model code: a Python model's auto_complete_config (or native
+        # class) is only run, and known to import, when the server loads it.
+        repo = ModelRepository(config.model_repository, run_model_code=False)
         try:
             names = repo.list_models()
         except ForwardpassError as exc:
@@ -84,6 +86,13 @@ def models(model_repository: Path | None, url: str | None, as_json: bool) -> Non
                 for v in entry.versions
                 if (p := read_provenance(entry.path / str(v))) is not None
             )
+            if cfg.backend == "python":
+                target = cfg.parameters.get("class")
+                code = f"class {target}" if target else f"{cfg.default_model_filename} present"
+                derived += (
+                    f"; {code}, decoupled {str(cfg.decoupled).lower()}; whether its code "
+                    "imports and what auto_complete_config adds are known only at load"
+                )
             rows.append(
                 {
                     "name": name,

@@ -10,7 +10,32 @@ import click
 __all__ = ["serve"]
 
 
+def native_repository(target: str, folder: Path, name: str | None = None) -> str:
+    """Write a one-model repository in ``folder`` serving the native class ``module:Class``
+    (found from the current directory); the model's name."""
+    import os
+    import re
+
+    module, _, cls = target.partition(":")
+    if not module or not cls:
+        raise click.BadParameter(f"expected module:Class, got {target!r}", param_hint="TARGET")
+    name = name or re.sub(r"(?<!^)(?=[A-Z])", "_", cls).lower()
+    model = folder / name
+    (model / "1").mkdir(parents=True)
+    paths = os.pathsep.join(
+        [os.getcwd(), *(p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p)]
+    )
+    (model / "config.pbtxt").write_text(
+        'backend: "python"\n'
+        f'parameters {{ key: "class" value {{ string_value: "{target}" }} }}\n'
+        f'parameters {{ key: "module_path" value {{ string_value: "{paths}" }} }}\n'
+    )
+    return name
+
+
 @click.command()
+@click.argument("target", required=False)
+@click.option("--name", default=None, help="Model name for TARGET (default: the class's name).")
 @click.option(
     "--model-repository",
     type=click.Path(file_okay=False, path_type=Path),
@@ -147,6 +172,8 @@ __all__ = ["serve"]
     "triton,log-frequency=. The flags above win over it.",
 )
 def serve(
+    target: str | None,
+    name: str | None,
     model_repository: Path | None,
     host: str | None,
     http_port: int | None,
@@ -180,11 +207,29 @@ def serve(
     trace_log_frequency: int | None,
     trace_config: tuple[str, ...],
 ) -> None:
-    """Serve a model repository over the Open Inference Protocol (KServe V2): HTTP and gRPC."""
+    """Serve a model repository over the Open Inference Protocol (KServe V2) over HTTP and gRPC.
+
+    TARGET (``my_module:MyModel``) serves one native Python class instead: a class with
+    ``setup()`` and a batch ``predict()``, found from the current directory.
+    """
+    import tempfile
+
     from forwardpass.access import AccessPolicy
     from forwardpass.config import ServerConfig
     from forwardpass.errors import ForwardpassError
     from forwardpass.serving import run_server
+
+    if target is not None:
+        if model_repository is not None:
+            raise click.UsageError("give either TARGET or --model-repository, not both")
+        with tempfile.TemporaryDirectory(prefix="forwardpass-") as folder:
+            native_repository(target, Path(folder), name)
+            ctx = click.get_current_context()
+            ctx.invoke(
+                serve,
+                **{**ctx.params, "target": None, "name": None, "model_repository": Path(folder)},
+            )
+        return
 
     try:
         trace = _trace_config(trace_config)

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -31,6 +31,7 @@ from forwardpass.errors import (
     NotFound,
     PermissionDenied,
     Unavailable,
+    Unsupported,
 )
 from forwardpass.model_config import ModelConfig, TensorSpec
 from forwardpass.monitor.trace import Trace, Tracer
@@ -45,6 +46,7 @@ from forwardpass.results import (
     ModelStatistics,
     TensorMetadata,
 )
+from forwardpass.runtime.base import NamedArrays, RequestContext, Sink
 from forwardpass.types import InferRequest, InferResponse, Tensor
 
 __all__ = ["Engine"]
@@ -61,6 +63,7 @@ class Engine:
         self.table = ModelTable(repository, self.config)
         #: Triton's trace extension: settings, sampler and trace-file writer.
         self.tracer = Tracer(self.config.trace_settings())
+        self.table.caller = self  # Python models' BLS calls come back through infer()
         self._processing_pool = ThreadPoolExecutor(
             max_workers=max(2, os.cpu_count() or 1), thread_name_prefix="fp-processing"
         )
@@ -273,6 +276,12 @@ class Engine:
         """
         start = time.monotonic_ns()
         handle, loaded = self.version(request.model_name, request.model_version)
+        if handle.config.decoupled:
+            raise Unsupported(
+                f"model {handle.name!r} uses the decoupled transaction policy (0..n responses "
+                "per request), which a single-response inference cannot carry; stream it "
+                "(HTTP: Accept: text/event-stream; gRPC: ModelStreamInfer)"
+            )
         own: Trace | None = None
         if trace is None and self.tracer.active:
             trace = own = self.tracer.sample(request.model_name)
@@ -302,15 +311,17 @@ class Engine:
                 outputs = {n: t.data for n, t in produced.items()}
             else:
                 assert loaded.batcher is not None
-                inputs = loaded.backends[0].check(inputs)
+                backend = loaded.backends[0]
+                inputs = backend.check(inputs)
+                context = _context(request) if backend.unmerged else None
                 try:
                     if trace is None:
                         outputs, _queue_ns, _compute_ns = await loaded.batcher.submit(
-                            inputs, priority=priority, timeout_us=timeout
+                            inputs, priority=priority, timeout_us=timeout, context=context
                         )
                     else:
                         outputs = await _traced_submit(
-                            trace, loaded, handle.config, inputs, priority, timeout
+                            trace, loaded, handle.config, inputs, priority, timeout, context
                         )
                 except InternalError as exc:
                     if not _no_rows(handle.config, inputs):
@@ -340,6 +351,64 @@ class Engine:
                 own.finish()
         return response
 
+    async def infer_stream(self, request: InferRequest) -> AsyncIterator[InferResponse]:
+        """The responses to one request as they come: a decoupled model's 0..n, in the order
+        it sends them, or any other model's one. An error ends the stream by raising.
+
+        This is what a streaming wire carries: HTTP server-sent events, gRPC
+        ``ModelStreamInfer`` (one ``ModelStreamInferResponse`` per item, the error as its
+        ``error_message``)."""
+        handle, loaded = self.version(request.model_name, request.model_version)
+        if not handle.config.decoupled:
+            yield await self.infer(request)
+            return
+        start = time.monotonic_ns()
+        stats = loaded.stats
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[NamedArrays | None, ForwardpassError | None, bool]]
+        queue = asyncio.Queue()
+
+        def sink(outputs: NamedArrays | None, error: ForwardpassError | None, final: bool) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, (outputs, error, final))
+
+        ok = False
+        try:
+            inputs = validate(handle, request)
+            priority, timeout = schedule_params(request.parameters)
+            assert loaded.batcher is not None
+            inputs = loaded.backends[0].check(inputs)
+            submitted = asyncio.ensure_future(
+                loaded.batcher.submit(
+                    inputs, priority=priority, timeout_us=timeout, context=_context(request, sink)
+                )
+            )
+            # Retrieved below or never needed (the stream ended first): never "unretrieved".
+            submitted.add_done_callback(lambda f: f.cancelled() or f.exception())
+            while True:
+                getter = asyncio.ensure_future(queue.get())
+                waiting: set[asyncio.Future[Any]] = {getter}
+                if not submitted.done():
+                    waiting.add(submitted)
+                done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                if getter not in done:
+                    getter.cancel()
+                    submitted.result()  # execute() failed: raise its error
+                    continue
+                outputs, error, final = getter.result()
+                if error is not None:
+                    raise error
+                if outputs is not None:
+                    yield respond(handle, loaded, request, outputs)
+                if final:
+                    break
+            ok = True
+        except ForwardpassError as exc:
+            stats.on_request(False, time.monotonic_ns() - start, exc.code)
+            raise
+        finally:
+            if ok:
+                stats.on_request(True, time.monotonic_ns() - start)
+
     async def _preprocess(
         self, processing: Processing, inputs: dict[str, np.ndarray]
     ) -> dict[str, np.ndarray]:
@@ -357,6 +426,7 @@ async def _traced_submit(
     inputs: dict[str, np.ndarray],
     priority: int,
     timeout: int | None,
+    context: RequestContext | None = None,
 ) -> dict[str, np.ndarray]:
     """The batcher step of a traced request: queue and compute timestamps, and the tensors
     at level TENSORS (the model's inputs as queued, its outputs as the backend gave them)."""
@@ -367,7 +437,7 @@ async def _traced_submit(
     stamps: list[int] = []
     trace.stamp("QUEUE_START")
     outputs, _queue_ns, _compute_ns = await loaded.batcher.submit(
-        inputs, priority=priority, timeout_us=timeout, stamps=stamps
+        inputs, priority=priority, timeout_us=timeout, stamps=stamps, context=context
     )
     if len(stamps) == 4:
         for name, ns in zip(_COMPUTE_ACTIVITIES, stamps, strict=True):
@@ -390,6 +460,20 @@ def _datatype(
         if spec.name == name:
             return spec.datatype
     return DataType.from_numpy(array.dtype)
+
+
+def _context(request: InferRequest, sink: Sink | None = None) -> RequestContext:
+    """What an unmerged backend is told about ``request``."""
+    params = request.parameters
+    flags = (1 if params.get("sequence_start") else 0) | (2 if params.get("sequence_end") else 0)
+    return RequestContext(
+        id=request.id,
+        parameters=params,
+        outputs=tuple(o.name for o in request.outputs) if request.outputs is not None else None,
+        correlation_id=params.get("sequence_id", 0),
+        flags=flags,
+        sink=sink,
+    )
 
 
 def _no_rows(config: ModelConfig, inputs: Mapping[str, np.ndarray]) -> bool:

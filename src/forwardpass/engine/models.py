@@ -111,6 +111,8 @@ class ModelTable:
         self.config = config
         self._models: dict[str, ModelHandle] = {}
         self._locks: dict[str, _LockSlot] = {}
+        #: What backends that call other models (Python BLS) call: the engine.
+        self.caller: Any = None
 
     # ------------------------------------------------------------------ lookups
     def __iter__(self) -> Any:
@@ -296,12 +298,15 @@ class ModelTable:
             policy = BatcherPolicy.for_model(
                 entry.config, len(backends), self.config.default_max_queue_size
             )
+            for backend in backends:
+                backend.bind(loop, self.caller)
             batcher = Batcher(
                 _runner(backends, handle.output_names),
                 policy,
                 executor,
                 listener=stats.on_batch,
                 name=f"{name}:{version}",
+                run_requests=_requests_runner(backends) if backends[0].unmerged else None,
             )
             batcher.start()
             handle.versions[version] = LoadedVersion(version, backends, batcher, executor, stats)
@@ -415,6 +420,8 @@ def _warm(entry: ModelEntry, backends: list[Backend]) -> None:
         return
     if not config.inputs or any(d < 0 for s in config.inputs for d in s.dims):
         return
+    if backends and backends[0].unmerged:
+        return  # user code (Python models): zeros are not its input; Triton runs none either
     lead = (1,) if config.batching else ()
     arrays = {
         spec.name: zeros(
@@ -448,5 +455,12 @@ def _derive(handle: ModelHandle) -> None:
 def _runner(backends: list[Backend], outputs: tuple[str, ...]) -> Any:
     def run(instance: int, inputs: dict[str, Any]) -> dict[str, Any]:
         return backends[instance].infer(inputs, outputs)
+
+    return run
+
+
+def _requests_runner(backends: list[Backend]) -> Any:
+    def run(instance: int, inputs: list[Any], contexts: list[Any]) -> list[Any]:
+        return backends[instance].infer_requests(inputs, contexts)
 
     return run

@@ -14,7 +14,7 @@ import binascii
 import gzip
 import logging
 import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
@@ -101,6 +101,8 @@ class HttpResponse:
     body: bytes = b""
     content_type: str = JSON
     headers: list[tuple[str, str]] = field(default_factory=list)
+    #: A streamed body (server-sent events), sent chunk by chunk instead of ``body``.
+    stream: AsyncIterator[bytes] | None = None
 
 
 _EMPTY_OK = HttpResponse(200, b"", "text/plain")
@@ -296,6 +298,8 @@ class HttpApp:
             if header_length == 0:
                 config = self.engine.model_config(name, version)
         leases = self.shared_memory.leases() if self.shared_memory is not None else None
+        if "text/event-stream" in request.headers.get("accept", ""):
+            return await self._infer_events(body, name, version, header_length, config, leases)
         try:
             infer_request = decode_infer_request(
                 body,
@@ -319,6 +323,64 @@ class HttpApp:
             payload,
             "application/octet-stream",
             [("Inference-Header-Content-Length", str(json_length))],
+        )
+
+    async def _infer_events(
+        self,
+        body: bytes,
+        name: str,
+        version: str,
+        header_length: int | None,
+        config: Any,
+        leases: Any,
+    ) -> HttpResponse:
+        """``Accept: text/event-stream``: each response as one server-sent event.
+
+        A decoupled model's 0..n responses stream as it sends them (any other model sends
+        one). Each event is ``data: <the JSON inference response>``; an error after the first
+        event is ``data: {"error": "..."}`` and ends the stream, as Triton's
+        ``generate_stream`` does. Errors before the first response are plain HTTP errors.
+        """
+        try:
+            infer_request = decode_infer_request(
+                body,
+                model_name=name,
+                model_version=version,
+                header_length=header_length,
+                config=config,
+                shared_memory=leases,
+            )
+            stream = self.engine.infer_stream(infer_request)
+            try:
+                first: Any = await anext(stream)
+            except StopAsyncIteration:
+                first = None
+        except BaseException:
+            if leases is not None:
+                leases.close()
+            raise
+
+        def event(response: Any) -> bytes:
+            payload, json_length = encode_infer_response(response, infer_request, leases)
+            if json_length is not None:
+                raise InvalidArgument("binary outputs cannot be streamed as events; ask for JSON")
+            return b"data: " + payload + b"\n\n"
+
+        async def events() -> AsyncIterator[bytes]:
+            try:
+                if first is None:
+                    return
+                yield event(first)
+                async for response in stream:
+                    yield event(response)
+            except ForwardpassError as exc:
+                yield b"data: " + encode_error(exc.message) + b"\n\n"
+            finally:
+                if leases is not None:
+                    leases.close()
+
+        return HttpResponse(
+            200, b"", "text/event-stream", [("cache-control", "no-cache")], stream=events()
         )
 
     # ------------------------------------------------------------------ /v2/repository/...

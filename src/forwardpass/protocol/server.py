@@ -346,7 +346,11 @@ class _Connection(asyncio.Protocol):
                 transport = self.transport
                 if transport is None:
                     return
-                transport.write(_encode(response, keep_alive, extra))
+                if response.stream is not None:
+                    if not await self._stream(transport, response, keep_alive, extra):
+                        return
+                else:
+                    transport.write(_encode(response, keep_alive, extra))
                 if not keep_alive:
                     transport.close()
                     return
@@ -430,6 +434,39 @@ class _Connection(asyncio.Protocol):
 
     def time_out(self, timeout_s: float) -> None:
         self._refuse(408, f"the request did not arrive within {timeout_s:g} s")
+
+    async def _stream(
+        self,
+        transport: asyncio.Transport,
+        response: HttpResponse,
+        keep_alive: bool,
+        extra: list[tuple[str, str]] | None = None,
+    ) -> bool:
+        """Send a streamed body with chunked encoding; False when the client went away."""
+        head = [
+            _STATUS_LINES.get(response.status) or f"HTTP/1.1 {response.status} \r\n".encode(),
+            b"content-type: " + response.content_type.encode("latin-1") + b"\r\n",
+            b"transfer-encoding: chunked\r\n",
+        ]
+        for name, value in (*response.headers, *(extra or ())):
+            head.append(f"{name}: {value}\r\n".encode("latin-1"))
+        if not keep_alive:
+            head.append(b"connection: close\r\n")
+        transport.write(b"".join(head) + b"\r\n")
+        assert response.stream is not None
+        stream = response.stream
+        try:
+            async for chunk in stream:
+                if self.transport is None:
+                    return False
+                if chunk:
+                    transport.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
+        if self.transport is None:
+            return False
+        transport.write(b"0\r\n\r\n")
+        return True
 
     def close_if_idle(self) -> None:
         if self.worker is None and self.transport is not None:

@@ -134,10 +134,7 @@ def read_draft(d: Mapping[str, Any], *, name: str) -> ConfigDraft:
         "model_transaction_policy",
         ("decoupled",),
     )
-    if as_bool(policy.get("decoupled", False), "model_transaction_policy.decoupled"):
-        raise InvalidModelConfig(
-            "decoupled models (model_transaction_policy) are not supported yet"
-        )
+    decoupled = as_bool(policy.get("decoupled", False), "model_transaction_policy.decoupled")
 
     config_name = as_str(top.get("name", name), "name") or name
     if config_name != name:
@@ -164,6 +161,13 @@ def read_draft(d: Mapping[str, Any], *, name: str) -> ConfigDraft:
         platform = "onnxruntime_onnx"
 
     fields: dict[str, Any] = {}
+    if decoupled:
+        if backend != "python":
+            raise config_error(
+                "model_transaction_policy",
+                f"decoupled models need backend 'python' (this one has {backend!r})",
+            )
+        fields["decoupled"] = True
     filename = as_str(top.get("default_model_filename", ""), "default_model_filename")
     fields["default_model_filename"] = filename or _DEFAULT_FILENAMES.get(backend, "")
     if "dynamic_batching" in top:

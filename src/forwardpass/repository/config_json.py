@@ -195,4 +195,5 @@ def config_to_dict(config: ModelConfig) -> dict[str, Any]:
     out["metric_tags"] = {}
     out["parameters"] = {k: {"string_value": v} for k, v in config.parameters.items()}
     out["model_warmup"] = [_warmup(w) for w in config.model_warmup]
+    out["model_transaction_policy"] = {"decoupled": config.decoupled}
     return out

@@ -196,10 +196,15 @@ class ModelRepository:
         *,
         autocomplete: bool = True,
         default_max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+        run_model_code: bool = True,
     ) -> None:
         self._root = Path(root).absolute()
         self.autocomplete = autocomplete
         self.default_max_batch_size = default_max_batch_size
+        #: Python models: run their ``auto_complete_config`` (or import their native class)
+        #: in a stub process while reading. Off for listings, which must not run model code:
+        #: such a model's config is then what its file declares.
+        self.run_model_code = run_model_code
 
     @property
     def root(self) -> Path:
@@ -341,6 +346,8 @@ class ModelRepository:
                 autocomplete=self.autocomplete,
                 default_max_batch_size=self.default_max_batch_size,
             )
+        if draft.backend == "python" and self.autocomplete and self.run_model_code:
+            return self._complete_python(path, draft, versions)
         config = draft.build()
         if draft.backend in _FILELESS and (not config.inputs or not config.outputs):
             raise InvalidModelConfig(
@@ -349,10 +356,28 @@ class ModelRepository:
             )
         return config
 
+    def _complete_python(
+        self, path: Path, draft: ConfigDraft, versions: tuple[int, ...]
+    ) -> ModelConfig:
+        """A Python model's config completed by its own code, as Triton does at load."""
+        from forwardpass.repository.config_json import config_to_dict
+        from forwardpass.runtime.python import complete_python_config
+
+        raw = config_to_dict(draft.build())
+        if draft.max_batch_size is None:
+            del raw["max_batch_size"]  # unset: the model's code may choose
+        raw.pop("model_transaction_policy", None)
+        if draft.fields.get("decoupled"):
+            raw["model_transaction_policy"] = {"decoupled": True}
+        completed = complete_python_config(raw, path / str(versions[-1]))
+        return read_draft(completed, name=draft.name).build()
+
     def _versions(self, path: Path, draft: ConfigDraft) -> tuple[int, ...]:
         """The version numbers the policy selects, ascending."""
         filename = draft.default_model_filename
         needs_file = draft.backend not in _FILELESS and bool(filename)
+        if draft.backend == "python" and draft.fields["parameters"].get("class"):
+            needs_file = False  # a native class: its module is found on the path
         if needs_file:
             relative_parts(filename, "default_model_filename")
         found: list[int] = []

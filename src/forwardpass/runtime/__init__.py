@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from forwardpass.errors import InvalidModelConfig
 from forwardpass.model_config import ModelConfig
-from forwardpass.runtime.base import Backend, BackendIO, NamedArrays
+from forwardpass.runtime.base import Backend, BackendIO, NamedArrays, RequestContext
 
-__all__ = ["Backend", "BackendIO", "NamedArrays", "backend_class"]
+__all__ = ["Backend", "BackendIO", "NamedArrays", "RequestContext", "backend_class"]
 
 
 def backend_class(config: ModelConfig) -> type[Backend]:
@@ -24,11 +24,15 @@ def backend_class(config: ModelConfig) -> type[Backend]:
         from forwardpass.runtime.null import NullBackend
 
         return NullBackend
+    if name == "python":
+        from forwardpass.runtime.python import PythonBackend
+
+        return PythonBackend
     if name == "function":
         from forwardpass.runtime.function import FunctionBackend
 
         return FunctionBackend
     raise InvalidModelConfig(
         f"model {config.name!r}: unknown backend {name!r} "
-        "(available: onnxruntime, pytorch, function, null)"
+        "(available: onnxruntime, pytorch, python, function, null)"
     )

@@ -13,16 +13,18 @@ wrong", so the batcher re-runs the batch in halves to find the request at fault;
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+import asyncio
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from forwardpass.errors import ForwardpassError, InternalError, InvalidArgument
 from forwardpass.model_config import ModelConfig, TensorSpec
 
-__all__ = ["Backend", "BackendIO", "NamedArrays"]
+__all__ = ["Backend", "BackendIO", "NamedArrays", "RequestContext", "Sink"]
 
 NamedArrays = dict[str, np.ndarray]
 
@@ -41,6 +43,28 @@ class BackendIO:
     unranked: frozenset[str] = frozenset()
 
 
+#: Where a decoupled model's responses go, from any thread: (outputs or None, error or None, final).
+Sink = Callable[[NamedArrays | None, ForwardpassError | None, bool], None]
+
+
+@dataclass(slots=True)
+class RequestContext:
+    """What a backend that runs requests unmerged (the Python backend) is told about each one.
+
+    Batches of such a backend are not merged into one array per input: the backend receives
+    every request's own arrays with its context, and answers each request on its own.
+    """
+
+    id: str = ""
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+    #: Requested output names; ``None`` when the client wants every output.
+    outputs: tuple[str, ...] | None = None
+    correlation_id: int | str = 0
+    flags: int = 0
+    #: Set for a decoupled model: receives its 0..n responses, the last one ``final``.
+    sink: Sink | None = None
+
+
 class Backend(abc.ABC):
     """One loaded instance of one model version.
 
@@ -49,6 +73,8 @@ class Backend(abc.ABC):
 
     #: Name used in ``config.backend`` (``onnxruntime``, ``null`` ...).
     name: str = ""
+    #: Runs requests unmerged, through :meth:`infer_requests` (see :class:`RequestContext`).
+    unmerged: bool = False
 
     def __init__(self, config: ModelConfig, version_dir: Path, instance: int = 0) -> None:
         self.config = config
@@ -94,6 +120,20 @@ class Backend(abc.ABC):
             raise
         except Exception as exc:
             raise self.translate_error(exc) from exc
+
+    def infer_requests(
+        self, requests: Sequence[NamedArrays], contexts: Sequence[RequestContext]
+    ) -> list[NamedArrays | ForwardpassError]:
+        """Run a batch of requests unmerged: one result or one error per request, in order.
+
+        Only backends with ``unmerged = True`` implement it; called from a worker thread.
+        """
+        raise NotImplementedError(f"backend {self.name} merges its batches")
+
+    def bind(self, loop: asyncio.AbstractEventLoop, caller: Any) -> None:  # noqa: B027
+        """Give the backend the server's event loop and engine (``caller.infer`` and
+        ``caller.infer_stream``), for models that call other models (the Python backend's
+        BLS). Called once the instance is loaded; most backends ignore it."""
 
     def _check(self, inputs: NamedArrays) -> NamedArrays:
         """Per-request hook; the default accepts everything unchanged."""

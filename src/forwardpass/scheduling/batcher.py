@@ -49,12 +49,15 @@ from forwardpass.model_config import DynamicBatching, ModelConfig, QueuePolicy
 from forwardpass.runtime.base import NamedArrays
 from forwardpass.scheduling.layout import BatchLayout
 
-__all__ = ["BatchRecord", "Batcher", "BatcherPolicy", "Pending", "RunFn"]
+__all__ = ["BatchRecord", "Batcher", "BatcherPolicy", "Pending", "RequestsFn", "RunFn"]
 
 log = logging.getLogger("forwardpass.scheduling")
 
 #: Runs one merged batch on one instance, in a worker thread: (instance, inputs) -> outputs.
 RunFn = Callable[[int, NamedArrays], NamedArrays]
+#: Runs one batch unmerged (the Python backend): (instance, each request's inputs, each
+#: request's context) -> one result or one error per request.
+RequestsFn = Callable[[int, list[NamedArrays], list[object]], list[NamedArrays | ForwardpassError]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +146,8 @@ class Pending:
     #: When the caller asked (a traced request): the batch's monotonic-clock instants are
     #: appended here: compute start, input end (merged), output start (backend done), end.
     stamps: list[int] | None = None
+    #: What an unmerged backend is told about the request (``RequestContext``).
+    context: object = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,8 +186,11 @@ class Batcher:
         executor: Executor,
         listener: Callable[[BatchRecord], None] | None = None,
         name: str = "",
+        run_requests: RequestsFn | None = None,
     ) -> None:
         self.run = run
+        #: Set for a backend that takes its batches unmerged: each request answered alone.
+        self.run_requests = run_requests
         self.policy = policy
         self.executor = executor
         self.listener = listener
@@ -245,6 +253,7 @@ class Batcher:
         priority: int = 0,
         timeout_us: int | None = None,
         stamps: list[int] | None = None,
+        context: object = None,
     ) -> tuple[NamedArrays, int, int]:
         """Queue one request; returns (outputs, queue_ns, compute_ns) once its batch has run.
 
@@ -282,6 +291,7 @@ class Batcher:
             enqueued_ns=now,
             timeout_action=qpolicy.timeout_action,
             stamps=stamps,
+            context=context,
         )
         timeout = qpolicy.default_timeout_microseconds
         if timeout_us is not None and (qpolicy.allow_timeout_override or not timeout):
@@ -460,7 +470,11 @@ class Batcher:
         for item, part, q in zip(batch, parts, queue_ns, strict=True):
             if item.stamps is not None:
                 item.stamps.extend(times)
-            if not item.future.done():
+            if item.future.done():
+                continue
+            if isinstance(part, ForwardpassError):  # an unmerged backend failed this one
+                item.future.set_exception(part)
+            else:
                 item.future.set_result((part, q, compute_ns))
         self._emit(
             BatchRecord(rows, len(batch), queue_ns, input_ns, infer_ns, output_ns, True, retry)
@@ -468,21 +482,30 @@ class Batcher:
 
     def _run_batch(
         self, instance: int, batch: Sequence[Pending]
-    ) -> tuple[tuple[int, int, int, int], list[NamedArrays]]:
+    ) -> tuple[tuple[int, int, int, int], list[NamedArrays | ForwardpassError]]:
         """Worker-thread side: merge, run, split (the layout checks every output's rows).
 
-        Returns the instants (start, merged, run, split) and each request's part.
+        Returns the instants (start, merged, run, split) and each request's part (an error
+        for a request an unmerged backend failed alone).
         """
         layout = self.policy.layout
         requests = [item.inputs for item in batch]
         t0 = time.monotonic_ns()
+        if self.run_requests is not None:
+            results = self.run_requests(instance, requests, [item.context for item in batch])
+            if len(results) != len(batch):
+                raise InternalError(
+                    f"model {self.name}: {len(results)} result(s) for {len(batch)} request(s)"
+                )
+            t1 = time.monotonic_ns()
+            return (t0, t0, t1, t1), results
         merged = layout.merge(requests)
         t1 = time.monotonic_ns()
         outputs = self.run(instance, merged)
         t2 = time.monotonic_ns()
         parts = layout.split(outputs, requests, [item.rows for item in batch], self.name)
         t3 = time.monotonic_ns()
-        return (t0, t1, t2, t3), parts
+        return (t0, t1, t2, t3), list(parts)
 
     def _fail(self, item: Pending, exc: Exception) -> None:
         if item.timer is not None:

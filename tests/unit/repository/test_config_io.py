@@ -291,7 +291,7 @@ def test_version_policies() -> None:
             "input { name: 'x' data_type: TYPE_FP32 dims: -1 allow_ragged_batch: true }",
             "input 'x' allows ragged batches, which needs max_batch_size > 0",
         ),
-        ("model_transaction_policy { decoupled: true }", "decoupled models"),
+        ("model_transaction_policy { decoupled: true }", "decoupled models need backend 'python'"),
         ("name: 'other'", "config name 'other' does not match the model's folder name 'm'"),
         ("max_batch_size: -1", "max_batch_size: must be >= 0, got -1"),
         ("max_batch_size: 1 max_batch_size: 2", "max_batch_size: expected a single value"),
