@@ -107,7 +107,8 @@ def _merge(
     for name in sorted(computed):
         if name not in by_name:
             raise InvalidModelConfig(
-                f"batch_input target {name!r} is not an input of the model; the model's inputs "
+                f"{name!r} (an input the batcher fills: batch_input target, control_input or "
+                f"state) is not an input of the model; the model's inputs "
                 f"are {sorted(by_name)}"
             )
     out: list[TensorSpec] = []
@@ -208,7 +209,7 @@ def complete_config(
             and _fits(draft.outputs, io.outputs, True)
         )
         max_batch_size = default_max_batch_size if batched else 0
-        if batched and dynamic_batching is None:
+        if batched and dynamic_batching is None and "sequence_batching" not in draft.fields:
             dynamic_batching = DynamicBatching()
     elif max_batch_size > 0:
         for kind, specs in model_tensors:
@@ -225,6 +226,9 @@ def complete_config(
     batch_outputs: tuple[BatchOutput, ...] = draft.fields.get("batch_output", ())
     ragged = frozenset(t.name for t in draft.inputs if t.allow_ragged_batch)
     computed = frozenset(n for b in batch_inputs for n in b.target_name)
+    sequence = draft.fields.get("sequence_batching")
+    if sequence is not None:  # control and state inputs are the sequence batcher's to fill
+        computed |= sequence.computed_inputs
     scattered = frozenset(n for b in batch_outputs for n in b.target_name)
     return draft.build(
         inputs=_merge("input", draft.inputs, io.inputs, batching, ragged, computed),
