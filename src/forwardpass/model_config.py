@@ -19,6 +19,7 @@ from forwardpass.datatypes import DataType
 
 __all__ = [
     "BATCH_INPUT_KINDS",
+    "SEQUENCE_CONTROL_KINDS",
     "BatchInput",
     "BatchOutput",
     "DynamicBatching",
@@ -30,7 +31,6 @@ __all__ = [
     "Optimization",
     "QueuePolicy",
     "ResponseCache",
-    "SEQUENCE_CONTROL_KINDS",
     "SequenceBatching",
     "SequenceControl",
     "SequenceControlInput",

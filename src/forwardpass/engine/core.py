@@ -35,6 +35,7 @@ from forwardpass.results import (
     ModelStatistics,
     TensorMetadata,
 )
+from forwardpass.scheduling.sequence import SequenceBatcher, sequence_flags
 from forwardpass.types import InferRequest, InferResponse, Tensor
 
 __all__ = ["Engine"]
@@ -205,6 +206,10 @@ class Engine:
                 outputs = {n: t.data for n, t in produced.items()}
             elif _no_rows(handle.config, inputs):
                 outputs = _zero_rows(handle.config)
+            elif isinstance(loaded.batcher, SequenceBatcher):
+                flags = sequence_flags(request.parameters, handle.name)
+                inputs = loaded.backends[0].check(inputs)
+                outputs, _queue_ns, _compute_ns = await loaded.batcher.submit(inputs, flags)
             else:
                 assert loaded.batcher is not None
                 inputs = loaded.backends[0].check(inputs)

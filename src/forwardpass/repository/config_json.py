@@ -21,7 +21,6 @@ from forwardpass.model_config import (
     TensorSpec,
     VersionPolicy,
 )
-
 from forwardpass.repository.sequence_io import response_cache_to_dict, sequence_to_dict
 
 __all__ = ["config_to_dict"]

@@ -100,11 +100,15 @@ def _control(value: Any, path: str) -> SequenceControl:
         raise config_error(
             path, f"{kind} needs exactly one of int32_false_true, fp32_false_true, bool_false_true"
         )
-    field = pairs[0]
-    values = _pair(msg[field], join(path, field), {"int32": int, "fp32": float, "bool": bool}[
-        field.split("_")[0]
-    ])
-    return SequenceControl(kind=kind, **{field: values})
+    key = pairs[0]
+    kind_of: dict[str, type] = {"int32": int, "fp32": float, "bool": bool}
+    values = _pair(msg[key], join(path, key), kind_of[key.split("_")[0]])
+    return SequenceControl(
+        kind=kind,
+        int32_false_true=values if key == "int32_false_true" else (),
+        fp32_false_true=values if key == "fp32_false_true" else (),
+        bool_false_true=values if key == "bool_false_true" else (),
+    )
 
 
 def _control_input(value: Any, path: str) -> SequenceControlInput:
@@ -282,7 +286,9 @@ def sequence_batching(value: Any) -> SequenceBatching:
                     f"{control_input.name!r})",
                 )
             kinds[control.kind] = control_input.name
-    states = tuple(_state(s, f"{path}.state[{i}]") for i, s in enumerate(repeated(msg.get("state"))))
+    states = tuple(
+        _state(s, f"{path}.state[{i}]") for i, s in enumerate(repeated(msg.get("state")))
+    )
     names = [c.name for c in controls] + [s.input_name for s in states]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
