@@ -32,6 +32,12 @@ __all__ = ["serve"]
     help="Let clients pass tensors through system shared memory (default off; trusts local "
     "processes, as Triton's --allow-client-shm).",
 )
+@click.option(
+    "--cache-config",
+    default=None,
+    help="Response cache for models with response_cache enabled, as Triton spells it: "
+    "local,size=BYTES.",
+)
 def serve(
     model_repository: Path | None,
     host: str | None,
@@ -40,9 +46,11 @@ def serve(
     models: tuple[str, ...],
     log_level: str | None,
     allow_client_shm: bool | None,
+    cache_config: str | None,
 ) -> None:
     """Serve a model repository over the Open Inference Protocol (KServe V2) on HTTP."""
     from forwardpass.config import ServerConfig
+    from forwardpass.engine.cache import check_capacity, parse_cache_config
     from forwardpass.errors import ForwardpassError
     from forwardpass.serving import run_server
 
@@ -56,7 +64,9 @@ def serve(
             load_models=models or None,
             log_level=log_level,
             allow_client_shm=allow_client_shm,
+            response_cache_bytes=parse_cache_config(cache_config) if cache_config else None,
         )
+        check_capacity(config.response_cache_bytes)
     except ForwardpassError as exc:
         raise click.ClickException(exc.message) from None
     if not config.model_repository.is_dir():

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from forwardpass.config import ServerConfig
+from forwardpass.engine.cache import ResponseCache, request_key
 from forwardpass.engine.models import LoadedVersion, ModelHandle, ModelTable
 from forwardpass.engine.outputs import respond
 from forwardpass.engine.validation import schedule_params, validate
@@ -50,6 +51,8 @@ class Engine:
         self.repository = repository
         self.config = config or ServerConfig(model_repository=repository.root)
         self.table = ModelTable(repository, self.config)
+        size = self.config.response_cache_bytes
+        self.cache = ResponseCache(size) if size else None
         self._processing_pool = ThreadPoolExecutor(
             max_workers=max(2, os.cpu_count() or 1), thread_name_prefix="fp-processing"
         )
@@ -188,6 +191,16 @@ class Engine:
         try:
             inputs = validate(handle, request)
             priority, timeout = schedule_params(request.parameters)
+            cache_key, lookup_ns = None, 0
+            if self.cache is not None and handle.config.response_cache.enable:
+                began = time.monotonic_ns()
+                cache_key = request_key(request, loaded.version)
+                cached = self.cache.lookup(cache_key, loaded, request.id)
+                lookup_ns = time.monotonic_ns() - began
+                if cached is not None:
+                    stats.on_cache(True, lookup_ns)
+                    stats.on_request(True, time.monotonic_ns() - start)
+                    return cached
             processing = handle.processing
             pre_ns = post_ns = 0
             extra: dict[str, np.ndarray] = {}
@@ -223,6 +236,10 @@ class Engine:
             if pre_ns or post_ns:
                 stats.on_processing(pre_ns, post_ns)
             response = respond(handle, loaded, request, outputs)
+            if cache_key is not None and self.cache is not None:
+                began = time.monotonic_ns()
+                self.cache.insert(cache_key, loaded, response)
+                stats.on_cache(False, lookup_ns + time.monotonic_ns() - began)
         except ForwardpassError as exc:
             stats.on_request(False, time.monotonic_ns() - start, exc.code)
             raise

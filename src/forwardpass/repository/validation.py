@@ -157,6 +157,11 @@ def _check_sequence(config: ModelConfig) -> None:
     sequence = config.sequence_batching
     if sequence is None:
         return
+    if config.response_cache.enable:
+        raise InvalidModelConfig(
+            "response_cache cannot be enabled with sequence_batching: a stateful model's answer "
+            "depends on the sequence's state, not only on the request"
+        )
     if config.dynamic_batching is not None:
         raise InvalidModelConfig(
             "set only one scheduler: dynamic_batching or sequence_batching, not both"
