@@ -107,8 +107,7 @@ def _merge(
     for name in sorted(computed):
         if name not in by_name:
             raise InvalidModelConfig(
-                f"{name!r} (an input the batcher fills: batch_input target, control_input or "
-                f"state) is not an input of the model; the model's inputs "
+                f"batch_input target {name!r} is not an input of the model; the model's inputs "
                 f"are {sorted(by_name)}"
             )
     out: list[TensorSpec] = []
@@ -228,6 +227,12 @@ def complete_config(
     computed = frozenset(n for b in batch_inputs for n in b.target_name)
     sequence = draft.fields.get("sequence_batching")
     if sequence is not None:  # control and state inputs are the sequence batcher's to fill
+        lacking = sorted(sequence.computed_inputs - {t.name for t in io.inputs})
+        if lacking:
+            raise InvalidModelConfig(
+                f"sequence_batching fills input(s) {lacking} (control_input or state) that the "
+                f"model lacks; the model's inputs are {sorted(t.name for t in io.inputs)}"
+            )
         computed |= sequence.computed_inputs
     scattered = frozenset(n for b in batch_outputs for n in b.target_name)
     return draft.build(

@@ -377,3 +377,15 @@ def test_sequence_and_dynamic_batching_together_are_rejected() -> None:
     text = 'name: "m"\nmax_batch_size: 2\nsequence_batching { }\ndynamic_batching { }'
     with pytest.raises(InvalidModelConfig, match="only one scheduler"):
         config_from_dict(parse_pbtxt(text), name="m")
+
+
+def test_a_control_input_the_model_lacks_fails_the_load(tmp_path: Path) -> None:
+    root = tmp_path / "models"
+    config = acc_config().replace('name: "CORRID"', 'name: "CORR_ID"')
+    write_model(root, "acc", config=config, model=accumulator())
+
+    async def body(engine: Engine) -> None:
+        assert not engine.is_ready("acc")
+        assert "sequence_batching fills input(s) ['CORR_ID']" in engine.handle("acc").reason
+
+    run(root, body)
