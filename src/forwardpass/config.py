@@ -87,6 +87,9 @@ class ServerConfig:
     #: (Triton's --allow-client-shm). Off by default, as in Triton: a client that can register
     #: a region makes the server read and write memory of this host.
     allow_client_shm: bool = False
+    #: Bytes of the response cache that models with ``response_cache { enable: true }`` use
+    #: (Triton's ``--cache-config local,size=BYTES``); 0: no cache.
+    response_cache_bytes: int = 0
     log_level: str = "INFO"
     #: Triton's log line layout: "default" or "ISO8601".
     log_format: str = "default"

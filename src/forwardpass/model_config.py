@@ -19,6 +19,7 @@ from forwardpass.datatypes import DataType
 
 __all__ = [
     "BATCH_INPUT_KINDS",
+    "SEQUENCE_CONTROL_KINDS",
     "BatchInput",
     "BatchOutput",
     "DynamicBatching",
@@ -29,6 +30,13 @@ __all__ = [
     "ModelWarmup",
     "Optimization",
     "QueuePolicy",
+    "ResponseCache",
+    "SequenceBatching",
+    "SequenceControl",
+    "SequenceControlInput",
+    "SequenceInitialState",
+    "SequenceOldest",
+    "SequenceState",
     "TensorSpec",
     "VersionPolicy",
     "WarmupInput",
@@ -199,6 +207,108 @@ class EnsembleStep:
     output_map: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
 
 
+#: Triton's ``ModelSequenceBatching.Control.Kind`` names, in the proto's order.
+SEQUENCE_CONTROL_KINDS = (
+    "CONTROL_SEQUENCE_START",
+    "CONTROL_SEQUENCE_READY",
+    "CONTROL_SEQUENCE_END",
+    "CONTROL_SEQUENCE_CORRID",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SequenceControl:
+    """Triton's ``ModelSequenceBatching.Control``: how one control signal reaches the model.
+
+    START, READY and END are written as the false/true pair of one of ``int32_false_true``,
+    ``fp32_false_true`` or ``bool_false_true``; CORRID as the correlation id in ``data_type``.
+    """
+
+    kind: str
+    int32_false_true: tuple[int, ...] = ()
+    fp32_false_true: tuple[float, ...] = ()
+    bool_false_true: tuple[bool, ...] = ()
+    data_type: DataType | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SequenceControlInput:
+    """Triton's ``ControlInput``: a model input the sequence batcher fills, not the client."""
+
+    name: str
+    control: tuple[SequenceControl, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SequenceInitialState:
+    """Triton's ``InitialState``: zeros, or a file's raw bytes from ``initial_state/``."""
+
+    data_type: DataType
+    dims: tuple[int, ...]
+    name: str = ""
+    zero_data: bool = False
+    data_file: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SequenceState:
+    """Triton's ``State``: a tensor the server keeps between the requests of a sequence.
+
+    The model reads it from ``input_name`` and writes the next one to ``output_name``; ``dims``
+    exclude the batch dimension when the model batches.
+    """
+
+    input_name: str
+    output_name: str
+    data_type: DataType
+    dims: tuple[int, ...]
+    initial_state: tuple[SequenceInitialState, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SequenceOldest:
+    """Triton's ``StrategyOldest``: batch the oldest ready requests of the candidate sequences."""
+
+    max_candidate_sequences: int = 0
+    preferred_batch_size: tuple[int, ...] = ()
+    max_queue_delay_microseconds: int = 0
+    preserve_ordering: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SequenceBatching:
+    """Triton's ``ModelSequenceBatching`` (the ``direct`` or ``oldest`` strategy).
+
+    ``direct`` gives each sequence a batch slot on one instance for its whole life (a model
+    instance has ``max_batch_size`` slots, one when it does not batch); ``oldest`` keeps
+    ``max_candidate_sequences`` sequences and batches the oldest of their ready requests.
+    """
+
+    strategy: Literal["direct", "oldest"] = "direct"
+    #: ``direct`` only: how long a batch may wait for more slots to be ready.
+    max_queue_delay_microseconds: int = 0
+    minimum_slot_utilization: float = 0.0
+    oldest: SequenceOldest = field(default_factory=SequenceOldest)
+    #: Triton's default is one second.
+    max_sequence_idle_microseconds: int = 1_000_000
+    control_input: tuple[SequenceControlInput, ...] = ()
+    state: tuple[SequenceState, ...] = ()
+
+    @property
+    def computed_inputs(self) -> frozenset[str]:
+        """Model inputs the batcher fills: control inputs and state inputs."""
+        return frozenset(c.name for c in self.control_input) | frozenset(
+            s.input_name for s in self.state
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseCache:
+    """Triton's ``ModelResponseCache``: answer repeated identical requests from the cache."""
+
+    enable: bool = False
+
+
 @dataclass(frozen=True, slots=True)
 class ModelConfig:
     """The effective configuration of one model (all versions share it)."""
@@ -223,6 +333,8 @@ class ModelConfig:
     batch_output: tuple[BatchOutput, ...] = ()
     #: Triton's ``model_transaction_policy { decoupled: true }``: 0..n responses per request.
     decoupled: bool = False
+    sequence_batching: SequenceBatching | None = None
+    response_cache: ResponseCache = field(default_factory=ResponseCache)
 
     @property
     def is_ensemble(self) -> bool:

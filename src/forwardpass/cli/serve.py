@@ -171,6 +171,12 @@ def native_repository(target: str, folder: Path, name: str | None = None) -> str
     help="Triton's spelling: level=, rate=, count=, mode=triton, triton,file=, "
     "triton,log-frequency=. The flags above win over it.",
 )
+@click.option(
+    "--cache-config",
+    default=None,
+    help="Response cache for models with response_cache enabled, as Triton spells it: "
+    "local,size=BYTES.",
+)
 def serve(
     target: str | None,
     name: str | None,
@@ -206,6 +212,7 @@ def serve(
     trace_count: int | None,
     trace_log_frequency: int | None,
     trace_config: tuple[str, ...],
+    cache_config: str | None,
 ) -> None:
     """Serve a model repository over the Open Inference Protocol (KServe V2) over HTTP and gRPC.
 
@@ -216,6 +223,7 @@ def serve(
 
     from forwardpass.access import AccessPolicy
     from forwardpass.config import ServerConfig
+    from forwardpass.engine.cache import check_capacity, parse_cache_config
     from forwardpass.errors import ForwardpassError
     from forwardpass.serving import run_server
 
@@ -271,12 +279,14 @@ def serve(
             log_format=log_format,
             log_file=log_file,
             **trace,
+            response_cache_bytes=parse_cache_config(cache_config) if cache_config else None,
         )
         # Checked here so that a bad value is a usage error, not a traceback at start-up.
         config.trace_settings()
         config.log_settings()
         AccessPolicy.from_config(config, "http")  # a bad spec fails here, not per request
         AccessPolicy.from_config(config, "grpc")
+        check_capacity(config.response_cache_bytes)
     except ForwardpassError as exc:
         raise click.ClickException(exc.message) from None
     if not config.model_repository.is_dir():

@@ -22,6 +22,7 @@ import numpy as np
 
 from forwardpass.config import ServerConfig
 from forwardpass.datatypes import DataType
+from forwardpass.engine.cache import ResponseCache, request_key
 from forwardpass.engine.models import UNLOADED, LoadedVersion, ModelHandle, ModelTable
 from forwardpass.engine.outputs import respond
 from forwardpass.engine.validation import schedule_params, validate
@@ -47,6 +48,8 @@ from forwardpass.results import (
     TensorMetadata,
 )
 from forwardpass.runtime.base import NamedArrays, RequestContext, Sink
+from forwardpass.scheduling.batcher import Batcher
+from forwardpass.scheduling.sequence import SequenceBatcher, sequence_flags
 from forwardpass.types import InferRequest, InferResponse, Tensor
 
 __all__ = ["Engine"]
@@ -64,6 +67,8 @@ class Engine:
         #: Triton's trace extension: settings, sampler and trace-file writer.
         self.tracer = Tracer(self.config.trace_settings())
         self.table.caller = self  # Python models' BLS calls come back through infer()
+        size = self.config.response_cache_bytes
+        self.cache = ResponseCache(size) if size else None
         self._processing_pool = ThreadPoolExecutor(
             max_workers=max(2, os.cpu_count() or 1), thread_name_prefix="fp-processing"
         )
@@ -293,6 +298,16 @@ class Engine:
         try:
             inputs = validate(handle, request)
             priority, timeout = schedule_params(request.parameters)
+            cache_key, lookup_ns = None, 0
+            if self.cache is not None and handle.config.response_cache.enable:
+                began = time.monotonic_ns()
+                cache_key = request_key(request, loaded.version)
+                cached = self.cache.lookup(cache_key, loaded, request.id)
+                lookup_ns = time.monotonic_ns() - began
+                if cached is not None:
+                    stats.on_cache(True, lookup_ns)
+                    stats.on_request(True, time.monotonic_ns() - start)
+                    return cached
             processing = handle.processing
             pre_ns = post_ns = 0
             extra: dict[str, np.ndarray] = {}
@@ -309,8 +324,12 @@ class Engine:
                 tensors = {n: Tensor(n, specs[n].datatype, a) for n, a in inputs.items()}
                 produced = await loaded.pipeline.run(self.infer, tensors, request.id)
                 outputs = {n: t.data for n, t in produced.items()}
+            elif isinstance(loaded.batcher, SequenceBatcher):
+                flags = sequence_flags(request.parameters, handle.name)
+                inputs = loaded.backends[0].check(inputs)
+                outputs, _queue_ns, _compute_ns = await loaded.batcher.submit(inputs, flags)
             else:
-                assert loaded.batcher is not None
+                assert isinstance(loaded.batcher, Batcher)
                 backend = loaded.backends[0]
                 inputs = backend.check(inputs)
                 context = _context(request) if backend.unmerged else None
@@ -337,6 +356,10 @@ class Engine:
             if pre_ns or post_ns:
                 stats.on_processing(pre_ns, post_ns)
             response = respond(handle, loaded, request, outputs)
+            if cache_key is not None and self.cache is not None:
+                began = time.monotonic_ns()
+                self.cache.insert(cache_key, loaded, response)
+                stats.on_cache(False, lookup_ns + time.monotonic_ns() - began)
         except ForwardpassError as exc:
             stats.on_request(False, time.monotonic_ns() - start, exc.code)
             if trace is not None:
@@ -375,7 +398,7 @@ class Engine:
         try:
             inputs = validate(handle, request)
             priority, timeout = schedule_params(request.parameters)
-            assert loaded.batcher is not None
+            assert isinstance(loaded.batcher, Batcher)
             inputs = loaded.backends[0].check(inputs)
             submitted = asyncio.ensure_future(
                 loaded.batcher.submit(
@@ -430,7 +453,7 @@ async def _traced_submit(
 ) -> dict[str, np.ndarray]:
     """The batcher step of a traced request: queue and compute timestamps, and the tensors
     at level TENSORS (the model's inputs as queued, its outputs as the backend gave them)."""
-    assert loaded.batcher is not None
+    assert isinstance(loaded.batcher, Batcher)
     if trace.with_tensors:
         for name, array in inputs.items():
             trace.tensor("TENSOR_QUEUE_INPUT", name, _datatype(config.inputs, name, array), array)

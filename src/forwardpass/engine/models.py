@@ -39,6 +39,7 @@ from forwardpass.results import ModelState
 from forwardpass.runtime import Backend, backend_class
 from forwardpass.scheduling.batcher import Batcher, BatcherPolicy
 from forwardpass.scheduling.layout import BatchLayout
+from forwardpass.scheduling.sequence import SequenceBatcher, initial_states
 
 __all__ = ["UNLOADED", "LoadedVersion", "ModelHandle", "ModelTable"]
 
@@ -55,7 +56,8 @@ class LoadedVersion:
 
     version: int
     backends: list[Backend]
-    batcher: Batcher | None
+    #: A :class:`SequenceBatcher` when the config has ``sequence_batching``.
+    batcher: Batcher | SequenceBatcher | None
     executor: ThreadPoolExecutor | None
     stats: ModelStats
     pipeline: Pipeline | None = None
@@ -295,6 +297,21 @@ class ModelTable:
         _derive(handle)
         for version, (backends, executor) in built.items():
             stats = ModelStats(name, str(version))
+            if entry.config.sequence_batching is not None:
+                sequencer = SequenceBatcher(
+                    entry.config,
+                    _sequence_runner(backends),
+                    executor,
+                    len(backends),
+                    initial_states(entry.config, entry.path),
+                    listener=stats.on_batch,
+                    name=f"{name}:{version}",
+                )
+                sequencer.start()
+                handle.versions[version] = LoadedVersion(
+                    version, backends, sequencer, executor, stats
+                )
+                continue
             policy = BatcherPolicy.for_model(
                 entry.config, len(backends), self.config.default_max_queue_size
             )
@@ -411,6 +428,8 @@ def _warm(entry: ModelEntry, backends: list[Backend]) -> None:
     outputs = [o.name for o in config.outputs]
     layout = BatchLayout.from_config(config)  # a sample is a batch of one request
     samples = warmup_inputs(config, entry.path)
+    if config.sequence_batching is not None and not samples:
+        return  # zeros without the control and state inputs are no request of a sequence
     if samples:
         for warmup, arrays in samples:
             merged = layout.merge([arrays])
@@ -462,5 +481,12 @@ def _runner(backends: list[Backend], outputs: tuple[str, ...]) -> Any:
 def _requests_runner(backends: list[Backend]) -> Any:
     def run(instance: int, inputs: list[Any], contexts: list[Any]) -> list[Any]:
         return backends[instance].infer_requests(inputs, contexts)
+
+    return run
+
+
+def _sequence_runner(backends: list[Backend]) -> Any:
+    def run(instance: int, inputs: dict[str, Any], outputs: Any) -> dict[str, Any]:
+        return backends[instance].infer(inputs, outputs)
 
     return run

@@ -56,6 +56,14 @@ class EngineCollector:
         executions = CounterMetricFamily(
             "forwardpass_execution_count", "Batches executed", labels=_LABELS
         )
+        cache_hits = CounterMetricFamily(
+            "forwardpass_cache_hits", "Requests answered from the response cache", labels=_LABELS
+        )
+        cache_misses = CounterMetricFamily(
+            "forwardpass_cache_misses",
+            "Response cache lookups that found nothing (the model ran)",
+            labels=_LABELS,
+        )
         pending = GaugeMetricFamily(
             "forwardpass_pending_requests", "Requests queued or running", labels=_LABELS
         )
@@ -87,6 +95,9 @@ class EngineCollector:
                     failure.add_metric([*labels, reason], n)
                 inferences.add_metric(labels, stats.inference_count)
                 executions.add_metric(labels, stats.execution_count)
+                if handle.config.response_cache.enable:
+                    cache_hits.add_metric(labels, stats.cache_hit_count)
+                    cache_misses.add_metric(labels, stats.cache_miss_count)
                 if loaded.batcher is not None:
                     pending.add_metric(labels, loaded.batcher.pending)
                 _add(request, labels, stats.request_latency)
@@ -102,7 +113,7 @@ class EngineCollector:
                     providers.add_metric([*labels, provider, fell_back], 1)
         yield from (
             success, failure, inferences, executions, pending, request, queue, compute, batch,
-            preprocess, postprocess, providers,
+            preprocess, postprocess, providers, cache_hits, cache_misses,
         )  # fmt: skip
 
 

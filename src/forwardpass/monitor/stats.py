@@ -71,6 +71,12 @@ class ModelStats:
         self.execution_count = 0
         self.last_inference_ms = 0
         self.fail_reasons: dict[str, int] = {}
+        #: Response cache lookups that answered / that ran the model (Triton's cache_hit and
+        #: cache_miss: a miss's time is its lookup plus its insertion).
+        self.cache_hit_count = 0
+        self.cache_hit_ns = 0
+        self.cache_miss_count = 0
+        self.cache_miss_ns = 0
         #: batch size → [executions, input ns, infer ns, output ns]
         self.batches: dict[int, list[int]] = {}
         self.request_latency = Histogram(LATENCY_BUCKETS_S)
@@ -118,6 +124,15 @@ class ModelStats:
             self.fail_reasons[reason] = self.fail_reasons.get(reason, 0) + 1
         self.request_latency.observe(duration_ns / 1e9)
 
+    def on_cache(self, hit: bool, duration_ns: int) -> None:
+        """One response-cache lookup (with its insertion, for a miss)."""
+        if hit:
+            self.cache_hit_count += 1
+            self.cache_hit_ns += duration_ns
+        else:
+            self.cache_miss_count += 1
+            self.cache_miss_ns += duration_ns
+
     def on_processing(self, pre_ns: int, post_ns: int) -> None:
         """Time one request spent in declared pre- and post-processing (0 = none ran)."""
         if pre_ns:
@@ -141,6 +156,8 @@ class ModelStats:
                 compute_input=Duration(compute, self.input_ns),
                 compute_infer=Duration(compute, self.infer_ns),
                 compute_output=Duration(compute, self.output_ns),
+                cache_hit=Duration(self.cache_hit_count, self.cache_hit_ns),
+                cache_miss=Duration(self.cache_miss_count, self.cache_miss_ns),
             ),
             batch_stats=tuple(
                 BatchStatistics(size, Duration(n, i), Duration(n, c), Duration(n, o))

@@ -234,7 +234,7 @@ def complete_config(
             and _fits(draft.outputs, io.outputs, True, io.unranked)
         )
         max_batch_size = default_max_batch_size if batched else 0
-        if batched and dynamic_batching is None:
+        if batched and dynamic_batching is None and "sequence_batching" not in draft.fields:
             dynamic_batching = DynamicBatching()
     elif max_batch_size > 0:
         for kind, specs in model_tensors:
@@ -253,6 +253,15 @@ def complete_config(
     batch_outputs: tuple[BatchOutput, ...] = draft.fields.get("batch_output", ())
     ragged = frozenset(t.name for t in draft.inputs if t.allow_ragged_batch)
     computed = frozenset(n for b in batch_inputs for n in b.target_name)
+    sequence = draft.fields.get("sequence_batching")
+    if sequence is not None:  # control and state inputs are the sequence batcher's to fill
+        lacking = sorted(sequence.computed_inputs - {t.name for t in io.inputs})
+        if lacking:
+            raise InvalidModelConfig(
+                f"sequence_batching fills input(s) {lacking} (control_input or state) that the "
+                f"model lacks; the model's inputs are {sorted(t.name for t in io.inputs)}"
+            )
+        computed |= sequence.computed_inputs
     scattered = frozenset(n for b in batch_outputs for n in b.target_name)
     return draft.build(
         inputs=_merge(

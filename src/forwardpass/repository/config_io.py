@@ -14,9 +14,9 @@ spelling of the same thing:
 * enums as names (``TYPE_FP32``, ``KIND_GPU``) or numbers; datatypes also as protocol names.
 
 Unknown fields are errors naming the field, as in Triton. Fields of Triton's schema that
-forwardpass does not implement either fail (``sequence_batching``, decoupled models,
-shape tensors ...) or, when they cannot change results (``response_cache``,
-``model_metrics`` ...), are ignored with a logged warning.
+forwardpass does not implement either fail (decoupled models, shape tensors ...) or, when
+they cannot change results (``model_metrics`` ...), are ignored with a logged warning.
+``sequence_batching`` and ``response_cache`` are read by :mod:`.sequence_io`.
 
 A config may leave out what the model file can tell (inputs, their datatypes or dims,
 ``max_batch_size``): :func:`read_draft` keeps those gaps, which
@@ -48,6 +48,7 @@ from forwardpass.model_config import (
     VersionPolicy,
     WarmupInput,
 )
+from forwardpass.repository import sequence_io
 from forwardpass.repository.draft import ConfigDraft, TensorDraft
 from forwardpass.repository.fields import (
     as_bool,
@@ -102,6 +103,8 @@ _TOP_FIELDS = (
     "model_warmup",
     "batch_input",
     "batch_output",
+    "sequence_batching",
+    "response_cache",
 )
 #: Triton fields with no effect on results here: ignored, with a warning when set.
 _TOP_IGNORED = (
@@ -110,10 +113,8 @@ _TOP_IGNORED = (
     "metric_tags",
     "model_operations",
     "model_repository_agents",
-    "response_cache",
     "model_metrics",
 )
-_TOP_UNSUPPORTED = ("sequence_batching",)
 
 
 def read_draft(d: Mapping[str, Any], *, name: str) -> ConfigDraft:
@@ -121,14 +122,9 @@ def read_draft(d: Mapping[str, Any], *, name: str) -> ConfigDraft:
     top = message_fields(
         d,
         "",
-        _TOP_FIELDS
-        + _TOP_UNSUPPORTED
-        + ("model_transaction_policy", "processing", "ensemble_scheduling"),
+        _TOP_FIELDS + ("model_transaction_policy", "processing", "ensemble_scheduling"),
         _TOP_IGNORED,
     )
-    for key in _TOP_UNSUPPORTED:
-        if key in top:
-            raise InvalidModelConfig(f"{key} is not supported yet")
     policy = message_fields(
         single(top.get("model_transaction_policy"), "model_transaction_policy"),
         "model_transaction_policy",
@@ -172,6 +168,10 @@ def read_draft(d: Mapping[str, Any], *, name: str) -> ConfigDraft:
     fields["default_model_filename"] = filename or _DEFAULT_FILENAMES.get(backend, "")
     if "dynamic_batching" in top:
         fields["dynamic_batching"] = _dynamic_batching(top["dynamic_batching"])
+    if "sequence_batching" in top:
+        fields["sequence_batching"] = sequence_io.sequence_batching(top["sequence_batching"])
+    if "response_cache" in top:
+        fields["response_cache"] = sequence_io.response_cache(top["response_cache"])
     groups = [
         _instance_group(g, f"instance_group[{i}]", name, i)
         for i, g in enumerate(repeated(top.get("instance_group")))

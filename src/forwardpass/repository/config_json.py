@@ -21,6 +21,7 @@ from forwardpass.model_config import (
     TensorSpec,
     VersionPolicy,
 )
+from forwardpass.repository.sequence_io import response_cache_to_dict, sequence_to_dict
 
 __all__ = ["config_to_dict"]
 
@@ -162,6 +163,9 @@ def config_to_dict(config: ModelConfig) -> dict[str, Any]:
     }
     if config.dynamic_batching is not None:
         out["dynamic_batching"] = _dynamic_batching(config.dynamic_batching)
+    if config.sequence_batching is not None:
+        out["sequence_batching"] = sequence_to_dict(config.sequence_batching)
+    out["response_cache"] = response_cache_to_dict(config.response_cache)
     if config.is_ensemble:
         # Triton leaves the backend empty for an ensemble.
         out["backend"] = ""

@@ -174,12 +174,48 @@ def _check_batch_io(config: ModelConfig) -> None:
             scattered.add(target)
 
 
+def _check_sequence(config: ModelConfig) -> None:
+    sequence = config.sequence_batching
+    if sequence is None:
+        return
+    if config.response_cache.enable:
+        raise InvalidModelConfig(
+            "response_cache cannot be enabled with sequence_batching: a stateful model's answer "
+            "depends on the sequence's state, not only on the request"
+        )
+    if config.dynamic_batching is not None:
+        raise InvalidModelConfig(
+            "set only one scheduler: dynamic_batching or sequence_batching, not both"
+        )
+    if config.is_ensemble:
+        raise InvalidModelConfig("an ensemble cannot use sequence_batching")
+    declared = {s.name for s in config.inputs} & sequence.computed_inputs
+    if declared:
+        raise InvalidModelConfig(
+            f"sequence_batching fills input(s) {sorted(declared)}; do not list them in input"
+        )
+    for size in sequence.oldest.preferred_batch_size:
+        if size > max(1, config.max_batch_size):
+            raise InvalidModelConfig(
+                f"sequence_batching.oldest.preferred_batch_size {size} exceeds max_batch_size "
+                f"{config.max_batch_size}"
+            )
+    for state in sequence.state:
+        output = config.output(state.output_name)
+        if output is not None and output.datatype is not state.data_type:
+            raise InvalidModelConfig(
+                f"state {state.input_name!r}: output {state.output_name!r} is "
+                f"{output.datatype.config_name}, the state is {state.data_type.config_name}"
+            )
+
+
 #: The checks that need the whole config; each raises :class:`InvalidModelConfig`.
 _CHECKS: tuple[Callable[[ModelConfig], None], ...] = (
     _check_tensors,
     _check_batching,
     _check_warmup,
     _check_batch_io,
+    _check_sequence,
 )
 
 

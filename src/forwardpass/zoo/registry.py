@@ -91,12 +91,13 @@ class Added:
 def recipes() -> dict[str, Recipe]:
     """Every recipe by name, in listing order."""
     # Imported here so that the recipe modules (and this one) stay cheap to import.
-    from forwardpass.zoo import breast_cancer, digits, efficientnet, minilm, ppocr
+    from forwardpass.zoo import breast_cancer, digits, efficientnet, minilm, ppocr, silero_vad
 
     listed = (
         efficientnet.RECIPE,
         minilm.RECIPE,
         ppocr.RECIPE,
+        silero_vad.RECIPE,
         breast_cancer.RECIPE,
         digits.RECIPE,
     )

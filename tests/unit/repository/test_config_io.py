@@ -237,7 +237,7 @@ def test_version_policies() -> None:
         ("dynamic_batching { max_delay: 1 }", r"unknown field 'max_delay' in dynamic_batching"),
         ("input { name: 'x' data_type: TYPE_FP32 dims: 1 label_filename: 'a' }", "label_filename"),
         ("output { name: 'y' data_type: TYPE_FP32 dims: 1 optional: true }", "'optional'"),
-        ("sequence_batching { }", "sequence_batching is not supported yet"),
+        ("sequence_batching { direct { } oldest { } }", "set only one strategy"),
         ("ensemble_scheduling { step [ ] }", 'only a model with platform "ensemble" has steps'),
         ("platform: 'ensemble'", "an ensemble needs its steps"),
         ("platform: 'ensemble' ensemble_scheduling { }", "at least one step"),
@@ -395,7 +395,7 @@ def test_harmless_triton_fields_are_ignored_with_a_warning(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     text = """
-    response_cache { enable: true }
+    model_metrics { }
     model_transaction_policy { decoupled: false }
     metric_tags { key: "team" value: "vision" }
     instance_group { count: 1 host_policy: "numa0" }
@@ -405,7 +405,7 @@ def test_harmless_triton_fields_are_ignored_with_a_warning(
         config = config_from_dict(parse_pbtxt(text), name="m")
     assert config.instance_group == (InstanceGroup(name="m_0"),)
     warned = " ".join(r.getMessage() for r in caplog.records)
-    assert "response_cache" in warned
+    assert config.response_cache.enable is False
     assert "metric_tags" in warned
     assert "instance_group[0].host_policy" in warned
     assert "model_transaction_policy" not in warned
