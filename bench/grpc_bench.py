@@ -8,11 +8,11 @@ Servers are pinned to core 0 and the load generator to core 1. Roles, each in it
 - forwardpass ``serve`` on the same repository, measured over gRPC and then over HTTP (binary
   tensors, the raw client of bench/common.py);
 - Triton (``tritonserver`` from the nvidia-pytriton wheel, Python 3.12) serving the same MLP
-  through a python-backend model, when ``--tritonserver`` finds one;
+  through a python-backend model (bench/triton_peer.py), when that virtualenv exists;
 - ``load``: one ``grpc.aio`` channel on one event loop with ``concurrency`` calls in flight,
   the request pre-serialized and each answer checked by size (the first parsed in full).
 
-    python bench/grpc_bench.py [--duration 5] [--tritonserver PATH] [--json out.json]
+    python bench/grpc_bench.py [--duration 5] [--json out.json]
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -30,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import onnx
+import triton_peer
 from common import (  # a script beside its helpers, not a package
     CLIENT_CORE,
     PY,
@@ -196,86 +197,6 @@ def role_http_load(port: int, concurrency: int, warmup: float, duration: float) 
 
 # -- Triton ---------------------------------------------------------------------------------------
 
-_TRITON_MODEL_PY = """
-import numpy as np
-import triton_python_backend_utils as pb_utils
-
-
-class TritonPythonModel:
-    def initialize(self, args):
-        weights = np.load(args["model_repository"] + "/weights.npz")
-        count = len(weights.files) // 2
-        self.layers = [(weights[f"w{i}"], weights[f"b{i}"]) for i in range(count)]
-
-    def execute(self, requests):
-        out = []
-        for request in requests:
-            h = pb_utils.get_input_tensor_by_name(request, "input").as_numpy()
-            for k, (weight, bias) in enumerate(self.layers):
-                h = h @ weight + bias
-                if k < len(self.layers) - 1:
-                    h = np.maximum(h, 0)
-            tensor = pb_utils.Tensor("output", h.astype(np.float32))
-            out.append(pb_utils.InferenceResponse([tensor]))
-        return out
-"""
-
-
-def triton_repository(root: Path, onnx_file: Path) -> Path:
-    """The tiny MLP as a python-backend model (Triton from pytriton has no ONNX backend): the
-    same weights, read from the ONNX file here and handed over as .npz."""
-    import numpy as np
-    import onnx
-    from onnx import numpy_helper
-
-    folder = root / MODEL
-    (folder / "1").mkdir(parents=True)
-    (folder / "1" / "model.py").write_text(_TRITON_MODEL_PY)
-    model = onnx.load(str(onnx_file))
-    weights = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-    np.savez(folder / "weights.npz", **weights)
-    (folder / "config.pbtxt").write_text(
-        f'name: "{MODEL}"\nbackend: "python"\nmax_batch_size: 256\n'
-        f'input [ {{ name: "input" data_type: TYPE_FP32 dims: [ {IN_FEATURES} ] }} ]\n'
-        f'output [ {{ name: "output" data_type: TYPE_FP32 dims: [ {OUT_FEATURES} ] }} ]\n'
-        "dynamic_batching { }\ninstance_group [ { count: 1 kind: KIND_CPU } ]\n"
-    )
-    return root
-
-
-def triton_environment(binary: Path, tmp: Path) -> tuple[Path, dict[str, str]]:
-    """A backend folder with the python backend's stub for the wheel's own Python, and the
-    environment that lets the stub find its libpython and numpy (what pytriton sets up)."""
-    import shutil
-
-    home = binary.parent.parent  # .../pytriton/tritonserver
-    venv = binary.parents[6]  # .../lib/python3.12/site-packages/pytriton/tritonserver/bin
-    python = venv / "bin" / "python"
-    version = subprocess.run(
-        [str(python), "-c", "import sys, sysconfig; print(sysconfig.get_config_var('LIBDIR'));"
-         "print(f'{sys.version_info[0]}.{sys.version_info[1]}')"],
-        check=True, capture_output=True, text=True,
-    ).stdout.split()  # fmt: skip
-    libdir, short = version[0], version[1]
-    backends = tmp / "triton_backends"
-    shutil.copytree(home / "backends", backends)
-    shutil.copy(home / "python_backend_stubs" / short / "triton_python_backend_stub",
-                backends / "python")  # fmt: skip
-    env = dict(os.environ)
-    env["LD_LIBRARY_PATH"] = ":".join(p for p in (libdir, env.get("LD_LIBRARY_PATH", "")) if p)
-    env["PATH"] = f"{venv / 'bin'}:{env.get('PATH', '')}"
-    return backends, env
-
-
-def find_tritonserver(given: str | None) -> Path | None:
-    if given:
-        return Path(given)
-    for base in (Path("/tmp/g/pt"), Path.home() / ".cache" / "pytriton-venv"):
-        for hit in base.glob("lib/python3.12/site-packages/pytriton/tritonserver/bin/tritonserver"):
-            return hit
-    return None
-
-
 # -- the run --------------------------------------------------------------------------------------
 
 
@@ -294,7 +215,6 @@ def _grpc_load(address: str, d: float) -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=5.0)
-    parser.add_argument("--tritonserver", default=None, help="path of the tritonserver binary")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--role", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -330,23 +250,19 @@ def main() -> int:
                 str(d),
             )  # fmt: skip
 
-        binary = find_tritonserver(args.tritonserver)
-        if binary is not None and binary.exists():
-            troot = triton_repository(Path(tmp) / "triton", repo / MODEL / "1" / "model.onnx")
+        if triton_peer.available():
+            troot = Path(tmp) / "triton"
+            triton_peer.write_tiny(troot, onnx.load(str(repo / MODEL / "1" / "model.onnx")), MODEL)
             tport = _free_port()
-            backends, env = triton_environment(binary, Path(tmp))
-            cmd = pinned(
-                SERVER_CORE, str(binary), f"--model-repository={troot}",
-                f"--backend-directory={backends}", "--allow-http=false",
-                f"--grpc-port={tport}", "--allow-metrics=false",
-            )  # fmt: skip
+            triton = triton_peer.prepare(Path(tmp))
+            cmd = pinned(SERVER_CORE, *triton_peer.command(triton, troot, _free_port(), tport))
             try:
-                with serving_grpc(cmd, f"127.0.0.1:{tport}", env=env):
+                with serving_grpc(cmd, f"127.0.0.1:{tport}", env=triton_peer.environment()):
                     results["triton_grpc"] = _grpc_load(f"127.0.0.1:{tport}", d)
             except (RuntimeError, subprocess.CalledProcessError) as exc:
                 results["triton_grpc"] = {"error": str(exc)}
         else:
-            results["triton_grpc"] = {"error": "no tritonserver binary (see --tritonserver)"}
+            results["triton_grpc"] = {"error": f"no tritonserver in {triton_peer.TRITON_ENV}"}
 
     report(results)
     if args.json:

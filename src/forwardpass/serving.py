@@ -60,9 +60,7 @@ class Server:
                     f"{exc}; or turn gRPC off with --no-grpc"
                 ) from None
 
-            self.grpc = GrpcServer(
-                self.engine, config.host, config.grpc_port, config.grpc_message_limit
-            )
+            self.grpc = GrpcServer(self.engine, config, self.shared_memory, logs)
         self._stopped = asyncio.Event()
 
     async def start(self) -> int:

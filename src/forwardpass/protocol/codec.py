@@ -121,7 +121,7 @@ def encode_infer_response(
             "shape": list(array.shape),
         }
         if wanted and "shared_memory_region" in wanted:
-            entry["parameters"] = _write_shared(tensor, wanted, shared_memory)
+            entry["parameters"] = write_shared(tensor, wanted, shared_memory)
             outputs.append(entry)
             continue
         if binary:
@@ -308,13 +308,13 @@ def _input(
         raise InvalidArgument(f"input {name!r}: 'shape' {_short(shape)} is too large")
     parameters = _parameters(raw.get("parameters"), f"input {name!r}")
     if parameters:
-        place = _shared_place(parameters, f"input {name!r}", shared_memory)
+        place = shared_place(parameters, f"input {name!r}", shared_memory)
         if place is not None:
             if "data" in raw or "binary_data_size" in parameters:
                 raise InvalidArgument(
                     f"input {name!r} has both data and shared memory parameters; send one"
                 )
-            assert shared_memory is not None  # _shared_place refused otherwise
+            assert shared_memory is not None  # shared_place refused otherwise
             for key in _SHARED_MEMORY:
                 parameters.pop(key, None)
             array = shared_memory.read(name, datatype, tuple(shape), *place)
@@ -377,7 +377,7 @@ def _read_blobs(
         raise InvalidArgument(f"the body has {end - offset} unexpected trailing byte(s){after}")
 
 
-def _shared_place(
+def shared_place(
     parameters: Parameters, where: str, shared_memory: RegionLeases | None
 ) -> tuple[str, int, int] | None:
     """(region, offset, byte_size) when ``parameters`` place the tensor in shared memory."""
@@ -422,9 +422,9 @@ def _outputs(value: Any, shared_memory: RegionLeases | None) -> list[RequestedOu
         where = f"output {name!r}"
         parameters = _parameters(raw.get("parameters"), where)
         if parameters:
-            place = _shared_place(parameters, where, shared_memory)
+            place = shared_place(parameters, where, shared_memory)
             if place is not None:
-                assert shared_memory is not None  # _shared_place refused otherwise
+                assert shared_memory is not None  # shared_place refused otherwise
                 # Leased now, so the place exists (and stays mapped) when the result comes.
                 shared_memory.reserve(name, *place)
             binary = parameters.get("binary_data")
@@ -447,7 +447,7 @@ def _short(value: Any) -> str:
 # -- encoding ---------------------------------------------------------------------------------
 
 
-def _write_shared(
+def write_shared(
     tensor: Tensor, wanted: Parameters, shared_memory: RegionLeases | None
 ) -> Parameters:
     """Write output ``tensor`` where the request placed it; its entry's parameters."""

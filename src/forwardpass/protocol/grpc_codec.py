@@ -24,10 +24,11 @@ from tritonclient.grpc import model_config_pb2
 from tritonclient.grpc import service_pb2 as pb
 
 from forwardpass.datatypes import DataType
-from forwardpass.errors import InternalError, InvalidArgument, Unsupported
+from forwardpass.errors import InternalError, InvalidArgument
 from forwardpass.model_config import ModelConfig
 from forwardpass.protocol.binary import array_from_binary, array_to_binary, check_output_dtype
-from forwardpass.protocol.codec import MAX_DIMS, MAX_ELEMENTS
+from forwardpass.protocol.codec import MAX_DIMS, MAX_ELEMENTS, shared_place, write_shared
+from forwardpass.protocol.shared_memory import RegionLeases
 from forwardpass.repository import config_to_dict
 from forwardpass.results import (
     BatchStatistics,
@@ -105,20 +106,29 @@ def _set_parameter(target: Any, value: Any) -> None:
 # -- ModelInferRequest → InferRequest -----------------------------------------------------------
 
 
-def decode_infer_request(message: pb.ModelInferRequest) -> InferRequest:
-    """The core request a ``ModelInferRequest`` carries."""
+def decode_infer_request(
+    message: pb.ModelInferRequest, shared_memory: RegionLeases | None = None
+) -> InferRequest:
+    """The core request a ``ModelInferRequest`` carries.
+
+    Inputs whose parameters name a system shared-memory region are read through
+    ``shared_memory`` (the request's leases; ``None`` when the server does not allow client
+    shared memory) and have no entry in ``raw_input_contents``, as tritonclient sends them.
+    """
     inputs_pb = message.inputs
     raw = message.raw_input_contents
     if not inputs_pb:
         raise InvalidArgument("'inputs' must hold at least one input tensor")
-    if raw and len(raw) != len(inputs_pb):
+    in_memory = sum(1 for t in inputs_pb if not any(k in t.parameters for k in _SHARED_MEMORY))
+    if raw and len(raw) != in_memory:
         raise InvalidArgument(
             f"raw_input_contents has {len(raw)} entries but the request has "
-            f"{len(inputs_pb)} input(s); send one entry per input, in order"
+            f"{in_memory} input(s) outside shared memory; send one entry per such input, in order"
         )
     inputs: list[Tensor] = []
     names: set[str] = set()
-    for position, tensor_pb in enumerate(inputs_pb):
+    position = -1
+    for tensor_pb in inputs_pb:
         name = tensor_pb.name
         if name in names:
             raise InvalidArgument(f"input {name!r} appears more than once")
@@ -131,9 +141,20 @@ def decode_infer_request(message: pb.ModelInferRequest) -> InferRequest:
             )
         shape = _shape(name, tensor_pb.shape)
         parameters = parameters_from_message(tensor_pb.parameters) if tensor_pb.parameters else {}
-        if parameters:
-            _no_shared_memory(parameters, f"input {name!r}")
         has_contents = tensor_pb.HasField("contents")
+        place = shared_place(parameters, f"input {name!r}", shared_memory) if parameters else None
+        if place is not None:
+            assert shared_memory is not None  # shared_place refused otherwise
+            if has_contents:
+                raise InvalidArgument(
+                    f"input {name!r} has typed 'contents' and shared memory parameters; send one"
+                )
+            for key in _SHARED_MEMORY:
+                parameters.pop(key, None)
+            array = shared_memory.read(name, datatype, shape, *place)
+            inputs.append(Tensor(name, datatype, array, parameters))
+            continue
+        position += 1
         if raw:
             if has_contents:
                 raise InvalidArgument(
@@ -153,7 +174,7 @@ def decode_infer_request(message: pb.ModelInferRequest) -> InferRequest:
         model_version=message.model_version,
         inputs=inputs,
         id=message.id,
-        outputs=_outputs(message.outputs) if message.outputs else None,
+        outputs=_outputs(message.outputs, shared_memory) if message.outputs else None,
         parameters=parameters_from_message(message.parameters) if message.parameters else {},
     )
 
@@ -227,7 +248,9 @@ def _from_contents(
     return np.fromiter(values, dtype=datatype.numpy, count=count).reshape(shape)
 
 
-def _outputs(outputs_pb: Iterable[Any]) -> list[RequestedOutput]:
+def _outputs(
+    outputs_pb: Iterable[Any], shared_memory: RegionLeases | None
+) -> list[RequestedOutput]:
     outputs: list[RequestedOutput] = []
     names: set[str] = set()
     for output_pb in outputs_pb:
@@ -238,7 +261,10 @@ def _outputs(outputs_pb: Iterable[Any]) -> list[RequestedOutput]:
         where = f"output {name!r}"
         parameters = parameters_from_message(output_pb.parameters) if output_pb.parameters else {}
         if parameters:
-            _no_shared_memory(parameters, where)
+            place = shared_place(parameters, where, shared_memory)
+            if place is not None:
+                assert shared_memory is not None  # shared_place refused otherwise
+                shared_memory.reserve(name, *place)  # leased now, mapped when the result comes
             # binary_data is HTTP's choice of encoding; gRPC always answers raw.
             parameters.pop("binary_data", None)
             top = parameters.get("classification")
@@ -250,16 +276,24 @@ def _outputs(outputs_pb: Iterable[Any]) -> list[RequestedOutput]:
     return outputs
 
 
-def _no_shared_memory(parameters: Parameters, where: str) -> None:
-    if any(key in parameters for key in _SHARED_MEMORY):
-        raise Unsupported(f"{where}: shared memory tensors are not supported yet")
-
-
 # -- InferResponse → ModelInferResponse ---------------------------------------------------------
 
 
-def encode_infer_response(response: InferResponse) -> pb.ModelInferResponse:
-    """The response message; every output's data in ``raw_output_contents``, in order."""
+def encode_infer_response(
+    response: InferResponse,
+    request: InferRequest | None = None,
+    shared_memory: RegionLeases | None = None,
+) -> pb.ModelInferResponse:
+    """The response message; every output's data in ``raw_output_contents``, in order.
+
+    An output the request placed in shared memory is written there; its entry carries the
+    region's parameters and an empty ``raw_output_contents`` slot (the indices stay aligned).
+    """
+    asked = (
+        {out.name: out.parameters for out in request.outputs}
+        if request is not None and request.outputs
+        else {}
+    )
     message = pb.ModelInferResponse(
         model_name=response.model_name, model_version=response.model_version, id=response.id
     )
@@ -269,6 +303,13 @@ def encode_infer_response(response: InferResponse) -> pb.ModelInferResponse:
         datatype, array = tensor.datatype, tensor.data
         check_output_dtype(tensor.name, datatype, array)
         output = outputs.add(name=tensor.name, datatype=datatype.value, shape=array.shape)
+        wanted = asked.get(tensor.name)
+        if wanted and "shared_memory_region" in wanted:
+            placed = write_shared(tensor, wanted, shared_memory)
+            for key, value in placed.items():
+                _set_parameter(output.parameters[key], value)
+            blobs.append(b"")
+            continue
         for key, value in tensor.parameters.items():
             _set_parameter(output.parameters[key], value)
         blobs.append(array_to_binary(datatype, array))

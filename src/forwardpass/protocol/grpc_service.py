@@ -26,8 +26,21 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
 from forwardpass import __version__
+from forwardpass.access import AccessPolicy
+from forwardpass.config import ServerConfig
 from forwardpass.engine import Engine
-from forwardpass.errors import ForwardpassError, InvalidArgument, Unsupported, grpc_code
+from forwardpass.errors import (
+    ForwardpassError,
+    InvalidArgument,
+    PermissionDenied,
+    Unavailable,
+    Unsupported,
+    grpc_code,
+)
+from forwardpass.monitor.logsettings import LogControl, parse_log_update
+from forwardpass.monitor.trace import parse_trace_update
+from forwardpass.protocol.codec import SHM_DISABLED
+from forwardpass.protocol.documents import log_settings_document, trace_settings_document
 from forwardpass.protocol.grpc_codec import (
     decode_infer_request,
     encode_infer_response,
@@ -37,7 +50,8 @@ from forwardpass.protocol.grpc_codec import (
     server_metadata_message,
     statistics_message,
 )
-from forwardpass.protocol.http import EXTENSIONS
+from forwardpass.protocol.http import EXTENSIONS, SHM_EXTENSION
+from forwardpass.protocol.shared_memory import SharedMemoryRegistry
 from forwardpass.repository.load_parameters import read_load_parameters
 
 __all__ = ["GrpcServer", "InferenceServicer"]
@@ -46,12 +60,34 @@ log = logging.getLogger("forwardpass.grpc")
 
 SERVICE = "inference.GRPCInferenceService"
 
-#: What the shared-memory and trace/log RPCs answer until those registries exist.
-_NO_SHARED_MEMORY = (
-    "{kind} shared memory is not supported by this server yet: send tensor data in "
-    "raw_input_contents or typed contents"
+_NO_CUDA_SHARED_MEMORY = (
+    "CUDA shared memory is not supported on this server (it has no CUDA device support); "
+    "use system shared memory"
 )
-_NO_SETTINGS = "{what} settings are not supported by this server yet"
+
+#: Each RPC's API group (Triton's names), for the restricted-protocol access policy.
+_GROUPS = {
+    "ServerLive": "health",
+    "ServerReady": "health",
+    "ModelReady": "health",
+    "ServerMetadata": "metadata",
+    "ModelMetadata": "metadata",
+    "ModelInfer": "inference",
+    "ModelStreamInfer": "inference",
+    "ModelConfig": "model-config",
+    "ModelStatistics": "statistics",
+    "RepositoryIndex": "model-repository",
+    "RepositoryModelLoad": "model-repository",
+    "RepositoryModelUnload": "model-repository",
+    "SystemSharedMemoryStatus": "shared-memory",
+    "SystemSharedMemoryRegister": "shared-memory",
+    "SystemSharedMemoryUnregister": "shared-memory",
+    "CudaSharedMemoryStatus": "shared-memory",
+    "CudaSharedMemoryRegister": "shared-memory",
+    "CudaSharedMemoryUnregister": "shared-memory",
+    "TraceSetting": "trace",
+    "LogSettings": "logging",
+}
 
 
 def _parse_infer_request(data: bytes) -> pb.ModelInferRequest:
@@ -64,8 +100,16 @@ def _parse_infer_request(data: bytes) -> pb.ModelInferRequest:
 class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     """Every RPC of ``inference.GRPCInferenceService``, answered from one engine."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        shared_memory: SharedMemoryRegistry | None = None,
+        logs: LogControl | None = None,
+    ) -> None:
         self.engine = engine
+        self.shared_memory = shared_memory
+        self.logs = logs
+        self.extensions = [*EXTENSIONS, SHM_EXTENSION] if shared_memory else list(EXTENSIONS)
 
     # -------------------------------------------------------------- health and metadata
     async def ServerLive(self, request: Any, context: Any) -> Any:
@@ -79,7 +123,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         return pb.ModelReadyResponse(ready=self.engine.is_ready(request.name, request.version))
 
     async def ServerMetadata(self, request: Any, context: Any) -> Any:
-        return server_metadata_message("forwardpass", __version__, EXTENSIONS)
+        return server_metadata_message("forwardpass", __version__, self.extensions)
 
     async def ModelMetadata(self, request: Any, context: Any) -> Any:
         return metadata_message(self.engine.metadata(request.name, request.version))
@@ -92,14 +136,20 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     # -------------------------------------------------------------- inference
     async def ModelInfer(self, data: bytes, context: Any) -> Any:
-        request = decode_infer_request(_parse_infer_request(data))
-        return encode_infer_response(await self.engine.infer(request))
+        message = _parse_infer_request(data)
+        if self.shared_memory is None:
+            request = decode_infer_request(message)
+            return encode_infer_response(await self.engine.infer(request))
+        with self.shared_memory.leases() as leases:
+            request = decode_infer_request(message, leases)
+            return encode_infer_response(await self.engine.infer(request), request, leases)
 
     async def ModelStreamInfer(
         self, requests: AsyncIterator[bytes], context: Any
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[asyncio.Task[pb.ModelStreamInferResponse] | None] = asyncio.Queue()
+        queue: asyncio.Queue[asyncio.Task[list[pb.ModelStreamInferResponse]] | None]
+        queue = asyncio.Queue()
 
         async def read() -> None:
             try:
@@ -111,7 +161,8 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         reader = loop.create_task(read())
         try:
             while (task := await queue.get()) is not None:
-                yield await task
+                for answer in await task:
+                    yield answer
             await reader  # a broken read surfaces here, after every answer owed
         finally:
             reader.cancel()
@@ -120,23 +171,42 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                 if left is not None:
                     left.cancel()
 
-    async def _stream_one(self, data: bytes) -> pb.ModelStreamInferResponse:
+    async def _stream_one(self, data: bytes) -> list[pb.ModelStreamInferResponse]:
+        """The answers to one streamed request: one, or a decoupled model's 0..n (the last
+        carrying ``triton_final_response``, as Triton marks it), or the error."""
         request_id = ""
+        answers: list[pb.ModelStreamInferResponse] = []
+        leases = self.shared_memory.leases() if self.shared_memory is not None else None
         try:
             message = _parse_infer_request(data)
             request_id = message.id
-            request = decode_infer_request(message)
-            response = encode_infer_response(await self.engine.infer(request))
-            return pb.ModelStreamInferResponse(infer_response=response)
+            request = decode_infer_request(message, leases)
+            handle, _ = self.engine.version(request.model_name, request.model_version)
+            if not handle.config.decoupled:
+                response = encode_infer_response(await self.engine.infer(request), request, leases)
+                return [pb.ModelStreamInferResponse(infer_response=response)]
+            async for item in self.engine.infer_stream(request):
+                response = encode_infer_response(item, request, leases)
+                answers.append(pb.ModelStreamInferResponse(infer_response=response))
+            final = pb.ModelInferResponse(id=request_id, model_name=request.model_name)
+            final.parameters["triton_final_response"].bool_param = True
+            answers.append(pb.ModelStreamInferResponse(infer_response=final))
+            return answers
         except ForwardpassError as exc:
             message_text = exc.message
         except Exception as exc:  # a bug: answer it on the stream, keep the stream
             log.exception("unhandled error in ModelStreamInfer")
             message_text = f"internal error: {type(exc).__name__}: {exc}"
+        finally:
+            if leases is not None:
+                leases.close()
         # As Triton: the error, and the request's id so the client knows which one failed.
-        return pb.ModelStreamInferResponse(
-            error_message=message_text, infer_response=pb.ModelInferResponse(id=request_id)
+        answers.append(
+            pb.ModelStreamInferResponse(
+                error_message=message_text, infer_response=pb.ModelInferResponse(id=request_id)
+            )
         )
+        return answers
 
     # -------------------------------------------------------------- repository
     async def RepositoryIndex(self, request: Any, context: Any) -> Any:
@@ -159,30 +229,83 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         await self.engine.unload(request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
-    # -------------------------------------------------------------- not in this build yet
+    # -------------------------------------------------------------- shared memory
+    def _registry(self) -> SharedMemoryRegistry:
+        if self.shared_memory is None:
+            raise PermissionDenied(SHM_DISABLED)
+        return self.shared_memory
+
     async def SystemSharedMemoryStatus(self, request: Any, context: Any) -> Any:
-        raise Unsupported(_NO_SHARED_MEMORY.format(kind="system"))
+        answer = pb.SystemSharedMemoryStatusResponse()
+        for region in self._registry().status(request.name):
+            answer.regions[region.name].CopyFrom(
+                pb.SystemSharedMemoryStatusResponse.RegionStatus(
+                    name=region.name,
+                    key=region.key,
+                    offset=region.offset,
+                    byte_size=region.byte_size,
+                )
+            )
+        return answer
 
     async def SystemSharedMemoryRegister(self, request: Any, context: Any) -> Any:
-        raise Unsupported(_NO_SHARED_MEMORY.format(kind="system"))
+        self._registry().register(request.name, request.key, request.offset, request.byte_size)
+        return pb.SystemSharedMemoryRegisterResponse()
 
     async def SystemSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
-        raise Unsupported(_NO_SHARED_MEMORY.format(kind="system"))
+        self._registry().unregister(request.name)
+        return pb.SystemSharedMemoryUnregisterResponse()
 
     async def CudaSharedMemoryStatus(self, request: Any, context: Any) -> Any:
-        raise Unsupported(_NO_SHARED_MEMORY.format(kind="CUDA"))
+        raise Unsupported(_NO_CUDA_SHARED_MEMORY)
 
     async def CudaSharedMemoryRegister(self, request: Any, context: Any) -> Any:
-        raise Unsupported(_NO_SHARED_MEMORY.format(kind="CUDA"))
+        raise Unsupported(_NO_CUDA_SHARED_MEMORY)
 
     async def CudaSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
-        raise Unsupported(_NO_SHARED_MEMORY.format(kind="CUDA"))
+        raise Unsupported(_NO_CUDA_SHARED_MEMORY)
 
+    # -------------------------------------------------------------- trace and log settings
     async def TraceSetting(self, request: Any, context: Any) -> Any:
-        raise Unsupported(_NO_SETTINGS.format(what="trace"))
+        model = request.model_name
+        if model and not self.engine.is_ready(model):
+            raise InvalidArgument(f"Request for unknown model : {model}")
+        tracer = self.engine.tracer
+        if request.settings:
+            # A setting with no values clears it (Triton's gRPC spelling of HTTP's null).
+            values = {key: list(value.value) for key, value in request.settings.items()}
+            for key, listed in values.items():
+                if key != "trace_level" and len(listed) == 1:
+                    values[key] = listed[0]
+            settings = tracer.update(model, parse_trace_update(values))
+        else:
+            settings = tracer.settings(model)
+        answer = pb.TraceSettingResponse()
+        for key, value in trace_settings_document(settings).items():
+            answer.settings[key].value.extend(value if isinstance(value, list) else [value])
+        return answer
 
     async def LogSettings(self, request: Any, context: Any) -> Any:
-        raise Unsupported(_NO_SETTINGS.format(what="log"))
+        if self.logs is None:
+            raise Unavailable("the server does not support dynamic logging")
+        if request.settings:
+            values = {}
+            for key, value in request.settings.items():
+                which = value.WhichOneof("parameter_choice")
+                values[key] = getattr(value, which) if which else None
+            settings = self.logs.update(parse_log_update(values))
+        else:
+            settings = self.logs.current
+        answer = pb.LogSettingsResponse()
+        for key, value in log_settings_document(settings).items():
+            target = answer.settings[key]
+            if isinstance(value, bool):
+                target.bool_param = value
+            elif isinstance(value, int):
+                target.uint32_param = value
+            else:
+                target.string_param = value
+        return answer
 
 
 # -- errors -------------------------------------------------------------------------------------
@@ -196,9 +319,22 @@ async def _abort(context: Any, exc: BaseException) -> NoReturn:
     raise AssertionError("unreachable")  # context.abort always raises
 
 
-def _unary(method: Callable[[Any, Any], Awaitable[Any]]) -> Callable[[Any, Any], Awaitable[Any]]:
+def _metadata(context: Any) -> dict[str, str]:
+    """The call's metadata as lower-case header names (how the access policy reads them)."""
+    return {
+        key.lower(): value
+        for key, value in (context.invocation_metadata() or ())
+        if isinstance(value, str)
+    }
+
+
+def _unary(
+    method: Callable[[Any, Any], Awaitable[Any]], group: str, access: AccessPolicy | None
+) -> Callable[[Any, Any], Awaitable[Any]]:
     async def call(request: Any, context: Any) -> Any:
         try:
+            if access is not None:
+                access.check(group, _metadata(context))
             return await method(request, context)
         except Exception as exc:
             if isinstance(exc, asyncio.CancelledError):  # pragma: no cover - BaseException
@@ -208,11 +344,30 @@ def _unary(method: Callable[[Any, Any], Awaitable[Any]]) -> Callable[[Any, Any],
     return call
 
 
+def _streaming(
+    method: Callable[[Any, Any], AsyncIterator[Any]], group: str, access: AccessPolicy | None
+) -> Callable[[Any, Any], AsyncIterator[Any]]:
+    if access is None:
+        return method
+
+    async def call(requests: Any, context: Any) -> AsyncIterator[Any]:
+        try:
+            access.check(group, _metadata(context))
+        except ForwardpassError as exc:
+            await _abort(context, exc)
+        async for answer in method(requests, context):
+            yield answer
+
+    return call
+
+
 def _identity(data: bytes) -> bytes:
     return data
 
 
-def _service_handler(servicer: InferenceServicer) -> grpc.GenericRpcHandler:
+def _service_handler(
+    servicer: InferenceServicer, access: AccessPolicy | None = None
+) -> grpc.GenericRpcHandler:
     """The method handlers grpcio's generated ``add_..._to_server`` would build, except that the
     two inference RPCs take bytes (parsed by the servicer) and every error maps through the one
     table."""
@@ -225,13 +380,18 @@ def _service_handler(servicer: InferenceServicer) -> grpc.GenericRpcHandler:
         raw = method.name in ("ModelInfer", "ModelStreamInfer")
         deserialize = _identity if raw else request_type.FromString
         serialize = response_type.SerializeToString
+        group = _GROUPS[method.name]
         if method.client_streaming:
             handlers[method.name] = grpc.stream_stream_rpc_method_handler(
-                impl, request_deserializer=deserialize, response_serializer=serialize
+                _streaming(impl, group, access),
+                request_deserializer=deserialize,
+                response_serializer=serialize,
             )
         else:
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-                _unary(impl), request_deserializer=deserialize, response_serializer=serialize
+                _unary(impl, group, access),
+                request_deserializer=deserialize,
+                response_serializer=serialize,
             )
     return grpc.method_handlers_generic_handler(SERVICE, handlers)
 
@@ -305,14 +465,27 @@ def _health_handler(engine: Engine) -> grpc.GenericRpcHandler:
 class GrpcServer:
     """grpcio's asyncio server carrying :class:`InferenceServicer` and the health service."""
 
-    def __init__(self, engine: Engine, host: str, port: int, max_message_bytes: int) -> None:
-        self.host = host
-        self.port = port
+    def __init__(
+        self,
+        engine: Engine,
+        config: ServerConfig,
+        shared_memory: SharedMemoryRegistry | None = None,
+        logs: LogControl | None = None,
+    ) -> None:
+        self.host = config.host
+        self.port = config.grpc_port
+        self._credentials = _credentials(config)
+        access = AccessPolicy.from_config(config, "grpc")
+        limit = config.grpc_message_limit
+        servicer = InferenceServicer(engine, shared_memory, logs)
         self._server = grpc.aio.server(
-            handlers=[_service_handler(InferenceServicer(engine)), _health_handler(engine)],
+            handlers=[
+                _service_handler(servicer, access if access.active else None),
+                _health_handler(engine),
+            ],
             options=[
-                ("grpc.max_receive_message_length", max_message_bytes),
-                ("grpc.max_send_message_length", max_message_bytes),
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
                 ("grpc.so_reuseport", 0),
             ],
         )
@@ -321,7 +494,11 @@ class GrpcServer:
         """Bind and serve; returns the bound port (useful with port 0)."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         try:
-            bound = self._server.add_insecure_port(f"{host}:{self.port}")
+            address = f"{host}:{self.port}"
+            if self._credentials is None:
+                bound = self._server.add_insecure_port(address)
+            else:
+                bound = self._server.add_secure_port(address, self._credentials)
         except RuntimeError as exc:  # grpcio's words for a port that cannot be bound
             raise OSError(f"cannot bind gRPC to {self.host}:{self.port}: {exc}") from None
         if bound == 0:
@@ -333,3 +510,23 @@ class GrpcServer:
     async def stop(self, grace_s: float) -> None:
         """Refuse new calls, let in-flight ones finish for up to ``grace_s``, then cancel."""
         await self._server.stop(grace_s)
+
+
+def _credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
+    """TLS for gRPC from the server's certificate files (the same ones HTTPS uses); with a CA
+    bundle, clients must present a certificate it signed (mutual TLS)."""
+    if config.tls_cert is None:
+        return None
+    if config.tls_key is None:
+        raise InvalidArgument("--tls-cert needs --tls-key")
+    try:
+        chain = config.tls_cert.read_bytes()
+        key = config.tls_key.read_bytes()
+        ca = config.tls_ca.read_bytes() if config.tls_ca is not None else None
+    except OSError as exc:
+        raise InvalidArgument(
+            f"cannot read a TLS file for gRPC: {exc.strerror}: {exc.filename}"
+        ) from None
+    return grpc.ssl_server_credentials(
+        [(key, chain)], root_certificates=ca, require_client_auth=ca is not None
+    )
