@@ -257,15 +257,12 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                     send(pb.ModelStreamInferResponse(infer_response=response))
                     return
                 _pass_on(after, done)
-                last: pb.ModelInferResponse | None = None
+                flagged = False  # the model's final flag rode on a response
                 async for item in self.engine.infer_stream(request):
-                    if last is not None:
-                        send(pb.ModelStreamInferResponse(infer_response=last))
-                    last = encode_infer_response(item, request, leases)
-                    last.parameters[_FINAL].bool_param = item.final
-                if last is not None:
-                    send(pb.ModelStreamInferResponse(infer_response=last))
-                if (last is None or not last.parameters[_FINAL].bool_param) and empty_final:
+                    response = encode_infer_response(item, request, leases)
+                    response.parameters[_FINAL].bool_param = flagged = item.final
+                    send(pb.ModelStreamInferResponse(infer_response=response))
+                if not flagged and empty_final:
                     final = pb.ModelInferResponse(
                         id=request_id, model_name=model_name, model_version=model_version
                     )
