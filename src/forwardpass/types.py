@@ -75,3 +75,7 @@ class InferResponse:
     outputs: list[Tensor]
     id: str = ""
     parameters: Parameters = field(default_factory=dict)
+    #: A streamed response the model marked as its request's last as it sent it (a decoupled
+    #: model's final flag riding on a response). A stream may also end with no response after
+    #: the last one; wires that tell the client which response was last read this.
+    final: bool = False

@@ -360,25 +360,7 @@ def test_stream_survives_garbage_messages(server: Any) -> None:
     assert result.as_numpy("out").tolist() == [4, 5]
 
 
-# -- unsupported here yet ---------------------------------------------------------------------
-
-
-def test_shared_memory_and_settings_are_unimplemented(
-    gclient: grpcclient.InferenceServerClient,
-) -> None:
-    calls = [
-        (gclient.get_system_shared_memory_status, (), "system shared memory"),
-        (gclient.unregister_system_shared_memory, (), "system shared memory"),
-        (gclient.get_cuda_shared_memory_status, (), "CUDA shared memory"),
-        (gclient.get_trace_settings, (), "trace settings"),
-        (gclient.get_log_settings, (), "log settings"),
-    ]
-    for call, args, words in calls:
-        with pytest.raises(InferenceServerException) as info:
-            call(*args)
-        assert info.value.status() == "StatusCode.UNIMPLEMENTED", call
-        assert words in info.value.message()
-    assert gclient.is_server_ready()
+# -- lifecycle ---------------------------------------------------------------------------------
 
 
 def test_graceful_stop_drains_grpc(start_server: Any, main_repository: Any) -> None:

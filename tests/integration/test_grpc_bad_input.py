@@ -207,8 +207,8 @@ CASES: list[tuple[str, pb.ModelInferRequest, grpc.StatusCode, list[str]]] = [
             _good_x(),
             lambda r: setattr(r.inputs[0].parameters["shared_memory_region"], "string_param", "r"),
         ),
-        grpc.StatusCode.UNIMPLEMENTED,
-        ["shared memory"],
+        grpc.StatusCode.PERMISSION_DENIED,  # the shared server runs without --allow-client-shm
+        ["Client shared memory is disabled", "--allow-client-shm"],
     ),
     ("unknown-model", _good_x("nope"), grpc.StatusCode.NOT_FOUND, ["'nope'"]),
     ("unknown-version", _good_x("mlp", "7"), grpc.StatusCode.NOT_FOUND, ["version 7"]),

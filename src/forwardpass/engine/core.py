@@ -421,7 +421,9 @@ class Engine:
                 if error is not None:
                     raise error
                 if outputs is not None:
-                    yield respond(handle, loaded, request, outputs)
+                    response = respond(handle, loaded, request, outputs)
+                    response.final = final
+                    yield response
                 if final:
                     break
             ok = True

@@ -119,7 +119,13 @@ def decode_infer_request(
     raw = message.raw_input_contents
     if not inputs_pb:
         raise InvalidArgument("'inputs' must hold at least one input tensor")
-    in_memory = sum(1 for t in inputs_pb if not any(k in t.parameters for k in _SHARED_MEMORY))
+    shared = [t for t in inputs_pb if any(k in t.parameters for k in _SHARED_MEMORY)]
+    if shared and shared_memory is None:
+        # Refused for what it asks (client shared memory is off), before any count of its data.
+        shared_place(
+            parameters_from_message(shared[0].parameters), f"input {shared[0].name!r}", None
+        )
+    in_memory = len(inputs_pb) - len(shared)
     if raw and len(raw) != in_memory:
         raise InvalidArgument(
             f"raw_input_contents has {len(raw)} entries but the request has "

@@ -8,8 +8,8 @@ gRPC statuses through :func:`~forwardpass.errors.grpc_code` and nowhere else.
 ``ModelInfer`` and ``ModelStreamInfer`` receive their requests as bytes and parse them here, so
 a message that is not a ``ModelInferRequest`` is an INVALID_ARGUMENT answer (and, on a stream,
 an ``error_message`` that leaves the stream open) rather than grpcio's generic failure.
-Stream responses go out in the order the requests arrived, as Triton does for models that are
-not decoupled; the requests themselves run concurrently.
+Stream requests run concurrently; the answers of models that are not decoupled go out in the
+order their requests arrived and a decoupled model's as it sends them, as Triton does.
 """
 
 from __future__ import annotations
@@ -90,6 +90,44 @@ _GROUPS = {
 }
 
 
+#: The response parameter that marks a streamed request's last response (Triton's name).
+_FINAL = "triton_final_response"
+#: The request parameter asking for an empty final response (tritonclient's
+#: ``enable_empty_final_response=True``); the server's to read, never the model's.
+_EMPTY_FINAL = "triton_enable_empty_final_response"
+
+
+def _take_bool(message: pb.ModelInferRequest, key: str) -> bool:
+    """Remove the request parameter ``key`` and return it (a bool; InvalidArgument if not)."""
+    if key not in message.parameters:
+        return False
+    value = message.parameters[key]
+    which = value.WhichOneof("parameter_choice")
+    if which != "bool_param":
+        raise InvalidArgument(f"parameter {key!r} must be a bool, got {which or 'no value'}")
+    flag = value.bool_param
+    del message.parameters[key]
+    return flag
+
+
+async def _in_turn(after: asyncio.Future[None] | None) -> None:
+    if after is not None:
+        await asyncio.shield(after)
+
+
+def _pass_on(after: asyncio.Future[None] | None, done: asyncio.Future[None]) -> None:
+    """Resolve ``done`` when ``after`` resolves (now, if there is nothing before it)."""
+
+    def resolve(_: object = None) -> None:
+        if not done.done():
+            done.set_result(None)
+
+    if after is None or after.done():
+        resolve()
+    else:
+        after.add_done_callback(resolve)
+
+
 def _parse_infer_request(data: bytes) -> pb.ModelInferRequest:
     try:
         return pb.ModelInferRequest.FromString(data)
@@ -147,66 +185,112 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelStreamInfer(
         self, requests: AsyncIterator[bytes], context: Any
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        """Requests run concurrently; as Triton does, the answers of models that are not
+        decoupled go out in the order their requests arrived, and a decoupled model's go out
+        as it sends them (between those, in no fixed order)."""
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[asyncio.Task[list[pb.ModelStreamInferResponse]] | None]
-        queue = asyncio.Queue()
+        out: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
+        tasks: set[asyncio.Task[None]] = set()
 
         async def read() -> None:
+            turn: asyncio.Future[None] | None = None  # the previous request's place in order
             try:
                 async for data in requests:
-                    queue.put_nowait(loop.create_task(self._stream_one(data)))
+                    mine: asyncio.Future[None] = loop.create_future()
+                    task = loop.create_task(self._stream_one(data, out.put_nowait, turn, mine))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                    turn = mine
             finally:
-                queue.put_nowait(None)
+                if tasks:
+                    await asyncio.wait(set(tasks))
+                out.put_nowait(None)
 
         reader = loop.create_task(read())
         try:
-            while (task := await queue.get()) is not None:
-                for answer in await task:
-                    yield answer
+            while (answer := await out.get()) is not None:
+                yield answer
             await reader  # a broken read surfaces here, after every answer owed
         finally:
             reader.cancel()
-            while not queue.empty():
-                left = queue.get_nowait()
-                if left is not None:
-                    left.cancel()
+            for task in list(tasks):
+                task.cancel()
 
-    async def _stream_one(self, data: bytes) -> list[pb.ModelStreamInferResponse]:
-        """The answers to one streamed request: one, or a decoupled model's 0..n (the last
-        carrying ``triton_final_response``, as Triton marks it), or the error."""
+    async def _stream_one(
+        self,
+        data: bytes,
+        send: Callable[[pb.ModelStreamInferResponse], None],
+        after: asyncio.Future[None] | None,
+        done: asyncio.Future[None],
+    ) -> None:
+        """Answer one streamed request through ``send``: one response, or a decoupled model's
+        0..n, or the error.
+
+        ``after`` resolves once the requests before this one that owe an ordered answer have
+        sent it; ``done`` resolves once this one has (a decoupled request passes ``after`` on).
+
+        Every response carries ``triton_final_response``, true on a request's last one, as
+        Triton marks them. When a decoupled model ends a request without a response (its final
+        flag sent on its own) nothing more is sent, unless the client asked with
+        ``triton_enable_empty_final_response``: then an empty response with only the id, the
+        model and ``triton_final_response: true`` closes it.
+        """
         request_id = ""
-        answers: list[pb.ModelStreamInferResponse] = []
+        decoupled = False
+        model_name = model_version = ""
         leases = self.shared_memory.leases() if self.shared_memory is not None else None
         try:
-            message = _parse_infer_request(data)
-            request_id = message.id
-            request = decode_infer_request(message, leases)
-            handle, _ = self.engine.version(request.model_name, request.model_version)
-            if not handle.config.decoupled:
-                response = encode_infer_response(await self.engine.infer(request), request, leases)
-                return [pb.ModelStreamInferResponse(infer_response=response)]
-            async for item in self.engine.infer_stream(request):
-                response = encode_infer_response(item, request, leases)
-                answers.append(pb.ModelStreamInferResponse(infer_response=response))
-            final = pb.ModelInferResponse(id=request_id, model_name=request.model_name)
-            final.parameters["triton_final_response"].bool_param = True
-            answers.append(pb.ModelStreamInferResponse(infer_response=final))
-            return answers
-        except ForwardpassError as exc:
-            message_text = exc.message
-        except Exception as exc:  # a bug: answer it on the stream, keep the stream
-            log.exception("unhandled error in ModelStreamInfer")
-            message_text = f"internal error: {type(exc).__name__}: {exc}"
+            try:
+                message = _parse_infer_request(data)
+                request_id = message.id
+                model_name, model_version = message.model_name, message.model_version
+                empty_final = _take_bool(message, _EMPTY_FINAL)
+                request = decode_infer_request(message, leases)
+                handle, _ = self.engine.version(request.model_name, request.model_version)
+                decoupled = handle.config.decoupled
+                if not decoupled:
+                    response = encode_infer_response(
+                        await self.engine.infer(request), request, leases
+                    )
+                    response.parameters[_FINAL].bool_param = True
+                    await _in_turn(after)
+                    send(pb.ModelStreamInferResponse(infer_response=response))
+                    return
+                _pass_on(after, done)
+                flagged = False  # the model's final flag rode on a response
+                async for item in self.engine.infer_stream(request):
+                    response = encode_infer_response(item, request, leases)
+                    response.parameters[_FINAL].bool_param = flagged = item.final
+                    send(pb.ModelStreamInferResponse(infer_response=response))
+                if not flagged and empty_final:
+                    final = pb.ModelInferResponse(
+                        id=request_id, model_name=model_name, model_version=model_version
+                    )
+                    final.parameters[_FINAL].bool_param = True
+                    send(pb.ModelStreamInferResponse(infer_response=final))
+                return
+            except ForwardpassError as exc:
+                message_text = exc.message
+            except Exception as exc:  # a bug: answer it on the stream, keep the stream
+                log.exception("unhandled error in ModelStreamInfer")
+                message_text = f"internal error: {type(exc).__name__}: {exc}"
+            # As Triton: the error, and the request's id so the client knows which one failed;
+            # a decoupled request's error also names the model and ends the request.
+            error = pb.ModelStreamInferResponse(
+                error_message=message_text, infer_response=pb.ModelInferResponse(id=request_id)
+            )
+            if decoupled:
+                error.infer_response.model_name = model_name
+                error.infer_response.model_version = model_version
+                error.infer_response.parameters[_FINAL].bool_param = True
+            else:
+                await _in_turn(after)
+            send(error)
         finally:
             if leases is not None:
                 leases.close()
-        # As Triton: the error, and the request's id so the client knows which one failed.
-        answers.append(
-            pb.ModelStreamInferResponse(
-                error_message=message_text, infer_response=pb.ModelInferResponse(id=request_id)
-            )
-        )
-        return answers
+            if not done.done():
+                _pass_on(after, done)
 
     # -------------------------------------------------------------- repository
     async def RepositoryIndex(self, request: Any, context: Any) -> Any:
