@@ -121,7 +121,10 @@ def encode_infer_response(
             "shape": list(array.shape),
         }
         if wanted and "shared_memory_region" in wanted:
-            entry["parameters"] = write_shared(tensor, wanted, shared_memory)
+            # Written into the client's region; as Triton's HTTP server, the entry then has
+            # neither data nor parameters (perf_analyzer reads binary_data_size from any
+            # output that has parameters, and this one has no binary data).
+            write_shared(tensor, wanted, shared_memory)
             outputs.append(entry)
             continue
         if binary:
