@@ -152,3 +152,15 @@ def test_predict_recommends_for_a_user(repo: Path, tmp_path: Path) -> None:
     assert answer["scores"]["shape"] == [1, 10]
     labels = (repo / NAME / "labels.txt").read_text().splitlines()
     assert set(answer["titles"]["data"]) <= set(labels)
+
+
+def test_without_recbole_add_prints_the_no_deps_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from forwardpass.errors import Unsupported
+    from forwardpass.zoo import add, registry
+
+    monkeypatch.setattr(registry, "missing_modules", lambda recipe: ["recbole"])
+    with pytest.raises(Unsupported, match=r"pip install --no-deps recbole==1\.2\.1"):
+        add(NAME, tmp_path)
+    assert not any(tmp_path.iterdir())
