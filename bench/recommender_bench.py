@@ -88,7 +88,7 @@ def main() -> None:
                     args.concurrency,
                     args.warmup,
                     args.duration,
-                )  # fmt: skip
+                )
             )
             result.update(shares(args.port))
     print(json.dumps(result, indent=2))

@@ -3,7 +3,6 @@ ask for a user's top-10 films; both answer the same, and an unknown user is NOT_
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np

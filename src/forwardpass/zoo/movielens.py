@@ -195,7 +195,7 @@ class _Scorer:
                 known = rows < users
                 vectors = self.user(torch.where(known, rows, torch.zeros_like(rows)))
                 scores = vectors @ self.item.weight.T + self.bias
-                return torch.where(known.reshape(-1, 1), scores, self.popular)
+                return torch.where(known.reshape(-1, 1), scores, self.popular)  # type: ignore[arg-type]
 
         return Scorer()
 
