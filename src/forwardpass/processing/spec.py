@@ -10,16 +10,20 @@ The declaration is JSON or YAML text in the config parameter ``processing`` (in 
       - {kind: tabular, to: features, scaler: scaler.json}
       - {name: audio, kind: audio, to: input_features, sample_rate: 16000,
          features: log_mel, n_mels: 80, max_seconds: 30}
+      - {name: user_id, kind: lookup, to: user, vocabulary: users.txt}
     outputs:
       - {name: probabilities, from: logits, steps: [softmax]}
       - {name: label, from: logits, steps: [label]}
+      - {name: titles, from: scores, steps: [{exclude: {table: seen.npz, by: user}},
+                                             {top_labels: 10}]}
       - {name: text, from: probs, steps: [{ctc_greedy: {dictionary: ppocr_keys_v1.txt}}]}
       - {name: text, from: probs, decode: ctc_greedy, dictionary: keys.txt, scores: score}
       - {name: detections, from: output0, decode: nms, transpose: true, labels: classes,
          image: image}    # boxes back in the client's picture pixels
 
 Input kinds: ``image`` (:mod:`.image`), ``text`` (:mod:`.text`), ``tabular``
-(:mod:`.tabular`), ``audio`` (:mod:`.audio`: WAV clips → waveform or log-mel).
+(:mod:`.tabular`), ``audio`` (:mod:`.audio`: WAV clips → waveform or log-mel), ``lookup``
+(:mod:`.lookup`: ids → vocabulary rows).
 
 An output is either a chain of ``steps`` (:mod:`.outputs`) giving one client output, or a
 ``decode:`` entry (``ctc_greedy`` or ``nms``, :mod:`.decoding`) whose options sit beside
@@ -118,8 +122,12 @@ def _input(config: ModelConfig, model_dir: Path, item: Mapping[str, Any], i: int
         from forwardpass.processing.audio import AudioInput
 
         return AudioInput(_name(options, i), config, options)
+    if kind == "lookup":
+        from forwardpass.processing.lookup import LookupInput
+
+        return LookupInput(_name(options, i), config, model_dir, options)
     raise InvalidModelConfig(
-        f"inputs[{i}]: kind must be image, text, tabular or audio, got {kind!r}"
+        f"inputs[{i}]: kind must be image, text, tabular, audio or lookup, got {kind!r}"
     )
 
 

@@ -91,7 +91,15 @@ class Added:
 def recipes() -> dict[str, Recipe]:
     """Every recipe by name, in listing order."""
     # Imported here so that the recipe modules (and this one) stay cheap to import.
-    from forwardpass.zoo import breast_cancer, digits, efficientnet, minilm, ppocr, silero_vad
+    from forwardpass.zoo import (
+        breast_cancer,
+        digits,
+        efficientnet,
+        minilm,
+        movielens,
+        ppocr,
+        silero_vad,
+    )
 
     listed = (
         efficientnet.RECIPE,
@@ -100,6 +108,7 @@ def recipes() -> dict[str, Recipe]:
         silero_vad.RECIPE,
         breast_cancer.RECIPE,
         digits.RECIPE,
+        movielens.RECIPE,
     )
     return {recipe.name: recipe for recipe in listed}
 

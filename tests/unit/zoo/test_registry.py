@@ -23,6 +23,7 @@ def test_every_recipe_is_listed_with_an_install_command() -> None:
         "silero-vad",
         "breast-cancer",
         "digits",
+        "movielens-recommender",
     ]
     for name, recipe in known.items():
         assert recipe.name == name
