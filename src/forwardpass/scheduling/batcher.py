@@ -29,7 +29,9 @@ moved behind everything else (``DELAY``); a full queue rejects new requests with
 Inline mode (``inline_ns`` > 0, one instance, merged batches): a batch runs on the event
 loop's thread instead of the executor when the recent runs of batches of its size (rows, by
 power of two) took less than ``inline_ns`` each (an average over the last few runs, updated
-by every run, inline or not). For a network that takes tens of microseconds the thread hop
+by every run, inline or not), and while batches hold about one request each (requests arrive
+one by one, as grpcio delivers them): where batches do form, the hop's wait is what lets the
+next batch grow, which is worth more. For a network that takes tens of microseconds the thread hop
 costs more than the run itself. The first batch of each size, and any size whose runs got
 slower than the bound, go to the executor (a size class a little slower is re-measured inline
 now and then: from a thread, a run also counts its wait for the GIL), so an inline run is a
@@ -76,6 +78,8 @@ RequestsFn = Callable[[int, list[NamedArrays], list[object]], list[NamedArrays |
 #: Inline mode's probes (see ``Batcher._inline``).
 _PROBE_FACTOR = 4
 _PROBE_EVERY = 16
+#: Inline only while batches average fewer requests than this (see ``Batcher._execute``).
+_INLINE_MAX_PER_BATCH = 1.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,6 +234,7 @@ class Batcher:
         #: Per size class (rows' bit length): a moving average of a batch's run, in ns.
         self._cost: dict[int, float] = {}
         self._skipped: dict[int, int] = {}
+        self._per_batch = 1.0
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -433,7 +438,7 @@ class Batcher:
             finally:
                 self._running -= len(batch)
                 self._check_idle()
-            if inline:
+            if inline and self._queued:
                 await asyncio.sleep(0)  # let the loop serve others before the next batch
 
     def _check_idle(self) -> None:
@@ -464,7 +469,13 @@ class Batcher:
         rows = sum(item.rows for item in batch)
         size = rows.bit_length()
         cost = self._cost.get(size) if self.inline_ns else None
-        inline = cost is not None and self._inline(size, cost)
+        inline = False
+        if self.inline_ns:
+            # Requests per batch, averaged: where batches do form, the executor's hop is time
+            # in which the next batch grows, and that is worth more than the hop costs.
+            self._per_batch += (len(batch) - self._per_batch) / 16
+            if cost is not None and self._per_batch < _INLINE_MAX_PER_BATCH:
+                inline = self._inline(size, cost)
         try:
             if inline:
                 times, parts = self._run_batch(instance, batch)
