@@ -548,7 +548,7 @@ class Batcher:
     def _run_batch(
         self, instance: int, batch: Sequence[Pending]
     ) -> tuple[tuple[int, int, int, int], list[NamedArrays | ForwardpassError]]:
-        """Worker-thread (or inline) side: merge, run, split (the layout checks every output's rows).
+        """Worker-thread (or loop, inline) side: merge, run, split (the layout checks rows).
 
         Returns the instants (start, merged, run, split) and each request's part (an error
         for a request an unmerged backend failed alone).
