@@ -44,6 +44,10 @@ class ServerConfig:
     max_request_bytes: int = 64 * 1024 * 1024
     #: Queue bound per model when its config says max_queue_size 0 (Triton's "unbounded").
     default_max_queue_size: int = 4096
+    #: A batch whose recent runs took less than this many microseconds runs on the event loop
+    #: itself instead of a worker thread, for backends that allow it (ONNX Runtime) with one
+    #: instance: the thread hop costs more than such a batch. 0 always uses the thread.
+    inline_batch_us: int = 100
     #: Seconds an idle keep-alive connection stays open (0 keeps it until the client closes).
     keep_alive_s: float = 60.0
     #: Seconds a request's head and body may take to arrive (and a client may leave a response

@@ -324,6 +324,7 @@ class ModelTable:
                 listener=stats.on_batch,
                 name=f"{name}:{version}",
                 run_requests=_requests_runner(backends) if backends[0].unmerged else None,
+                inline_ns=self.config.inline_batch_us * 1000 if backends[0].inline_safe else 0,
             )
             batcher.start()
             handle.versions[version] = LoadedVersion(version, backends, batcher, executor, stats)

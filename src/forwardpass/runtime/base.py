@@ -68,13 +68,18 @@ class RequestContext:
 class Backend(abc.ABC):
     """One loaded instance of one model version.
 
-    ``infer`` is called from a worker thread, never concurrently on the same instance.
+    ``infer`` is called from a worker thread (or, for an ``inline_safe`` backend, from the
+    event loop's thread), never concurrently on the same instance.
     """
 
     #: Name used in ``config.backend`` (``onnxruntime``, ``null`` ...).
     name: str = ""
     #: Runs requests unmerged, through :meth:`infer_requests` (see :class:`RequestContext`).
     unmerged: bool = False
+    #: ``infer`` may run on the event loop's own thread when its batches are fast (see the
+    #: batcher's inline mode): it never waits on the loop (no callbacks into the engine, no
+    #: other model's result) and holds no lock the loop could want. Off unless declared.
+    inline_safe: bool = False
 
     def __init__(self, config: ModelConfig, version_dir: Path, instance: int = 0) -> None:
         self.config = config

@@ -23,6 +23,7 @@ class NullBackend(Backend):
     """Echo inputs to outputs; see the module docstring."""
 
     name = "null"
+    inline_safe = True
 
     def _load(self) -> None:
         params = self.config.parameters

@@ -162,6 +162,7 @@ class OnnxRuntimeBackend(Backend):
     """One ``onnxruntime.InferenceSession``."""
 
     name = "onnxruntime"
+    inline_safe = True
 
     def __init__(self, config: ModelConfig, version_dir: Path, instance: int = 0) -> None:
         super().__init__(config, version_dir, instance)

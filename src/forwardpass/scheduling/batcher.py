@@ -25,6 +25,21 @@ error. Other failures (:class:`InternalError`, 500) fail the whole batch at once
 retries. A request whose queue timeout expires is rejected (``timeout_action: REJECT``) or
 moved behind everything else (``DELAY``); a full queue rejects new requests with
 :class:`Unavailable`.
+
+Inline mode (``inline_ns`` > 0, one instance, merged batches): a batch runs on the event
+loop's thread instead of the executor when the recent runs of batches of its size (rows, by
+power of two) took less than ``inline_ns`` each (an average over the last few runs, updated
+by every run, inline or not), and while batches hold about one request each (requests arrive
+one by one, as grpcio delivers them): where batches do form, the hop's wait is what lets the
+next batch grow, which is worth more. For a network that takes tens of microseconds the thread hop
+costs more than the run itself. The first batch of each size, and any size whose runs got
+slower than the bound, go to the executor (a size class a little slower is re-measured inline
+now and then: from a thread, a run also counts its wait for the GIL), so an inline run is a
+short stall of the loop; and
+after each inline run the worker yields to the loop once before planning the next batch, so
+a full queue does not hold the other connections up. The guarantees above are unchanged:
+the same code runs the batch, only the thread differs. Only a backend that declares itself
+``inline_safe`` (it never waits on the loop) may be run so; the engine decides that.
 """
 
 from __future__ import annotations
@@ -58,6 +73,13 @@ RunFn = Callable[[int, NamedArrays], NamedArrays]
 #: Runs one batch unmerged (the Python backend): (instance, each request's inputs, each
 #: request's context) -> one result or one error per request.
 RequestsFn = Callable[[int, list[NamedArrays], list[object]], list[NamedArrays | ForwardpassError]]
+
+
+#: Inline mode's probes (see ``Batcher._inline``).
+_PROBE_FACTOR = 4
+_PROBE_EVERY = 16
+#: Inline only while batches average fewer requests than this (see ``Batcher._execute``).
+_INLINE_MAX_PER_BATCH = 1.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +209,7 @@ class Batcher:
         listener: Callable[[BatchRecord], None] | None = None,
         name: str = "",
         run_requests: RequestsFn | None = None,
+        inline_ns: int = 0,
     ) -> None:
         self.run = run
         #: Set for a backend that takes its batches unmerged: each request answered alone.
@@ -206,6 +229,12 @@ class Batcher:
         self._running = 0
         self._closed = False
         self._idle: asyncio.Event | None = None
+        #: Bound for inline runs (see the module docstring); 0: always the executor.
+        self.inline_ns = inline_ns if policy.instances == 1 and run_requests is None else 0
+        #: Per size class (rows' bit length): a moving average of a batch's run, in ns.
+        self._cost: dict[int, float] = {}
+        self._skipped: dict[int, int] = {}
+        self._per_batch = 1.0
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -405,10 +434,12 @@ class Batcher:
             batch = await self._wait_for_batch()
             self._running += len(batch)
             try:
-                await self._execute(loop, instance, batch)
+                inline = await self._execute(loop, instance, batch)
             finally:
                 self._running -= len(batch)
                 self._check_idle()
+            if inline and self._queued:
+                await asyncio.sleep(0)  # let the loop serve others before the next batch
 
     def _check_idle(self) -> None:
         if not self.pending and self._idle is not None:
@@ -420,11 +451,12 @@ class Batcher:
         instance: int,
         batch: Sequence[Pending],
         retry: bool = False,
-    ) -> None:
+    ) -> bool:
         """Run ``batch``; on a data error, run each half again until the culprits stand alone.
 
         A batch of n requests takes at most 2n - 1 backend runs, and only when the backend
         blamed the data (:class:`InvalidArgument`); any other failure fails the batch at once.
+        Returns whether any run was inline (on the loop's thread).
         """
         start = time.monotonic_ns()
         for item in batch:
@@ -435,10 +467,22 @@ class Batcher:
                 item.started_ns = start
         queue_ns = tuple(item.started_ns - item.enqueued_ns for item in batch)
         rows = sum(item.rows for item in batch)
+        size = rows.bit_length()
+        cost = self._cost.get(size) if self.inline_ns else None
+        inline = False
+        if self.inline_ns:
+            # Requests per batch, averaged: where batches do form, the executor's hop is time
+            # in which the next batch grows, and that is worth more than the hop costs.
+            self._per_batch += (len(batch) - self._per_batch) / 16
+            if cost is not None and self._per_batch < _INLINE_MAX_PER_BATCH:
+                inline = self._inline(size, cost)
         try:
-            times, parts = await loop.run_in_executor(
-                self.executor, self._run_batch, instance, batch
-            )
+            if inline:
+                times, parts = self._run_batch(instance, batch)
+            else:
+                times, parts = await loop.run_in_executor(
+                    self.executor, self._run_batch, instance, batch
+                )
         except Exception as exc:
             error = exc if isinstance(exc, ForwardpassError) else None
             if error is None:  # a bug in a backend that escaped its own translation
@@ -458,15 +502,19 @@ class Batcher:
             )
             if len(batch) > 1 and isinstance(error, InvalidArgument):
                 middle = len(batch) // 2
-                await self._execute(loop, instance, batch[:middle], retry=True)
-                await self._execute(loop, instance, batch[middle:], retry=True)
-                return
+                first = await self._execute(loop, instance, batch[:middle], retry=True)
+                second = await self._execute(loop, instance, batch[middle:], retry=True)
+                return inline or first or second
             for item in batch:
                 self._fail(item, error)
-            return
+            return inline
         t0, t1, t2, t3 = times
         input_ns, infer_ns, output_ns = t1 - t0, t2 - t1, t3 - t2
         compute_ns = t3 - t0
+        if self.inline_ns:
+            # Every run updates its size's average (weight 1/8), so a model that slows down
+            # moves to the executor, and one that speeds up again comes back.
+            self._cost[size] = compute_ns if cost is None else cost + (compute_ns - cost) / 8
         for item, part, q in zip(batch, parts, queue_ns, strict=True):
             if item.stamps is not None:
                 item.stamps.extend(times)
@@ -479,11 +527,28 @@ class Batcher:
         self._emit(
             BatchRecord(rows, len(batch), queue_ns, input_ns, infer_ns, output_ns, True, retry)
         )
+        return inline
+
+    def _inline(self, size: int, cost: float) -> bool:
+        """Whether a batch of this size class runs on the loop's thread.
+
+        Below the bound: yes. A run in a worker thread also counts the wait for the GIL while
+        the loop is busy, so a fast model can look slow from there; a size class within
+        ``_PROBE_FACTOR`` times the bound is tried inline every ``_PROBE_EVERY`` batches to
+        measure it without that wait. Slower ones never run inline.
+        """
+        if cost < self.inline_ns:
+            return True
+        if cost >= self.inline_ns * _PROBE_FACTOR:
+            return False
+        skipped = self._skipped.get(size, 0) + 1
+        self._skipped[size] = 0 if skipped >= _PROBE_EVERY else skipped
+        return skipped >= _PROBE_EVERY
 
     def _run_batch(
         self, instance: int, batch: Sequence[Pending]
     ) -> tuple[tuple[int, int, int, int], list[NamedArrays | ForwardpassError]]:
-        """Worker-thread side: merge, run, split (the layout checks every output's rows).
+        """Worker-thread (or loop, inline) side: merge, run, split (the layout checks rows).
 
         Returns the instants (start, merged, run, split) and each request's part (an error
         for a request an unmerged backend failed alone).
