@@ -9,12 +9,14 @@ the reduced operator/type configuration a minimal ONNX Runtime build takes
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
 import json
 import logging
 import re
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,7 +99,10 @@ def convert(onnx_model: Path, target: Target, into: Path) -> Converted:
         # Its C++ warning about NCHWc layouts is what the Fixed style means: not news.
         onnxruntime.set_default_logger_severity(3)
         try:
-            with contextlib.redirect_stdout(captured):
+            # The converter's config writer leaves the .ort file it read open; it is closed
+            # when collected, here, not as a ResourceWarning somewhere later.
+            with contextlib.redirect_stdout(captured), warnings.catch_warnings():
+                warnings.simplefilter("ignore", ResourceWarning)
                 convert_onnx_models_to_ort(
                     source,
                     output_dir=out,
@@ -105,6 +110,7 @@ def convert(onnx_model: Path, target: Target, into: Path) -> Converted:
                     target_platform=target.converter_platform,
                     enable_type_reduction=True,
                 )
+                gc.collect()
         except Exception as exc:  # onnxruntime raises its own Fail / NotImplemented types
             raise _unsupported(onnx_model, exc) from None
         finally:

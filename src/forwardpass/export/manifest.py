@@ -77,6 +77,7 @@ def run_runner(runner: Path, inputs: list[Path], repeat: int) -> RunnerAnswers:
         first = process.stdout.readline()
         cold = time.perf_counter() - start
         rest = process.stdout.read()
+        process.stdout.close()
         # wait4, not wait: the rusage of this child alone (RUSAGE_CHILDREN would be the
         # largest of every child this process ever reaped).
         _, status, usage = os.wait4(process.pid, 0)

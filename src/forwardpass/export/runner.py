@@ -483,13 +483,11 @@ def _file_input(bundle: Bundle, path: Path) -> Any:
 
 
 def _plain(array: Any) -> Any:
+    """An answer as JSON values (BYTES decoded as UTF-8)."""
     a = np.asarray(array)
     if a.dtype == object:
-        return (
-            [_plain(x) for x in a]
-            if a.ndim
-            else (a.item().decode("utf-8", "replace") if isinstance(a.item(), bytes) else a.item())
-        )
+        flat = [x.decode("utf-8", "replace") if isinstance(x, bytes) else x for x in a.reshape(-1)]
+        return np.asarray(flat, dtype=object).reshape(a.shape).tolist()
     return a.tolist()
 
 
