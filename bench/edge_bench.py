@@ -59,7 +59,8 @@ def serve_once(repository: Path, model: str, body: bytes, scratch: Path) -> dict
     # forwardpass being benchmarked.
     source = Path(forwardpass.__file__).resolve().parents[1]
     command = [
-        "env", f"PYTHONPATH={source}", sys.executable, "-m", "forwardpass", "serve", "--model-repository", str(repository),
+        "env", f"PYTHONPATH={source}", sys.executable, "-m", "forwardpass", "serve",
+        "--model-repository", str(repository),
         "--http-port", str(port), "--no-grpc", "--log-level", "WARNING",
     ]  # fmt: skip
     (scratch / "body.json").write_bytes(body)
