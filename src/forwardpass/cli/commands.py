@@ -20,6 +20,7 @@ def register(group: click.Group) -> None:
         ("forwardpass.cli.zoo", "zoo"),
         ("forwardpass.cli.optimize", "optimize"),
         ("forwardpass.cli.distill", "distill"),
+        ("forwardpass.cli.export", "export"),
     ):
         # Command modules keep their heavy imports inside the command body, so importing
         # all of them costs little.
