@@ -45,9 +45,13 @@ def wait_ready(url: str, timeout: float = 120) -> None:
 
 
 @contextmanager
-def serving(cmd: Sequence[str], ready_url: str) -> Iterator[subprocess.Popen[bytes]]:
+def serving(
+    cmd: Sequence[str], ready_url: str, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
     """Run a server command until the block ends, then stop it with SIGINT (Ctrl-C)."""
-    proc = subprocess.Popen(list(cmd), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        list(cmd), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
+    )
     try:
         wait_ready(ready_url)
         yield proc

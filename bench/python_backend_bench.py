@@ -2,7 +2,8 @@
 
 Two models in one repository, the same config (FP32 ``[-1, 4]``, ``max_batch_size`` 64,
 dynamic batching with no delay): ``identity_onnx`` (an ONNX ``Identity``) and ``identity_py``
-(a Triton ``model.py`` whose ``execute`` returns its input, run in its stub process). The
+(a Triton ``model.py`` whose ``execute`` returns its input, run in its stub process), and the
+same ``model.py`` under Triton's own Python backend when bench/triton_peer.py finds it. The
 server is pinned to core 0, the load (``forwardpass bench``, concurrency 32, JSON) to core 1,
 as in serve_bench.py. Target: the Python model keeps >= 50 % of the ONNX model's throughput.
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -20,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import CLIENT_CORE, PY, forwardpass_server, pinned, serving
+import triton_peer
+from common import CLIENT_CORE, PY, SERVER_CORE, forwardpass_server, pinned, serving
 
 CONFIG = """
 name: "{name}"
@@ -94,10 +97,23 @@ def main() -> int:
         with serving(forwardpass_server(repo, 8211), url + "/v2/health/ready"):
             for model in ("identity_onnx", "identity_py"):
                 results[model] = load(url, model, args.duration)
+        if triton_peer.available():
+            # The same model.py and config under Triton's own Python backend, same load.
+            troot = Path(tmp) / "triton"
+            shutil.copytree(repo / "identity_py", troot / "identity_py")
+            triton = triton_peer.prepare(Path(tmp))
+            command = pinned(SERVER_CORE, *triton_peer.command(triton, troot, 8221, 8222))
+            with serving(command, "http://127.0.0.1:8221/v2/models/identity_py/ready",
+                         env=triton_peer.environment()):  # fmt: skip
+                results["triton_identity_py"] = load(
+                    "http://127.0.0.1:8221", "identity_py", args.duration
+                )
     onnx_rate = float(results["identity_onnx"]["throughput_infer_per_s"])
     py_rate = float(results["identity_py"]["throughput_infer_per_s"])
     ratio = py_rate / onnx_rate
-    for model in ("identity_onnx", "identity_py"):
+    for model in ("identity_onnx", "identity_py", "triton_identity_py"):
+        if model not in results:
+            continue
         r = results[model]
         latency = r["latency_ms"]
         print(
@@ -105,6 +121,9 @@ def main() -> int:
             f"p50 {float(latency['p50']):.2f} ms  p99 {float(latency['p99']):.2f} ms"
         )
     print(f"python / onnx throughput: {ratio:.0%} (target >= 50%)")
+    if "triton_identity_py" in results:
+        triton_rate = float(results["triton_identity_py"]["throughput_infer_per_s"])
+        print(f"forwardpass python / Triton python backend: {py_rate / triton_rate:.0%}")
     results["ratio"] = ratio
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
