@@ -217,3 +217,32 @@ def test_a_cache_larger_than_memory_is_a_start_up_error() -> None:
     result = CliRunner().invoke(serve, ["--cache-config", f"local,size={1 << 62}"])
     assert result.exit_code != 0
     assert "larger than the memory available" in result.output
+
+
+def test_a_traced_cache_hit_still_ends_and_writes_its_trace(
+    cache_repo: Path, tmp_path: Path
+) -> None:
+    import orjson
+
+    path = tmp_path / "trace.json"
+
+    async def body(engine: Engine) -> None:
+        await engine.infer(add([1, 2, 3], id="miss"))
+        await engine.infer(add([1, 2, 3], id="hit"))
+        assert counts(engine) == (1, 1, 1)  # the second was answered from the cache
+
+    run_with_engine(
+        cache_repo,
+        body,
+        response_cache_bytes=1 << 20,
+        trace_file=str(path),
+        trace_level=("TIMESTAMPS",),
+        trace_rate=1,
+    )
+    records = orjson.loads(path.read_bytes())
+    ends = {
+        r["id"]: r["timestamps"][0]["name"]
+        for r in records
+        if "timestamps" in r and r["timestamps"][0]["name"] == "REQUEST_END"
+    }
+    assert len(ends) == 2  # both requests, the cache hit included, ended their trace

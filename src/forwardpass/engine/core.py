@@ -298,81 +298,112 @@ class Engine:
         try:
             inputs = validate(handle, request)
             priority, timeout = schedule_params(request.parameters)
-            cache_key, lookup_ns = None, 0
             if self.cache is not None and handle.config.response_cache.enable:
-                began = time.monotonic_ns()
-                cache_key = request_key(request, loaded.version)
-                cached = self.cache.lookup(cache_key, loaded, request.id)
-                lookup_ns = time.monotonic_ns() - began
-                if cached is not None:
-                    stats.on_cache(True, lookup_ns)
-                    stats.on_request(True, time.monotonic_ns() - start)
-                    return cached
-            processing = handle.processing
-            pre_ns = post_ns = 0
-            extra: dict[str, np.ndarray] = {}
-            if processing is not None and processing.inputs:
-                began = time.monotonic_ns()
-                inputs = await self._preprocess(processing, inputs)
-                # What processing adds beside the model's inputs (image geometry) stays here,
-                # for the output steps; the model sees only its own inputs.
-                for key in [k for k in inputs if k not in handle.model_inputs]:
-                    extra[key] = inputs.pop(key)
-                pre_ns = time.monotonic_ns() - began
-            if loaded.pipeline is not None:
-                specs = handle.input_specs
-                tensors = {n: Tensor(n, specs[n].datatype, a) for n, a in inputs.items()}
-                produced = await loaded.pipeline.run(self.infer, tensors, request.id)
-                outputs = {n: t.data for n, t in produced.items()}
-            elif isinstance(loaded.batcher, SequenceBatcher):
-                flags = sequence_flags(request.parameters, handle.name)
-                inputs = loaded.backends[0].check(inputs)
-                outputs, _queue_ns, _compute_ns = await loaded.batcher.submit(inputs, flags)
+                response = await self._cached(
+                    handle, loaded, request, inputs, priority, timeout, trace
+                )
             else:
-                assert isinstance(loaded.batcher, Batcher)
-                backend = loaded.backends[0]
-                inputs = backend.check(inputs)
-                context = _context(request) if backend.unmerged else None
-                try:
-                    if trace is None:
-                        outputs, _queue_ns, _compute_ns = await loaded.batcher.submit(
-                            inputs, priority=priority, timeout_us=timeout, context=context
-                        )
-                    else:
-                        outputs = await _traced_submit(
-                            trace, loaded, handle.config, inputs, priority, timeout, context
-                        )
-                except InternalError as exc:
-                    if not _no_rows(handle.config, inputs):
-                        raise
-                    # Triton runs the backend on zero rows, and so does the engine (above);
-                    # only where the network cannot run them does it answer zero rows itself.
-                    log.debug("model %s cannot run zero rows (%s)", handle.name, exc.message)
-                    outputs = _zero_rows(handle.config)
-            if processing is not None and processing.outputs:
-                began = time.monotonic_ns()
-                outputs = _guarded(processing.postprocess, outputs, {**inputs, **extra})
-                post_ns = time.monotonic_ns() - began
-            if pre_ns or post_ns:
-                stats.on_processing(pre_ns, post_ns)
-            response = respond(handle, loaded, request, outputs)
-            if cache_key is not None and self.cache is not None:
-                began = time.monotonic_ns()
-                self.cache.insert(cache_key, loaded, response)
-                stats.on_cache(False, lookup_ns + time.monotonic_ns() - began)
+                response = await self._compute(
+                    handle, loaded, request, inputs, priority, timeout, trace
+                )
         except ForwardpassError as exc:
             stats.on_request(False, time.monotonic_ns() - start, exc.code)
+            raise
+        finally:
+            # A cache hit, a failure and a success all end (and write) the trace.
             if trace is not None:
                 trace.stamp("REQUEST_END")
                 if own is not None:
                     own.finish()
-            raise
         stats.on_request(True, time.monotonic_ns() - start)
-        if trace is not None:
-            trace.stamp("REQUEST_END")
-            if own is not None:
-                own.finish()
         return response
+
+    async def _cached(
+        self,
+        handle: ModelHandle,
+        loaded: LoadedVersion,
+        request: InferRequest,
+        inputs: dict[str, np.ndarray],
+        priority: int,
+        timeout: int | None,
+        trace: Trace | None,
+    ) -> InferResponse:
+        """The response cache in front of :meth:`_compute` (``response_cache`` enabled)."""
+        assert self.cache is not None
+        stats = loaded.stats
+        began = time.monotonic_ns()
+        key = request_key(request, loaded.version)
+        cached = self.cache.lookup(key, loaded, request.id)
+        lookup_ns = time.monotonic_ns() - began
+        if cached is not None:
+            stats.on_cache(True, lookup_ns)
+            return cached
+        response = await self._compute(handle, loaded, request, inputs, priority, timeout, trace)
+        began = time.monotonic_ns()
+        self.cache.insert(key, loaded, response)
+        stats.on_cache(False, lookup_ns + time.monotonic_ns() - began)
+        return response
+
+    async def _compute(
+        self,
+        handle: ModelHandle,
+        loaded: LoadedVersion,
+        request: InferRequest,
+        inputs: dict[str, np.ndarray],
+        priority: int,
+        timeout: int | None,
+        trace: Trace | None,
+    ) -> InferResponse:
+        """Processing, the model (its batcher, sequence batcher or ensemble), the response."""
+        stats = loaded.stats
+        processing = handle.processing
+        pre_ns = post_ns = 0
+        extra: dict[str, np.ndarray] = {}
+        if processing is not None and processing.inputs:
+            began = time.monotonic_ns()
+            inputs = await self._preprocess(processing, inputs)
+            # What processing adds beside the model's inputs (image geometry) stays here,
+            # for the output steps; the model sees only its own inputs.
+            for key in [k for k in inputs if k not in handle.model_inputs]:
+                extra[key] = inputs.pop(key)
+            pre_ns = time.monotonic_ns() - began
+        if loaded.pipeline is not None:
+            specs = handle.input_specs
+            tensors = {n: Tensor(n, specs[n].datatype, a) for n, a in inputs.items()}
+            produced = await loaded.pipeline.run(self.infer, tensors, request.id)
+            outputs = {n: t.data for n, t in produced.items()}
+        elif isinstance(loaded.batcher, SequenceBatcher):
+            flags = sequence_flags(request.parameters, handle.name)
+            inputs = loaded.backends[0].check(inputs)
+            outputs, _queue_ns, _compute_ns = await loaded.batcher.submit(inputs, flags)
+        else:
+            assert isinstance(loaded.batcher, Batcher)
+            backend = loaded.backends[0]
+            inputs = backend.check(inputs)
+            context = _context(request) if backend.unmerged else None
+            try:
+                if trace is None:
+                    outputs, _queue_ns, _compute_ns = await loaded.batcher.submit(
+                        inputs, priority=priority, timeout_us=timeout, context=context
+                    )
+                else:
+                    outputs = await _traced_submit(
+                        trace, loaded, handle.config, inputs, priority, timeout, context
+                    )
+            except InternalError as exc:
+                if not _no_rows(handle.config, inputs):
+                    raise
+                # Triton runs the backend on zero rows, and so does the engine (above);
+                # only where the network cannot run them does it answer zero rows itself.
+                log.debug("model %s cannot run zero rows (%s)", handle.name, exc.message)
+                outputs = _zero_rows(handle.config)
+        if processing is not None and processing.outputs:
+            began = time.monotonic_ns()
+            outputs = _guarded(processing.postprocess, outputs, {**inputs, **extra})
+            post_ns = time.monotonic_ns() - began
+        if pre_ns or post_ns:
+            stats.on_processing(pre_ns, post_ns)
+        return respond(handle, loaded, request, outputs)
 
     async def infer_stream(self, request: InferRequest) -> AsyncIterator[InferResponse]:
         """The responses to one request as they come: a decoupled model's 0..n, in the order
