@@ -49,7 +49,11 @@ __all__ = ["decode_infer_request", "encode_error", "encode_infer_response"]
 _DATATYPES: dict[str, DataType] = {t.value: t for t in DataType}
 _DATATYPE_NAMES = ", ".join(_DATATYPES)
 _PARAMETER_TYPES = (str, int, float, bool)
-_SHARED_MEMORY = ("shared_memory_region", "shared_memory_offset", "shared_memory_byte_size")
+SHARED_MEMORY_PARAMETERS = (
+    "shared_memory_region",
+    "shared_memory_offset",
+    "shared_memory_byte_size",
+)
 #: Triton's refusal when client shared memory is off (its flag has the same name).
 SHM_DISABLED = (
     "Client shared memory is disabled. Start the server with '--allow-client-shm' to enable."
@@ -318,7 +322,7 @@ def _input(
                     f"input {name!r} has both data and shared memory parameters; send one"
                 )
             assert shared_memory is not None  # shared_place refused otherwise
-            for key in _SHARED_MEMORY:
+            for key in SHARED_MEMORY_PARAMETERS:
                 parameters.pop(key, None)
             array = shared_memory.read(name, datatype, tuple(shape), *place)
             return Tensor(name, datatype, array, parameters), None
@@ -384,7 +388,7 @@ def shared_place(
     parameters: Parameters, where: str, shared_memory: RegionLeases | None
 ) -> tuple[str, int, int] | None:
     """(region, offset, byte_size) when ``parameters`` place the tensor in shared memory."""
-    if not any(key in parameters for key in _SHARED_MEMORY):
+    if not any(key in parameters for key in SHARED_MEMORY_PARAMETERS):
         return None
     if shared_memory is None:
         raise PermissionDenied(f"{where}: {SHM_DISABLED}")
@@ -467,7 +471,7 @@ def write_shared(
     parameters: Parameters = {
         key: value
         for key, value in tensor.parameters.items()
-        if key != "binary_data" and key not in _SHARED_MEMORY
+        if key != "binary_data" and key not in SHARED_MEMORY_PARAMETERS
     }
     parameters["shared_memory_region"] = region
     parameters["shared_memory_byte_size"] = size

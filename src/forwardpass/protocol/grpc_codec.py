@@ -27,7 +27,13 @@ from forwardpass.datatypes import DataType
 from forwardpass.errors import InternalError, InvalidArgument
 from forwardpass.model_config import ModelConfig
 from forwardpass.protocol.binary import array_from_binary, array_to_binary, check_output_dtype
-from forwardpass.protocol.codec import MAX_DIMS, MAX_ELEMENTS, shared_place, write_shared
+from forwardpass.protocol.codec import (
+    MAX_DIMS,
+    MAX_ELEMENTS,
+    SHARED_MEMORY_PARAMETERS,
+    shared_place,
+    write_shared,
+)
 from forwardpass.protocol.shared_memory import RegionLeases
 from forwardpass.repository import config_to_dict
 from forwardpass.results import (
@@ -53,7 +59,6 @@ __all__ = [
 
 _DATATYPES: dict[str, DataType] = {t.value: t for t in DataType}
 _DATATYPE_NAMES = ", ".join(_DATATYPES)
-_SHARED_MEMORY = ("shared_memory_region", "shared_memory_offset", "shared_memory_byte_size")
 
 #: The typed ``contents`` field each datatype travels in (FP16/BF16 have none).
 _CONTENTS_FIELD: dict[DataType, str] = {
@@ -119,7 +124,7 @@ def decode_infer_request(
     raw = message.raw_input_contents
     if not inputs_pb:
         raise InvalidArgument("'inputs' must hold at least one input tensor")
-    shared = [t for t in inputs_pb if any(k in t.parameters for k in _SHARED_MEMORY)]
+    shared = [t for t in inputs_pb if any(k in t.parameters for k in SHARED_MEMORY_PARAMETERS)]
     if shared and shared_memory is None:
         # Refused for what it asks (client shared memory is off), before any count of its data.
         shared_place(
@@ -155,7 +160,7 @@ def decode_infer_request(
                 raise InvalidArgument(
                     f"input {name!r} has typed 'contents' and shared memory parameters; send one"
                 )
-            for key in _SHARED_MEMORY:
+            for key in SHARED_MEMORY_PARAMETERS:
                 parameters.pop(key, None)
             array = shared_memory.read(name, datatype, shape, *place)
             inputs.append(Tensor(name, datatype, array, parameters))

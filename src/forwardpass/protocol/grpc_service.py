@@ -50,7 +50,7 @@ from forwardpass.protocol.grpc_codec import (
     server_metadata_message,
     statistics_message,
 )
-from forwardpass.protocol.http import EXTENSIONS, SHM_EXTENSION
+from forwardpass.protocol.http import extensions
 from forwardpass.protocol.shared_memory import SharedMemoryRegistry
 from forwardpass.repository.load_parameters import read_load_parameters
 
@@ -147,7 +147,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         self.engine = engine
         self.shared_memory = shared_memory
         self.logs = logs
-        self.extensions = [*EXTENSIONS, SHM_EXTENSION] if shared_memory else list(EXTENSIONS)
+        self.extensions = extensions(shared_memory is not None)
 
     # -------------------------------------------------------------- health and metadata
     async def ServerLive(self, request: Any, context: Any) -> Any:

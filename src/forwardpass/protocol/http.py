@@ -74,6 +74,13 @@ EXTENSIONS = (
 
 SHM_EXTENSION = "system_shared_memory"
 
+
+def extensions(shared_memory: bool) -> list[str]:
+    """What server metadata reports, on every protocol: :data:`EXTENSIONS`, and
+    :data:`SHM_EXTENSION` where clients may use system shared memory."""
+    return [*EXTENSIONS, SHM_EXTENSION] if shared_memory else list(EXTENSIONS)
+
+
 JSON = "application/json"
 
 #: The API group (Triton's --http-restricted-api names) of each /v2/models/<name>/<action>;
@@ -144,7 +151,7 @@ class HttpApp:
         self.metrics = metrics
         self.max_request_bytes = max_request_bytes
         self.shared_memory = shared_memory
-        self.extensions = [*EXTENSIONS, SHM_EXTENSION] if shared_memory else list(EXTENSIONS)
+        self.extensions = extensions(shared_memory is not None)
         #: The logging extension's target; None where the process's logging is not ours.
         self.logs = logs
         self.access = access if access is not None and access.active else None
