@@ -64,7 +64,16 @@ from forwardpass.model_config import DynamicBatching, ModelConfig, QueuePolicy
 from forwardpass.runtime.base import NamedArrays
 from forwardpass.scheduling.layout import BatchLayout
 
-__all__ = ["BatchRecord", "Batcher", "BatcherPolicy", "Pending", "RequestsFn", "RunFn"]
+__all__ = [
+    "BatchRecord",
+    "Batcher",
+    "BatcherPolicy",
+    "Pending",
+    "RequestsFn",
+    "RunFn",
+    "batch_error",
+    "stop_workers",
+]
 
 log = logging.getLogger("forwardpass.scheduling")
 
@@ -255,20 +264,7 @@ class Batcher:
     async def close(self, grace_s: float = 10.0) -> None:
         """Stop taking requests, let queued and running ones finish (up to ``grace_s``)."""
         self._closed = True
-        if self._idle is not None and self.pending:
-            try:
-                await asyncio.wait_for(self._idle.wait(), grace_s)
-            except TimeoutError:
-                log.warning(
-                    "%s: %d request(s) still pending after %.1fs", self.name, self.pending, grace_s
-                )
-        for task in self._workers:
-            task.cancel()
-        for task in self._workers:
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+        await stop_workers(self.name, self._idle, self.pending, grace_s, self._workers)
         for queue in self._queues:
             while queue:
                 self._fail(queue.popleft(), Unavailable(f"model {self.name} was unloaded"))
@@ -484,10 +480,7 @@ class Batcher:
                     self.executor, self._run_batch, instance, batch
                 )
         except Exception as exc:
-            error = exc if isinstance(exc, ForwardpassError) else None
-            if error is None:  # a bug in a backend that escaped its own translation
-                log.exception("%s: batch failed", self.name)
-                error = InternalError(f"model {self.name}: {exc}")
+            error = batch_error(self.name, exc)
             self._emit(
                 BatchRecord(
                     rows,
@@ -586,3 +579,37 @@ class Batcher:
             self.listener(record)
         except Exception:  # telemetry never fails a request
             log.exception("%s: batch listener failed", self.name)
+
+
+# -- shared by the dynamic and the sequence batcher ---------------------------------------------
+
+
+def batch_error(name: str, exc: Exception) -> ForwardpassError:
+    """The error a failed batch gives its requests: the backend's own, or (a bug in a backend
+    that escaped its translation) a logged 500 naming the model."""
+    if isinstance(exc, ForwardpassError):
+        return exc
+    log.exception("%s: batch failed", name, exc_info=exc)
+    return InternalError(f"model {name}: {exc}")
+
+
+async def stop_workers(
+    name: str,
+    idle: asyncio.Event | None,
+    pending: int,
+    grace_s: float,
+    workers: Sequence[asyncio.Task[None]],
+) -> None:
+    """Wait (up to ``grace_s``) for the ``pending`` requests to finish, then end the workers."""
+    if idle is not None and pending:
+        try:
+            await asyncio.wait_for(idle.wait(), grace_s)
+        except TimeoutError:
+            log.warning("%s: %d request(s) still pending after %.1fs", name, pending, grace_s)
+    for task in workers:
+        task.cancel()
+    for task in workers:
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass

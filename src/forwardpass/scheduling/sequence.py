@@ -43,14 +43,13 @@ import numpy as np
 
 from forwardpass.datatypes import DataType
 from forwardpass.errors import (
-    ForwardpassError,
     InternalError,
     InvalidArgument,
     InvalidModelConfig,
     Unavailable,
 )
 from forwardpass.model_config import ModelConfig, SequenceBatching, SequenceControl, SequenceState
-from forwardpass.scheduling.batcher import BatchRecord
+from forwardpass.scheduling.batcher import BatchRecord, batch_error, stop_workers
 from forwardpass.scheduling.layout import BatchLayout
 
 __all__ = [
@@ -271,20 +270,7 @@ class SequenceBatcher:
     async def close(self, grace_s: float = 10.0) -> None:
         """Stop taking requests, let queued and running ones finish (up to ``grace_s``)."""
         self._closed = True
-        if self._idle is not None and self._pending:
-            try:
-                await asyncio.wait_for(self._idle.wait(), grace_s)
-            except TimeoutError:
-                log.warning(
-                    "%s: %d request(s) still pending after %.1fs", self.name, self._pending, grace_s
-                )
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+        await stop_workers(self.name, self._idle, self._pending, grace_s, self._tasks)
         error = Unavailable(f"model {self.name} was unloaded")
         for queue in [s.queue for s in self.slots] + [b.queue for b in self._backlogs]:
             while queue:
@@ -526,10 +512,7 @@ class SequenceBatcher:
                 self.executor, self._run_batch, instance, batch
             )
         except Exception as exc:
-            error = exc if isinstance(exc, ForwardpassError) else None
-            if error is None:
-                log.exception("%s: batch failed", self.name)
-                error = InternalError(f"model {self.name}: {exc}")
+            error = batch_error(self.name, exc)
             self._emit(
                 BatchRecord(
                     len(batch),
