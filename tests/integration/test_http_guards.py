@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 import pytest
+from rawhttp import read_response
 
 #: The module server's limits, small so that a test can pass them cheaply.
 LIMIT = 65536
@@ -45,27 +46,6 @@ def _connect(server: Any, timeout: float = 10) -> socket.socket:
     return socket.create_connection(("127.0.0.1", server.port), timeout=timeout)
 
 
-def _read_response(sock: socket.socket, buffer: bytearray) -> tuple[int, dict[str, str], bytes]:
-    """One response from ``sock`` (leftover bytes stay in ``buffer``)."""
-    while b"\r\n\r\n" not in buffer:
-        chunk = sock.recv(65536)
-        assert chunk, "connection closed before a full response"
-        buffer += chunk
-    head, _, _ = bytes(buffer).partition(b"\r\n\r\n")
-    del buffer[: len(head) + 4]
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split()[1])
-    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-    length = int(headers.get("content-length", "0"))
-    while len(buffer) < length:
-        chunk = sock.recv(65536)
-        assert chunk, "connection closed inside a body"
-        buffer += chunk
-    body = bytes(buffer[:length])
-    del buffer[:length]
-    return status, headers, body
-
-
 def _closed(sock: socket.socket, buffer: bytearray) -> bool:
     """True when the server closes the connection with nothing more to say."""
     try:
@@ -87,7 +67,7 @@ def _health_latency(server: Any) -> float:
     began = time.monotonic()
     with _connect(server) as sock:
         sock.sendall(HEALTH)
-        assert _read_response(sock, bytearray())[0] == 200
+        assert read_response(sock, bytearray())[0] == 200
     return time.monotonic() - began
 
 
@@ -102,7 +82,7 @@ def test_a_pipelining_client_that_does_not_read_is_paused_not_buffered(guarded: 
         grown_mib = (_rss_kib(guarded.proc.pid) - before) / 1024
         # Paused, not lost: every answer still comes, in order, once the client reads.
         buffer = bytearray()
-        statuses = [_read_response(greedy, buffer)[0] for _ in range(count)]
+        statuses = [read_response(greedy, buffer)[0] for _ in range(count)]
     assert statuses == [200] * count
     assert max(latencies) < 0.5, latencies
     assert grown_mib < 40, f"the server grew by {grown_mib:.0f} MiB"
@@ -118,7 +98,7 @@ def test_pipelined_requests_yield_to_other_connections(guarded: Any) -> None:
             while not stop.is_set():
                 sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" * 1000)
                 for _ in range(1000):
-                    _read_response(sock, buffer)
+                    read_response(sock, buffer)
 
     worker = threading.Thread(target=pipeline, daemon=True)
     worker.start()
@@ -143,7 +123,7 @@ def test_an_endless_header_value_gets_431_before_it_is_buffered(guarded: Any) ->
                     break  # the server has answered
         except (BrokenPipeError, ConnectionResetError):
             pass
-        status, headers, body = _read_response(sock, bytearray())
+        status, headers, body = read_response(sock, bytearray())
     assert status == 431
     assert headers.get("connection") == "close"
     assert "exceed 65536 bytes" in json.loads(body)["error"]
@@ -177,7 +157,7 @@ def test_a_request_trickled_slower_than_the_read_timeout_gets_408(
                 break
         elapsed = time.monotonic() - began
         sock.settimeout(5)
-        status, headers, body = _read_response(sock, buffer)
+        status, headers, body = read_response(sock, buffer)
     assert status == 408
     assert headers.get("connection") == "close"
     assert "did not arrive within 1 s" in json.loads(body)["error"]
@@ -193,7 +173,7 @@ def test_many_trickling_connections_are_all_timed_out(guarded: Any) -> None:
         statuses = []
         for sock in socks:
             sock.settimeout(5)
-            statuses.append(_read_response(sock, bytearray())[0])
+            statuses.append(read_response(sock, bytearray())[0])
     finally:
         for sock in socks:
             sock.close()
@@ -206,7 +186,7 @@ def test_a_declared_oversized_body_gets_413_before_any_body_byte(guarded: Any) -
             b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\n"
             b"Content-Length: 1073741824\r\n\r\n"
         )
-        status, headers, body = _read_response(sock, bytearray())
+        status, headers, body = read_response(sock, bytearray())
         assert _closed(sock, bytearray())
     assert status == 413
     assert headers.get("connection") == "close"
@@ -222,7 +202,7 @@ def test_expect_100_continue_with_an_oversized_length_gets_413_not_silence(
             b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\n"
             b"Content-Length: 1073741824\r\nExpect: 100-continue\r\n\r\n"
         )
-        status, _, body = _read_response(sock, bytearray())
+        status, _, body = read_response(sock, bytearray())
     assert status == 413
     assert str(LIMIT) in json.loads(body)["error"]
 
@@ -241,14 +221,14 @@ def _chunked(count: int) -> bytes:
 def test_a_chunked_body_of_more_than_65536_chunks_is_refused(guarded: Any) -> None:
     with _connect(guarded) as sock:
         sock.sendall(_chunked(1 << 16))  # the cap exactly: served
-        status, _, _ = _read_response(sock, bytearray())
+        status, _, _ = read_response(sock, bytearray())
     assert status == 200
     with _connect(guarded) as sock:
         try:
             sock.sendall(_chunked((1 << 16) + 1))
         except (BrokenPipeError, ConnectionResetError):
             pass
-        status, headers, body = _read_response(sock, bytearray())
+        status, headers, body = read_response(sock, bytearray())
     assert status == 400
     assert headers.get("connection") == "close"
     assert "more than 65536 chunks" in json.loads(body)["error"]
@@ -261,7 +241,7 @@ def test_content_length_with_transfer_encoding_is_refused(guarded: Any) -> None:
             b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n"
         )
         buffer = bytearray()
-        status, headers, body = _read_response(sock, buffer)
+        status, headers, body = read_response(sock, buffer)
         assert _closed(sock, buffer)
     assert status == 400
     assert headers.get("connection") == "close"
@@ -284,7 +264,7 @@ def test_cors_preflight_and_allowed_origin(guarded: Any) -> None:
             b"Origin: http://elsewhere.example\r\nAccess-Control-Request-Method: GET\r\n\r\n"
         )
         buffer = bytearray()
-        preflight, allowed, other, refused = (_read_response(sock, buffer) for _ in range(4))
+        preflight, allowed, other, refused = (read_response(sock, buffer) for _ in range(4))
     status, headers, _ = preflight
     assert status == 200
     assert headers["access-control-allow-origin"] == ORIGIN
@@ -307,18 +287,18 @@ def test_connections_past_the_bound_get_503_and_a_close(start_server: Any) -> No
     try:
         for sock in held:
             sock.sendall(HEALTH)
-            assert _read_response(sock, bytearray())[0] == 200
+            assert read_response(sock, bytearray())[0] == 200
         with _connect(server) as extra:
             extra.sendall(HEALTH)
             buffer = bytearray()
-            status, headers, body = _read_response(extra, buffer)
+            status, headers, body = read_response(extra, buffer)
             assert _closed(extra, buffer)
         assert status == 503
         assert headers.get("connection") == "close"
         assert "limit of 4 connections" in json.loads(body)["error"]
         for sock in held:  # the ones inside the bound are unaffected
             sock.sendall(HEALTH)
-            assert _read_response(sock, bytearray())[0] == 200
+            assert read_response(sock, bytearray())[0] == 200
     finally:
         for sock in held:
             sock.close()
@@ -327,7 +307,7 @@ def test_connections_past_the_bound_get_503_and_a_close(start_server: Any) -> No
     while True:
         with _connect(server) as sock:
             sock.sendall(HEALTH)
-            if _read_response(sock, bytearray())[0] == 200:
+            if read_response(sock, bytearray())[0] == 200:
                 break
         assert time.monotonic() < deadline
         time.sleep(0.1)

@@ -7,33 +7,12 @@ import socket
 import time
 from typing import Any
 
-from rawhttp import MAX_REQUEST_BYTES
+from rawhttp import MAX_REQUEST_BYTES, read_response
 
 
 def _connect(server: Any) -> socket.socket:
     host, port = server.address.split(":")
     return socket.create_connection((host, int(port)), timeout=10)
-
-
-def _read_response(sock: socket.socket, buffer: bytearray) -> tuple[int, dict[str, str], bytes]:
-    """One response from ``sock`` (leftover bytes stay in ``buffer``)."""
-    while b"\r\n\r\n" not in buffer:
-        chunk = sock.recv(65536)
-        assert chunk, "connection closed before a full response"
-        buffer += chunk
-    head, _, _ = bytes(buffer).partition(b"\r\n\r\n")
-    del buffer[: len(head) + 4]
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split()[1])
-    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-    length = int(headers.get("content-length", "0"))
-    while len(buffer) < length:
-        chunk = sock.recv(65536)
-        assert chunk, "connection closed inside a body"
-        buffer += chunk
-    body = bytes(buffer[:length])
-    del buffer[:length]
-    return status, headers, body
 
 
 def _infer_request(value: float, extra_headers: str = "") -> bytes:
@@ -52,7 +31,7 @@ def test_pipelined_requests_are_answered_in_order(server: Any) -> None:
         bad = b"POST /v2/models/echo_i32/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{]"
         sock.sendall(b"".join([_infer_request(1), bad, _infer_request(2), _infer_request(3)]))
         buffer = bytearray()
-        answers = [_read_response(sock, buffer) for _ in range(4)]
+        answers = [read_response(sock, buffer) for _ in range(4)]
     assert [status for status, _, _ in answers] == [200, 400, 200, 200]
     assert "malformed JSON" in json.loads(answers[1][2])["error"]
     for (_, _, body), value in zip((answers[0], answers[2], answers[3]), (1, 2, 3), strict=True):
@@ -71,7 +50,7 @@ def test_expect_100_continue(server: Any) -> None:
         assert time.monotonic() - began < 1  # clients wait about a second without it
         sock.sendall(body)
         buffer = bytearray(interim[len(b"HTTP/1.1 100 Continue\r\n\r\n") :])
-        status, _, answer = _read_response(sock, buffer)
+        status, _, answer = read_response(sock, buffer)
     assert status == 200
     assert json.loads(answer)["outputs"][0]["data"] == [7, 0]
 
@@ -86,7 +65,7 @@ def test_expect_100_continue_over_the_limit_gets_413_at_once(server: Any) -> Non
     with _connect(server) as sock:
         sock.sendall(head)
         sock.settimeout(2)
-        status, headers, answer = _read_response(sock, bytearray())
+        status, headers, answer = read_response(sock, bytearray())
     assert status == 413
     assert headers.get("connection") == "close"
     assert str(MAX_REQUEST_BYTES) in json.loads(answer)["error"]
@@ -100,7 +79,7 @@ def test_a_malformed_request_in_a_pipeline_is_answered_after_the_good_ones(serve
             + b"GARBAGE\r\n\r\n"
         )
         buffer = bytearray()
-        answers = [_read_response(sock, buffer) for _ in range(3)]
+        answers = [read_response(sock, buffer) for _ in range(3)]
         assert sock.recv(65536) == b"" and not buffer  # then the server closes
     assert [status for status, _, _ in answers] == [200, 200, 400]
     assert json.loads(answers[0][2])["outputs"][0]["data"] == [5, 0]
@@ -111,7 +90,7 @@ def test_a_malformed_request_in_a_pipeline_is_answered_after_the_good_ones(serve
 def test_without_cors_origins_no_cors_headers_are_sent(server: Any) -> None:
     with _connect(server) as sock:
         sock.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nOrigin: http://a.example\r\n\r\n")
-        status, headers, _ = _read_response(sock, bytearray())
+        status, headers, _ = read_response(sock, bytearray())
     assert status == 200
     assert not any(name.startswith("access-control-") for name in headers)
 
@@ -121,10 +100,10 @@ def test_an_endless_header_block_is_refused_and_others_still_served(server: Any)
         sock.sendall(
             b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n"
         )
-        status, headers, body = _read_response(sock, bytearray())
+        status, headers, body = read_response(sock, bytearray())
         assert status == 431
         assert headers.get("connection") == "close"
         assert "exceed 65536 bytes" in json.loads(body)["error"]
     with _connect(server) as sock:
         sock.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
-        assert _read_response(sock, bytearray())[0] == 200
+        assert read_response(sock, bytearray())[0] == 200
