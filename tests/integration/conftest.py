@@ -3,12 +3,14 @@ and a raw HTTP helper for requests tritonclient cannot produce."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import tritonclient.http as httpclient
+import tritonclient.utils.shared_memory as shm
 from modelrepo import build_main_repository
 from rawhttp import MAX_REQUEST_BYTES, RawResponse, raw_request
 
@@ -54,3 +56,21 @@ def raw(server: Any) -> Any:
         return raw_request(server.address, method, path, body, headers)
 
     return send
+
+
+@pytest.fixture
+def region() -> Iterator[Any]:
+    """``region(name, byte_size)`` creates a client region; all are destroyed at the end."""
+    handles: list[Any] = []
+
+    def create(name: str, byte_size: int) -> tuple[Any, str]:
+        key = f"/fp_it_{uuid.uuid4().hex[:12]}"
+        handle = shm.create_shared_memory_region(name, key, byte_size)
+        handles.append(handle)
+        return handle, key
+
+    try:
+        yield create
+    finally:
+        for handle in handles:
+            shm.destroy_shared_memory_region(handle)

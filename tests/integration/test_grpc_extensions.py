@@ -62,24 +62,6 @@ def gclient(shm_server: Any) -> Iterator[grpcclient.InferenceServerClient]:
         triton.close()
 
 
-@pytest.fixture
-def region() -> Iterator[Any]:
-    """``region(name, byte_size)`` creates a client region; all are destroyed at the end."""
-    handles: list[Any] = []
-
-    def create(name: str, byte_size: int) -> tuple[Any, str]:
-        key = f"/fp_git_{uuid.uuid4().hex[:12]}"
-        handle = shm.create_shared_memory_region(name, key, byte_size)
-        handles.append(handle)
-        return handle, key
-
-    try:
-        yield create
-    finally:
-        for handle in handles:
-            shm.destroy_shared_memory_region(handle)
-
-
 def _regions(client: grpcclient.InferenceServerClient, name: str = "") -> list[tuple[Any, ...]]:
     status = client.get_system_shared_memory_status(name)
     return sorted((r.name, r.key, r.offset, r.byte_size) for r in status.regions.values())

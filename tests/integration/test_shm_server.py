@@ -43,24 +43,6 @@ def client(shm_server: Any) -> Iterator[httpclient.InferenceServerClient]:
         triton.close()
 
 
-@pytest.fixture
-def region() -> Iterator[Any]:
-    """``region(name, byte_size)`` creates a client region; all are destroyed at the end."""
-    handles: list[Any] = []
-
-    def create(name: str, byte_size: int) -> tuple[Any, str]:
-        key = f"/fp_it_{uuid.uuid4().hex[:12]}"
-        handle = shm.create_shared_memory_region(name, key, byte_size)
-        handles.append(handle)
-        return handle, key
-
-    try:
-        yield create
-    finally:
-        for handle in handles:
-            shm.destroy_shared_memory_region(handle)
-
-
 def test_metadata_lists_the_extension(client: httpclient.InferenceServerClient) -> None:
     extensions = client.get_server_metadata()["extensions"]
     assert "system_shared_memory" in extensions
