@@ -65,7 +65,9 @@ class Engine:
         self.config = config or ServerConfig(model_repository=repository.root)
         self.table = ModelTable(repository, self.config)
         #: Triton's trace extension: settings, sampler and trace-file writer.
-        self.tracer = Tracer(self.config.trace_settings())
+        self.tracer = Tracer(
+            self.config.trace_settings(), opentelemetry=self.config.otel_settings()
+        )
         self.table.caller = self  # Python models' BLS calls come back through infer()
         size = self.config.response_cache_bytes
         self.cache = ResponseCache(size) if size else None
@@ -362,6 +364,9 @@ class Engine:
         if processing is not None and processing.inputs:
             began = time.monotonic_ns()
             inputs = await self._preprocess(processing, inputs)
+            if trace is not None:
+                trace.stamp("PREPROCESS_START", began)
+                trace.stamp("PREPROCESS_END")
             # What processing adds beside the model's inputs (image geometry) stays here,
             # for the output steps; the model sees only its own inputs.
             for key in [k for k in inputs if k not in handle.model_inputs]:
@@ -401,6 +406,9 @@ class Engine:
             began = time.monotonic_ns()
             outputs = _guarded(processing.postprocess, outputs, {**inputs, **extra})
             post_ns = time.monotonic_ns() - began
+            if trace is not None:
+                trace.stamp("POSTPROCESS_START", began)
+                trace.stamp("POSTPROCESS_END", began + post_ns)
         if pre_ns or post_ns:
             stats.on_processing(pre_ns, post_ns)
         return respond(handle, loaded, request, outputs)

@@ -277,7 +277,7 @@ class HttpApp:
 
     async def _traced_infer(self, name: str, version: str, request: HttpRequest) -> HttpResponse:
         """Infer while some scope traces: sample, stamp the HTTP side, finish the trace."""
-        trace = self.engine.tracer.sample(name)
+        trace = self.engine.tracer.sample(name, request.headers)  # W3C traceparent (otel)
         if trace is None:
             return await self._infer(name, version, request, None)
         # The request is parsed off the socket by now: as close to RECV_END as the app can
@@ -285,6 +285,9 @@ class HttpApp:
         trace.stamp("HTTP_RECV_END")
         try:
             return await self._infer(name, version, request, trace)
+        except ForwardpassError as exc:
+            trace.error = exc.message
+            raise
         finally:
             trace.finish()
 
