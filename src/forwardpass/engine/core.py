@@ -271,7 +271,9 @@ class Engine:
         return [v.stats.snapshot() for h in self.table for _, v in sorted(h.versions.items())]
 
     # ------------------------------------------------------------------ inference
-    async def infer(self, request: InferRequest, trace: Trace | None = None) -> InferResponse:
+    async def infer(
+        self, request: InferRequest, trace: Trace | None = None, *, sampled: bool = False
+    ) -> InferResponse:
         """Validate, queue, run and answer one request.
 
         ``trace`` is the protocol's trace of this request when it sampled one: it stamps its
@@ -279,7 +281,9 @@ class Engine:
         Otherwise the engine samples here and finishes the trace it took. The trace is an
         argument, not a field of :class:`InferRequest` (core types know nothing of tracing or
         a wire) nor a context variable (an ensemble's steps call ``infer`` from inside this
-        call and would silently inherit, and stamp, their parent's trace).
+        call and would silently inherit, and stamp, their parent's trace). ``sampled``: the
+        protocol has sampled this request already (``trace`` is None: it was not picked),
+        so the engine does not sample it a second time.
         """
         start = time.monotonic_ns()
         handle, loaded = self.version(request.model_name, request.model_version)
@@ -290,7 +294,7 @@ class Engine:
                 "(HTTP: Accept: text/event-stream; gRPC: ModelStreamInfer)"
             )
         own: Trace | None = None
-        if trace is None and self.tracer.active:
+        if trace is None and not sampled and self.tracer.active:
             trace = own = self.tracer.sample(request.model_name)
         if trace is not None:
             trace.model_version = str(loaded.version)

@@ -182,10 +182,11 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def _infer(self, message: pb.ModelInferRequest, trace: Trace | None) -> Any:
         if self.shared_memory is None:
             request = decode_infer_request(message)
-            return encode_infer_response(await self.engine.infer(request, trace))
+            return encode_infer_response(await self.engine.infer(request, trace, sampled=True))
         with self.shared_memory.leases() as leases:
             request = decode_infer_request(message, leases)
-            return encode_infer_response(await self.engine.infer(request, trace), request, leases)
+            response = await self.engine.infer(request, trace, sampled=True)
+            return encode_infer_response(response, request, leases)
 
     async def _traced_infer(self, message: pb.ModelInferRequest, context: Any) -> Any:
         """ModelInfer while some scope traces: sample (with the W3C ``traceparent`` of the

@@ -319,7 +319,8 @@ class HttpApp:
                 config=config,
                 shared_memory=leases,
             )
-            response = await self.engine.infer(infer_request, trace)
+            # The app samples every request while tracing is on: the engine must not again.
+            response = await self.engine.infer(infer_request, trace, sampled=True)
             payload, json_length = encode_infer_response(response, infer_request, leases)
         finally:
             if leases is not None:
