@@ -3,6 +3,7 @@ W3C ``traceparent``, spans exported over OTLP/HTTP to an in-test receiver."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+
 from otlp_receiver import OtlpReceiver, Span
 
 pytestmark = pytest.mark.slow
@@ -36,7 +38,7 @@ def _check_request(spans: dict[str, Span], model: str, recv: str, send: str) -> 
     # Children lie inside their parents, one after another.
     order = [spans[n] for n in ("decode", model, "encode")]
     assert root.start_ns <= order[0].start_ns
-    assert all(a.end_ns <= b.start_ns for a, b in zip(order, order[1:], strict=False))
+    assert all(a.end_ns <= b.start_ns for a, b in itertools.pairwise(order))
     assert order[-1].end_ns <= root.end_ns
     assert model_span.start_ns <= spans["queue"].start_ns <= spans["queue"].end_ns
     assert spans["queue"].end_ns == spans["compute"].start_ns
@@ -54,9 +56,7 @@ def _check_request(spans: dict[str, Span], model: str, recv: str, send: str) -> 
     return root
 
 
-def test_opentelemetry_spans_over_http_and_grpc(
-    start_server: Any, main_repository: Path
-) -> None:
+def test_opentelemetry_spans_over_http_and_grpc(start_server: Any, main_repository: Path) -> None:
     x = np.ones((1, 4), np.float32)
     with OtlpReceiver() as receiver:
         server = start_server(

@@ -347,8 +347,7 @@ def _trace_config(values: tuple[str, ...]) -> dict[str, Any]:
         if name == "mode":
             if value not in ("triton", "opentelemetry"):
                 raise InvalidArgument(
-                    f"--trace-config {raw}: unknown trace mode {value!r} (triton or "
-                    "opentelemetry)"
+                    f"--trace-config {raw}: unknown trace mode {value!r} (triton or opentelemetry)"
                 )
             out["trace_mode"] = value
             continue

@@ -83,7 +83,9 @@ _FIELDS = {
 MODES = ("triton", "opentelemetry")
 OPENTELEMETRY = "opentelemetry"
 #: Activities only the OpenTelemetry spans use (Triton's trace file has no such names).
-SPAN_ONLY = frozenset({"PREPROCESS_START", "PREPROCESS_END", "POSTPROCESS_START", "POSTPROCESS_END"})
+SPAN_ONLY = frozenset(
+    {"PREPROCESS_START", "PREPROCESS_END", "POSTPROCESS_START", "POSTPROCESS_END"}
+)
 
 
 class _Clear:
@@ -258,9 +260,9 @@ class Trace:
     __slots__ = (
         "_scope",
         "_tracer",
+        "error",
         "id",
         "model_name",
-        "error",
         "model_version",
         "parent",
         "request_id",

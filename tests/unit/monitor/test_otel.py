@@ -7,7 +7,6 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from otlp_receiver import OtlpReceiver, Span
 
 from forwardpass.errors import InvalidArgument
 from forwardpass.monitor.otel import OtelSettings, parse_traceparent
@@ -17,6 +16,7 @@ from forwardpass.monitor.trace import (
     check_trace_settings,
     parse_trace_update,
 )
+from otlp_receiver import OtlpReceiver, Span
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 SPAN_ID = "00f067aa0ba902b7"
