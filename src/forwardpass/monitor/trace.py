@@ -27,6 +27,11 @@ runs; ``TENSORS`` renders FP16 values rather than leaving them empty; unknown le
 rejected rather than ignored. Timestamps are ``time.monotonic_ns()``: CLOCK_MONOTONIC, the
 clock behind C++'s ``steady_clock`` that Triton stamps with, so the numbers compare directly.
 
+``trace_mode`` "opentelemetry" (Triton's OpenTelemetry mode, :mod:`forwardpass.monitor.otel`)
+samples and stamps the same way, needs no file, lets ``trace_rate`` be 0, and traces every
+request that carries a valid W3C ``traceparent`` whatever the rate and count (as Triton
+does); the writer thread turns its traces into spans instead of file records.
+
 Cost: with tracing off, a request pays one attribute read (``Tracer.active``). Sampling takes a
 lock only while some scope traces. Serializing and file I/O happen on the writer thread; its
 queue is bounded, and a full queue drops the trace (counted in ``TraceWriter.dropped``).
@@ -597,6 +602,7 @@ class Tracer:
                         continue
                     new = _Scope(_resolve(new_global.settings, scope.specified), scope.specified)
                     check_trace_settings(new.settings, f"model {name}: ")
+                    self._spans_for(new.settings)
                     retired.append(scope)
                     models[name] = new
             self._global = new_global

@@ -290,3 +290,15 @@ def test_a_failed_request_without_a_context_starts_its_own_trace(receiver: OtlpR
     assert root.parent_span_id == "" and root.trace_id != TRACE_ID
     assert root.status_code == 2 and root.status_message == "unexpected inference input 'y'"
     assert spans["add"].status_code == 2
+
+
+def test_a_model_that_traces_follows_the_global_switch_to_opentelemetry() -> None:
+    tracer = Tracer(TraceSettings(file="t.json"))
+    try:
+        tracer.update("m", parse_trace_update({"trace_level": ["TIMESTAMPS"]}))
+        assert tracer.writer.spans is None  # Triton's file mode: no exporter
+        tracer.update("", parse_trace_update({"trace_mode": "opentelemetry"}))  # global: OFF
+        assert tracer.settings("m").mode == "opentelemetry"
+        assert tracer.writer.spans is not None  # the model's traces have somewhere to go
+    finally:
+        tracer.close()
