@@ -17,6 +17,7 @@ from forwardpass.errors import InvalidArgument
 
 if TYPE_CHECKING:
     from forwardpass.monitor.logsettings import LogSettings
+    from forwardpass.monitor.otel import OtelSettings
     from forwardpass.monitor.trace import TraceSettings
 
 __all__ = ["DEFAULT_REPOSITORY", "MODEL_CONTROL_MODES", "ServerConfig"]
@@ -106,6 +107,11 @@ class ServerConfig:
     trace_rate: int = 1000
     trace_count: int = -1
     trace_log_frequency: int = 0
+    #: "triton" (the trace file) or "opentelemetry" (OTLP spans; the otel extra).
+    trace_mode: str = "triton"
+    #: ``--trace-config opentelemetry,<setting>=<value>`` pairs (url, resource, bsp_*),
+    #: checked by :meth:`otel_settings`.
+    trace_opentelemetry: tuple[tuple[str, str], ...] = ()
 
     @property
     def grpc_message_limit(self) -> int:
@@ -172,11 +178,18 @@ class ServerConfig:
                 "trace_rate": self.trace_rate,
                 "trace_count": self.trace_count,
                 "log_frequency": self.trace_log_frequency,
+                "trace_mode": self.trace_mode,
             }
         )
         settings = TraceSettings(file=self.trace_file, **update)
         check_trace_settings(settings)
         return settings
+
+    def otel_settings(self) -> OtelSettings:
+        """The OpenTelemetry exporter's settings (Triton's names and defaults)."""
+        from forwardpass.monitor.otel import OtelSettings
+
+        return OtelSettings.parse(self.trace_opentelemetry)
 
     def log_settings(self) -> LogSettings:
         """The start-up log settings: ``log_level`` mapped to Triton's switches."""

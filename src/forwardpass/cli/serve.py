@@ -168,8 +168,10 @@ def native_repository(target: str, folder: Path, name: str | None = None) -> str
     "--trace-config",
     "trace_config",
     multiple=True,
-    help="Triton's spelling: level=, rate=, count=, mode=triton, triton,file=, "
-    "triton,log-frequency=. The flags above win over it.",
+    help="Triton's spelling: level=, rate=, count=, mode=triton|opentelemetry, triton,file=, "
+    "triton,log-frequency=, opentelemetry,url=, opentelemetry,resource=KEY=VALUE, "
+    "opentelemetry,bsp_max_queue_size=|bsp_schedule_delay=|bsp_max_export_batch_size=. "
+    "The flags above win over it.",
 )
 @click.option(
     "--cache-config",
@@ -283,6 +285,7 @@ def serve(
         )
         # Checked here so that a bad value is a usage error, not a traceback at start-up.
         config.trace_settings()
+        config.otel_settings()
         config.log_settings()
         AccessPolicy.from_config(config, "http")  # a bad spec fails here, not per request
         AccessPolicy.from_config(config, "grpc")
@@ -322,14 +325,19 @@ def _trace_config(values: tuple[str, ...]) -> dict[str, Any]:
 
     out: dict[str, Any] = {}
     levels: list[str] = []
+    opentelemetry: list[tuple[str, str]] = []
     for raw in values:
         spec = raw
         mode, sep, rest = spec.partition(",")
         if sep and "=" not in mode:
             if mode == "opentelemetry":
-                raise InvalidArgument(
-                    f"--trace-config {raw}: only Triton's trace mode ('triton') is supported"
-                )
+                # url, resource, bsp_*: checked by ServerConfig.otel_settings().
+                name, eq, value = rest.partition("=")
+                if not eq:
+                    raise InvalidArgument(f"--trace-config {raw}: expected <setting>=<value>")
+                opentelemetry.append((name, value))
+                out["trace_opentelemetry"] = tuple(opentelemetry)
+                continue
             if mode != "triton":
                 raise InvalidArgument(f"--trace-config {raw}: unknown trace mode {mode!r}")
             spec = rest
@@ -337,10 +345,11 @@ def _trace_config(values: tuple[str, ...]) -> dict[str, Any]:
         if not eq:
             raise InvalidArgument(f"--trace-config {raw}: expected <setting>=<value>")
         if name == "mode":
-            if value != "triton":
+            if value not in ("triton", "opentelemetry"):
                 raise InvalidArgument(
-                    f"--trace-config {raw}: only Triton's trace mode ('triton') is supported"
+                    f"--trace-config {raw}: unknown trace mode {value!r} (triton or opentelemetry)"
                 )
+            out["trace_mode"] = value
             continue
         field = _TRACE_CONFIG.get(name)
         if field is None:

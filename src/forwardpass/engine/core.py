@@ -65,7 +65,9 @@ class Engine:
         self.config = config or ServerConfig(model_repository=repository.root)
         self.table = ModelTable(repository, self.config)
         #: Triton's trace extension: settings, sampler and trace-file writer.
-        self.tracer = Tracer(self.config.trace_settings())
+        self.tracer = Tracer(
+            self.config.trace_settings(), opentelemetry=self.config.otel_settings()
+        )
         self.table.caller = self  # Python models' BLS calls come back through infer()
         size = self.config.response_cache_bytes
         self.cache = ResponseCache(size) if size else None
@@ -269,7 +271,9 @@ class Engine:
         return [v.stats.snapshot() for h in self.table for _, v in sorted(h.versions.items())]
 
     # ------------------------------------------------------------------ inference
-    async def infer(self, request: InferRequest, trace: Trace | None = None) -> InferResponse:
+    async def infer(
+        self, request: InferRequest, trace: Trace | None = None, *, sampled: bool = False
+    ) -> InferResponse:
         """Validate, queue, run and answer one request.
 
         ``trace`` is the protocol's trace of this request when it sampled one: it stamps its
@@ -277,7 +281,9 @@ class Engine:
         Otherwise the engine samples here and finishes the trace it took. The trace is an
         argument, not a field of :class:`InferRequest` (core types know nothing of tracing or
         a wire) nor a context variable (an ensemble's steps call ``infer`` from inside this
-        call and would silently inherit, and stamp, their parent's trace).
+        call and would silently inherit, and stamp, their parent's trace). ``sampled``: the
+        protocol has sampled this request already (``trace`` is None: it was not picked),
+        so the engine does not sample it a second time.
         """
         start = time.monotonic_ns()
         handle, loaded = self.version(request.model_name, request.model_version)
@@ -288,7 +294,7 @@ class Engine:
                 "(HTTP: Accept: text/event-stream; gRPC: ModelStreamInfer)"
             )
         own: Trace | None = None
-        if trace is None and self.tracer.active:
+        if trace is None and not sampled and self.tracer.active:
             trace = own = self.tracer.sample(request.model_name)
         if trace is not None:
             trace.model_version = str(loaded.version)
@@ -362,6 +368,9 @@ class Engine:
         if processing is not None and processing.inputs:
             began = time.monotonic_ns()
             inputs = await self._preprocess(processing, inputs)
+            if trace is not None:
+                trace.stamp("PREPROCESS_START", began)
+                trace.stamp("PREPROCESS_END")
             # What processing adds beside the model's inputs (image geometry) stays here,
             # for the output steps; the model sees only its own inputs.
             for key in [k for k in inputs if k not in handle.model_inputs]:
@@ -401,6 +410,9 @@ class Engine:
             began = time.monotonic_ns()
             outputs = _guarded(processing.postprocess, outputs, {**inputs, **extra})
             post_ns = time.monotonic_ns() - began
+            if trace is not None:
+                trace.stamp("POSTPROCESS_START", began)
+                trace.stamp("POSTPROCESS_END", began + post_ns)
         if pre_ns or post_ns:
             stats.on_processing(pre_ns, post_ns)
         return respond(handle, loaded, request, outputs)

@@ -27,6 +27,11 @@ runs; ``TENSORS`` renders FP16 values rather than leaving them empty; unknown le
 rejected rather than ignored. Timestamps are ``time.monotonic_ns()``: CLOCK_MONOTONIC, the
 clock behind C++'s ``steady_clock`` that Triton stamps with, so the numbers compare directly.
 
+``trace_mode`` "opentelemetry" (Triton's OpenTelemetry mode, :mod:`forwardpass.monitor.otel`)
+samples and stamps the same way, needs no file, lets ``trace_rate`` be 0, and traces every
+request that carries a valid W3C ``traceparent`` whatever the rate and count (as Triton
+does); the writer thread turns its traces into spans instead of file records.
+
 Cost: with tracing off, a request pays one attribute read (``Tracer.active``). Sampling takes a
 lock only while some scope traces. Serializing and file I/O happen on the writer thread; its
 queue is bounded, and a full queue drops the trace (counted in ``TraceWriter.dropped``).
@@ -48,16 +53,19 @@ import orjson
 
 from forwardpass.datatypes import DataType
 from forwardpass.errors import InvalidArgument
+from forwardpass.monitor.otel import OtelSettings, SpanExporter, TraceParent, parse_traceparent
 
 __all__ = [
     "CLEAR",
     "LEVELS",
+    "MODES",
     "Trace",
     "TraceSettings",
     "TraceWriter",
     "Tracer",
     "check_trace_settings",
     "parse_trace_level",
+    "parse_trace_mode",
     "parse_trace_update",
 ]
 
@@ -74,7 +82,15 @@ _FIELDS = {
     "trace_count": "count",
     "log_frequency": "log_frequency",
     "trace_file": "file",
+    "trace_mode": "mode",
 }
+#: Triton's trace modes: its own JSON trace file, or OpenTelemetry spans over OTLP.
+MODES = ("triton", "opentelemetry")
+OPENTELEMETRY = "opentelemetry"
+#: Activities only the OpenTelemetry spans use (Triton's trace file has no such names).
+SPAN_ONLY = frozenset(
+    {"PREPROCESS_START", "PREPROCESS_END", "POSTPROCESS_START", "POSTPROCESS_END"}
+)
 
 
 class _Clear:
@@ -104,14 +120,19 @@ class TraceSettings:
     count: int = -1
     log_frequency: int = 0
     file: str = ""
-    #: Triton's trace mode; only Triton's own file format is implemented.
+    #: Triton's trace mode: "triton" (the trace file) or "opentelemetry" (OTLP spans).
     mode: str = "triton"
 
     @property
     def reason(self) -> str:
-        """Why this setting traces nothing ("" when it traces), in Triton's words."""
+        """Why this setting traces nothing ("" when it traces), in Triton's words.
+
+        In OpenTelemetry mode no file is needed, and rate 0 is allowed: as in Triton, it
+        traces only the requests that carry a client's ``traceparent``."""
         if not self.level:
             return "tracing is disabled"
+        if self.mode == OPENTELEMETRY:
+            return ""
         if self.rate == 0:
             return "sample rate must be non-zero"
         if not self.file:
@@ -137,6 +158,17 @@ def parse_trace_level(values: Any) -> tuple[str, ...]:
                 "or TENSORS)"
             )
     return tuple(level for level in LEVELS if level in values)
+
+
+def parse_trace_mode(value: Any) -> str:
+    """``"triton"`` or ``"opentelemetry"`` (any case; gRPC's one-element list too)."""
+    if isinstance(value, list) and len(value) == 1:
+        value = value[0]
+    if not isinstance(value, str) or value.strip().lower() not in MODES:
+        raise InvalidArgument(
+            f"Unable to parse 'trace_mode', got: {value!r} (expected triton or opentelemetry)"
+        )
+    return value.strip().lower()
 
 
 def _parse_int(name: str, value: Any, low: int, high: int) -> int:
@@ -176,13 +208,15 @@ def parse_trace_update(settings: Mapping[str, Any]) -> dict[str, Any]:
         if name not in _FIELDS:
             raise InvalidArgument(
                 f"unknown trace setting {name!r} (expected trace_level, trace_rate, "
-                "trace_count or log_frequency)"
+                "trace_count, log_frequency or trace_mode)"
             )
         target = _FIELDS[name]
         if value is None or (isinstance(value, list) and not value):
             update[target] = CLEAR
         elif name == "trace_level":
             update[target] = parse_trace_level(value)
+        elif name == "trace_mode":
+            update[target] = parse_trace_mode(value)
         elif name == "trace_count":
             update[target] = _parse_int(name, value, -1, _INT32_MAX)
         else:
@@ -217,7 +251,12 @@ class _Scope:
 
     @property
     def tracing(self) -> bool:
-        return not self.settings.reason and self.settings.count != 0
+        """Whether a request of this scope may be traced. An OpenTelemetry scope whose count
+        ran out (or whose rate is 0) still traces the requests with a client's context."""
+        settings = self.settings
+        if settings.reason:
+            return False
+        return settings.count != 0 or settings.mode == OPENTELEMETRY
 
 
 class Trace:
@@ -226,9 +265,11 @@ class Trace:
     __slots__ = (
         "_scope",
         "_tracer",
+        "error",
         "id",
         "model_name",
         "model_version",
+        "parent",
         "request_id",
         "tensors",
         "timestamps",
@@ -236,7 +277,14 @@ class Trace:
         "with_timestamps",
     )
 
-    def __init__(self, tracer: Tracer, scope: _Scope, trace_id: int, model_name: str) -> None:
+    def __init__(
+        self,
+        tracer: Tracer,
+        scope: _Scope,
+        trace_id: int,
+        model_name: str,
+        parent: TraceParent | None = None,
+    ) -> None:
         self._tracer = tracer
         self._scope = scope
         self.id = trace_id
@@ -244,11 +292,24 @@ class Trace:
         #: Set by the engine once it has found the version; a trace without one is not written.
         self.model_version = ""
         self.request_id = ""
+        #: The client's W3C trace context (OpenTelemetry mode), the parent of the root span.
+        self.parent = parent
+        #: The failure's message when the request failed (the spans' error status).
+        self.error = ""
         self.timestamps: list[tuple[str, int]] = []
         self.tensors: list[tuple[str, str, DataType, np.ndarray]] = []
         level = scope.settings.level
-        self.with_timestamps = "TIMESTAMPS" in level
-        self.with_tensors = "TENSORS" in level
+        if scope.settings.mode == OPENTELEMETRY:
+            # Spans are made of the timestamps; tensors have no place in them (Triton, too,
+            # traces no tensors in this mode).
+            self.with_timestamps, self.with_tensors = True, False
+        else:
+            self.with_timestamps = "TIMESTAMPS" in level
+            self.with_tensors = "TENSORS" in level
+
+    @property
+    def mode(self) -> str:
+        return self._scope.settings.mode
 
     def stamp(self, name: str, ns: int = 0) -> None:
         """Record activity ``name`` at ``ns`` (now when 0), on the monotonic clock."""
@@ -276,6 +337,8 @@ class Trace:
             header["request_id"] = self.request_id
         out = [orjson.dumps(header)]
         for name, ns in self.timestamps:
+            if name in SPAN_ONLY:
+                continue
             out.append(orjson.dumps({"id": self.id, "timestamps": [{"name": name, "ns": ns}]}))
         for activity, name, datatype, array in self.tensors:
             out.append(
@@ -344,6 +407,8 @@ class TraceWriter:
         self._index: dict[str, int] = {}
         #: Scopes with records waiting for their indexed file.
         self._open: set[_Scope] = set()
+        #: Turns OpenTelemetry-mode traces into spans (set by the Tracer when a scope uses it).
+        self.spans: SpanExporter | None = None
 
     def submit(self, trace: Trace) -> None:
         self._put(trace)
@@ -413,9 +478,9 @@ class TraceWriter:
     def _guarded(self, fn: Any, *args: Any) -> None:
         try:
             fn(*args)
-        except Exception as exc:  # a trace file problem never stops the writer
+        except Exception as exc:  # a trace file (or span) problem never stops the writer
             self.errors += 1
-            log.error("cannot write trace file: %s: %s", type(exc).__name__, exc)
+            log.error("cannot write trace: %s: %s", type(exc).__name__, exc)
 
     def _handle(self, item: object) -> None:
         if isinstance(item, _Retire):
@@ -423,6 +488,10 @@ class TraceWriter:
             return
         assert isinstance(item, Trace)
         scope = item._scope
+        if scope.settings.mode == OPENTELEMETRY:
+            if self.spans is not None:
+                self.spans.emit(item)
+            return
         records = item.records()
         scope.collected += 1
         settings = scope.settings
@@ -474,14 +543,22 @@ class Tracer:
     nothing else when it is false.
     """
 
-    def __init__(self, defaults: TraceSettings | None = None, max_queued: int = 10_000) -> None:
+    def __init__(
+        self,
+        defaults: TraceSettings | None = None,
+        max_queued: int = 10_000,
+        opentelemetry: OtelSettings | None = None,
+    ) -> None:
         self.defaults = defaults or TraceSettings()
+        #: Where OpenTelemetry-mode spans go (``--trace-config opentelemetry,...``).
+        self.opentelemetry = opentelemetry or OtelSettings()
         self.writer = TraceWriter(max_queued)
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
         self._global = _Scope(self.defaults, {})
         self._models: dict[str, _Scope] = {}
         self.active = False
+        self._spans_for(self._global.settings)
         self._refresh()
 
     # ------------------------------------------------------------------ settings
@@ -508,6 +585,7 @@ class Tracer:
                 else:
                     new = _Scope(_resolve(self._global.settings, specified), specified)
                     check_trace_settings(new.settings)
+                    self._spans_for(new.settings)
                     if scope is not None:
                         retired.append(scope)
                     models[model_name] = new
@@ -516,6 +594,7 @@ class Tracer:
                 specified = _merge(self._global.specified, update)
                 new_global = _Scope(_resolve(self.defaults, specified), specified)
                 check_trace_settings(new_global.settings)
+                self._spans_for(new_global.settings)
                 retired.append(self._global)
                 # Models that follow the global setting in some field start over with it.
                 for name, scope in list(models.items()):
@@ -523,6 +602,7 @@ class Tracer:
                         continue
                     new = _Scope(_resolve(new_global.settings, scope.specified), scope.specified)
                     check_trace_settings(new.settings, f"model {name}: ")
+                    self._spans_for(new.settings)
                     retired.append(scope)
                     models[name] = new
             self._global = new_global
@@ -541,30 +621,53 @@ class Tracer:
     def _refresh(self) -> None:
         self.active = self._global.tracing or any(s.tracing for s in self._models.values())
 
+    def _spans_for(self, settings: TraceSettings) -> None:
+        """A setting in OpenTelemetry mode needs the span exporter: made (and the otel extra
+        imported) on first use, so that a missing extra fails the update, not a request."""
+        if settings.mode == OPENTELEMETRY and settings.level and self.writer.spans is None:
+            self.writer.spans = SpanExporter(self.opentelemetry)
+
     # ------------------------------------------------------------------ sampling
-    def sample(self, model_name: str) -> Trace | None:
-        """A new trace if this request of ``model_name`` is sampled, else None."""
+    def sample(self, model_name: str, carrier: Mapping[str, str] | None = None) -> Trace | None:
+        """A new trace if this request of ``model_name`` is sampled, else None.
+
+        ``carrier`` holds the request's headers (HTTP) or metadata (gRPC), lower-case. In
+        OpenTelemetry mode a valid W3C ``traceparent`` there makes the trace a child of the
+        client's span and, as in Triton, traces the request whatever the rate and count (an
+        invalid one is ignored: the request is sampled as any other).
+        """
         scope = self._models.get(model_name, self._global)
+        parent = None
+        if carrier and scope.settings.mode == OPENTELEMETRY:
+            header = carrier.get("traceparent")
+            if header is not None:
+                parent = parse_traceparent(header, carrier.get("tracestate", ""))
         with self._lock:
             settings = scope.settings
             if not scope.tracing:
                 return None
-            scope.seen += 1
-            if scope.seen % settings.rate:
-                return None
-            if settings.count > 0:
-                scope.settings = settings = replace(settings, count=settings.count - 1)
-                if settings.count == 0:
-                    self._refresh()
+            if parent is None:
+                if settings.rate == 0 or settings.count == 0:
+                    return None
+                scope.seen += 1
+                if scope.seen % settings.rate:
+                    return None
+                if settings.count > 0:
+                    scope.settings = settings = replace(settings, count=settings.count - 1)
+                    if settings.count == 0:
+                        self._refresh()
             scope.created += 1
             trace_id = next(self._ids)
-        return Trace(self, scope, trace_id, model_name)
+        return Trace(self, scope, trace_id, model_name, parent)
 
     def close(self, timeout: float = 10.0) -> None:
-        """Write every trace still queued or waiting for its indexed file."""
+        """Write every trace still queued or waiting for its indexed file; export the spans
+        still waiting in the batch span processor."""
         with self._lock:
             self.active = False
         self.writer.close(timeout)
+        if self.writer.spans is not None:
+            self.writer.spans.close()
 
 
 def _merge(specified: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:

@@ -38,7 +38,7 @@ from forwardpass.errors import (
     grpc_code,
 )
 from forwardpass.monitor.logsettings import LogControl, parse_log_update
-from forwardpass.monitor.trace import parse_trace_update
+from forwardpass.monitor.trace import Trace, parse_trace_update
 from forwardpass.protocol.codec import SHM_DISABLED
 from forwardpass.protocol.documents import log_settings_document, trace_settings_document
 from forwardpass.protocol.grpc_codec import (
@@ -175,12 +175,35 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     # -------------------------------------------------------------- inference
     async def ModelInfer(self, data: bytes, context: Any) -> Any:
         message = _parse_infer_request(data)
+        if self.engine.tracer.active:
+            return await self._traced_infer(message, context)
+        return await self._infer(message, None)
+
+    async def _infer(self, message: pb.ModelInferRequest, trace: Trace | None) -> Any:
         if self.shared_memory is None:
             request = decode_infer_request(message)
-            return encode_infer_response(await self.engine.infer(request))
+            return encode_infer_response(await self.engine.infer(request, trace, sampled=True))
         with self.shared_memory.leases() as leases:
             request = decode_infer_request(message, leases)
-            return encode_infer_response(await self.engine.infer(request), request, leases)
+            response = await self.engine.infer(request, trace, sampled=True)
+            return encode_infer_response(response, request, leases)
+
+    async def _traced_infer(self, message: pb.ModelInferRequest, context: Any) -> Any:
+        """ModelInfer while some scope traces: sample (with the W3C ``traceparent`` of the
+        call's metadata), stamp the gRPC side as Triton names it, finish the trace."""
+        trace = self.engine.tracer.sample(message.model_name, _metadata(context))
+        if trace is None:
+            return await self._infer(message, None)
+        trace.stamp("GRPC_WAIT_READ_END")
+        try:
+            answer = await self._infer(message, trace)
+            trace.stamp("GRPC_SEND_START")
+            return answer
+        except ForwardpassError as exc:
+            trace.error = exc.message
+            raise
+        finally:
+            trace.finish()
 
     async def ModelStreamInfer(
         self, requests: AsyncIterator[bytes], context: Any

@@ -277,7 +277,7 @@ class HttpApp:
 
     async def _traced_infer(self, name: str, version: str, request: HttpRequest) -> HttpResponse:
         """Infer while some scope traces: sample, stamp the HTTP side, finish the trace."""
-        trace = self.engine.tracer.sample(name)
+        trace = self.engine.tracer.sample(name, request.headers)  # W3C traceparent (otel)
         if trace is None:
             return await self._infer(name, version, request, None)
         # The request is parsed off the socket by now: as close to RECV_END as the app can
@@ -285,6 +285,9 @@ class HttpApp:
         trace.stamp("HTTP_RECV_END")
         try:
             return await self._infer(name, version, request, trace)
+        except ForwardpassError as exc:
+            trace.error = exc.message
+            raise
         finally:
             trace.finish()
 
@@ -316,7 +319,8 @@ class HttpApp:
                 config=config,
                 shared_memory=leases,
             )
-            response = await self.engine.infer(infer_request, trace)
+            # The app samples every request while tracing is on: the engine must not again.
+            response = await self.engine.infer(infer_request, trace, sampled=True)
             payload, json_length = encode_infer_response(response, infer_request, leases)
         finally:
             if leases is not None:

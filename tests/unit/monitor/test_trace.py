@@ -66,7 +66,9 @@ def test_parse_accepts_triton_strings_lists_and_null() -> None:
             "Unable to parse 'trace_count', value is out of range [ -1, 2147483647 ]",
         ),
         ({"log_frequency": "-5"}, "Unable to parse 'log_frequency', value is out of range"),
-        ({"trace_mode": "opentelemetry"}, "unknown trace setting 'trace_mode'"),
+        ({"trace_mode": "jaeger"}, "Unable to parse 'trace_mode', got: 'jaeger'"),
+        ({"trace_mode": 1}, "Unable to parse 'trace_mode'"),
+        ({"trace_sampler": "x"}, "unknown trace setting 'trace_sampler'"),
     ],
 )
 def test_parse_rejects_with_precise_messages(settings: dict[str, Any], message: str) -> None:

@@ -92,6 +92,33 @@ def test_trace_setting_routes(repo: Path, tmp_path: Path) -> None:
     with_app(repo, body, trace_file=trace_file, trace_rate=1000)
 
 
+def test_trace_rate_counts_each_http_request_once(repo: Path, tmp_path: Path) -> None:
+    """The HTTP app samples a request; the engine must not sample it a second time (a
+    request the app passed over used to be sampled again by the engine, so rate 2 traced
+    every request, half of them without the HTTP stamps)."""
+    trace_file = str(tmp_path / "t.json")
+
+    async def body(call: Call, engine: Engine) -> None:
+        update = {"trace_level": ["TIMESTAMPS"], "trace_rate": "2"}
+        ok(await call("POST", "/v2/trace/setting", update))
+        x = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 3], "data": [1, 2, 3]}]}
+        for _ in range(6):
+            ok(await call("POST", "/v2/models/add/infer", x))
+        assert engine.tracer.writer.flush()
+        records = orjson.loads(Path(trace_file).read_bytes())
+        headers = [r for r in records if "model_name" in r]
+        assert len(headers) == 3
+        for header in headers:
+            names = [
+                r["timestamps"][0]["name"]
+                for r in records
+                if r["id"] == header["id"] and "timestamps" in r
+            ]
+            assert names[0] == "HTTP_RECV_END" and names[-1] == "HTTP_SEND_START"
+
+    with_app(repo, body, trace_file=trace_file)
+
+
 def _echo() -> dict[str, Any]:
     return {"inputs": [{"name": "a", "datatype": "INT32", "shape": [1, 2], "data": [1, 2]}]}
 
