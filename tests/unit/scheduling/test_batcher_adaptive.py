@@ -43,7 +43,11 @@ def make(
     **dynamic: object,
 ) -> Batcher:
     policy = BatcherPolicy.from_config(
-        max_batch_size, DynamicBatching(**dynamic), 1, 1000, adaptive=adaptive  # type: ignore[arg-type]
+        max_batch_size,
+        DynamicBatching(**dynamic),
+        1,
+        1000,
+        adaptive=adaptive,  # type: ignore[arg-type]
     )
     batcher = Batcher(run, policy, ThreadPoolExecutor(max_workers=1), name="m", inline_ns=inline_ns)
     batcher.start()
@@ -76,6 +80,7 @@ def test_lone_requests_go_at_once_despite_a_long_queue_delay() -> None:
         for i in range(6):
             t0 = time.perf_counter()
             out, queue_ns, _c = await batcher.submit(row(i))
+            assert np.all(out["y"] == 2 * i)
             assert time.perf_counter() - t0 < 0.003 + LATE
             assert queue_ns < LATE * 1e9
             await asyncio.sleep(0.05)
