@@ -24,7 +24,10 @@ row-time (``r`` rows per request) and saves one batch overhead ``a`` plus what w
 
 * ``a`` in all (an idle instance never waits longer than the batch overhead it could save),
 * ``SILENCE`` expected gaps after the last arrival (the arrivals stopped: a closed loop whose
-  clients are all queued sends nothing more),
+  clients are all queued sends nothing more until their answers go back); when the instance
+  became free after the last arrival, ``SILENCE`` expected round trips after that (the
+  learned time from a batch's end to the next arrival: its answers going out, the next
+  requests of their clients coming in),
 * ``max_queue_delay_microseconds`` after the oldest queued request arrived, where set,
 * and, with ``max_latency_ms``, the point where the oldest request's wait plus the batch's
   expected service time would pass the objective (when it cannot be met at all, at once).
@@ -147,6 +150,10 @@ class AdaptivePolicy:
         self._last_arrival = 0
         self._log_gap: float | None = None
         self._rows = 1.0
+        #: When the last batch finished, and the mean log time from a batch's end to the
+        #: next arrival (a closed loop's round trip: answers out, the next requests in).
+        self._done_at = 0
+        self._log_return: float | None = None
         self._classes: dict[int, _SizeClass] = {}
         self._fit: tuple[float, float] | None = None
         self.last_wait_ns = 0
@@ -154,6 +161,12 @@ class AdaptivePolicy:
     # ------------------------------------------------------------------ learning
     def arrived(self, now_ns: int, rows: int = 1) -> None:
         """A request of ``rows`` rows was queued at ``now_ns``."""
+        if self._done_at > self._last_arrival:
+            log_return = math.log(max(now_ns - self._done_at, _MIN_GAP_NS))
+            if self._log_return is None:
+                self._log_return = log_return
+            else:
+                self._log_return += (log_return - self._log_return) * ALPHA
         if self._last_arrival:
             log_gap = math.log(max(now_ns - self._last_arrival, _MIN_GAP_NS))
             if self._log_gap is None:
@@ -165,8 +178,10 @@ class AdaptivePolicy:
             self._rows = float(rows)
         self._last_arrival = now_ns
 
-    def served(self, rows: int, compute_ns: int) -> None:
-        """A batch of ``rows`` rows took ``compute_ns`` (merge, run, split)."""
+    def served(self, rows: int, compute_ns: int, done_ns: int = 0) -> None:
+        """A batch of ``rows`` rows took ``compute_ns`` (merge, run, split), ending at
+        ``done_ns``."""
+        self._done_at = max(self._done_at, done_ns)
         size = self._classes.get(rows.bit_length())
         if size is None:
             self._classes[rows.bit_length()] = _SizeClass(rows, compute_ns)
@@ -200,6 +215,12 @@ class AdaptivePolicy:
         if self._log_gap is None:
             return None
         return math.exp(self._log_gap) * _EXP_GAMMA
+
+    def return_ns(self) -> float | None:
+        """The expected time from a batch's end to the next arrival, or ``None`` unknown."""
+        if self._log_return is None:
+            return None
+        return math.exp(self._log_return) * _EXP_GAMMA
 
     def service_ns(self, rows: int) -> float | None:
         """Expected compute time of a batch of ``rows`` rows, or ``None`` before a fit."""
@@ -241,7 +262,14 @@ class AdaptivePolicy:
         held = max(0, now - start)
         if rows * gap / max(self._rows, 1.0) >= a + held:
             return 0  # the next request is expected later than it would save
-        deadline = min(start + a, self._last_arrival + SILENCE * gap)
+        # Silence counts from the last arrival or from when the instance became free, if
+        # later: the requests it just answered are only now going back to their clients,
+        # and in a closed loop those clients are the next arrivals (after a round trip).
+        quiet = self._last_arrival + SILENCE * gap
+        if free_since > self._last_arrival:
+            back = self.return_ns() or 0.0
+            quiet = free_since + max(SILENCE * gap, SILENCE * back)
+        deadline = min(start + a, quiet)
         if self.max_queue_delay_ns:
             deadline = min(deadline, oldest + self.max_queue_delay_ns)
         objective = self.settings.max_latency_ns

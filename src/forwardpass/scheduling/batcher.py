@@ -546,7 +546,7 @@ class Batcher:
         input_ns, infer_ns, output_ns = t1 - t0, t2 - t1, t3 - t2
         compute_ns = t3 - t0
         if self.adaptive is not None and not retry:
-            self.adaptive.served(rows, compute_ns)
+            self.adaptive.served(rows, compute_ns, t3)
         if self.inline_ns:
             # Every run updates its size's average (weight 1/8), so a model that slows down
             # moves to the executor, and one that speeds up again comes back.

@@ -157,6 +157,34 @@ def test_the_hold_ends_when_arrivals_stop() -> None:
     assert hold(policy, later, 8, oldest=last - MS, free_since=last - MS) == 0
 
 
+def test_a_freed_instance_waits_for_the_clients_it_just_answered() -> None:
+    # Half of a closed loop queued while the other half computed; the instance is free now
+    # and those answers are on their way back: their clients' next requests come soon.
+    policy, last = learned(50 * US)
+    free = last + 5 * MS  # the batch finished long after the last arrival
+    wait = hold(policy, free, 16, oldest=last - MS, free_since=free)
+    assert wait == pytest.approx(SILENCE * policy.gap_ns(), abs=1)  # type: ignore[operator]
+
+
+def test_the_round_trip_after_a_batch_is_learned() -> None:
+    # Each batch's answers take 300 us to come back as the next requests (rendering them,
+    # the clients' turn-around): longer than SILENCE typical gaps inside a burst.
+    policy, now = learned(50 * US)
+    for _ in range(40):
+        now += 5 * MS
+        policy.served(16, int(FIXED + 16 * PER_ROW), done_ns=now)
+        now += 300 * US
+        for _ in range(16):
+            policy.arrived(now)
+            now += 50 * US
+    back = policy.return_ns()
+    assert back == pytest.approx(300 * US * math.exp(0.5772156649015329), rel=0.05)
+    free = now + 5 * MS
+    wait = hold(policy, free, 16, oldest=now, free_since=free)
+    assert SILENCE * policy.gap_ns() < wait == pytest.approx(SILENCE * back, abs=1)  # type: ignore[operator]
+    assert wait < FIXED
+
+
 def test_a_rate_too_low_for_the_batch_size_sends_it() -> None:
     # A request every 0.5 ms: worth it for one row (0.9 ms < 2.5 ms), not for 8 rows held
     # 0.1 ms (8 × 0.9 ms > 2.6 ms): the next request would cost the batch more than it saves.
