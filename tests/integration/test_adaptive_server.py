@@ -22,7 +22,7 @@ input: [ { name: in, data_type: TYPE_FP32, dims: [ 2 ] } ]
 output: [ { name: out, data_type: TYPE_FP32, dims: [ 2 ] } ]
 dynamic_batching: { max_queue_delay_microseconds: 500000 }
 parameters:
-  batching: { string_value: adaptive }
+  batching: adaptive
   max_latency_ms: { string_value: "25" }
 """
 
