@@ -142,6 +142,45 @@ async def closed_loop(
     }
 
 
+def run_json(cmd: list[str]) -> Any:
+    """Run ``cmd``; its stdout is one JSON document."""
+    import json
+
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out)
+
+
+def bench_load(
+    url: str, model: str, concurrency: str, duration: float, binary: bool = False
+) -> list[dict[str, Any]]:
+    """``forwardpass bench`` on the client core: one result per concurrency level (``1,32``)."""
+    cmd = [
+        PY, "-m", "forwardpass", "bench", model, "--url", url, "-c", concurrency,
+        "-d", str(duration), "--warmup", "1", "--json",
+    ]  # fmt: skip
+    if binary:
+        cmd.append("--binary")
+    return run_json(pinned(CLIENT_CORE, *cmd))["results"]
+
+
+def raw_session(model: Path, batches: str, seconds: float) -> list[dict[str, Any]]:
+    """The bare ONNX Runtime session (bench/raw_ort.py) on the server core: one result per
+    batch size (``1,8,32``), each with ``batch`` and ``samples_per_s``."""
+    import json
+
+    script = Path(__file__).resolve().parent / "raw_ort.py"
+    out = subprocess.run(
+        pinned(
+            SERVER_CORE, PY, str(script), str(model), "--batch", batches,
+            "--seconds", str(seconds), "--json",
+        ),
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout  # fmt: skip
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
 def run_role(script: Path, core: str, *args: str) -> Any:
     """Run ``script --role ARGS`` pinned to ``core``; its last stdout line is JSON."""
     import json

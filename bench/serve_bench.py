@@ -28,64 +28,16 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # a script beside its helpers, not a package
-    CLIENT_CORE,
     PY,
     SERVER_CORE,
+    bench_load,
     forwardpass_server,
     pinned,
+    raw_session,
     serving,
 )
 
 HERE = Path(__file__).resolve().parent
-
-
-def run_json(cmd: list[str]) -> Any:
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    return json.loads(out)
-
-
-def load(
-    url: str, model: str, concurrency: str, duration: float, binary: bool = False
-) -> list[dict[str, Any]]:
-    cmd = [
-        PY,
-        "-m",
-        "forwardpass",
-        "bench",
-        model,
-        "--url",
-        url,
-        "-c",
-        concurrency,
-        "-d",
-        str(duration),
-        "--warmup",
-        "1",
-        "--json",
-    ]
-    if binary:
-        cmd.append("--binary")
-    return run_json(pinned(CLIENT_CORE, *cmd))["results"]
-
-
-def raw(model: Path, batches: str, seconds: float) -> list[dict[str, Any]]:
-    out = subprocess.run(
-        pinned(
-            SERVER_CORE,
-            PY,
-            str(HERE / "raw_ort.py"),
-            str(model),
-            "--batch",
-            batches,
-            "--seconds",
-            str(seconds),
-            "--json",
-        ),
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    return [json.loads(line) for line in out.splitlines() if line.strip()]
 
 
 def startup_time() -> float:
@@ -119,24 +71,24 @@ def main() -> int:
             [PY, str(HERE / "models.py"), str(repo), "--no-timing"], check=True, capture_output=True
         )
 
-        results["raw_tiny"] = raw(repo / "tiny/1/model.onnx", "1", 3)
-        results["raw_compute"] = raw(repo / "compute/1/model.onnx", "1,8,16,32", 4)
+        results["raw_tiny"] = raw_session(repo / "tiny/1/model.onnx", "1", 3)
+        results["raw_compute"] = raw_session(repo / "compute/1/model.onnx", "1,8,16,32", 4)
 
         url = "http://127.0.0.1:8201"
         with serving(forwardpass_server(repo, 8201), url + "/v2/health/ready"):
-            results["fp_tiny_json"] = load(url, "tiny", "1,32", d)
-            results["fp_tiny_binary"] = load(url, "tiny", "1,32", d, binary=True)
-            results["fp_tiny_nobatch_json"] = load(url, "tiny_nobatch", "1,32", d)
-            results["fp_compute"] = load(url, "compute", "1,32", d)
-            results["fp_compute_delay"] = load(url, "compute_delay", "32", d)
-            results["fp_compute_nobatch"] = load(url, "compute_nobatch", "32", d)
+            results["fp_tiny_json"] = bench_load(url, "tiny", "1,32", d)
+            results["fp_tiny_binary"] = bench_load(url, "tiny", "1,32", d, binary=True)
+            results["fp_tiny_nobatch_json"] = bench_load(url, "tiny_nobatch", "1,32", d)
+            results["fp_compute"] = bench_load(url, "compute", "1,32", d)
+            results["fp_compute_delay"] = bench_load(url, "compute_delay", "32", d)
+            results["fp_compute_nobatch"] = bench_load(url, "compute_nobatch", "32", d)
 
         base_url = "http://127.0.0.1:8301"
         baseline = pinned(
             SERVER_CORE, PY, str(HERE / "baseline_fastapi.py"), str(repo / "tiny"), "--port", "8301"
         )
         with serving(baseline, base_url + "/v2/models/tiny"):
-            results["fastapi_tiny_json"] = load(base_url, "tiny", "1,32", d)
+            results["fastapi_tiny_json"] = bench_load(base_url, "tiny", "1,32", d)
     results["startup_s"] = min(startup_time() for _ in range(3))
 
     report(results)

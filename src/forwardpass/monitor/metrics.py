@@ -18,6 +18,7 @@ from prometheus_client.core import (
 )
 
 from forwardpass.monitor.stats import Histogram
+from forwardpass.scheduling.batcher import Batcher
 
 if TYPE_CHECKING:
     from forwardpass.engine import Engine
@@ -86,6 +87,16 @@ class EngineCollector:
             "Execution providers in use (1); fallback=1 where a requested provider was missing",
             labels=[*_LABELS, "provider", "fallback"],
         )
+        # Adaptive batching's estimates (models that opted in), read at scrape time.
+        adaptive = {
+            key: GaugeMetricFamily(f"forwardpass_adaptive_{key}", doc, labels=_LABELS)
+            for key, doc in (
+                ("arrival_rate", "Estimated request arrival rate (requests/s)"),
+                ("batch_fixed_seconds", "Estimated fixed cost of a batch, whatever its size"),
+                ("batch_row_seconds", "Estimated cost of each row of a batch"),
+                ("wait_seconds", "The last wait chosen for an idle instance (0: sent at once)"),
+            )
+        }
         for handle in self.engine.models():
             for version, loaded in sorted(handle.versions.items()):
                 labels = [handle.name, str(version)]
@@ -100,6 +111,12 @@ class EngineCollector:
                     cache_misses.add_metric(labels, stats.cache_miss_count)
                 if loaded.batcher is not None:
                     pending.add_metric(labels, loaded.batcher.pending)
+                if isinstance(loaded.batcher, Batcher) and loaded.batcher.adaptive is not None:
+                    view = loaded.batcher.adaptive.view()
+                    adaptive["arrival_rate"].add_metric(labels, view.arrival_rate_per_s)
+                    adaptive["batch_fixed_seconds"].add_metric(labels, view.batch_fixed_s)
+                    adaptive["batch_row_seconds"].add_metric(labels, view.batch_per_row_s)
+                    adaptive["wait_seconds"].add_metric(labels, view.last_wait_s)
                 _add(request, labels, stats.request_latency)
                 _add(queue, labels, stats.queue_latency)
                 _add(compute, labels, stats.compute_latency)
@@ -113,7 +130,7 @@ class EngineCollector:
                     providers.add_metric([*labels, provider, fell_back], 1)
         yield from (
             success, failure, inferences, executions, pending, request, queue, compute, batch,
-            preprocess, postprocess, providers, cache_hits, cache_misses,
+            preprocess, postprocess, providers, cache_hits, cache_misses, *adaptive.values(),
         )  # fmt: skip
 
 

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from forwardpass.datatypes import DataType
 from forwardpass.errors import InvalidModelConfig
 from forwardpass.model_config import ModelConfig
+from forwardpass.scheduling.adaptive import read_adaptive
 
 __all__ = ["validate_config"]
 
@@ -81,6 +82,16 @@ def _check_batching(config: ModelConfig) -> None:
             raise InvalidModelConfig(
                 f"dynamic_batching.priority_queue_policy has level {level}, outside 1..{levels}"
             )
+
+
+def _check_adaptive(config: ModelConfig) -> None:
+    """The ``batching`` and ``max_latency_ms`` parameters (adaptive batching)."""
+    read_adaptive(
+        config.parameters,
+        config.max_batch_size,
+        config.dynamic_batching is not None,
+        config.sequence_batching is not None,
+    )
 
 
 def _check_warmup(config: ModelConfig) -> None:
@@ -213,6 +224,7 @@ def _check_sequence(config: ModelConfig) -> None:
 _CHECKS: tuple[Callable[[ModelConfig], None], ...] = (
     _check_tensors,
     _check_batching,
+    _check_adaptive,
     _check_warmup,
     _check_batch_io,
     _check_sequence,

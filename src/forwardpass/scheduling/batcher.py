@@ -17,6 +17,13 @@ would take the batch past ``max_batch_size``. Then:
   request never waits, and under load batches grow while the instances are busy);
 * otherwise the worker waits until the delay runs out or another request arrives.
 
+With ``parameters { key: "batching" value: { string_value: "adaptive" } }`` the last two
+rules change (see :mod:`forwardpass.scheduling.adaptive`): a free instance holds what is
+queued only while the policy expects the wait to pay off, up to the next preferred size or
+``max_batch_size``, capped by ``max_queue_delay_microseconds`` where set (0 means no cap, not
+"never wait") and by the latency objective ``max_latency_ms``. The other rules, and every
+guarantee below, are unchanged.
+
 Guarantees: every submitted request gets exactly one result or one error. A failure in one
 request's data never fails the requests batched with it: a batch whose backend call fails
 with an :class:`InvalidArgument` (the data was wrong, e.g. an index out of range inside the
@@ -62,6 +69,7 @@ from forwardpass.errors import (
 )
 from forwardpass.model_config import DynamicBatching, ModelConfig, QueuePolicy
 from forwardpass.runtime.base import NamedArrays
+from forwardpass.scheduling.adaptive import AdaptivePolicy, AdaptiveSettings, read_adaptive
 from forwardpass.scheduling.layout import BatchLayout
 
 __all__ = [
@@ -109,6 +117,8 @@ class BatcherPolicy:
     instances: int = 1
     #: Ragged inputs, batch inputs and batch outputs.
     layout: BatchLayout = field(default_factory=BatchLayout)
+    #: Set when the config asks for adaptive batching instead of Triton's waiting rules.
+    adaptive: AdaptiveSettings | None = None
 
     @classmethod
     def from_config(
@@ -118,6 +128,7 @@ class BatcherPolicy:
         instances: int,
         default_max_queue_size: int,
         layout: BatchLayout | None = None,
+        adaptive: AdaptiveSettings | None = None,
     ) -> BatcherPolicy:
         layout = layout or BatchLayout()
         if dynamic is None:
@@ -139,6 +150,7 @@ class BatcherPolicy:
             default_max_queue_size=default_max_queue_size,
             instances=instances,
             layout=layout,
+            adaptive=adaptive,
         )
 
     @classmethod
@@ -146,12 +158,19 @@ class BatcherPolicy:
         cls, config: ModelConfig, instances: int, default_max_queue_size: int
     ) -> BatcherPolicy:
         """The policy of a model config (batching, queues, ragged inputs, batch inputs)."""
+        adaptive = read_adaptive(
+            config.parameters,
+            config.max_batch_size,
+            config.dynamic_batching is not None,
+            config.sequence_batching is not None,
+        )
         return cls.from_config(
             config.max_batch_size,
             config.dynamic_batching,
             instances,
             default_max_queue_size,
             BatchLayout.from_config(config),
+            adaptive,
         )
 
     def queue_policy(self, level: int) -> QueuePolicy:
@@ -244,6 +263,12 @@ class Batcher:
         self._cost: dict[int, float] = {}
         self._skipped: dict[int, int] = {}
         self._per_batch = 1.0
+        #: Adaptive batching's estimates and decisions; ``None``: Triton's rules.
+        self.adaptive: AdaptivePolicy | None = (
+            AdaptivePolicy(policy.adaptive, policy.max_queue_delay_ns)
+            if policy.adaptive is not None and policy.merge
+            else None
+        )
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -326,6 +351,8 @@ class Batcher:
             item.timer = loop.call_later(timeout / 1e6, self._expire, item)
         queue.append(item)
         self._queued += 1
+        if self.adaptive is not None:
+            self.adaptive.arrived(now, rows)
         assert self._wakeup is not None and self._idle is not None
         self._idle.clear()
         self._wakeup.set()
@@ -354,10 +381,11 @@ class Batcher:
         """Queued requests in the order batches take them: by priority, then oldest first."""
         return itertools.chain.from_iterable(self._queues)
 
-    def _plan(self, now_ns: int) -> _Plan:
+    def _plan(self, now_ns: int, free_since_ns: int = 0) -> _Plan:
         """Triton's ``GetDynamicBatch``: how many queued requests to send now, or how long to wait.
 
-        See the module docstring for the rules.
+        See the module docstring for the rules; ``free_since_ns`` (when the asking instance
+        became free) is for the adaptive policy.
         """
         policy = self.policy
         if not policy.merge:
@@ -390,7 +418,19 @@ class Batcher:
         expired = delay > 0 and waited >= delay
         if best and not expired:
             return _Plan(count=best)
-        if blocked or rows >= largest or expired or delay == 0:
+        if blocked or rows >= largest or expired:
+            return _Plan(count=count)
+        if self.adaptive is not None:
+            target = next((size for size in preferred if size > rows), cap)
+            hold = self.adaptive.hold_ns(
+                now_ns=now_ns,
+                rows=rows,
+                target=target,
+                oldest_ns=oldest,
+                free_since_ns=free_since_ns,
+            )
+            return _Plan(wait_ns=hold) if hold > 0 else _Plan(count=count)
+        if delay == 0:
             return _Plan(count=count)
         return _Plan(wait_ns=delay - waited)
 
@@ -407,12 +447,13 @@ class Batcher:
     async def _wait_for_batch(self) -> list[Pending]:
         wakeup = self._wakeup
         assert wakeup is not None
+        free_since = time.monotonic_ns()
         while True:
             if not self._queued:
                 wakeup.clear()
                 await wakeup.wait()
                 continue
-            plan = self._plan(time.monotonic_ns())
+            plan = self._plan(time.monotonic_ns(), free_since)
             if plan.count:
                 batch = [p for p in self._take(plan.count) if not p.future.done()]
                 if batch:
@@ -504,6 +545,8 @@ class Batcher:
         t0, t1, t2, t3 = times
         input_ns, infer_ns, output_ns = t1 - t0, t2 - t1, t3 - t2
         compute_ns = t3 - t0
+        if self.adaptive is not None and not retry:
+            self.adaptive.served(rows, compute_ns, t3)
         if self.inline_ns:
             # Every run updates its size's average (weight 1/8), so a model that slows down
             # moves to the executor, and one that speeds up again comes back.

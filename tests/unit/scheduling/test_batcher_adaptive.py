@@ -1,0 +1,176 @@
+"""The dynamic batcher with the adaptive policy, against a run function that costs a + b·rows."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from forwardpass.model_config import DynamicBatching
+from forwardpass.scheduling.adaptive import AdaptiveSettings
+from forwardpass.scheduling.batcher import Batcher, BatcherPolicy
+
+#: How late a batch may leave (event-loop and thread hand-off jitter on a busy machine).
+LATE = 0.06
+
+
+class Costly:
+    """Doubles its input after sleeping ``fixed + per_row·rows`` seconds; records batch sizes."""
+
+    def __init__(self, fixed: float, per_row: float = 0.001) -> None:
+        self.fixed = fixed
+        self.per_row = per_row
+        self.batches: list[int] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, instance: int, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        x = inputs["x"]
+        with self.lock:
+            self.batches.append(x.shape[0])
+        time.sleep(self.fixed + self.per_row * x.shape[0])
+        return {"y": x * 2}
+
+
+def make(
+    run: Costly,
+    *,
+    adaptive: AdaptiveSettings | None = AdaptiveSettings(),  # noqa: B008 - frozen
+    max_batch_size: int = 8,
+    inline_ns: int = 0,
+    **dynamic: object,
+) -> Batcher:
+    policy = BatcherPolicy.from_config(
+        max_batch_size,
+        DynamicBatching(**dynamic),
+        1,
+        1000,
+        adaptive=adaptive,  # type: ignore[arg-type]
+    )
+    batcher = Batcher(run, policy, ThreadPoolExecutor(max_workers=1), name="m", inline_ns=inline_ns)
+    batcher.start()
+    return batcher
+
+
+def row(value: float, rows: int = 1) -> dict[str, np.ndarray]:
+    return {"x": np.full((rows, 3), value, dtype=np.float32)}
+
+
+async def bursts(batcher: Batcher, count: int, size: int, gap: float, pause: float) -> None:
+    """``count`` bursts of ``size`` requests ``gap`` seconds apart, each burst answered (and
+    ``pause`` seconds passed) before the next: what a few clients sending together look like."""
+    for b in range(count):
+        tasks = []
+        for i in range(size):
+            tasks.append(asyncio.ensure_future(batcher.submit(row(100 * b + i))))
+            await asyncio.sleep(gap)
+        for i, task in enumerate(tasks):
+            out, _q, _c = await task
+            assert np.all(out["y"] == 2 * (100 * b + i))
+        await asyncio.sleep(pause)
+
+
+def test_lone_requests_go_at_once_despite_a_long_queue_delay() -> None:
+    async def main() -> None:
+        run = Costly(fixed=0.002)
+        # Triton's rules would hold each of these 300 ms: no preferred size, no full batch.
+        batcher = make(run, max_queue_delay_microseconds=300_000)
+        for i in range(6):
+            t0 = time.perf_counter()
+            out, queue_ns, _c = await batcher.submit(row(i))
+            assert np.all(out["y"] == 2 * i)
+            assert time.perf_counter() - t0 < 0.003 + LATE
+            assert queue_ns < LATE * 1e9
+            await asyncio.sleep(0.05)
+        assert run.batches == [1] * 6
+        await batcher.close()
+
+    asyncio.run(main())
+
+
+def test_a_busy_model_fills_its_batches_where_triton_without_delay_splits_them() -> None:
+    async def main() -> dict[str, list[int]]:
+        seen = {}
+        for name, settings in (("triton", None), ("adaptive", AdaptiveSettings())):
+            run = Costly(fixed=0.06)
+            batcher = make(run, adaptive=settings)
+            # Warm-up: batches of two size classes (1 and 4 rows) give the service-time line.
+            await batcher.submit(row(0))
+            await asyncio.gather(*(batcher.submit(row(i)) for i in range(4)))
+            await bursts(batcher, count=5, size=8, gap=0.002, pause=0.05)
+            seen[name] = run.batches[2:]
+            await batcher.close()
+        return seen
+
+    seen = asyncio.run(main())
+    # With no delay, the first request of a burst leaves alone and the rest follow together.
+    assert seen["triton"][-4:] == [1, 7, 1, 7]
+    # Adaptive learns that the next request comes far sooner than a batch's 60 ms overhead:
+    # once learned, each burst leaves as one full batch.
+    assert seen["adaptive"][-2:] == [8, 8], seen["adaptive"]
+    assert len(seen["adaptive"]) < len(seen["triton"])
+
+
+def test_preferred_sizes_are_the_batches_it_waits_for() -> None:
+    async def main() -> list[int]:
+        run = Costly(fixed=0.06)
+        batcher = make(run, preferred_batch_size=(4,))
+        await batcher.submit(row(0))
+        await asyncio.gather(*(batcher.submit(row(i)) for i in range(4)))
+        await bursts(batcher, count=5, size=8, gap=0.002, pause=0.05)
+        await batcher.close()
+        return run.batches[2:]
+
+    batches = asyncio.run(main())
+    # A batch that reaches the preferred size goes at once (Triton's rule): no batch grows
+    # past 4, and once learned, none leaves smaller.
+    assert max(batches) == 4
+    assert batches[-4:] == [4, 4, 4, 4], batches
+
+
+def test_an_objective_below_the_batch_overhead_never_waits() -> None:
+    async def main() -> list[int]:
+        run = Costly(fixed=0.06)
+        # 10 ms of latency cannot be met by a 60 ms batch: nothing is held for it.
+        batcher = make(run, adaptive=AdaptiveSettings(max_latency_ns=10_000_000))
+        await batcher.submit(row(0))
+        await asyncio.gather(*(batcher.submit(row(i)) for i in range(4)))
+        await bursts(batcher, count=3, size=8, gap=0.002, pause=0.05)
+        await batcher.close()
+        return run.batches[2:]
+
+    assert asyncio.run(main()) == [1, 7, 1, 7, 1, 7]
+
+
+def test_inline_lone_requests_stay_inline_under_adaptive() -> None:
+    async def main() -> None:
+        calls: list[int] = []
+
+        def run(instance: int, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            calls.append(threading.get_ident())
+            return {"y": inputs["x"] * 2}
+
+        policy = BatcherPolicy.from_config(
+            8, DynamicBatching(), 1, 1000, adaptive=AdaptiveSettings()
+        )
+        batcher = Batcher(
+            run, policy, ThreadPoolExecutor(max_workers=1), name="m", inline_ns=50_000_000
+        )
+        batcher.start()
+        for i in range(5):
+            out, _q, _c = await batcher.submit(row(i))
+            assert np.all(out["y"] == 2 * i)
+        assert calls[1:] == [threading.get_ident()] * 4  # after the first, measured, run
+        view = batcher.adaptive.view() if batcher.adaptive else None
+        assert view is not None and view.arrival_rate_per_s > 0
+        await batcher.close()
+
+    asyncio.run(main())
+
+
+def test_triton_policy_has_no_adaptive_state() -> None:
+    policy = BatcherPolicy.from_config(8, DynamicBatching(), 1, 1000)
+    batcher = Batcher(lambda i, x: x, policy, ThreadPoolExecutor(max_workers=1), name="m")
+    assert batcher.adaptive is None
