@@ -299,6 +299,8 @@ def serve(
         check_capacity(config.response_cache_bytes)
     except ForwardpassError as exc:
         raise click.ClickException(exc.message) from None
+    if worker_count is None and config.workers > 1:  # FORWARDPASS_WORKERS: the same bounds
+        _workers(str(config.workers), "FORWARDPASS_WORKERS")
     if not config.model_repository.is_dir():
         raise click.ClickException(f"model repository {config.model_repository} is not a folder")
 
@@ -321,7 +323,7 @@ def serve(
         raise click.ClickException(exc.message) from None
 
 
-def _workers(value: str | None) -> int | None:
+def _workers(value: str | None, source: str = "'--workers'") -> int | None:
     """``--workers`` → a count (a bad one is a usage error: exit 2 with the reason)."""
     if value is None:
         return None
@@ -331,7 +333,7 @@ def _workers(value: str | None) -> int | None:
     try:
         return parse_workers(value)
     except InvalidArgument as exc:
-        raise click.BadParameter(exc.message, param_hint="'--workers'") from None
+        raise click.BadParameter(exc.message, param_hint=source) from None
 
 
 #: ``--trace-config`` setting names → ServerConfig fields (Triton's global and "triton," ones).
