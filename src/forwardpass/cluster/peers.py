@@ -247,15 +247,14 @@ class Peers:
         from forwardpass.cluster.merge import merge_metrics
 
         assert self._metrics is not None
-        loop = asyncio.get_running_loop()
-        # The merge parses text: off the loop, so a scrape does not stall requests.
-        own = await loop.run_in_executor(None, self._metrics)
-        per_worker = [(self.index, os.getpid(), own)]
+        # Rendered on the loop, as a single process renders it (the collector reads the model
+        # table, which only the loop changes); the merge parses text, so it runs off the loop.
+        per_worker = [(self.index, os.getpid(), self._metrics())]
         for index, reply in sorted((await self.ask(Call("metrics"))).items()):
             with contextlib.suppress(ForwardpassError):
                 pid, text = reply.unwrap()
                 per_worker.append((index, pid, text))
-        return await loop.run_in_executor(None, merge_metrics, per_worker)
+        return await asyncio.get_running_loop().run_in_executor(None, merge_metrics, per_worker)
 
     async def share(self, call: Call) -> None:
         """A change this worker has just made: record it and make it on every sibling.
