@@ -112,6 +112,13 @@ class ServerConfig:
     #: ``--trace-config opentelemetry,<setting>=<value>`` pairs (url, resource, bsp_*),
     #: checked by :meth:`otel_settings`.
     trace_opentelemetry: tuple[tuple[str, str], ...] = ()
+    #: Server processes sharing the ports (``--workers``; see :mod:`forwardpass.cluster`).
+    #: More than one makes each bind its sockets with SO_REUSEPORT.
+    workers: int = 1
+    #: ONNX Runtime intra-op threads of a model whose config does not set
+    #: ``intra_op_thread_count``; 0 keeps ORT's default (one per core). ``--workers N`` with
+    #: N > 1 makes it 1, so that N workers do not each start a thread per core.
+    intra_op_threads: int = 0
 
     @property
     def grpc_message_limit(self) -> int:
@@ -137,6 +144,12 @@ class ServerConfig:
             )
         if self.model_control_mode == "poll" and not self.repository_poll_secs > 0:
             raise InvalidArgument("--repository-poll-secs must be positive in poll mode")
+        if self.workers < 1:
+            raise InvalidArgument(f"workers must be at least 1, got {self.workers}")
+        if self.intra_op_threads < 0:
+            raise InvalidArgument(
+                f"intra_op_threads must be 0 (ORT's default) or more, got {self.intra_op_threads}"
+            )
         if self.api_key_header != self.api_key_header.strip().lower() or not self.api_key_header:
             raise InvalidArgument(
                 f"api key header {self.api_key_header!r} must be a lower-case header name"

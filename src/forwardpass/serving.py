@@ -9,7 +9,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from typing import TYPE_CHECKING
 
@@ -25,6 +25,7 @@ from forwardpass.protocol.shared_memory import SharedMemoryRegistry
 from forwardpass.repository import ModelRepository
 
 if TYPE_CHECKING:
+    from forwardpass.cluster.peers import Peers
     from forwardpass.protocol.grpc_service import GrpcServer
 
 __all__ = ["Server", "run_server"]
@@ -35,10 +36,17 @@ log = logging.getLogger("forwardpass")
 class Server:
     """One forwardpass server: start it, it serves until :meth:`stop`."""
 
-    def __init__(self, config: ServerConfig, logs: LogControl | None = None) -> None:
+    def __init__(
+        self, config: ServerConfig, logs: LogControl | None = None, peers: Peers | None = None
+    ) -> None:
         self.config = config
         self.engine = Engine(ModelRepository(config.model_repository), config)
-        metrics = metrics_renderer(self.engine) if config.metrics else None
+        self.engine.peers = self.peers = peers
+        self.logs = logs
+        self._local_metrics = metrics_renderer(self.engine) if config.metrics else None
+        metrics: Callable[[], bytes | Awaitable[bytes]] | None = self._local_metrics
+        if peers is not None and metrics is not None:
+            metrics = peers.metrics  # this worker's and its siblings', summed
         self.shared_memory = SharedMemoryRegistry() if config.allow_client_shm else None
         self.app = HttpApp(
             self.engine,
@@ -67,6 +75,8 @@ class Server:
         """Load the models, then listen. Returns the bound HTTP port (``grpc.port`` is gRPC's)."""
         await self.engine.start()
         try:
+            if self.peers is not None:  # catch up with the siblings before listening
+                await self.peers.start(self.engine, self.logs, self._local_metrics)
             port = await self.http.start()
             if self.grpc is not None:
                 try:
@@ -76,6 +86,8 @@ class Server:
                     raise
         except BaseException:
             # A busy port or a bad TLS file: release the models so the process can exit.
+            if self.peers is not None:
+                await self.peers.stop()
             await self.engine.stop()
             raise
         return port
@@ -89,6 +101,8 @@ class Server:
         if self.grpc is not None:
             stops.append(self.grpc.stop(grace))
         await asyncio.gather(*stops)
+        if self.peers is not None:
+            await self.peers.stop()
         await self.engine.stop()
         if self.shared_memory is not None:
             self.shared_memory.unregister()  # unmap every region the clients left registered
@@ -118,13 +132,16 @@ def _install_loop() -> None:
 
 
 def run_server(
-    config: ServerConfig, on_ready: Callable[[int, int | None], None] | None = None
+    config: ServerConfig,
+    on_ready: Callable[[int, int | None], None] | None = None,
+    peers: Peers | None = None,
 ) -> None:
     """Run until SIGINT/SIGTERM; the first signal drains in-flight requests, a second exits.
 
     ``on_ready(http_port, grpc_port)`` is called once both listen (``grpc_port`` is ``None``
     when gRPC is off). A port that cannot be bound or a TLS file that cannot be loaded raises a
-    :class:`~forwardpass.errors.ForwardpassError` naming it.
+    :class:`~forwardpass.errors.ForwardpassError` naming it. ``peers``: this process is one
+    of ``serve --workers N`` (see :mod:`forwardpass.cluster`).
     """
     # Other libraries' records go to stderr through the root logger; forwardpass's own go
     # through the LogControl, which the logging extension changes at run time.
@@ -139,7 +156,7 @@ def run_server(
 
     async def main() -> None:
         began = time.perf_counter()
-        server = Server(config, logs)
+        server = Server(config, logs, peers)
         port = await server.start()
         loop = asyncio.get_running_loop()
         stopping = False

@@ -179,6 +179,13 @@ def native_repository(target: str, folder: Path, name: str | None = None) -> str
     help="Response cache for models with response_cache enabled, as Triton spells it: "
     "local,size=BYTES.",
 )
+@click.option(
+    "--workers",
+    default=None,
+    help="Server processes sharing the ports, each with its own models (CPU): a number up to "
+    "the usable cores, or 'auto' for all of them (default 1). Statistics, metrics, model "
+    "loads and settings span them all.",
+)
 def serve(
     target: str | None,
     name: str | None,
@@ -215,6 +222,7 @@ def serve(
     trace_log_frequency: int | None,
     trace_config: tuple[str, ...],
     cache_config: str | None,
+    workers: str | None,
 ) -> None:
     """Serve a model repository over the Open Inference Protocol (KServe V2) over HTTP and gRPC.
 
@@ -241,6 +249,7 @@ def serve(
             )
         return
 
+    worker_count = _workers(workers)
     try:
         trace = _trace_config(trace_config)
         explicit = {
@@ -282,6 +291,7 @@ def serve(
             log_file=log_file,
             **trace,
             response_cache_bytes=parse_cache_config(cache_config) if cache_config else None,
+            workers=worker_count,
         )
         # Checked here so that a bad value is a usage error, not a traceback at start-up.
         config.trace_settings()
@@ -292,6 +302,8 @@ def serve(
         check_capacity(config.response_cache_bytes)
     except ForwardpassError as exc:
         raise click.ClickException(exc.message) from None
+    if worker_count is None and config.workers > 1:  # FORWARDPASS_WORKERS: the same bounds
+        _workers(str(config.workers), "FORWARDPASS_WORKERS")
     if not config.model_repository.is_dir():
         raise click.ClickException(f"model repository {config.model_repository} is not a folder")
 
@@ -304,9 +316,27 @@ def serve(
         click.echo(line, err=False)
 
     try:
-        run_server(config, on_ready=announce)
+        if config.workers > 1:
+            from forwardpass.cluster import run_workers
+
+            run_workers(config, on_ready=announce)
+        else:
+            run_server(config, on_ready=announce)
     except ForwardpassError as exc:  # a busy port, an unreadable TLS file: one line, exit 1
         raise click.ClickException(exc.message) from None
+
+
+def _workers(value: str | None, source: str = "'--workers'") -> int | None:
+    """``--workers`` → a count (a bad one is a usage error: exit 2 with the reason)."""
+    if value is None:
+        return None
+    from forwardpass.cluster import parse_workers
+    from forwardpass.errors import InvalidArgument
+
+    try:
+        return parse_workers(value)
+    except InvalidArgument as exc:
+        raise click.BadParameter(exc.message, param_hint=source) from None
 
 
 #: ``--trace-config`` setting names → ServerConfig fields (Triton's global and "triton," ones).

@@ -16,7 +16,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -52,6 +52,9 @@ from forwardpass.scheduling.batcher import Batcher
 from forwardpass.scheduling.sequence import SequenceBatcher, sequence_flags
 from forwardpass.types import InferRequest, InferResponse, Tensor
 
+if TYPE_CHECKING:
+    from forwardpass.cluster.peers import Peers
+
 __all__ = ["Engine"]
 
 log = logging.getLogger("forwardpass.engine")
@@ -78,6 +81,10 @@ class Engine:
         self.stopping = False
         self._poller: Poller | None = None
         self._poll_task: asyncio.Task[None] | None = None
+        #: The sibling worker processes (``serve --workers N``), or ``None`` in a single
+        #: process: statistics are summed over them, repository and settings changes made on
+        #: all of them (see :mod:`forwardpass.cluster`).
+        self.peers: Peers | None = None
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -179,13 +186,26 @@ class Engine:
         """The repository load API: load (or reload) a model; old versions keep serving until
         the new ones are ready. Explicit model control only."""
         self._control(files)
+        handle = self.table.get(name)
+        was_serving = handle is not None and handle.state is ModelState.READY
         await self.table.load(name, config_override, files)
+        if self.peers is not None:
+            await self.peers.share_load(name, config_override, files, was_serving)
 
     async def unload(self, name: str) -> None:
         """The repository unload API: stop serving a model; queued requests finish, later
         ones get 503 (UNAVAILABLE). Explicit model control only."""
         self._control()
         await self.table.unload(name)
+        await self.share("unload", name)
+
+    async def share(self, op: str, *args: Any) -> None:
+        """A change just made here (``unload``, ``trace`` or ``log`` settings) that applies
+        to every worker process: make it on the siblings too (nothing in a single process)."""
+        if self.peers is not None:
+            from forwardpass.cluster.peers import Call
+
+            await self.peers.share(Call(op, args))
 
     # ------------------------------------------------------------------ lookups
     def handle(self, name: str) -> ModelHandle:
@@ -269,6 +289,13 @@ class Engine:
                 return [loaded.stats.snapshot()]
             return [v.stats.snapshot() for _, v in sorted(handle.versions.items())]
         return [v.stats.snapshot() for h in self.table for _, v in sorted(h.versions.items())]
+
+    async def statistics(self, name: str = "", version: str = "") -> list[ModelStatistics]:
+        """:meth:`stats` of the whole server: summed over the worker processes, if several."""
+        local = self.stats(name, version)
+        if self.peers is None:
+            return local
+        return await self.peers.statistics(local, name, version)
 
     # ------------------------------------------------------------------ inference
     async def infer(

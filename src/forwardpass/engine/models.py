@@ -282,6 +282,7 @@ class ModelTable:
         entry = await loop.run_in_executor(
             None, lambda: self.repository.read(name, config_override=config_override, folder=folder)
         )
+        entry = _thread_default(entry, self.config.intra_op_threads)
         pipeline: Pipeline | None = None
         processing: Processing | None = None
         built: dict[int, tuple[list[Backend], ThreadPoolExecutor]] = {}
@@ -386,6 +387,20 @@ class ModelTable:
             handle.latest = None
             handle.state = ModelState.UNAVAILABLE
             handle.reason = reason
+
+
+def _thread_default(entry: ModelEntry, threads: int) -> ModelEntry:
+    """The server's ONNX Runtime intra-op thread count for a model whose config names none
+    (``--workers N`` sets 1, so that N processes do not each start a thread per core)."""
+    config = entry.config
+    if (
+        not threads
+        or (config.backend or config.platform) not in ("onnxruntime", "onnxruntime_onnx", "onnx")
+        or "intra_op_thread_count" in config.parameters
+    ):
+        return entry
+    parameters = {**config.parameters, "intra_op_thread_count": str(threads)}
+    return replace(entry, config=replace(config, parameters=parameters))
 
 
 def _build(entry: ModelEntry) -> dict[int, tuple[list[Backend], ThreadPoolExecutor]]:

@@ -170,7 +170,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         return model_config_message(self.engine.model_config(request.name, request.version))
 
     async def ModelStatistics(self, request: Any, context: Any) -> Any:
-        return statistics_message(self.engine.stats(request.name, request.version))
+        return statistics_message(await self.engine.statistics(request.name, request.version))
 
     # -------------------------------------------------------------- inference
     async def ModelInfer(self, data: bytes, context: Any) -> Any:
@@ -384,7 +384,9 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             for key, listed in values.items():
                 if key != "trace_level" and len(listed) == 1:
                     values[key] = listed[0]
-            settings = tracer.update(model, parse_trace_update(values))
+            update = parse_trace_update(values)
+            settings = tracer.update(model, update)
+            await self.engine.share("trace", model, update)
         else:
             settings = tracer.settings(model)
         answer = pb.TraceSettingResponse()
@@ -400,7 +402,9 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             for key, value in request.settings.items():
                 which = value.WhichOneof("parameter_choice")
                 values[key] = getattr(value, which) if which else None
-            settings = self.logs.update(parse_log_update(values))
+            log_update = parse_log_update(values)
+            settings = self.logs.update(log_update)
+            await self.engine.share("log", log_update)
         else:
             settings = self.logs.current
         answer = pb.LogSettingsResponse()
@@ -593,7 +597,8 @@ class GrpcServer:
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
-                ("grpc.so_reuseport", 0),
+                # Several worker processes share the port (serve --workers N).
+                ("grpc.so_reuseport", 1 if config.workers > 1 else 0),
             ],
         )
 

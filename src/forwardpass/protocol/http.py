@@ -141,7 +141,7 @@ class HttpApp:
     def __init__(
         self,
         engine: Engine,
-        metrics: Callable[[], bytes] | None = None,
+        metrics: Callable[[], bytes | Awaitable[bytes]] | None = None,
         max_request_bytes: int = 64 * 1024 * 1024,
         logs: LogControl | None = None,
         shared_memory: SharedMemoryRegistry | None = None,
@@ -188,7 +188,7 @@ class HttpApp:
         if not parts:
             raise NotFound(f"no route for {method} {request.path}")
         if parts[0] == "metrics" and len(parts) == 1 and method == "GET" and self.metrics:
-            return HttpResponse(200, self.metrics(), "text/plain; version=0.0.4")
+            return self._metrics(self.metrics)
         if parts[0] != "v2":
             raise NotFound(f"no route for {method} {request.path}")
         rest = parts[1:]
@@ -240,7 +240,7 @@ class HttpApp:
         if rest == ["stats"]:
             self._allow("statistics", request)
             self._method(method, "GET")
-            return _json(statistics_document(self.engine.stats()))
+            return self._statistics("", "")
         if not rest:
             raise NotFound("no route for /v2/models; name a model")
         name = rest[0]
@@ -272,7 +272,7 @@ class HttpApp:
             return _json(config_to_dict(self.engine.model_config(name, version)))
         if action == "stats":
             self._method(method, "GET")
-            return _json(statistics_document(self.engine.stats(name, version)))
+            return self._statistics(name, version)
         raise NotFound(f"no route for {method} {request.path}")
 
     async def _traced_infer(self, name: str, version: str, request: HttpRequest) -> HttpResponse:
@@ -453,7 +453,9 @@ class HttpApp:
         return _EMPTY_OK
 
     # ------------------------------------------------------------------ trace and logging
-    def _trace_setting(self, method: str, model: str, request: HttpRequest) -> HttpResponse:
+    def _trace_setting(
+        self, method: str, model: str, request: HttpRequest
+    ) -> HttpResponse | Awaitable[HttpResponse]:
         """Triton's trace extension: GET shows, POST updates (``null`` clears a field)."""
         if method not in ("GET", "POST"):
             raise InvalidArgument(f"method {method} is not allowed here; use GET or POST")
@@ -462,10 +464,12 @@ class HttpApp:
         tracer = self.engine.tracer
         if method == "POST":
             update = parse_trace_update(_parse_json(request.body, "trace setting request"))
-            return _json(trace_settings_document(tracer.update(model, update)))
+            return self._shared(
+                trace_settings_document(tracer.update(model, update)), "trace", model, update
+            )
         return _json(trace_settings_document(tracer.settings(model)))
 
-    def _logging(self, method: str, request: HttpRequest) -> HttpResponse:
+    def _logging(self, method: str, request: HttpRequest) -> HttpResponse | Awaitable[HttpResponse]:
         """Triton's logging extension: GET shows, POST updates the server's log settings."""
         if method not in ("GET", "POST"):
             raise InvalidArgument(f"method {method} is not allowed here; use GET or POST")
@@ -473,8 +477,22 @@ class HttpApp:
             raise Unavailable("the server does not support dynamic logging")
         if method == "POST":
             update = parse_log_update(_parse_json(request.body, "log setting request"))
-            return _json(log_settings_document(self.logs.update(update)))
+            return self._shared(log_settings_document(self.logs.update(update)), "log", update)
         return _json(log_settings_document(self.logs.current))
+
+    async def _statistics(self, name: str, version: str) -> HttpResponse:
+        return _json(statistics_document(await self.engine.statistics(name, version)))
+
+    async def _metrics(self, render: Callable[[], bytes | Awaitable[bytes]]) -> HttpResponse:
+        body = render()  # the worker processes' render is a coroutine: it asks the siblings
+        return HttpResponse(
+            200, body if isinstance(body, bytes) else await body, "text/plain; version=0.0.4"
+        )
+
+    async def _shared(self, document: Any, op: str, *args: Any) -> HttpResponse:
+        """A settings change made here: make it on the sibling workers, then answer."""
+        await self.engine.share(op, *args)
+        return _json(document)
 
     def _server_metadata(self) -> HttpResponse:
         return _json(server_document("forwardpass", __version__, self.extensions))

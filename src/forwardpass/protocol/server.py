@@ -511,6 +511,8 @@ class HttpServer:
                 self.port,
                 backlog=2048,
                 reuse_address=True,
+                # Several worker processes share the port (serve --workers N).
+                reuse_port=self.config.workers > 1,
                 ssl=ssl,
                 ssl_handshake_timeout=(self.read_timeout_s or None) if ssl else None,
             )
