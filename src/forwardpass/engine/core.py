@@ -35,6 +35,8 @@ from forwardpass.errors import (
     Unsupported,
 )
 from forwardpass.model_config import ModelConfig, TensorSpec
+from forwardpass.monitor.hub import Stages
+from forwardpass.monitor.monitoring import Monitoring
 from forwardpass.monitor.trace import Trace, Tracer
 from forwardpass.processing.base import Processing
 from forwardpass.repository import ModelRepository
@@ -69,6 +71,8 @@ class Engine:
         self.table.caller = self  # Python models' BLS calls come back through infer()
         size = self.config.response_cache_bytes
         self.cache = ResponseCache(size) if size else None
+        #: The request log and monitors, fed off the hot path (monitor/monitoring.py).
+        self.monitoring = Monitoring(self.config)
         self._processing_pool = ThreadPoolExecutor(
             max_workers=max(2, os.cpu_count() or 1), thread_name_prefix="fp-processing"
         )
@@ -109,6 +113,7 @@ class Engine:
         self._processing_pool.shutdown(wait=False)
         # After the models: traces of the requests that just finished are written too.
         await asyncio.get_running_loop().run_in_executor(None, self.tracer.close)
+        await asyncio.get_running_loop().run_in_executor(None, self.monitoring.close)
 
     async def _load_logged(self, name: str) -> None:
         try:
@@ -295,19 +300,28 @@ class Engine:
             trace.request_id = request.id
             trace.stamp("REQUEST_START", start)
         stats = loaded.stats
+        stages: Stages | None = None
+        wall = 0.0
+        inputs: dict[str, np.ndarray] = {}
+        if self.monitoring.watches(handle):
+            stages, wall = Stages(), time.time()
+            if not request.id:
+                request.id = self.monitoring.new_id()  # returned as the response's id
         try:
             inputs = validate(handle, request)
             priority, timeout = schedule_params(request.parameters)
             if self.cache is not None and handle.config.response_cache.enable:
                 response = await self._cached(
-                    handle, loaded, request, inputs, priority, timeout, trace
+                    handle, loaded, request, inputs, priority, timeout, trace, stages
                 )
             else:
                 response = await self._compute(
-                    handle, loaded, request, inputs, priority, timeout, trace
+                    handle, loaded, request, inputs, priority, timeout, trace, stages
                 )
         except ForwardpassError as exc:
             stats.on_request(False, time.monotonic_ns() - start, exc.code)
+            if stages is not None:
+                self.monitoring.tap(handle, loaded, request, inputs, wall, start, stages, error=exc)
             raise
         finally:
             # A cache hit, a failure and a success all end (and write) the trace.
@@ -316,6 +330,8 @@ class Engine:
                 if own is not None:
                     own.finish()
         stats.on_request(True, time.monotonic_ns() - start)
+        if stages is not None:
+            self.monitoring.tap(handle, loaded, request, inputs, wall, start, stages, response)
         return response
 
     async def _cached(
@@ -327,6 +343,7 @@ class Engine:
         priority: int,
         timeout: int | None,
         trace: Trace | None,
+        stages: Stages | None = None,
     ) -> InferResponse:
         """The response cache in front of :meth:`_compute` (``response_cache`` enabled)."""
         assert self.cache is not None
@@ -338,7 +355,9 @@ class Engine:
         if cached is not None:
             stats.on_cache(True, lookup_ns)
             return cached
-        response = await self._compute(handle, loaded, request, inputs, priority, timeout, trace)
+        response = await self._compute(
+            handle, loaded, request, inputs, priority, timeout, trace, stages
+        )
         began = time.monotonic_ns()
         self.cache.insert(key, loaded, response)
         stats.on_cache(False, lookup_ns + time.monotonic_ns() - began)
@@ -353,8 +372,11 @@ class Engine:
         priority: int,
         timeout: int | None,
         trace: Trace | None,
+        stages: Stages | None = None,
     ) -> InferResponse:
-        """Processing, the model (its batcher, sequence batcher or ensemble), the response."""
+        """Processing, the model (its batcher, sequence batcher or ensemble), the response.
+
+        ``stages``, when the request is monitored, receives its time by stage."""
         stats = loaded.stats
         processing = handle.processing
         pre_ns = post_ns = 0
@@ -375,7 +397,9 @@ class Engine:
         elif isinstance(loaded.batcher, SequenceBatcher):
             flags = sequence_flags(request.parameters, handle.name)
             inputs = loaded.backends[0].check(inputs)
-            outputs, _queue_ns, _compute_ns = await loaded.batcher.submit(inputs, flags)
+            outputs, queue_ns, compute_ns = await loaded.batcher.submit(inputs, flags)
+            if stages is not None:
+                stages.queue_ns, stages.compute_ns = queue_ns, compute_ns
         else:
             assert isinstance(loaded.batcher, Batcher)
             backend = loaded.backends[0]
@@ -383,9 +407,11 @@ class Engine:
             context = _context(request) if backend.unmerged else None
             try:
                 if trace is None:
-                    outputs, _queue_ns, _compute_ns = await loaded.batcher.submit(
+                    outputs, queue_ns, compute_ns = await loaded.batcher.submit(
                         inputs, priority=priority, timeout_us=timeout, context=context
                     )
+                    if stages is not None:
+                        stages.queue_ns, stages.compute_ns = queue_ns, compute_ns
                 else:
                     outputs = await _traced_submit(
                         trace, loaded, handle.config, inputs, priority, timeout, context
@@ -403,6 +429,8 @@ class Engine:
             post_ns = time.monotonic_ns() - began
         if pre_ns or post_ns:
             stats.on_processing(pre_ns, post_ns)
+            if stages is not None:
+                stages.preprocess_ns, stages.postprocess_ns = pre_ns, post_ns
         return respond(handle, loaded, request, outputs)
 
     async def infer_stream(self, request: InferRequest) -> AsyncIterator[InferResponse]:
