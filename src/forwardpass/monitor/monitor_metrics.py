@@ -39,7 +39,7 @@ class MonitoringCollector:
             "Monitors disabled for a model after raising (1)",
             labels=["model", "sink"],
         )
-        for (sink, model), _ in sorted(m.hub.disabled.items()):
+        for sink, model in sorted(dict(m.hub.disabled)):  # a copy: the hub thread may add
             disabled.add_metric([model, sink], 1)
         fairness = GaugeMetricFamily(
             "forwardpass_fairness_metric",

@@ -154,8 +154,8 @@ class Monitoring:
             self.errors[name] = errors
         else:
             self.errors.pop(name, None)
-        for key in [k for k in self.hub.disabled if k[1] == name]:
-            del self.hub.disabled[key]  # a reload gives its monitors a fresh start
+        for key in [k for k in dict(self.hub.disabled) if k[1] == name]:
+            self.hub.disabled.pop(key, None)  # a reload gives its monitors a fresh start
         on = enabled and (self.store is not None or fairness is not None or self._others > 0)
         self._watched[name] = (handle.entry, on)
         if on:
@@ -188,7 +188,8 @@ class Monitoring:
             doc["pending"] = self.fairness.pending_count(model)
             doc["versions"] = self.fairness.report(model)
         doc["errors"] = self.errors.get(model, [])
-        doc["disabled"] = {s: r for (s, m), r in self.hub.disabled.items() if m == model}
+        disabled = dict(self.hub.disabled)  # a copy: the hub's thread may add to it
+        doc["disabled"] = {s: r for (s, m), r in disabled.items() if m == model}
         return doc
 
     def log_rows(self, model: str, since: float | None, limit: int) -> list[dict[str, Any]]:
