@@ -414,7 +414,7 @@ class Engine:
                         stages.queue_ns, stages.compute_ns = queue_ns, compute_ns
                 else:
                     outputs = await _traced_submit(
-                        trace, loaded, handle.config, inputs, priority, timeout, context
+                        trace, loaded, handle.config, inputs, priority, timeout, context, stages
                     )
             except InternalError as exc:
                 if not _no_rows(handle.config, inputs):
@@ -511,6 +511,7 @@ async def _traced_submit(
     priority: int,
     timeout: int | None,
     context: RequestContext | None = None,
+    stages: Stages | None = None,
 ) -> dict[str, np.ndarray]:
     """The batcher step of a traced request: queue and compute timestamps, and the tensors
     at level TENSORS (the model's inputs as queued, its outputs as the backend gave them)."""
@@ -520,9 +521,11 @@ async def _traced_submit(
             trace.tensor("TENSOR_QUEUE_INPUT", name, _datatype(config.inputs, name, array), array)
     stamps: list[int] = []
     trace.stamp("QUEUE_START")
-    outputs, _queue_ns, _compute_ns = await loaded.batcher.submit(
+    outputs, queue_ns, compute_ns = await loaded.batcher.submit(
         inputs, priority=priority, timeout_us=timeout, stamps=stamps, context=context
     )
+    if stages is not None:
+        stages.queue_ns, stages.compute_ns = queue_ns, compute_ns
     if len(stamps) == 4:
         for name, ns in zip(_COMPUTE_ACTIVITIES, stamps, strict=True):
             trace.stamp(name, ns)

@@ -128,10 +128,16 @@ class SqliteStore:
         self.max_age_s = max_age_s
         self.retention_every_s = retention_every_s
         self._last_retention = 0.0
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # The writer's connection may be opened on one thread and used on the hub's.
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._lock = threading.Lock()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # The writer's connection is opened on one thread and used on the hub's.
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self._setup()
+        except (OSError, sqlite3.Error) as exc:
+            raise InvalidArgument(f"request log {self.path}: cannot open it: {exc}") from None
+
+    def _setup(self) -> None:
         self._db.execute("PRAGMA auto_vacuum=INCREMENTAL")  # before the first table
         mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         if str(mode).lower() != "wal":

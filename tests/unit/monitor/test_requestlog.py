@@ -162,3 +162,12 @@ def test_reading_a_missing_log_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(NotFound, match="does not exist"):
         read_rows(tmp_path / "none.db", "m")
     assert not (tmp_path / "none.db").exists()
+
+
+def test_a_log_that_cannot_be_opened_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    with pytest.raises(InvalidArgument, match="cannot open it"):
+        SqliteStore(tmp_path / "file" / "log.db")
+    (tmp_path / "notadb").write_text("this is not a database" * 100)
+    with pytest.raises(InvalidArgument, match="cannot open it"):
+        SqliteStore(tmp_path / "notadb")
