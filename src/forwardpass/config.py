@@ -95,6 +95,18 @@ class ServerConfig:
     #: Bytes of the response cache that models with ``response_cache { enable: true }`` use
     #: (Triton's ``--cache-config local,size=BYTES``); 0: no cache.
     response_cache_bytes: int = 0
+    #: The request log (SQLite, WAL mode); "" logs nothing. Models opt out with
+    #: ``monitoring { enable: false }``; a model's ``monitoring.fairness`` works without it.
+    request_log: str = ""
+    #: Fraction of requests whose full inputs and outputs the request log keeps (0..1); a
+    #: model's ``monitoring.payload_sample`` wins.
+    monitor_payload_sample: float = 0.01
+    #: Request-log retention: rows older than this many seconds, and the oldest rows beyond
+    #: this many bytes, are deleted.
+    request_log_max_age_s: float = 7 * 24 * 3600.0
+    request_log_max_bytes: int = 1 << 30
+    #: Records waiting for the monitors at most; more are dropped and counted.
+    monitor_queue_size: int = 10_000
     log_level: str = "INFO"
     #: Triton's log line layout: "default" or "ISO8601".
     log_format: str = "default"
@@ -150,6 +162,14 @@ class ServerConfig:
             raise InvalidArgument(
                 f"intra_op_threads must be 0 (ORT's default) or more, got {self.intra_op_threads}"
             )
+        if not 0.0 <= self.monitor_payload_sample <= 1.0:
+            raise InvalidArgument(
+                f"--monitor-payload-sample must be in [0, 1], got {self.monitor_payload_sample}"
+            )
+        if self.monitor_queue_size < 1 or self.request_log_max_bytes < 1:
+            raise InvalidArgument("monitor queue size and request log size must be positive")
+        if not self.request_log_max_age_s > 0:
+            raise InvalidArgument("--request-log-max-age-s must be positive")
         if self.api_key_header != self.api_key_header.strip().lower() or not self.api_key_header:
             raise InvalidArgument(
                 f"api key header {self.api_key_header!r} must be a lower-case header name"

@@ -186,6 +186,26 @@ def native_repository(target: str, folder: Path, name: str | None = None) -> str
     "the usable cores, or 'auto' for all of them (default 1). Statistics, metrics, model "
     "loads and settings span them all.",
 )
+@click.option(
+    "--request-log",
+    default=None,
+    help="Log every request to this SQLite file (WAL mode); read it with 'forwardpass log'.",
+)
+@click.option(
+    "--monitor-payload-sample",
+    type=float,
+    default=None,
+    help="Fraction of requests whose inputs and outputs the request log keeps (0.01).",
+)
+@click.option(
+    "--request-log-max-bytes", type=int, default=None, help="Request log size limit (1 GiB)."
+)
+@click.option(
+    "--request-log-max-age-s",
+    type=float,
+    default=None,
+    help="Seconds a request log row is kept (7 days).",
+)
 def serve(
     target: str | None,
     name: str | None,
@@ -223,6 +243,10 @@ def serve(
     trace_config: tuple[str, ...],
     cache_config: str | None,
     workers: str | None,
+    request_log: str | None,
+    monitor_payload_sample: float | None,
+    request_log_max_bytes: int | None,
+    request_log_max_age_s: float | None,
 ) -> None:
     """Serve a model repository over the Open Inference Protocol (KServe V2) over HTTP and gRPC.
 
@@ -292,6 +316,10 @@ def serve(
             **trace,
             response_cache_bytes=parse_cache_config(cache_config) if cache_config else None,
             workers=worker_count,
+            request_log=request_log,
+            monitor_payload_sample=monitor_payload_sample,
+            request_log_max_bytes=request_log_max_bytes,
+            request_log_max_age_s=request_log_max_age_s,
         )
         # Checked here so that a bad value is a usage error, not a traceback at start-up.
         config.trace_settings()

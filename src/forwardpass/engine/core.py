@@ -35,6 +35,8 @@ from forwardpass.errors import (
     Unsupported,
 )
 from forwardpass.model_config import ModelConfig, TensorSpec
+from forwardpass.monitor.hub import Stages
+from forwardpass.monitor.monitoring import Monitoring
 from forwardpass.monitor.trace import Trace, Tracer
 from forwardpass.processing.base import Processing
 from forwardpass.repository import ModelRepository
@@ -74,6 +76,8 @@ class Engine:
         self.table.caller = self  # Python models' BLS calls come back through infer()
         size = self.config.response_cache_bytes
         self.cache = ResponseCache(size) if size else None
+        #: The request log and monitors, fed off the hot path (monitor/monitoring.py).
+        self.monitoring = Monitoring(self.config)
         self._processing_pool = ThreadPoolExecutor(
             max_workers=max(2, os.cpu_count() or 1), thread_name_prefix="fp-processing"
         )
@@ -118,6 +122,7 @@ class Engine:
         self._processing_pool.shutdown(wait=False)
         # After the models: traces of the requests that just finished are written too.
         await asyncio.get_running_loop().run_in_executor(None, self.tracer.close)
+        await asyncio.get_running_loop().run_in_executor(None, self.monitoring.close)
 
     async def _load_logged(self, name: str) -> None:
         try:
@@ -328,19 +333,28 @@ class Engine:
             trace.request_id = request.id
             trace.stamp("REQUEST_START", start)
         stats = loaded.stats
+        stages: Stages | None = None
+        wall = 0.0
+        inputs: dict[str, np.ndarray] = {}
+        if self.monitoring.watches(handle):
+            stages, wall = Stages(), time.time()
+            if not request.id:
+                request.id = self.monitoring.new_id()  # returned as the response's id
         try:
             inputs = validate(handle, request)
             priority, timeout = schedule_params(request.parameters)
             if self.cache is not None and handle.config.response_cache.enable:
                 response = await self._cached(
-                    handle, loaded, request, inputs, priority, timeout, trace
+                    handle, loaded, request, inputs, priority, timeout, trace, stages
                 )
             else:
                 response = await self._compute(
-                    handle, loaded, request, inputs, priority, timeout, trace
+                    handle, loaded, request, inputs, priority, timeout, trace, stages
                 )
         except ForwardpassError as exc:
             stats.on_request(False, time.monotonic_ns() - start, exc.code)
+            if stages is not None:
+                self.monitoring.tap(handle, loaded, request, inputs, wall, start, stages, error=exc)
             raise
         finally:
             # A cache hit, a failure and a success all end (and write) the trace.
@@ -349,6 +363,8 @@ class Engine:
                 if own is not None:
                     own.finish()
         stats.on_request(True, time.monotonic_ns() - start)
+        if stages is not None:
+            self.monitoring.tap(handle, loaded, request, inputs, wall, start, stages, response)
         return response
 
     async def _cached(
@@ -360,6 +376,7 @@ class Engine:
         priority: int,
         timeout: int | None,
         trace: Trace | None,
+        stages: Stages | None = None,
     ) -> InferResponse:
         """The response cache in front of :meth:`_compute` (``response_cache`` enabled)."""
         assert self.cache is not None
@@ -371,7 +388,9 @@ class Engine:
         if cached is not None:
             stats.on_cache(True, lookup_ns)
             return cached
-        response = await self._compute(handle, loaded, request, inputs, priority, timeout, trace)
+        response = await self._compute(
+            handle, loaded, request, inputs, priority, timeout, trace, stages
+        )
         began = time.monotonic_ns()
         self.cache.insert(key, loaded, response)
         stats.on_cache(False, lookup_ns + time.monotonic_ns() - began)
@@ -386,8 +405,11 @@ class Engine:
         priority: int,
         timeout: int | None,
         trace: Trace | None,
+        stages: Stages | None = None,
     ) -> InferResponse:
-        """Processing, the model (its batcher, sequence batcher or ensemble), the response."""
+        """Processing, the model (its batcher, sequence batcher or ensemble), the response.
+
+        ``stages``, when the request is monitored, receives its time by stage."""
         stats = loaded.stats
         processing = handle.processing
         pre_ns = post_ns = 0
@@ -411,7 +433,9 @@ class Engine:
         elif isinstance(loaded.batcher, SequenceBatcher):
             flags = sequence_flags(request.parameters, handle.name)
             inputs = loaded.backends[0].check(inputs)
-            outputs, _queue_ns, _compute_ns = await loaded.batcher.submit(inputs, flags)
+            outputs, queue_ns, compute_ns = await loaded.batcher.submit(inputs, flags)
+            if stages is not None:
+                stages.queue_ns, stages.compute_ns = queue_ns, compute_ns
         else:
             assert isinstance(loaded.batcher, Batcher)
             backend = loaded.backends[0]
@@ -419,12 +443,14 @@ class Engine:
             context = _context(request) if backend.unmerged else None
             try:
                 if trace is None:
-                    outputs, _queue_ns, _compute_ns = await loaded.batcher.submit(
+                    outputs, queue_ns, compute_ns = await loaded.batcher.submit(
                         inputs, priority=priority, timeout_us=timeout, context=context
                     )
+                    if stages is not None:
+                        stages.queue_ns, stages.compute_ns = queue_ns, compute_ns
                 else:
                     outputs = await _traced_submit(
-                        trace, loaded, handle.config, inputs, priority, timeout, context
+                        trace, loaded, handle.config, inputs, priority, timeout, context, stages
                     )
             except InternalError as exc:
                 if not _no_rows(handle.config, inputs):
@@ -442,6 +468,8 @@ class Engine:
                 trace.stamp("POSTPROCESS_END", began + post_ns)
         if pre_ns or post_ns:
             stats.on_processing(pre_ns, post_ns)
+            if stages is not None:
+                stages.preprocess_ns, stages.postprocess_ns = pre_ns, post_ns
         return respond(handle, loaded, request, outputs)
 
     async def infer_stream(self, request: InferRequest) -> AsyncIterator[InferResponse]:
@@ -522,6 +550,7 @@ async def _traced_submit(
     priority: int,
     timeout: int | None,
     context: RequestContext | None = None,
+    stages: Stages | None = None,
 ) -> dict[str, np.ndarray]:
     """The batcher step of a traced request: queue and compute timestamps, and the tensors
     at level TENSORS (the model's inputs as queued, its outputs as the backend gave them)."""
@@ -531,9 +560,11 @@ async def _traced_submit(
             trace.tensor("TENSOR_QUEUE_INPUT", name, _datatype(config.inputs, name, array), array)
     stamps: list[int] = []
     trace.stamp("QUEUE_START")
-    outputs, _queue_ns, _compute_ns = await loaded.batcher.submit(
+    outputs, queue_ns, compute_ns = await loaded.batcher.submit(
         inputs, priority=priority, timeout_us=timeout, stamps=stamps, context=context
     )
+    if stages is not None:
+        stages.queue_ns, stages.compute_ns = queue_ns, compute_ns
     if len(stamps) == 4:
         for name, ns in zip(_COMPUTE_ACTIVITIES, stamps, strict=True):
             trace.stamp(name, ns)

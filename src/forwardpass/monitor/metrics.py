@@ -17,6 +17,7 @@ from prometheus_client.core import (
     Metric,
 )
 
+from forwardpass.monitor.monitor_metrics import MonitoringCollector
 from forwardpass.monitor.stats import Histogram
 from forwardpass.scheduling.batcher import Batcher
 
@@ -138,6 +139,7 @@ def metrics_renderer(engine: Engine) -> Callable[[], bytes]:
     """A function that renders the Prometheus text exposition for ``engine``."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(EngineCollector(engine))
+    registry.register(MonitoringCollector(engine.monitoring))
 
     def render() -> bytes:
         return generate_latest(registry)

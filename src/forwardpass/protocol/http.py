@@ -51,6 +51,7 @@ from forwardpass.protocol.documents import (
     statistics_document,
     trace_settings_document,
 )
+from forwardpass.protocol.monitor_routes import MONITOR_ACTIONS, monitor_route
 from forwardpass.protocol.shared_memory import SharedMemoryRegistry
 from forwardpass.repository import config_to_dict
 from forwardpass.repository.load_parameters import read_load_parameters
@@ -100,6 +101,8 @@ class HttpRequest:
     body: bytes = b""
     #: Lower-case header names.
     headers: dict[str, str] = field(default_factory=dict)
+    #: The query string (after "?"), undecoded.
+    query: str = ""
 
 
 @dataclass(slots=True)
@@ -253,6 +256,11 @@ class HttpApp:
         if tail == ["trace", "setting"]:
             self._allow("trace", request)
             return self._trace_setting(method, name, request)
+        if action in MONITOR_ACTIONS:
+            allowed, group = MONITOR_ACTIONS[action]
+            self._allow(group, request)
+            self._method(method, allowed)
+            return self._monitor(action, name, request)
         self._allow(_MODEL_GROUPS.get(action, "metadata"), request)
         if not tail:
             self._method(method, "GET")
@@ -274,6 +282,10 @@ class HttpApp:
             self._method(method, "GET")
             return self._statistics(name, version)
         raise NotFound(f"no route for {method} {request.path}")
+
+    async def _monitor(self, action: str, name: str, request: HttpRequest) -> HttpResponse:
+        body = _decompress(request, self.max_request_bytes)
+        return _json(await monitor_route(self.engine, action, name, body, request.query))
 
     async def _traced_infer(self, name: str, version: str, request: HttpRequest) -> HttpResponse:
         """Infer while some scope traces: sample, stamp the HTTP side, finish the trace."""

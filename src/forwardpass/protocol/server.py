@@ -304,7 +304,13 @@ class _Connection(asyncio.Protocol):
         body = self.body[0] if len(self.body) == 1 else b"".join(self.body)
         self.pending.append(
             (
-                HttpRequest(self.parser.get_method().decode("latin-1"), path, body, self.headers),
+                HttpRequest(
+                    self.parser.get_method().decode("latin-1"),
+                    path,
+                    body,
+                    self.headers,
+                    (url[q + 1 :] if q >= 0 else b"").decode("latin-1"),
+                ),
                 keep_alive,
             )
         )

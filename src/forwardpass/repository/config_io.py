@@ -122,7 +122,8 @@ def read_draft(d: Mapping[str, Any], *, name: str) -> ConfigDraft:
     top = message_fields(
         d,
         "",
-        _TOP_FIELDS + ("model_transaction_policy", "processing", "ensemble_scheduling"),
+        _TOP_FIELDS
+        + ("model_transaction_policy", "processing", "monitoring", "ensemble_scheduling"),
         _TOP_IGNORED,
     )
     policy = message_fields(
@@ -184,16 +185,16 @@ def read_draft(d: Mapping[str, Any], *, name: str) -> ConfigDraft:
             for k, v, p in map_entries(top.get("parameters"), "parameters")
         }
     )
-    if "processing" in top:
-        # The native YAML form may write the processing declaration as a mapping; it is kept
-        # as the JSON text of the ``processing`` parameter, where config.pbtxt carries it.
-        if "processing" in fields["parameters"]:
-            raise config_error("processing", "declared both as a key and as a parameter")
-        if not isinstance(top["processing"], Mapping):
-            raise config_error("processing", "must be a mapping with inputs and/or outputs")
-        fields["parameters"] = MappingProxyType(
-            {**fields["parameters"], "processing": json.dumps(top["processing"])}
-        )
+    for key in ("processing", "monitoring"):
+        if key not in top:
+            continue
+        # The native YAML form may write the processing and monitoring declarations as
+        # mappings; each is kept as the JSON text of its parameter, where config.pbtxt has it.
+        if key in fields["parameters"]:
+            raise config_error(key, "declared both as a key and as a parameter")
+        if not isinstance(top[key], Mapping):
+            raise config_error(key, "must be a mapping")
+        fields["parameters"] = MappingProxyType({**fields["parameters"], key: json.dumps(top[key])})
     if platform == "ensemble":
         fields["ensemble"] = _ensemble(top["ensemble_scheduling"])
     fields["optimization"] = _optimization(top.get("optimization"))

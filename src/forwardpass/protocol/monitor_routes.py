@@ -1,0 +1,69 @@
+"""The monitoring routes of the HTTP API, beside the V2 ones.
+
+- ``GET /v2/models/M/log?since=&limit=``: the request log's newest rows of M, oldest first.
+- ``POST /v2/models/M/feedback``: ground truth, ``{"id", "truth"}`` or a list of them.
+- ``GET /v2/models/M/fairness``: group fairness per version, with intervals and errors.
+
+Each reads or waits on the monitors' thread, so each runs off the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
+
+import orjson
+
+from forwardpass.errors import InvalidArgument
+from forwardpass.monitor.requestlog import parse_since
+
+if TYPE_CHECKING:
+    from forwardpass.engine import Engine
+
+__all__ = ["MONITOR_ACTIONS", "monitor_route"]
+
+#: action → (HTTP method, Triton API group).
+MONITOR_ACTIONS = {
+    "log": ("GET", "statistics"),
+    "fairness": ("GET", "statistics"),
+    "feedback": ("POST", "inference"),
+}
+
+_MAX_LIMIT = 10_000
+
+
+def _query(query: str) -> dict[str, str]:
+    parsed = parse_qs(query, keep_blank_values=True)
+    return {k: v[-1] for k, v in parsed.items()}
+
+
+async def monitor_route(engine: Engine, action: str, name: str, body: bytes, query: str) -> Any:
+    """The JSON document the action answers (the caller checked the method and access)."""
+    engine.handle(name)  # 404 for a model the server does not know
+    monitoring = engine.monitoring
+    loop = asyncio.get_running_loop()
+    if action == "log":
+        args = _query(query)
+        unknown = sorted(set(args) - {"since", "limit"})
+        if unknown:
+            raise InvalidArgument(f"unknown query parameter(s) {unknown}; use since, limit")
+        since = parse_since(args["since"]) if args.get("since") else None
+        raw = args.get("limit", "100")
+        try:
+            limit = int(raw)
+        except ValueError:
+            limit = -1
+        if not 1 <= limit <= _MAX_LIMIT:
+            raise InvalidArgument(f"limit must be an integer in 1..{_MAX_LIMIT}, got {raw!r}")
+        rows = await loop.run_in_executor(None, monitoring.log_rows, name, since, limit)
+        return {"model": name, "rows": rows}
+    if action == "fairness":
+        return await loop.run_in_executor(None, monitoring.fairness_document, name)
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidArgument(f"malformed JSON in feedback: {exc}") from None
+    if not isinstance(document, dict | list):
+        raise InvalidArgument("feedback must be an object {'id', 'truth'} or a list of them")
+    return await loop.run_in_executor(None, monitoring.feedback, name, document)

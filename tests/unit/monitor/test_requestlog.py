@@ -1,0 +1,173 @@
+"""The request log: WAL mode, sampling, retention, durability across a killed process, and
+the hub that feeds it (drops counted, a raising sink disabled for its model only)."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from forwardpass.errors import InvalidArgument, NotFound
+from forwardpass.monitor.hub import MonitorHub, Record, Stages
+from forwardpass.monitor.requestlog import RequestLog, SqliteStore, parse_since, read_rows
+
+
+def _record(rid: str, model: str = "m", when: float | None = None) -> Record:
+    return Record(
+        id=rid,
+        time=time.time() if when is None else when,
+        model=model,
+        version="1",
+        status="OK",
+        error="",
+        total_ns=2_000_000,
+        stages=Stages(queue_ns=500_000, compute_ns=1_000_000, batch_size=2),
+        inputs={"x": np.arange(4, dtype=np.float32).reshape(2, 2)},
+        parameters={"region": "north"},
+    )
+
+
+def test_the_store_is_in_wal_mode_and_rows_read_back(tmp_path: Path) -> None:
+    path = tmp_path / "log.db"
+    log = RequestLog(SqliteStore(path), sample=1.0, seed=0)
+    log.observe([_record("a"), _record("b")])
+    assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    rows = read_rows(path, "m")
+    assert [r.id for r in rows] == ["a", "b"]
+    doc = rows[0].document()
+    assert doc["total_us"] == 2000 and doc["queue_us"] == 500 and doc["batch_size"] == 2
+    assert doc["payload"]["inputs"]["x"] == {
+        "datatype": "float32",
+        "shape": [2, 2],
+        "data": [0.0, 1.0, 2.0, 3.0],
+    }
+    assert doc["payload"]["parameters"] == {"region": "north"}
+    assert read_rows(path, "other") == []
+    log.close()
+
+
+def test_payload_sampling_keeps_the_fraction_asked(tmp_path: Path) -> None:
+    log = RequestLog(SqliteStore(tmp_path / "log.db"), sample=0.1, samples={"all": 1.0}, seed=1)
+    log.observe([_record(str(i)) for i in range(2000)])
+    log.observe([_record("x", model="all")])
+    rows = read_rows(tmp_path / "log.db", "m", limit=5000)
+    sampled = sum(r.payload is not None for r in rows)
+    assert len(rows) == 2000 and 140 <= sampled <= 260  # 10 % ± a generous margin
+    assert read_rows(tmp_path / "log.db", "all")[0].payload is not None
+    log.close()
+
+
+def test_age_retention(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "log.db", max_age_s=60)
+    log = RequestLog(store, sample=0.0)
+    log.observe([_record("old", when=time.time() - 120), _record("new")])
+    store.retain()
+    assert [r.id for r in read_rows(tmp_path / "log.db", "m")] == ["new"]
+    log.close()
+
+
+def test_size_retention_drops_the_oldest_rows(tmp_path: Path) -> None:
+    path = tmp_path / "log.db"
+    store = SqliteStore(path, max_bytes=200_000, retention_every_s=1e9)
+    log = RequestLog(store, sample=1.0)
+    base = time.time() - 1000
+    log.observe([_record(f"r{i}", when=base + i) for i in range(3000)])
+    before = len(read_rows(path, "m", limit=10_000))
+    store.retain()
+    after = read_rows(path, "m", limit=10_000)
+    assert before == 3000 and 0 < len(after) < before
+    assert after[-1].id == "r2999"  # the newest stay
+    db = sqlite3.connect(path)
+    used = (
+        db.execute("PRAGMA page_count").fetchone()[0]
+        - db.execute("PRAGMA freelist_count").fetchone()[0]
+    ) * db.execute("PRAGMA page_size").fetchone()[0]
+    assert used <= 200_000
+    log.close()
+
+
+def test_a_killed_process_loses_at_most_the_last_second(tmp_path: Path) -> None:
+    path = tmp_path / "log.db"
+    child = textwrap.dedent(
+        f"""
+        import os, signal, sys, time
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_requestlog import _record
+        from forwardpass.monitor.hub import MonitorHub
+        from forwardpass.monitor.requestlog import RequestLog, SqliteStore
+        hub = MonitorHub([RequestLog(SqliteStore({str(path)!r}), sample=0.01)])
+        hub.start()
+        for i in range(500):
+            hub.submit(_record(f"early{{i}}"))
+        time.sleep(1.1)  # more than a second: all of these must survive
+        for i in range(100):
+            hub.submit(_record(f"late{{i}}"))
+        os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", child], capture_output=True, timeout=60)
+    assert proc.returncode == -9, proc.stderr.decode()
+    ids = {r.id for r in read_rows(path, "m", limit=10_000)}
+    assert {f"early{i}" for i in range(500)} <= ids
+
+
+def test_the_hub_counts_drops_and_disables_a_raising_sink_per_model() -> None:
+    seen: list[str] = []
+
+    class Picky:
+        name = "picky"
+
+        def observe(self, records: list[Record]) -> None:
+            if records[0].model == "bad":
+                raise RuntimeError("cannot handle this model")
+            seen.extend(r.id for r in records)
+
+        def close(self) -> None:
+            seen.append("closed")
+
+    hub = MonitorHub([Picky()], max_queue=3, interval_s=0.01)
+    for i in range(5):
+        hub.submit(_record(f"q{i}"))  # not started: the queue fills at 3
+    assert hub.dropped == {("m", "queue_full"): 2}
+    hub.start()
+    assert hub.flush()
+    hub.submit(_record("b1", model="bad"))
+    hub.submit(_record("g1"))
+    assert hub.flush()
+    hub.submit(_record("b2", model="bad"))
+    hub.submit(_record("g2"))
+    hub.close()
+    assert seen == ["q0", "q1", "q2", "g1", "g2", "closed"]
+    assert hub.disabled == {("picky", "bad"): "RuntimeError: cannot handle this model"}
+    hub.submit(_record("late"))
+    assert hub.dropped[("m", "stopped")] == 1
+
+
+def test_since_forms() -> None:
+    assert parse_since("30s", now=1000.0) == 970.0
+    assert parse_since("2h", now=10_000.0) == 10_000.0 - 7200
+    assert parse_since("1700000000") == 1700000000.0
+    assert parse_since("2026-01-01T00:00:00") == parse_since("2026-01-01T00:00:00+00:00")
+    with pytest.raises(InvalidArgument, match="neither a duration"):
+        parse_since("yesterday")
+
+
+def test_reading_a_missing_log_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(NotFound, match="does not exist"):
+        read_rows(tmp_path / "none.db", "m")
+    assert not (tmp_path / "none.db").exists()
+
+
+def test_a_log_that_cannot_be_opened_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    with pytest.raises(InvalidArgument, match="cannot open it"):
+        SqliteStore(tmp_path / "file" / "log.db")
+    (tmp_path / "notadb").write_text("this is not a database" * 100)
+    with pytest.raises(InvalidArgument, match="cannot open it"):
+        SqliteStore(tmp_path / "notadb")
