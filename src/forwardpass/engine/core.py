@@ -35,6 +35,7 @@ from forwardpass.errors import (
     Unsupported,
 )
 from forwardpass.model_config import ModelConfig, TensorSpec
+from forwardpass.monitor.drift_service import DriftService
 from forwardpass.monitor.trace import Trace, Tracer
 from forwardpass.processing.base import Processing
 from forwardpass.repository import ModelRepository
@@ -66,6 +67,8 @@ class Engine:
         self.table = ModelTable(repository, self.config)
         #: Triton's trace extension: settings, sampler and trace-file writer.
         self.tracer = Tracer(self.config.trace_settings())
+        #: Drift monitors of the models that configure ``monitoring.drift`` (off the hot path).
+        self.drift = DriftService()
         self.table.caller = self  # Python models' BLS calls come back through infer()
         size = self.config.response_cache_bytes
         self.cache = ResponseCache(size) if size else None
@@ -109,6 +112,7 @@ class Engine:
         self._processing_pool.shutdown(wait=False)
         # After the models: traces of the requests that just finished are written too.
         await asyncio.get_running_loop().run_in_executor(None, self.tracer.close)
+        await asyncio.get_running_loop().run_in_executor(None, self.drift.close)
 
     async def _load_logged(self, name: str) -> None:
         try:
@@ -397,6 +401,9 @@ class Engine:
                 # only where the network cannot run them does it answer zero rows itself.
                 log.debug("model %s cannot run zero rows (%s)", handle.name, exc.message)
                 outputs = _zero_rows(handle.config)
+        if self.drift.enabled(handle):
+            # A record for the drift monitor's thread: the model's own inputs and outputs.
+            self.drift.submit(handle, loaded, request.id, inputs, outputs, extra)
         if processing is not None and processing.outputs:
             began = time.monotonic_ns()
             outputs = _guarded(processing.postprocess, outputs, {**inputs, **extra})

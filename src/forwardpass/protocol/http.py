@@ -273,6 +273,9 @@ class HttpApp:
         if action == "stats":
             self._method(method, "GET")
             return _json(statistics_document(self.engine.stats(name, version)))
+        if action == "monitor":
+            self._method(method, "GET")
+            return _json(self.engine.drift.report(*self.engine.version(name, version)))
         raise NotFound(f"no route for {method} {request.path}")
 
     async def _traced_infer(self, name: str, version: str, request: HttpRequest) -> HttpResponse:

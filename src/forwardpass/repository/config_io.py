@@ -122,7 +122,8 @@ def read_draft(d: Mapping[str, Any], *, name: str) -> ConfigDraft:
     top = message_fields(
         d,
         "",
-        _TOP_FIELDS + ("model_transaction_policy", "processing", "ensemble_scheduling"),
+        _TOP_FIELDS
+        + ("model_transaction_policy", "processing", "monitoring", "ensemble_scheduling"),
         _TOP_IGNORED,
     )
     policy = message_fields(
@@ -184,15 +185,18 @@ def read_draft(d: Mapping[str, Any], *, name: str) -> ConfigDraft:
             for k, v, p in map_entries(top.get("parameters"), "parameters")
         }
     )
-    if "processing" in top:
-        # The native YAML form may write the processing declaration as a mapping; it is kept
-        # as the JSON text of the ``processing`` parameter, where config.pbtxt carries it.
-        if "processing" in fields["parameters"]:
-            raise config_error("processing", "declared both as a key and as a parameter")
-        if not isinstance(top["processing"], Mapping):
-            raise config_error("processing", "must be a mapping with inputs and/or outputs")
+    for section in ("processing", "monitoring"):
+        if section not in top:
+            continue
+        # The native YAML form may write these declarations as mappings; each is kept as the
+        # JSON text of the parameter of its name, where config.pbtxt carries it.
+        if section in fields["parameters"]:
+            raise config_error(section, "declared both as a key and as a parameter")
+        if not isinstance(top[section], Mapping):
+            what = "with inputs and/or outputs" if section == "processing" else "of monitors"
+            raise config_error(section, f"must be a mapping {what}")
         fields["parameters"] = MappingProxyType(
-            {**fields["parameters"], "processing": json.dumps(top["processing"])}
+            {**fields["parameters"], section: json.dumps(top[section])}
         )
     if platform == "ensemble":
         fields["ensemble"] = _ensemble(top["ensemble_scheduling"])
