@@ -8,7 +8,7 @@ of the section (request log, fairness) belong to other monitors and are left alo
     monitoring:
       drift:
         window: 200             # rows per window
-        step: 50                # rows between evaluations (window = step: tumbling)
+        step: 50                # rows between evaluations (default window / 4; = window: tumbling)
         false_alarm_rate: 0.01  # share of windows of undrifted traffic allowed to alarm
         correction: bonferroni  # or fdr (Benjamini–Hochberg), over the tests of a window
         numeric_test: ks        # or cvm (Cramér–von Mises)
@@ -40,7 +40,8 @@ class DriftSettings:
     """How one model's traffic is compared with its reference profile."""
 
     window: int = 200
-    step: int = 50
+    #: Rows between evaluations; 0 (unset) is a quarter of the window.
+    step: int = 0
     false_alarm_rate: float = 0.01
     correction: str = "bonferroni"
     numeric_test: str = "ks"
@@ -56,6 +57,8 @@ class DriftSettings:
 
         if self.window < 10:
             raise bad("window", f"must be at least 10 rows, got {self.window}")
+        if self.step == 0:
+            object.__setattr__(self, "step", max(1, self.window // 4))
         if not 1 <= self.step <= self.window:
             raise bad("step", f"must be between 1 and window ({self.window}), got {self.step}")
         if not 0.0 < self.false_alarm_rate < 1.0:

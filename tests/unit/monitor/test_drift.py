@@ -204,7 +204,8 @@ def test_report_shape() -> None:
     ("data", "message"),
     [
         ({"window": 5}, "window: must be at least 10"),
-        ({"step": 0}, "step: must be between 1"),
+        ({"step": 300}, "step: must be between 1"),
+        ({"step": -1}, "step: must be between 1"),
         ({"false_alarm_rate": 1.5}, "false_alarm_rate: must be in (0, 1)"),
         ({"correction": "holm"}, "correction: must be bonferroni or fdr"),
         ({"numeric_test": "t"}, "numeric_test: must be ks or cvm"),
