@@ -40,6 +40,14 @@ def _pbtxt_string(value: str) -> str:
     return json.dumps(value)  # a JSON string literal is a valid pbtxt string literal
 
 
+def _parameter(key: str, value: str) -> str:
+    return f'parameters {{ key: "{key}" value: {{ string_value: {_pbtxt_string(value)} }} }}\n'
+
+
+def _parameter(key: str, value: str) -> str:
+    return f'parameters {{ key: "{key}" value: {{ string_value: {_pbtxt_string(value)} }} }}\n'
+
+
 def write_scored(
     root: Path,
     name: str = "scored",
@@ -52,10 +60,10 @@ def write_scored(
     (folder / "1").mkdir(parents=True, exist_ok=True)
     onnx.save(scored_model(), str(folder / "1" / "model.onnx"))
     processing = {"inputs": [{"kind": "tabular", "to": "x", "columns": list(COLUMNS)}]}
-    parameters = f'parameters {{ key: "processing" value: {{ string_value: {_pbtxt_string(json.dumps(processing))} }} }}\n'
+    parameters = _parameter("processing", json.dumps(processing))
     if monitoring is not None:
         text = monitoring if isinstance(monitoring, str) else json.dumps(monitoring)
-        parameters += f'parameters {{ key: "monitoring" value: {{ string_value: {_pbtxt_string(text)} }} }}\n'
+        parameters += _parameter("monitoring", text)
     config = f"""name: "{name}"
 backend: "onnxruntime"
 max_batch_size: {max_batch_size}

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from drift_models import COLUMNS, reference_rows, write_scored
 
 

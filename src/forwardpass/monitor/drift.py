@@ -261,7 +261,15 @@ class DriftDetector:
                 w = wasserstein(ref, values)
                 w_sd = w / ref.std if ref.std > 0 else None
                 results.append(
-                    (name, self.settings.numeric_test, t.statistic, t.p_value, psi(ref, values), w, w_sd)
+                    (
+                        name,
+                        self.settings.numeric_test,
+                        t.statistic,
+                        t.p_value,
+                        psi(ref, values),
+                        w,
+                        w_sd,
+                    )
                 )
         if self.mmd is not None:
             assert self._embedding is not None

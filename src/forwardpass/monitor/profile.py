@@ -163,7 +163,9 @@ class Profiler:
                     label = spec.name if size == 1 else f"{spec.name}[{j}]"
                     columns.append(_Column(label, kind, _element(spec.name, j)))
             else:
-                columns.append(_Column(f"{spec.name}.mean", NUMERIC, _image_stat(spec.name, "mean")))
+                columns.append(
+                    _Column(f"{spec.name}.mean", NUMERIC, _image_stat(spec.name, "mean"))
+                )
                 columns.append(_Column(f"{spec.name}.std", NUMERIC, _image_stat(spec.name, "std")))
         return columns
 

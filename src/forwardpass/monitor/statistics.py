@@ -152,7 +152,9 @@ def cvm_test(reference: NumericReference, window: np.ndarray) -> TestResult:
     n = nx + ny
     ranks = rankdata(np.concatenate([x, y]))
     rx, ry = ranks[:nx], ranks[nx:]
-    u = nx * np.sum((rx - np.arange(1, nx + 1)) ** 2) + ny * np.sum((ry - np.arange(1, ny + 1)) ** 2)
+    u = nx * np.sum((rx - np.arange(1, nx + 1)) ** 2) + ny * np.sum(
+        (ry - np.arange(1, ny + 1)) ** 2
+    )
     k = nx * ny
     t = u / (k * n) - (4 * k - 1) / (6 * n)
     et = (1 + 1 / n) / 6

@@ -187,11 +187,23 @@ def test_report_shape() -> None:
     report = monitor.report()
     assert report["version"] == "3" and report["reference"]["rows"] == 1000
     assert report["window"] == {
-        "size": 20, "step": 20, "filled": 20, "rows_seen": 40, "evaluated_at": 40, "start": 20
+        "size": 20,
+        "step": 20,
+        "filled": 20,
+        "rows_seen": 40,
+        "evaluated_at": 40,
+        "start": 20,
     }
     feature = report["features"][0]
     assert set(feature) == {
-        "feature", "kind", "test", "statistic", "p_value", "drift", "psi", "wasserstein",
+        "feature",
+        "kind",
+        "test",
+        "statistic",
+        "p_value",
+        "drift",
+        "psi",
+        "wasserstein",
         "wasserstein_sd",
     }
     assert report["tests"] == 6 and report["per_test_level"] == pytest.approx(0.01 / 6)

@@ -11,12 +11,12 @@ from typing import Any
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from drift_models import COLUMNS, reference_rows, write_scored
 from model_builders import run_with_engine
 
+from drift_models import COLUMNS, reference_rows, write_scored
 from forwardpass.cli.monitor import monitor
 from forwardpass.datatypes import DataType
-from forwardpass.errors import InvalidArgument
+from forwardpass.errors import InvalidArgument, InvalidModelConfig
 from forwardpass.types import InferRequest, Tensor
 
 DRIFT = {"drift": {"window": 20, "step": 10}}
@@ -104,7 +104,12 @@ def test_traffic_is_monitored_and_drift_alarms(tmp_path: Path) -> None:
         assert report["enabled"] and report["error"] is None
         assert report["window"]["rows_seen"] == 20 and report["observed_requests"] == 20
         assert {f["feature"] for f in report["features"]} == {
-            "a", "b", "c", "probabilities.class", "probabilities.score", "label"
+            "a",
+            "b",
+            "c",
+            "probabilities.class",
+            "probabilities.score",
+            "label",
         }
         shifted = rng.normal(size=(40, 3))
         shifted[:, 1] += 3.0
@@ -162,7 +167,10 @@ def test_missing_and_mismatched_reference(tmp_path: Path) -> None:
     _reference(root)
     meta_file = root / "scored" / "monitor" / "reference.json"
     meta = json.loads(meta_file.read_text())
-    meta["inputs"] = [{"name": "x", "datatype": "FP32", "dims": [4]}, {"name": "y", "datatype": "FP32", "dims": [1]}]  # fmt: skip
+    meta["inputs"] = [
+        {"name": "x", "datatype": "FP32", "dims": [4]},
+        {"name": "y", "datatype": "FP32", "dims": [1]},
+    ]
     meta_file.write_text(json.dumps(meta))
 
     async def mismatched(engine: Any) -> None:
@@ -210,5 +218,5 @@ def test_monitoring_as_a_yaml_mapping(tmp_path: Path) -> None:
         "input: [{name: x, data_type: TYPE_FP32, dims: [3]}]\n"
         "output: [{name: probabilities, data_type: TYPE_FP32, dims: [2]}]\n"
     )
-    with pytest.raises(Exception, match="monitoring.*must be a mapping of monitors"):
+    with pytest.raises(InvalidModelConfig, match=r"monitoring.*must be a mapping of monitors"):
         ModelRepository(root).read("scored")
