@@ -39,12 +39,12 @@ def _write(root: Path, embedding: str | None = None) -> Path:
     folder = root / "tiny"
     (folder / "1").mkdir(parents=True)
     onnx.save(_image_model(), str(folder / "1" / "model.onnx"))
-    processing = {"inputs": [{"name": "image", "kind": "image", "to": "input", "resize": {"size": [8, 8]}}]}  # fmt: skip
+    image = {"name": "image", "kind": "image", "to": "input", "resize": {"size": [8, 8]}}
     drift = {"drift": {"window": 10} | ({"embedding": embedding} if embedding else {})}
-    params = "".join(
-        f"parameters {{ key: {json.dumps(k)} value: {{ string_value: {json.dumps(json.dumps(v))} }} }}\n"  # fmt: skip
-        for k, v in (("processing", processing), ("monitoring", drift))
-    )
+    params = ""
+    for key, value in (("processing", {"inputs": [image]}), ("monitoring", drift)):
+        text = json.dumps(json.dumps(value))
+        params += f"parameters {{ key: {json.dumps(key)} value: {{ string_value: {text} }} }}\n"
     (folder / "config.pbtxt").write_text(
         'name: "tiny"\nbackend: "onnxruntime"\nmax_batch_size: 4\n'
         'input { name: "input" data_type: TYPE_FP32 dims: [ 3, 8, 8 ] }\n'
