@@ -113,6 +113,8 @@ class Profiler:
         self.kinds = {c.name: c.kind for c in columns}
         self.embedding_output: str | None = None
         self.extractor: EmbeddingExtractor | None = None
+        #: Why ``auto`` found no embedding, when it found none.
+        self.embedding_note = ""
         if embedding not in ("auto", "none"):
             if config.output(embedding) is None:
                 raise InvalidModelConfig(
@@ -121,7 +123,12 @@ class Profiler:
                 )
             self.embedding_output = embedding
         elif embedding == "auto" and model_file is not None and self._wants_embedding(processing):
-            self.extractor = EmbeddingExtractor(model_file, [s.name for s in config.inputs])
+            try:
+                self.extractor = EmbeddingExtractor(model_file, [s.name for s in config.inputs])
+            except InvalidModelConfig as exc:
+                # "auto" asks for the penultimate layer where there is one; without it the
+                # model is monitored on its features and outputs alone.
+                self.embedding_note = exc.message
 
     # ------------------------------------------------------------------ building
     def _input_columns(self, processing: Any) -> list[_Column]:

@@ -121,3 +121,30 @@ def _config(root: Path):  # type: ignore[no-untyped-def]
     from forwardpass.repository import ModelRepository
 
     return ModelRepository(root).read("tiny").config
+
+
+def test_text_reference_has_token_statistics(tmp_path: Path) -> None:
+    from model_builders import TEXT_WORDS, write_text_model
+
+    root = tmp_path / "models"
+    write_text_model(root)
+    sentences = tmp_path / "sentences.txt"
+    words = list(TEXT_WORDS)
+    sentences.write_text(
+        "\n".join(
+            " ".join(words[(i + j) % len(words)] for j in range(2 + i % 4)) for i in range(12)
+        )
+    )
+    meta = build_reference(root, "words", sentences)
+    # The model ends in a ReduceMean, not a dense layer: "auto" finds no embedding.
+    assert meta["embedding"] is None
+    assert set(meta["features"]) == {"text.tokens", "text.distinct", "text.unknown", "score"}
+    with np.load(root / "words" / "monitor" / "reference.npz") as stored:
+        assert stored["feature/text.tokens"].tolist() == [2 + i % 4 for i in range(12)]
+        assert np.all(stored["feature/text.unknown"] == 0)
+    odd = tmp_path / "odd.txt"
+    odd.write_text(f"{words[0]} zzz qqq\n{words[1]} {words[1]}\n")
+    profile, *_ = asyncio.run(profile_data(root, "words", odd))
+    assert profile.features["text.unknown"].tolist() == pytest.approx([2 / 3, 0.0])
+    # Both unknown words are one token id ([UNK]): 2 distinct of 3.
+    assert profile.features["text.distinct"].tolist() == pytest.approx([2 / 3, 0.5])
