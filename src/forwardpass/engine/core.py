@@ -401,15 +401,16 @@ class Engine:
                 # only where the network cannot run them does it answer zero rows itself.
                 log.debug("model %s cannot run zero rows (%s)", handle.name, exc.message)
                 outputs = _zero_rows(handle.config)
-        if self.drift.enabled(handle):
-            # A record for the drift monitor's thread: the model's own inputs and outputs.
-            self.drift.submit(handle, loaded, request.id, inputs, outputs, extra)
+        model_outputs = outputs
         if processing is not None and processing.outputs:
             began = time.monotonic_ns()
             outputs = _guarded(processing.postprocess, outputs, {**inputs, **extra})
             post_ns = time.monotonic_ns() - began
         if pre_ns or post_ns:
             stats.on_processing(pre_ns, post_ns)
+        if self.drift.enabled(handle):
+            # A record for the drift monitor's thread: the model's own inputs and outputs.
+            self.drift.submit(handle, loaded, request.id, inputs, model_outputs, extra)
         return respond(handle, loaded, request, outputs)
 
     async def infer_stream(self, request: InferRequest) -> AsyncIterator[InferResponse]:

@@ -220,3 +220,28 @@ def test_monitoring_as_a_yaml_mapping(tmp_path: Path) -> None:
     )
     with pytest.raises(InvalidModelConfig, match=r"monitoring.*must be a mapping of monitors"):
         ModelRepository(root).read("scored")
+
+
+def test_a_failing_monitor_never_fails_a_request(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = tmp_path / "models"
+    write_scored(root, monitoring=DRIFT)
+    _reference(root)
+
+    def broken(*_: Any) -> Any:
+        raise ValueError("the profiler broke")
+
+    async def body(engine: Any) -> None:
+        monitor = engine.drift.monitor(*engine.version("scored"))
+        monitor.profiler.profile = broken
+        for _ in range(5):
+            response = await engine.infer(_request(np.ones((2, 3))))
+            assert {t.name for t in response.outputs} == {"probabilities", "label"}
+        await asyncio.get_running_loop().run_in_executor(None, engine.drift.flush)
+        report = _report(engine)
+        assert not report["enabled"]
+        assert report["error"] == "drift monitor disabled: ValueError: the profiler broke"
+
+    run_with_engine(root, body)
+    assert "the profiler broke" in caplog.text
