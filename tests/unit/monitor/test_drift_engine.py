@@ -245,3 +245,23 @@ def test_a_failing_monitor_never_fails_a_request(
 
     run_with_engine(root, body)
     assert "the profiler broke" in caplog.text
+
+
+def test_malformed_monitoring_section_and_damaged_reference(tmp_path: Path) -> None:
+    root = tmp_path / "models"
+    write_scored(root, monitoring='{"drift": {"window": 20, "correction": "holm"}}')
+    write_scored(root, "damaged", monitoring=DRIFT)
+    _reference(root, "damaged")
+    npz = root / "damaged" / "monitor" / "reference.npz"
+    npz.write_bytes(npz.read_bytes() + b"x")
+
+    async def body(engine: Any) -> None:
+        await engine.infer(_request(np.zeros((1, 3))))
+        report = _report(engine)
+        assert not report["enabled"]
+        assert "monitoring.drift.correction: must be bonferroni or fdr" in report["error"]
+        await engine.infer(_request(np.zeros((1, 3)), "damaged"))
+        error = _report(engine, "damaged")["error"]
+        assert "reference.npz does not match reference.json (sha256 differs)" in error
+
+    run_with_engine(root, body)
