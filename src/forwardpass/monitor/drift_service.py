@@ -17,6 +17,7 @@ with the reason in the log and in that report.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import queue
 import threading
@@ -177,6 +178,9 @@ class DriftService:
             settings = drift_settings(entry.config)
             if settings is None:
                 slot.error = "no monitoring.drift section in the model's config"
+                return slot
+            if importlib.util.find_spec("scipy") is None:
+                slot.error = "drift monitoring needs scipy: pip install 'forwardpass[monitor]'"
                 return slot
             reference = load_reference(entry.path, entry.config)
             profiler = profiler_for(
