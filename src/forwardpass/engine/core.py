@@ -35,6 +35,7 @@ from forwardpass.errors import (
     Unsupported,
 )
 from forwardpass.model_config import ModelConfig, TensorSpec
+from forwardpass.monitor.drift_service import DriftService
 from forwardpass.monitor.hub import Stages
 from forwardpass.monitor.monitoring import Monitoring
 from forwardpass.monitor.trace import Trace, Tracer
@@ -73,6 +74,8 @@ class Engine:
         self.tracer = Tracer(
             self.config.trace_settings(), opentelemetry=self.config.otel_settings()
         )
+        #: Drift monitors of the models that configure ``monitoring.drift`` (off the hot path).
+        self.drift = DriftService()
         self.table.caller = self  # Python models' BLS calls come back through infer()
         size = self.config.response_cache_bytes
         self.cache = ResponseCache(size) if size else None
@@ -123,6 +126,7 @@ class Engine:
         # After the models: traces of the requests that just finished are written too.
         await asyncio.get_running_loop().run_in_executor(None, self.tracer.close)
         await asyncio.get_running_loop().run_in_executor(None, self.monitoring.close)
+        await asyncio.get_running_loop().run_in_executor(None, self.drift.close)
 
     async def _load_logged(self, name: str) -> None:
         try:
@@ -459,6 +463,7 @@ class Engine:
                 # only where the network cannot run them does it answer zero rows itself.
                 log.debug("model %s cannot run zero rows (%s)", handle.name, exc.message)
                 outputs = _zero_rows(handle.config)
+        model_outputs = outputs
         if processing is not None and processing.outputs:
             began = time.monotonic_ns()
             outputs = _guarded(processing.postprocess, outputs, {**inputs, **extra})
@@ -470,6 +475,9 @@ class Engine:
             stats.on_processing(pre_ns, post_ns)
             if stages is not None:
                 stages.preprocess_ns, stages.postprocess_ns = pre_ns, post_ns
+        if self.drift.enabled(handle):
+            # A record for the drift monitor's thread: the model's own inputs and outputs.
+            self.drift.submit(handle, loaded, request.id, inputs, model_outputs, extra)
         return respond(handle, loaded, request, outputs)
 
     async def infer_stream(self, request: InferRequest) -> AsyncIterator[InferResponse]:
