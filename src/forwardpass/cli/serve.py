@@ -177,6 +177,21 @@ def native_repository(target: str, folder: Path, name: str | None = None) -> str
     help="Response cache for models with response_cache enabled, as Triton spells it: "
     "local,size=BYTES.",
 )
+@click.option(
+    "--processing-workers",
+    default=None,
+    metavar="N|auto",
+    help="Worker processes for declared input processing (image decoding), off the serving "
+    "core; auto: one per --processing-cpus core, or every usable core but one. "
+    "Default 0: threads of the server process.",
+)
+@click.option(
+    "--processing-cpus",
+    default=None,
+    metavar="LIST",
+    help="Pin the processing workers to these cores (1 or 2-5,7), e.g. with the server under "
+    "taskset -c 0 and the workers on core 1.",
+)
 def serve(
     target: str | None,
     name: str | None,
@@ -213,6 +228,8 @@ def serve(
     trace_log_frequency: int | None,
     trace_config: tuple[str, ...],
     cache_config: str | None,
+    processing_workers: str | None,
+    processing_cpus: str | None,
 ) -> None:
     """Serve a model repository over the Open Inference Protocol (KServe V2) over HTTP and gRPC.
 
@@ -280,6 +297,8 @@ def serve(
             log_file=log_file,
             **trace,
             response_cache_bytes=parse_cache_config(cache_config) if cache_config else None,
+            processing_cpus=processing_cpus,
+            processing_workers=_workers(processing_workers, processing_cpus),
         )
         # Checked here so that a bad value is a usage error, not a traceback at start-up.
         config.trace_settings()
@@ -304,6 +323,24 @@ def serve(
         run_server(config, on_ready=announce)
     except ForwardpassError as exc:  # a busy port, an unreadable TLS file: one line, exit 1
         raise click.ClickException(exc.message) from None
+
+
+def _workers(value: str | None, cpus: str | None) -> int | None:
+    """``--processing-workers``: a count, or ``auto``."""
+    if value is None:
+        return None
+    if value.strip().lower() == "auto":
+        from forwardpass.config import ServerConfig
+        from forwardpass.processing.pool import auto_workers
+
+        return auto_workers(ServerConfig(processing_cpus=cpus or "").processing_cpu_list)
+    try:
+        return int(value)
+    except ValueError:
+        raise click.BadParameter(
+            f"expected a number of processes or auto, got {value!r}",
+            param_hint="--processing-workers",
+        ) from None
 
 
 #: ``--trace-config`` setting names → ServerConfig fields (Triton's global and "triton," ones).
