@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import contextlib
 import json
 import logging
 import os
@@ -204,20 +205,20 @@ class _Worker:
                 continue
             if "error" in message:
                 _fail(job, _error(message))
-            elif not job.future.done():
-                job.future.set_result(tensors)
+            else:
+                _succeed(job, tensors)
 
     def _replace(self, failures: int) -> bool:
         """The process ended: fail its in-flight jobs, start another. False when the pool is
         closing or workers cannot start at all (then what is queued fails too)."""
-        reason = _exit_reason(self.proc)
-        self.channel.close()
-        self.channel.out.close()
-        self.channel.inp.close()
-        with self.pool.lock:
+        with self.pool.lock:  # nothing is sent to it from now on
             self.alive = False
             lost = list(self.inflight)
             self.inflight.clear()
+        self.channel.close()
+        self.channel.out.close()
+        self.channel.inp.close()
+        reason = _exit_reason(self.proc)
         for job in lost:
             _fail(
                 job,
@@ -374,11 +375,14 @@ class ProcessingPool:
             candidates = [w for w in self._workers if w.alive and len(w.inflight) < DEPTH]
             if not candidates:
                 return
+            job = self._queue.popleft()
+            if job.future.cancelled():  # its client went away while it waited
+                continue
             if preferred is not None and preferred in candidates:
                 worker = preferred
             else:
                 worker = min(candidates, key=lambda w: len(w.inflight))
-            worker.send(self._queue.popleft())
+            worker.send(job)
 
     def requeue_locked(self, job: _Job) -> None:
         self._queue.appendleft(job)
@@ -413,8 +417,14 @@ class ProcessingPool:
 
 
 def _fail(job: _Job, error: ForwardpassError) -> None:
-    if not job.future.done():
+    # A request whose client went away has its future cancelled, from another thread.
+    with contextlib.suppress(concurrent.futures.InvalidStateError):
         job.future.set_exception(error)
+
+
+def _succeed(job: _Job, tensors: dict[str, np.ndarray]) -> None:
+    with contextlib.suppress(concurrent.futures.InvalidStateError):
+        job.future.set_result(tensors)
 
 
 def _error(message: Mapping[str, Any]) -> ForwardpassError:

@@ -184,6 +184,26 @@ def test_a_killed_worker_fails_only_its_requests_and_is_replaced(repo: Path, poo
         assert future.result(30)["image"].tobytes() == expected.tobytes()
 
 
+def test_a_request_given_up_while_in_flight_does_not_disturb_its_worker(repo: Path) -> None:
+    entry, processing = _entry(repo)
+    pool = ProcessingPool(1)
+    try:
+        pool.submit(entry, processing, _inputs(jpeg(0)), BYTES).result(30)
+        (pid,) = pool.pids
+        os.kill(pid, signal.SIGSTOP)
+        given_up = pool.submit(entry, processing, _inputs(jpeg(1)), BYTES)  # in flight
+        queued = pool.submit(entry, processing, _inputs(jpeg(2)), BYTES)  # in flight too
+        waiting = pool.submit(entry, processing, _inputs(jpeg(3)), BYTES)  # in the queue
+        assert given_up.cancel() and waiting.cancel()  # their clients went away
+        os.kill(pid, signal.SIGCONT)
+        assert queued.result(30)["image"].shape == (1, 3, 32, 32)
+        after = pool.submit(entry, processing, _inputs(jpeg(4)), BYTES)
+        assert after.result(30)["image"].shape == (1, 3, 32, 32)
+        assert pool.pids == [pid]  # the same worker: its reader survived the cancelled answer
+    finally:
+        pool.close()
+
+
 def test_close_stops_the_workers_and_refuses_new_requests(repo: Path) -> None:
     entry, processing = _entry(repo)
     pool = ProcessingPool(1)
