@@ -142,7 +142,6 @@ class ServerConfig:
             raise InvalidArgument(
                 f"api key header {self.api_key_header!r} must be a lower-case header name"
             )
-
         if self.processing_workers < 0:
             raise InvalidArgument(
                 f"--processing-workers must be 0 or more (or auto), got {self.processing_workers}"
