@@ -40,6 +40,7 @@ from forwardpass.monitor.hub import Stages
 from forwardpass.monitor.monitoring import Monitoring
 from forwardpass.monitor.trace import Trace, Tracer
 from forwardpass.processing.base import Processing
+from forwardpass.processing.pool import ProcessingPool, auto_workers
 from forwardpass.repository import ModelRepository
 from forwardpass.repository.poll import Poller
 from forwardpass.repository.warmup import zeros
@@ -84,6 +85,13 @@ class Engine:
         self._processing_pool = ThreadPoolExecutor(
             max_workers=max(2, os.cpu_count() or 1), thread_name_prefix="fp-processing"
         )
+        # Worker processes for heavy input processing: none start before a request needs them.
+        cpus = self.config.processing_cpu_list
+        self.processing_pool = ProcessingPool(
+            self.config.processing_workers or auto_workers(cpus),
+            cpus,
+            default=self.config.processing_workers > 0,
+        )
         self.started = False
         self.stopping = False
         self._poller: Poller | None = None
@@ -109,6 +117,9 @@ class Engine:
         self._poller = Poller(self.repository) if self.config.model_control_mode == "poll" else None
         for name in names:
             await self._load_logged(name)
+        pool = self.processing_pool
+        if any(h.processing is not None and pool.serves(h.processing) for h in self.table):
+            pool.start()  # the workers' interpreters start meanwhile, not at the first request
         if self._poller is not None:
             self._poller.scan()  # what was loaded is the baseline
             self._poll_task = asyncio.get_running_loop().create_task(self._poll_forever())
@@ -123,6 +134,7 @@ class Engine:
                 await self._poll_task
         await self.table.retire_all("server is shutting down")
         self._processing_pool.shutdown(wait=False)
+        await asyncio.get_running_loop().run_in_executor(None, self.processing_pool.close)
         # After the models: traces of the requests that just finished are written too.
         await asyncio.get_running_loop().run_in_executor(None, self.tracer.close)
         await asyncio.get_running_loop().run_in_executor(None, self.monitoring.close)
@@ -420,7 +432,7 @@ class Engine:
         extra: dict[str, np.ndarray] = {}
         if processing is not None and processing.inputs:
             began = time.monotonic_ns()
-            inputs = await self._preprocess(processing, inputs)
+            inputs = await self._preprocess(handle, processing, inputs)
             if trace is not None:
                 trace.stamp("PREPROCESS_START", began)
                 trace.stamp("PREPROCESS_END")
@@ -541,9 +553,16 @@ class Engine:
                 stats.on_request(True, time.monotonic_ns() - start)
 
     async def _preprocess(
-        self, processing: Processing, inputs: dict[str, np.ndarray]
+        self, handle: ModelHandle, processing: Processing, inputs: dict[str, np.ndarray]
     ) -> dict[str, np.ndarray]:
-        """Decode/tokenize off the event loop: image decoding takes milliseconds."""
+        """Decode/tokenize off the event loop: image decoding takes milliseconds. In the
+        processing pool's worker processes when the server or the model asks for them."""
+        if self.processing_pool.serves(processing):
+            assert handle.entry is not None
+            datatypes = {n: s.datatype for n, s in handle.input_specs.items()}
+            return await self.processing_pool.preprocess(
+                handle.entry, processing, inputs, datatypes
+            )
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
             self._processing_pool, _guarded, processing.preprocess, inputs
