@@ -177,6 +177,17 @@ def native_repository(target: str, folder: Path, name: str | None = None) -> str
     help="Response cache for models with response_cache enabled, as Triton spells it: "
     "local,size=BYTES.",
 )
+@click.option(
+    "--ray",
+    "ray_address",
+    is_flag=False,
+    flag_value="local",
+    default=None,
+    metavar="[ADDRESS]",
+    help="Serve the repository on a Ray Serve cluster: the one at ADDRESS (host:port of its "
+    "GCS, or ray://host:port), or a new local one when no address is given. Needs the ray "
+    "extra; HTTP only.",
+)
 def serve(
     target: str | None,
     name: str | None,
@@ -213,6 +224,7 @@ def serve(
     trace_log_frequency: int | None,
     trace_config: tuple[str, ...],
     cache_config: str | None,
+    ray_address: str | None,
 ) -> None:
     """Serve a model repository over the Open Inference Protocol (KServe V2) over HTTP and gRPC.
 
@@ -300,6 +312,11 @@ def serve(
             line += f" and grpc {config.host}:{grpc_port}"
         click.echo(line, err=False)
 
+    if ray_address is not None:
+        from forwardpass.ray.serve_command import serve_on_ray
+
+        serve_on_ray(config, None if ray_address == "local" else ray_address, scheme)
+        return
     try:
         run_server(config, on_ready=announce)
     except ForwardpassError as exc:  # a busy port, an unreadable TLS file: one line, exit 1

@@ -1,0 +1,137 @@
+"""Connect to a Ray cluster (or start a local one) and run the repository's application.
+
+Every wait is bounded: a cluster address that does not answer fails within
+``connect_timeout_s`` with the address in the message, and an application whose replicas do
+not all come up (too few CPUs or GPUs for the replicas asked for, a model that fails to
+load in its replica) fails within ``deploy_timeout_s`` with Ray's reason, instead of hanging.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from forwardpass.errors import ForwardpassError, Unavailable
+from forwardpass.ray.app import RayOptions, app
+
+__all__ = ["APP_NAME", "connect", "deploy", "serve_forever"]
+
+log = logging.getLogger("forwardpass.ray")
+
+#: The Serve application's name on the cluster.
+APP_NAME = "forwardpass"
+
+
+def _probe(address: str, timeout_s: float) -> None:
+    """Fail fast when ``host:port`` accepts no TCP connection (ray.init would retry long)."""
+    target = address.removeprefix("ray://")
+    host, sep, port = target.rpartition(":")
+    if not sep or not port.isdigit():
+        return  # "auto" and other forms Ray resolves itself; ray.init's wait is bounded below
+    try:
+        with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout_s):
+            pass
+    except OSError as exc:
+        raise Unavailable(
+            f"cannot reach the Ray cluster at {address}: {exc.strerror or exc} "
+            "(is `ray start --head` running there, and is the address the GCS port?)"
+        ) from None
+
+
+def _bounded(what: str, fn: Callable[[], Any], timeout_s: float) -> Any:
+    """Run ``fn`` in a daemon thread; :class:`Unavailable` if it takes over ``timeout_s``."""
+    result: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            result["value"] = fn()
+        except BaseException as exc:  # re-raised in the caller's thread
+            result["error"] = exc
+
+    thread = threading.Thread(target=target, name=f"forwardpass-{what}", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():
+        raise Unavailable(f"{what} did not finish within {timeout_s:g} s")
+    if "error" in result:
+        raise result["error"]
+    return result.get("value")
+
+
+def connect(address: str | None, timeout_s: float = 30.0, num_cpus: int | None = None) -> None:
+    """Join the cluster at ``address``, or start a local one when it is ``None``."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address is not None:
+        _probe(address, timeout_s)
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
+    if address is None:
+        kwargs["num_cpus"] = num_cpus
+    try:
+        _bounded(
+            f"connecting to the Ray cluster at {address or 'a new local cluster'}",
+            lambda: ray.init(address=address, **kwargs),
+            timeout_s,
+        )
+    except ConnectionError as exc:
+        raise Unavailable(f"cannot reach the Ray cluster at {address}: {exc}") from None
+
+
+def deploy(
+    options: RayOptions,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    timeout_s: float = 600.0,
+) -> Any:
+    """Run the application on the connected cluster, its HTTP proxy on ``host:port``.
+    Returns the ingress's handle once every replica is up."""
+    from ray import serve
+
+    application = app(options)
+    serve.start(http_options={"host": host, "port": port})
+    try:
+        return _bounded(
+            "deploying the model repository on Ray",
+            lambda: serve.run(application, name=APP_NAME, route_prefix="/"),
+            timeout_s,
+        )
+    except ForwardpassError:
+        raise
+    except Exception as exc:  # Ray's deployment failure (a replica's constructor raised)
+        raise Unavailable(f"the model repository failed to deploy on Ray: {exc}") from None
+
+
+def serve_forever(
+    options: RayOptions,
+    address: str | None,
+    host: str,
+    port: int,
+    on_ready: Callable[[int], None] | None = None,
+    connect_timeout_s: float = 30.0,
+) -> None:
+    """``forwardpass serve --ray``: connect, deploy, serve until interrupted, then remove
+    the application (and stop the local cluster if this call started it)."""
+    import ray
+    from ray import serve
+
+    connect(address, connect_timeout_s)
+    try:
+        deploy(options, host, port)
+        if on_ready is not None:
+            on_ready(port)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            log.info("stopping: removing the forwardpass application from Ray")
+        serve.delete(APP_NAME)
+    finally:
+        if address is None:
+            serve.shutdown()
+            ray.shutdown()
