@@ -61,17 +61,16 @@ class RayOptions:
             raise InvalidArgument("forwardpass.ray:app needs repository=PATH")
         values: dict[str, Any] = {}
         for key, raw in args.items():
-            kind = known[key].type
+            number = known[key].type in ("float", float)
             try:
                 if key == "repository":
                     values[key] = Path(raw)
-                elif kind in ("float", float):
-                    values[key] = float(raw)
                 else:
-                    values[key] = int(raw)
+                    values[key] = float(raw) if number else int(raw)
             except (TypeError, ValueError):
+                what = "a number" if number else "an integer"
                 raise InvalidArgument(
-                    f"forwardpass.ray:app argument {key} must be a {kind}, got {raw!r}"
+                    f"forwardpass.ray:app argument {key} must be {what}, got {raw!r}"
                 ) from None
         return cls(**values)
 
