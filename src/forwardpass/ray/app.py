@@ -25,7 +25,7 @@ from forwardpass.pipeline import Pipeline
 from forwardpass.ray.options import deployment_options
 from forwardpass.repository import ModelRepository
 
-__all__ = ["INGRESS", "RayOptions", "app", "build"]
+__all__ = ["INGRESS", "RayOptions", "app", "build", "build_with_demand"]
 
 log = logging.getLogger("forwardpass.ray")
 
@@ -90,6 +90,12 @@ def app(repository: str | os.PathLike[str] | Mapping[str, Any] | RayOptions) -> 
 def build(options: RayOptions) -> Any:
     """Bind every model of the repository; models that cannot be read or laid out on Ray
     are left out, logged, and listed as UNAVAILABLE by the ingress."""
+    return build_with_demand(options)[0]
+
+
+def build_with_demand(options: RayOptions) -> tuple[Any, dict[str, float]]:
+    """:func:`build`, and the CPUs and GPUs its replicas reserve at start (autoscaled
+    deployments count their initial or minimum replicas)."""
     from ray import serve
 
     from forwardpass.ray.ingress import Ingress
@@ -109,6 +115,7 @@ def build(options: RayOptions) -> Any:
     if INGRESS in configs:
         raise InvalidArgument(f"a model may not be named {INGRESS!r} on Ray (the ingress is)")
     bound: dict[str, Any] = {}
+    demands: dict[str, dict[str, float]] = {}
 
     def bind(name: str, chain: tuple[str, ...]) -> Any:
         if name in bound:
@@ -130,6 +137,7 @@ def build(options: RayOptions) -> Any:
                     raise InvalidModelConfig(f"ensemble step {step!r}: {exc.message}") from None
         deployment = serve.deployment(**deployment_kwargs.as_kwargs())(ModelReplica)
         bound[name] = deployment.bind(str(root), name, deployment_kwargs.kind, steps)
+        demands[name] = _demand(deployment_kwargs.as_kwargs())
         return bound[name]
 
     for name in sorted(configs):
@@ -140,10 +148,27 @@ def build(options: RayOptions) -> Any:
     for name, reason in sorted(unavailable.items()):
         log.error("model %s is UNAVAILABLE on Ray: %s", name, reason)
         bound.pop(name, None)
+        demands.pop(name, None)
     ingress = serve.deployment(
         name=INGRESS,
         num_replicas=options.ingress_replicas,
         max_ongoing_requests=options.ingress_ongoing_requests,
         ray_actor_options={"num_cpus": options.ingress_cpus},
     )(Ingress)
-    return ingress.bind(bound, unavailable, options.max_request_bytes)
+    total = {"CPU": options.ingress_cpus * options.ingress_replicas, "GPU": 0.0}
+    for demand in demands.values():
+        for key, value in demand.items():
+            total[key] += value
+    return ingress.bind(bound, unavailable, options.max_request_bytes), total
+
+
+def _demand(kwargs: Mapping[str, Any]) -> dict[str, float]:
+    actor = kwargs["ray_actor_options"]
+    replicas = kwargs.get("num_replicas")
+    if replicas is None:
+        scaling = kwargs.get("autoscaling_config") or {}
+        replicas = scaling.get("initial_replicas", scaling.get("min_replicas", 1))
+    return {
+        "CPU": float(actor.get("num_cpus", 1)) * replicas,
+        "GPU": float(actor.get("num_gpus", 0)) * replicas,
+    }

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from forwardpass.errors import ForwardpassError, Unavailable
-from forwardpass.ray.app import RayOptions, app
+from forwardpass.ray.app import RayOptions, build_with_demand
 
 __all__ = ["APP_NAME", "connect", "deploy", "serve_forever"]
 
@@ -88,12 +88,19 @@ def deploy(
     host: str = "127.0.0.1",
     port: int = 8000,
     timeout_s: float = 600.0,
+    local: bool = True,
 ) -> Any:
     """Run the application on the connected cluster, its HTTP proxy on ``host:port``.
-    Returns the ingress's handle once every replica is up."""
+    Returns the ingress's handle once every replica is up.
+
+    ``local`` says the cluster cannot grow (one this process started): replicas that ask
+    for more CPUs or GPUs than it has are then an error at once, not a wait forever; on a
+    cluster that may autoscale they are a warning."""
+    import ray
     from ray import serve
 
-    application = app(options)
+    application, demand = build_with_demand(options)
+    _check_fits(demand, ray.cluster_resources(), autoscaled=not local)
     serve.start(http_options={"host": host, "port": port})
     try:
         return _bounded(
@@ -105,6 +112,27 @@ def deploy(
         raise
     except Exception as exc:  # Ray's deployment failure (a replica's constructor raised)
         raise Unavailable(f"the model repository failed to deploy on Ray: {exc}") from None
+
+
+def _check_fits(demand: dict[str, float], cluster: dict[str, float], autoscaled: bool) -> None:
+    short = {
+        key: (need, cluster.get(key, 0.0))
+        for key, need in demand.items()
+        if need > cluster.get(key, 0.0) + 1e-9
+    }
+    if not short:
+        return
+    detail = ", ".join(
+        f"{need:g} {key} (the cluster has {have:g})" for key, (need, have) in short.items()
+    )
+    message = (
+        f"the replicas ask for {detail}: lower the models' instance_group counts or "
+        "ray_actor_options, or the replica CPUs (replica_cpus / ingress_cpus)"
+    )
+    if autoscaled:
+        log.warning("%s; waiting for the cluster to scale up", message)
+        return
+    raise Unavailable(message)
 
 
 def serve_forever(
@@ -122,7 +150,7 @@ def serve_forever(
 
     connect(address, connect_timeout_s)
     try:
-        deploy(options, host, port)
+        deploy(options, host, port, local=address is None)
         if on_ready is not None:
             on_ready(port)
         try:
