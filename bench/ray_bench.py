@@ -5,7 +5,9 @@ Both serve the same ONNX files of bench/models.py (``tiny`` and the compute-boun
 
 - forwardpass: ``forwardpass.ray.app`` on a repository holding the two models (one replica
   each, forwardpass's engine and dynamic batcher inside; an ingress deployment parses the
-  wire with forwardpass's codec);
+  wire with forwardpass's codec and coalesces concurrent requests into one handle call),
+  measured on the ingress's own HTTP server (as ``forwardpass serve --ray`` serves) and,
+  for reference, through Ray Serve's proxy;
 - plain: the deployment a Ray Serve user writes by hand, one per model: ``__call__`` parses
   the JSON request, a ``@serve.batch`` method stacks the samples and runs one
   ``InferenceSession.run`` per batch (max batch 32, 2 ms wait), one replica, one ORT thread.
@@ -151,11 +153,17 @@ def main() -> int:
             began = time.perf_counter()
             # The two model replicas and the ingress share the cluster's CPUs.
             share = args.cpus / (len(MODELS) + 1)
-            options = RayOptions(repository, replica_cpus=share, ingress_cpus=share)
-            deploy(options, "127.0.0.1", port, timeout_s=300)
+            options = RayOptions(
+                repository, replica_cpus=share, ingress_cpus=share, listen="127.0.0.1:0"
+            )
+            ingress = deploy(options, "127.0.0.1", port, timeout_s=300)
+            own = ingress.http_address.remote().result(timeout_s=60)
             results["forwardpass_deploy_s"] = round(time.perf_counter() - began, 1)
             for model in MODELS:
-                results[f"forwardpass_{model}"] = _bench(url, model, args.duration)
+                # As `forwardpass serve --ray` serves: the ingress's own HTTP server.
+                results[f"forwardpass_{model}"] = _bench(own, model, args.duration)
+                # Through Ray Serve's proxy, like the plain deployment (a hop more).
+                results[f"forwardpass_proxy_{model}"] = _bench(url, model, args.duration)
             serve.delete("forwardpass")
             batched = serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)(PlainOnnx._batched)
             plain_class = type("PlainOnnx", (PlainOnnx,), {"_batched": batched})

@@ -62,7 +62,8 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def ray_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def ray_urls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """The application's HTTP addresses: the ingress's own server, and Ray Serve's proxy."""
     root = tmp_path_factory.mktemp("ray_repo")
     write_model(root, "add", config=ADD_CONFIG, versions={1: add_onnx(ADD, ["batch", 3])})
     write_model(root, "add_twice", config=ADD_TWICE_CONFIG)
@@ -72,21 +73,23 @@ def ray_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     port = _free_port()
     try:
-        deploy(
-            RayOptions(root, replica_cpus=0.1, ingress_cpus=0.1),
+        ingress = deploy(
+            RayOptions(root, replica_cpus=0.1, ingress_cpus=0.1, listen="127.0.0.1:0"),
             "127.0.0.1",
             port,
             timeout_s=120,
         )
-        yield f"127.0.0.1:{port}"
+        own = ingress.http_address.remote().result(timeout_s=30)
+        yield {"own": own, "proxy": f"127.0.0.1:{port}"}
     finally:
-        serve.shutdown()
-        ray.shutdown()
+        ray.shutdown()  # the replicas go with the cluster (serve.shutdown drains: seconds)
 
 
-@pytest.fixture
-def client(ray_url: str) -> Iterator[httpclient.InferenceServerClient]:
-    c = httpclient.InferenceServerClient(ray_url, network_timeout=30)
+@pytest.fixture(params=["own", "proxy"])
+def client(
+    ray_urls: dict[str, str], request: pytest.FixtureRequest
+) -> Iterator[httpclient.InferenceServerClient]:
+    c = httpclient.InferenceServerClient(ray_urls[request.param], network_timeout=30)
     yield c
     c.close()
 
@@ -120,7 +123,7 @@ def test_infer_json_and_binary(client: httpclient.InferenceServerClient) -> None
     np.testing.assert_allclose(_infer(client, "add", x[:1], binary=False), x[:1] + ADD)
 
 
-def test_replicas_follow_instance_group() -> None:
+def test_replicas_follow_instance_group(ray_urls: dict[str, str]) -> None:
     status = serve.status().applications[APP_NAME].deployments
     assert status["add"].replica_states.get("RUNNING") == 2
     assert status["add_twice"].replica_states.get("RUNNING") == 1
@@ -156,8 +159,9 @@ def _slow_infer(client: httpclient.InferenceServerClient) -> np.ndarray:
     return out
 
 
+@pytest.mark.parametrize("client", ["own"], indirect=True)
 def test_killed_replica_fails_in_flight_then_recovers(
-    client: httpclient.InferenceServerClient, ray_url: str
+    client: httpclient.InferenceServerClient,
 ) -> None:
     np.testing.assert_array_equal(_slow_infer(client), [1, 2])
     replicas = [

@@ -47,6 +47,9 @@ class RayOptions:
     #: Requests one ingress replica holds at once.
     ingress_ongoing_requests: int = 1024
     max_request_bytes: int = 64 * 1024 * 1024
+    #: ``host:port`` where the ingress serves HTTP itself (forwardpass's server, port 0 picks
+    #: one); empty: only through Ray Serve's proxy. Needs ``ingress_replicas`` 1.
+    listen: str = ""
 
     @classmethod
     def from_args(cls, args: Mapping[str, Any]) -> RayOptions:
@@ -65,6 +68,8 @@ class RayOptions:
             try:
                 if key == "repository":
                     values[key] = Path(raw)
+                elif key == "listen":
+                    values[key] = str(raw)
                 else:
                     values[key] = float(raw) if number else int(raw)
             except (TypeError, ValueError):
@@ -112,10 +117,16 @@ def build_with_demand(options: RayOptions) -> tuple[Any, dict[str, float]]:
             unavailable[name] = entry.message
         else:
             configs[name] = entry.config
+    if options.listen and options.ingress_replicas != 1:
+        raise InvalidArgument(
+            "listen= serves HTTP from the one ingress replica: with ingress_replicas > 1, "
+            "leave listen empty and use Ray Serve's proxy"
+        )
     if INGRESS in configs:
         raise InvalidArgument(f"a model may not be named {INGRESS!r} on Ray (the ingress is)")
     bound: dict[str, Any] = {}
     demands: dict[str, dict[str, float]] = {}
+    windows: dict[str, int] = {}
 
     def bind(name: str, chain: tuple[str, ...]) -> Any:
         if name in bound:
@@ -138,6 +149,9 @@ def build_with_demand(options: RayOptions) -> tuple[Any, dict[str, float]]:
         deployment = serve.deployment(**deployment_kwargs.as_kwargs())(ModelReplica)
         bound[name] = deployment.bind(str(root), name, deployment_kwargs.kind, steps)
         demands[name] = _demand(deployment_kwargs.as_kwargs())
+        # Two calls in flight per replica: one computing, one queued behind it.
+        scaling = deployment_kwargs.autoscaling_config or {}
+        windows[name] = 2 * int(deployment_kwargs.num_replicas or scaling.get("max_replicas", 1))
         return bound[name]
 
     for name in sorted(configs):
@@ -159,7 +173,11 @@ def build_with_demand(options: RayOptions) -> tuple[Any, dict[str, float]]:
     for demand in demands.values():
         for key, value in demand.items():
             total[key] += value
-    return ingress.bind(bound, unavailable, options.max_request_bytes), total
+    windows = {name: windows[name] for name in bound}
+    application = ingress.bind(
+        bound, unavailable, windows, options.max_request_bytes, options.listen
+    )
+    return application, total
 
 
 def _demand(kwargs: Mapping[str, Any]) -> dict[str, float]:

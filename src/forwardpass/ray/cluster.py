@@ -13,9 +13,10 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
-from forwardpass.errors import ForwardpassError, Unavailable
+from forwardpass.errors import ForwardpassError, InvalidArgument, Unavailable
 from forwardpass.ray.app import RayOptions, build_with_demand
 
 __all__ = ["APP_NAME", "connect", "deploy", "serve_forever"]
@@ -89,9 +90,11 @@ def deploy(
     port: int = 8000,
     timeout_s: float = 600.0,
     local: bool = True,
+    proxy: bool = True,
 ) -> Any:
-    """Run the application on the connected cluster, its HTTP proxy on ``host:port``.
-    Returns the ingress's handle once every replica is up.
+    """Run the application on the connected cluster, Ray Serve's HTTP proxy on
+    ``host:port`` unless ``proxy`` is false (then ``options.listen`` must have the ingress
+    listen itself). Returns the ingress's handle once every replica is up.
 
     ``local`` says the cluster cannot grow (one this process started): replicas that ask
     for more CPUs or GPUs than it has are then an error at once, not a wait forever; on a
@@ -101,11 +104,16 @@ def deploy(
 
     application, demand = build_with_demand(options)
     _check_fits(demand, ray.cluster_resources(), autoscaled=not local)
-    serve.start(http_options={"host": host, "port": port})
+    if proxy:
+        serve.start(http_options={"host": host, "port": port})
+    elif not options.listen:
+        raise InvalidArgument("with Ray Serve's proxy off, the ingress must listen itself")
+    else:
+        serve.start(proxy_location="Disabled")
     try:
         return _bounded(
             "deploying the model repository on Ray",
-            lambda: serve.run(application, name=APP_NAME, route_prefix="/"),
+            lambda: serve.run(application, name=APP_NAME, route_prefix="/" if proxy else None),
             timeout_s,
         )
     except ForwardpassError:
@@ -140,19 +148,23 @@ def serve_forever(
     address: str | None,
     host: str,
     port: int,
-    on_ready: Callable[[int], None] | None = None,
+    on_ready: Callable[[str], None] | None = None,
     connect_timeout_s: float = 30.0,
 ) -> None:
-    """``forwardpass serve --ray``: connect, deploy, serve until interrupted, then remove
+    """``forwardpass serve --ray``: connect, deploy with the ingress serving HTTP on
+    ``host:port`` itself (``on_ready`` gets the bound address), serve until interrupted, remove
     the application (and stop the local cluster if this call started it)."""
     import ray
     from ray import serve
 
     connect(address, connect_timeout_s)
     try:
-        deploy(options, host, port, local=address is None)
+        ingress = deploy(
+            replace(options, listen=f"{host}:{port}"), local=address is None, proxy=False
+        )
+        bound = ingress.http_address.remote().result(timeout_s=connect_timeout_s)
         if on_ready is not None:
-            on_ready(port)
+            on_ready(bound)
         try:
             while True:
                 time.sleep(3600)

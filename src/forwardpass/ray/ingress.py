@@ -6,6 +6,10 @@ parses it with forwardpass's codec (JSON and binary tensors) and asks a
 :class:`~forwardpass.ray.router.RayRouter` where an engine would be. So the model replicas
 receive decoded NumPy tensors, never the wire, and every route, status code and error
 message is the one ``forwardpass serve`` gives.
+
+With ``listen`` the ingress also serves HTTP itself, with forwardpass's own server on that
+address, so requests skip Ray Serve's proxy (``forwardpass serve --ray`` does this; the
+proxy stays available to ``serve run``).
 """
 
 from __future__ import annotations
@@ -13,7 +17,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, cast
 
+from forwardpass.config import ServerConfig
 from forwardpass.protocol.http import HttpApp, HttpRequest
+from forwardpass.protocol.server import HttpServer
 from forwardpass.ray.calls import call
 from forwardpass.ray.router import RayRouter
 
@@ -33,14 +39,35 @@ class Ingress:
         self,
         handles: Mapping[str, Any],
         unavailable: Mapping[str, str],
+        windows: Mapping[str, int],
         max_request_bytes: int,
+        listen: str = "",
     ) -> None:
         # Each model deployment describes itself once (its completed config and metadata):
         # the ingress answers metadata, config, health and the index without a hop.
         descriptions = {name: await call(h, "describe", name) for name, h in handles.items()}
-        self.router = RayRouter(handles, descriptions, unavailable)
+        self.router = RayRouter(handles, descriptions, unavailable, windows)
         # The router has the engine methods the HTTP app calls (see its docstring).
         self.app = HttpApp(cast("Engine", self.router), None, max_request_bytes)
+        self.server: HttpServer | None = None
+        if listen:
+            # forwardpass's own HTTP server, in this replica, beside Ray Serve's proxy: one
+            # hop fewer per request (the proxy's), and the fast httptools parser.
+            host, _, port = listen.rpartition(":")
+            config = ServerConfig(
+                host=host or "127.0.0.1",
+                http_port=int(port),
+                grpc=False,
+                max_request_bytes=max_request_bytes,
+            )
+            self.server = HttpServer(self.app, config)
+            await self.server.start()
+
+    def http_address(self) -> str:
+        """Where this replica's own HTTP server listens (``""`` when it has none)."""
+        if self.server is None:
+            return ""
+        return f"{self.server.host}:{self.server.port}"
 
     async def __call__(self, request: Request) -> Response:
         from starlette.responses import Response, StreamingResponse

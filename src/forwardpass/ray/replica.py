@@ -13,6 +13,7 @@ object store for large ones), never by pickling the data into a byte string.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,19 +55,19 @@ def replica_override(repository: ModelRepository, name: str, kind: str) -> dict[
 
 
 class StepRouter:
-    """An ensemble replica's way to its steps: each step model's deployment handle."""
+    """An ensemble replica's way to its steps: each step model's deployment handle, the
+    steps of concurrent ensemble requests coalesced into one call per step model."""
 
     def __init__(self, handles: Mapping[str, Any]) -> None:
-        self.handles = dict(handles)
+        from forwardpass.ray.calls import Coalescer
+
+        self.steps = {name: Coalescer(h, name) for name, h in handles.items()}
 
     async def __call__(self, request: InferRequest) -> InferResponse:
-        from forwardpass.ray.calls import call
-
-        handle = self.handles.get(request.model_name)
-        if handle is None:
+        step = self.steps.get(request.model_name)
+        if step is None:
             raise InternalError(f"ensemble step model {request.model_name!r} has no deployment")
-        response: InferResponse = await call(handle, "infer", request.model_name, request)
-        return response
+        return await step.infer(request)
 
 
 class ModelReplica:
@@ -94,6 +95,21 @@ class ModelReplica:
 
     async def infer(self, request: InferRequest) -> InferResponse:
         return await self.engine.infer(request)
+
+    async def infer_batch(
+        self, requests: list[InferRequest]
+    ) -> list[InferResponse | ForwardpassError]:
+        """Requests the ingress sent together: each answered on its own (a response or its
+        error), all submitted at once so the engine's batcher batches them."""
+        results = await asyncio.gather(
+            *(self.engine.infer(r) for r in requests), return_exceptions=True
+        )
+        return [
+            r
+            if isinstance(r, InferResponse | ForwardpassError)
+            else InternalError(f"model {self.name!r}: {type(r).__name__}: {r}")
+            for r in results
+        ]
 
     def describe(self) -> ModelDescription:
         handle = self.engine.handle(self.name)

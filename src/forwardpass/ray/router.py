@@ -3,9 +3,11 @@ asks an engine, answered from the model deployments.
 
 :class:`RayRouter` stands where the HTTP app expects an :class:`~forwardpass.engine.Engine`:
 inference goes to the model's deployment through its handle (the request already decoded
-into NumPy tensors by forwardpass's codec, here in the ingress); health, metadata, config
-and the index are answered from the descriptions each deployment gave when the ingress
-started (models on Ray are fixed for the life of the application: redeploy to change them).
+into NumPy tensors by forwardpass's codec, here in the ingress; requests that arrive
+together travel in one call, see :class:`~forwardpass.ray.calls.Coalescer`); health,
+metadata, config and the index are answered from the descriptions each deployment gave when
+the ingress started (models on Ray are fixed for the life of the application: redeploy to
+change them).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 from forwardpass.errors import NotFound, Unavailable, Unsupported
 from forwardpass.model_config import ModelConfig
 from forwardpass.monitor.trace import Trace, Tracer
-from forwardpass.ray.calls import call
+from forwardpass.ray.calls import Coalescer
 from forwardpass.ray.replica import ModelDescription
 from forwardpass.results import IndexEntry, ModelMetadata, ModelStatistics
 from forwardpass.types import InferRequest, InferResponse
@@ -34,6 +36,7 @@ class RayRouter:
 
     ``unavailable`` names the repository's models that could not be read at deployment,
     with the reason: they are in the index as UNAVAILABLE, and requests to them get 503.
+    ``windows`` is how many calls each model's :class:`Coalescer` keeps in flight.
     """
 
     def __init__(
@@ -41,8 +44,18 @@ class RayRouter:
         handles: Mapping[str, Any],
         descriptions: Mapping[str, ModelDescription],
         unavailable: Mapping[str, str] | None = None,
+        windows: Mapping[str, int] | None = None,
     ) -> None:
-        self.handles = dict(handles)
+        windows = windows or {}
+        self.models = {
+            name: Coalescer(
+                handle,
+                name,
+                windows.get(name, 2),
+                max(64, 2 * descriptions[name].config.max_batch_size),
+            )
+            for name, handle in handles.items()
+        }
         self.descriptions = dict(descriptions)
         self.unavailable = dict(unavailable or {})
         #: The HTTP app's trace extension needs a tracer; tracing stays off on Ray.
@@ -96,8 +109,7 @@ class RayRouter:
     async def infer(self, request: InferRequest, trace: Trace | None = None) -> InferResponse:
         name = request.model_name
         self._describe(name, request.model_version)
-        response: InferResponse = await call(self.handles[name], "infer", name, request)
-        return response
+        return await self.models[name].infer(request)
 
     async def infer_stream(self, request: InferRequest) -> AsyncIterator[InferResponse]:
         description = self._describe(request.model_name, request.model_version)

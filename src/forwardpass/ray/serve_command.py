@@ -36,8 +36,8 @@ def serve_on_ray(config: ServerConfig, address: str | None, scheme: str) -> None
             err=True,
         )
 
-    def announce(port: int) -> None:
-        click.echo(f"forwardpass on Ray listening on http://{config.host}:{port}")
+    def announce(address: str) -> None:
+        click.echo(f"forwardpass on Ray listening on http://{address}")
 
     options = RayOptions(config.model_repository, max_request_bytes=config.max_request_bytes)
     try:
