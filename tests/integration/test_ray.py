@@ -23,7 +23,7 @@ from modelrepo import add_onnx, null_config, write_model
 from ray import serve
 from tritonclient.utils import InferenceServerException
 
-from forwardpass.ray.app import RayOptions
+from forwardpass.ray.application import RayOptions
 from forwardpass.ray.cluster import APP_NAME, deploy
 
 ADD = 1.5  # what "add" adds

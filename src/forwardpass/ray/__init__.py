@@ -12,6 +12,6 @@ the models through deployment handles; ensembles call their steps the same way. 
 
 from __future__ import annotations
 
-from forwardpass.ray.app import RayOptions, app
+from forwardpass.ray.application import RayOptions, app
 
 __all__ = ["RayOptions", "app"]

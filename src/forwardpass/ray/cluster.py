@@ -17,7 +17,7 @@ from dataclasses import replace
 from typing import Any
 
 from forwardpass.errors import ForwardpassError, InvalidArgument, Unavailable
-from forwardpass.ray.app import RayOptions, build_with_demand
+from forwardpass.ray.application import RayOptions, build_with_demand
 
 __all__ = ["APP_NAME", "connect", "deploy", "serve_forever"]
 
@@ -73,10 +73,13 @@ def connect(address: str | None, timeout_s: float = 30.0, num_cpus: int | None =
         _probe(address, timeout_s)
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
     if address is None:
-        kwargs["num_cpus"] = num_cpus
+        # A new local cluster: nothing to wait on that can hang, and ray.init in the main
+        # thread installs Ray's signal handlers.
+        ray.init(num_cpus=num_cpus, **kwargs)
+        return
     try:
         _bounded(
-            f"connecting to the Ray cluster at {address or 'a new local cluster'}",
+            f"connecting to the Ray cluster at {address}",
             lambda: ray.init(address=address, **kwargs),
             timeout_s,
         )

@@ -33,7 +33,7 @@ __all__ = ["Ingress"]
 
 
 class Ingress:
-    """The deployment class of the ingress (wrapped by ``serve.deployment`` in :mod:`app`)."""
+    """The ingress deployment class (wrapped by ``serve.deployment`` in :mod:`application`)."""
 
     async def __init__(  # type: ignore[misc]  # Ray Serve awaits an async constructor
         self,

@@ -71,7 +71,7 @@ class StepRouter:
 
 
 class ModelReplica:
-    """The deployment class of one model (wrapped by ``serve.deployment`` in :mod:`app`)."""
+    """The deployment class of one model (wrapped by ``serve.deployment`` in :mod:`application`)."""
 
     async def __init__(  # type: ignore[misc]  # Ray Serve awaits an async constructor
         self, root: str, name: str, kind: str, steps: Mapping[str, Any] | None = None

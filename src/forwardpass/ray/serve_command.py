@@ -27,7 +27,7 @@ def serve_on_ray(config: ServerConfig, address: str | None, scheme: str) -> None
         raise click.ClickException(
             "--ray needs the ray extra: pip install 'forwardpass[ray]'"
         ) from None
-    from forwardpass.ray.app import RayOptions
+    from forwardpass.ray.application import RayOptions
     from forwardpass.ray.cluster import serve_forever
 
     if config.grpc:

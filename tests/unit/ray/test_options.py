@@ -9,7 +9,7 @@ import pytest
 
 from forwardpass.errors import InvalidArgument, InvalidModelConfig
 from forwardpass.model_config import InstanceGroup, ModelConfig
-from forwardpass.ray.app import RayOptions
+from forwardpass.ray.application import RayOptions
 from forwardpass.ray.options import MIN_ONGOING, deployment_options
 
 BASE = ModelConfig(name="m", max_batch_size=256, instance_group=(InstanceGroup(3, "KIND_CPU"),))
