@@ -74,13 +74,20 @@ def ray_urls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str
     port = _free_port()
     try:
         ingress = deploy(
-            RayOptions(root, replica_cpus=0.1, ingress_cpus=0.1, listen="127.0.0.1:0"),
+            RayOptions(
+                root,
+                replica_cpus=0.1,
+                ingress_cpus=0.1,
+                listen="127.0.0.1:0",
+                grpc_listen="127.0.0.1:0",
+            ),
             "127.0.0.1",
             port,
             timeout_s=120,
         )
         own = ingress.http_address.remote().result(timeout_s=30)
-        yield {"own": own, "proxy": f"127.0.0.1:{port}"}
+        grpc = ingress.grpc_address.remote().result(timeout_s=30)
+        yield {"own": own, "proxy": f"127.0.0.1:{port}", "grpc": grpc}
     finally:
         ray.shutdown()  # the replicas go with the cluster (serve.shutdown drains: seconds)
 
@@ -132,6 +139,23 @@ def test_replicas_follow_instance_group(ray_urls: dict[str, str]) -> None:
 def test_ensemble_calls_steps_through_handles(client: httpclient.InferenceServerClient) -> None:
     x = np.ones((2, 3), dtype=np.float32)
     np.testing.assert_allclose(_infer(client, "add_twice", x), x + 2 * ADD)
+
+
+def test_grpc_on_the_ingress(ray_urls: dict[str, str]) -> None:
+    import tritonclient.grpc as grpcclient
+
+    with grpcclient.InferenceServerClient(ray_urls["grpc"]) as client:
+        assert client.is_server_ready() and client.is_model_ready("add_twice")
+        x = np.ones((2, 3), dtype=np.float32)
+        inp = grpcclient.InferInput("x", [2, 3], "FP32")
+        inp.set_data_from_numpy(x)
+        out = client.infer("add_twice", [inp]).as_numpy("y")
+        np.testing.assert_allclose(out, x + 2 * ADD)
+        bad = grpcclient.InferInput("x", [2, 4], "FP32")
+        bad.set_data_from_numpy(np.ones((2, 4), dtype=np.float32))
+        with pytest.raises(InferenceServerException) as caught:
+            client.infer("add", [bad])
+        assert caught.value.status() == "StatusCode.INVALID_ARGUMENT"
 
 
 def test_bad_input_is_a_clear_400(client: httpclient.InferenceServerClient) -> None:

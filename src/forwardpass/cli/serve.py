@@ -186,7 +186,7 @@ def native_repository(target: str, folder: Path, name: str | None = None) -> str
     metavar="[ADDRESS]",
     help="Serve the repository on a Ray Serve cluster: the one at ADDRESS (host:port of its "
     "GCS, or ray://host:port), or a new local one when no address is given. Needs the ray "
-    "extra; HTTP only.",
+    "extra.",
 )
 def serve(
     target: str | None,

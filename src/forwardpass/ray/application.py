@@ -50,6 +50,9 @@ class RayOptions:
     #: ``host:port`` where the ingress serves HTTP itself (forwardpass's server, port 0 picks
     #: one); empty: only through Ray Serve's proxy. Needs ``ingress_replicas`` 1.
     listen: str = ""
+    #: ``host:port`` where the ingress serves Triton's gRPC protocol (forwardpass's gRPC
+    #: server; needs the grpc extra); empty: no gRPC.
+    grpc_listen: str = ""
 
     @classmethod
     def from_args(cls, args: Mapping[str, Any]) -> RayOptions:
@@ -68,7 +71,7 @@ class RayOptions:
             try:
                 if key == "repository":
                     values[key] = Path(raw)
-                elif key == "listen":
+                elif key in ("listen", "grpc_listen"):
                     values[key] = str(raw)
                 else:
                     values[key] = float(raw) if number else int(raw)
@@ -117,10 +120,10 @@ def build_with_demand(options: RayOptions) -> tuple[Any, dict[str, float]]:
             unavailable[name] = entry.message
         else:
             configs[name] = entry.config
-    if options.listen and options.ingress_replicas != 1:
+    if (options.listen or options.grpc_listen) and options.ingress_replicas != 1:
         raise InvalidArgument(
-            "listen= serves HTTP from the one ingress replica: with ingress_replicas > 1, "
-            "leave listen empty and use Ray Serve's proxy"
+            "listen= and grpc_listen= serve from the one ingress replica: with "
+            "ingress_replicas > 1, leave them empty and use Ray Serve's proxy"
         )
     if INGRESS in configs:
         raise InvalidArgument(f"a model may not be named {INGRESS!r} on Ray (the ingress is)")
@@ -175,7 +178,7 @@ def build_with_demand(options: RayOptions) -> tuple[Any, dict[str, float]]:
             total[key] += value
     windows = {name: windows[name] for name in bound}
     application = ingress.bind(
-        bound, unavailable, windows, options.max_request_bytes, options.listen
+        bound, unavailable, windows, options.max_request_bytes, options.listen, options.grpc_listen
     )
     return application, total
 

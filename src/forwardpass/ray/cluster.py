@@ -151,11 +151,12 @@ def serve_forever(
     address: str | None,
     host: str,
     port: int,
-    on_ready: Callable[[str], None] | None = None,
+    on_ready: Callable[[str, str], None] | None = None,
     connect_timeout_s: float = 30.0,
 ) -> None:
     """``forwardpass serve --ray``: connect, deploy with the ingress serving HTTP on
-    ``host:port`` itself (``on_ready`` gets the bound address), serve until interrupted, remove
+    ``host:port`` itself (``on_ready`` gets the bound HTTP and gRPC addresses; gRPC when
+    ``options.grpc_listen`` asks for it), serve until interrupted, remove
     the application (and stop the local cluster if this call started it)."""
     import ray
     from ray import serve
@@ -165,9 +166,10 @@ def serve_forever(
         ingress = deploy(
             replace(options, listen=f"{host}:{port}"), local=address is None, proxy=False
         )
-        bound = ingress.http_address.remote().result(timeout_s=connect_timeout_s)
+        http = ingress.http_address.remote().result(timeout_s=connect_timeout_s)
+        grpc = ingress.grpc_address.remote().result(timeout_s=connect_timeout_s)
         if on_ready is not None:
-            on_ready(bound)
+            on_ready(http, grpc)
         try:
             while True:
                 time.sleep(3600)

@@ -9,7 +9,8 @@ message is the one ``forwardpass serve`` gives.
 
 With ``listen`` the ingress also serves HTTP itself, with forwardpass's own server on that
 address, so requests skip Ray Serve's proxy (``forwardpass serve --ray`` does this; the
-proxy stays available to ``serve run``).
+proxy stays available to ``serve run``); with ``grpc_listen`` it serves Triton's gRPC
+protocol too, with forwardpass's own gRPC server.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from starlette.responses import Response
 
     from forwardpass.engine import Engine
+    from forwardpass.protocol.grpc_service import GrpcServer
 
 __all__ = ["Ingress"]
 
@@ -42,6 +44,7 @@ class Ingress:
         windows: Mapping[str, int],
         max_request_bytes: int,
         listen: str = "",
+        grpc_listen: str = "",
     ) -> None:
         # Each model deployment describes itself once (its completed config and metadata):
         # the ingress answers metadata, config, health and the index without a hop.
@@ -50,24 +53,34 @@ class Ingress:
         # The router has the engine methods the HTTP app calls (see its docstring).
         self.app = HttpApp(cast("Engine", self.router), None, max_request_bytes)
         self.server: HttpServer | None = None
+        self.grpc: GrpcServer | None = None
         if listen:
             # forwardpass's own HTTP server, in this replica, beside Ray Serve's proxy: one
             # hop fewer per request (the proxy's), and the fast httptools parser.
-            host, _, port = listen.rpartition(":")
+            host, port = _split(listen)
             config = ServerConfig(
-                host=host or "127.0.0.1",
-                http_port=int(port),
-                grpc=False,
-                max_request_bytes=max_request_bytes,
+                host=host, http_port=port, grpc=False, max_request_bytes=max_request_bytes
             )
             self.server = HttpServer(self.app, config)
             await self.server.start()
+        if grpc_listen:
+            # Triton's gRPC protocol by forwardpass's own gRPC server (Ray Serve's gRPC proxy
+            # would need a deployment method per RPC and cannot carry ModelStreamInfer).
+            from forwardpass.protocol.grpc_service import GrpcServer
+
+            host, port = _split(grpc_listen)
+            self.grpc = GrpcServer(
+                cast("Engine", self.router), ServerConfig(host=host, grpc_port=port)
+            )
+            await self.grpc.start()
 
     def http_address(self) -> str:
         """Where this replica's own HTTP server listens (``""`` when it has none)."""
-        if self.server is None:
-            return ""
-        return f"{self.server.host}:{self.server.port}"
+        return f"{self.server.host}:{self.server.port}" if self.server is not None else ""
+
+    def grpc_address(self) -> str:
+        """Where this replica's own gRPC server listens (``""`` when it has none)."""
+        return f"{self.grpc.host}:{self.grpc.port}" if self.grpc is not None else ""
 
     async def __call__(self, request: Request) -> Response:
         from starlette.responses import Response, StreamingResponse
@@ -92,3 +105,8 @@ class Ingress:
             media_type=answer.content_type,
             headers=dict(answer.headers),
         )
+
+
+def _split(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host.strip("[]") or "127.0.0.1", int(port)

@@ -12,8 +12,8 @@ __all__ = ["serve_on_ray"]
 
 def serve_on_ray(config: ServerConfig, address: str | None, scheme: str) -> None:
     """Deploy ``config.model_repository`` on the cluster at ``address`` (a new local one when
-    ``None``) and serve until Ctrl-C. Options that only the in-process server has (gRPC, TLS,
-    access control, tracing, shared memory) are refused rather than silently ignored."""
+    ``None``) and serve until Ctrl-C. Options the Ray ingress does not apply (TLS, access
+    control) are refused rather than silently ignored."""
     if scheme != "http":
         raise click.ClickException("--ray serves plain HTTP (Ray Serve's proxy): drop --tls-*")
     if config.api_key or config.http_restricted_api:
@@ -30,16 +30,25 @@ def serve_on_ray(config: ServerConfig, address: str | None, scheme: str) -> None
     from forwardpass.ray.application import RayOptions
     from forwardpass.ray.cluster import serve_forever
 
-    if config.grpc:
-        click.echo(
-            "note: --ray serves HTTP only (gRPC through Ray's proxy is not available yet)",
-            err=True,
-        )
+    grpc_listen = f"{config.host}:{config.grpc_port}" if config.grpc else ""
+    if grpc_listen:
+        try:
+            import grpc  # noqa: F401
+        except ImportError:
+            raise click.ClickException(
+                "serving gRPC needs the grpc extra (pip install 'forwardpass[grpc]'); "
+                "or turn gRPC off with --no-grpc"
+            ) from None
 
-    def announce(address: str) -> None:
-        click.echo(f"forwardpass on Ray listening on http://{address}")
+    def announce(http: str, grpc: str) -> None:
+        line = f"forwardpass on Ray listening on http://{http}"
+        click.echo(line + (f" and grpc {grpc}" if grpc else ""))
 
-    options = RayOptions(config.model_repository, max_request_bytes=config.max_request_bytes)
+    options = RayOptions(
+        config.model_repository,
+        max_request_bytes=config.max_request_bytes,
+        grpc_listen=grpc_listen,
+    )
     try:
         serve_forever(options, address, config.host, config.http_port, on_ready=announce)
     except ForwardpassError as exc:
