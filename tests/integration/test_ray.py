@@ -121,7 +121,12 @@ def test_health_metadata_and_index(client: httpclient.InferenceServerClient) -> 
     index = {row["name"]: row for row in client.get_model_repository_index()}
     assert index["add"]["state"] == "READY"
     assert index["add_twice"]["state"] == "READY"
-    assert "state" not in index["broken"]  # could not be read: listed, never deployed
+    # Could not be read: never deployed, listed with the reason (as a failed load in Triton).
+    assert index["broken"]["state"] == "UNAVAILABLE"
+    assert "config.pbtxt" in index["broken"]["reason"]
+    with pytest.raises(InferenceServerException) as caught:
+        client.get_model_metadata("broken")
+    assert caught.value.status() == "503"
 
 
 def test_infer_json_and_binary(client: httpclient.InferenceServerClient) -> None:

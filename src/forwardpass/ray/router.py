@@ -20,7 +20,7 @@ from forwardpass.model_config import ModelConfig
 from forwardpass.monitor.trace import Trace, Tracer
 from forwardpass.ray.calls import Coalescer
 from forwardpass.ray.replica import ModelDescription
-from forwardpass.results import IndexEntry, ModelMetadata, ModelStatistics
+from forwardpass.results import IndexEntry, ModelMetadata, ModelState, ModelStatistics
 from forwardpass.types import InferRequest, InferResponse
 
 __all__ = ["RayRouter"]
@@ -95,7 +95,10 @@ class RayRouter:
     def index(self, ready_only: bool = False) -> list[IndexEntry]:
         rows = [row for d in self.descriptions.values() for row in d.index]
         if not ready_only:
-            rows += [IndexEntry(name) for name in self.unavailable]
+            rows += [
+                IndexEntry(name, "", ModelState.UNAVAILABLE, reason)
+                for name, reason in self.unavailable.items()
+            ]
         return sorted(rows, key=lambda row: (row.name, row.version))
 
     def stats(self, name: str = "", version: str = "") -> list[ModelStatistics]:
