@@ -221,6 +221,17 @@ def native_repository(target: str, folder: Path, name: str | None = None) -> str
     help="Pin the processing workers to these cores (1 or 2-5,7), e.g. with the server under "
     "taskset -c 0 and the workers on core 1.",
 )
+@click.option(
+    "--ray",
+    "ray_address",
+    is_flag=False,
+    flag_value="local",
+    default=None,
+    metavar="[ADDRESS]",
+    help="Serve the repository on a Ray Serve cluster: the one at ADDRESS (host:port of its "
+    "GCS, or ray://host:port), or a new local one when no address is given. Needs the ray "
+    "extra.",
+)
 def serve(
     target: str | None,
     name: str | None,
@@ -264,6 +275,7 @@ def serve(
     request_log_max_age_s: float | None,
     processing_workers: str | None,
     processing_cpus: str | None,
+    ray_address: str | None,
 ) -> None:
     """Serve a model repository over the Open Inference Protocol (KServe V2) over HTTP and gRPC.
 
@@ -362,6 +374,11 @@ def serve(
             line += f" and grpc {config.host}:{grpc_port}"
         click.echo(line, err=False)
 
+    if ray_address is not None:
+        from forwardpass.ray.serve_command import serve_on_ray
+
+        serve_on_ray(config, None if ray_address == "local" else ray_address, scheme)
+        return
     try:
         if config.workers > 1:
             from forwardpass.cluster import run_workers

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -100,6 +100,8 @@ class Engine:
         #: process: statistics are summed over them, repository and settings changes made on
         #: all of them (see :mod:`forwardpass.cluster`).
         self.peers: Peers | None = None
+        #: Where an ensemble's steps go: this engine, or what :meth:`route_steps` set.
+        self._step_infer: Callable[[InferRequest], Awaitable[InferResponse]] = self.infer
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -227,6 +229,12 @@ class Engine:
             from forwardpass.cluster.peers import Call
 
             await self.peers.share(Call(op, args))
+
+    def route_steps(self, infer: Callable[[InferRequest], Awaitable[InferResponse]]) -> None:
+        """Send ensemble steps to ``infer`` instead of this engine (on Ray: to the steps'
+        own deployments); the step models are then not loaded here. Call before loading."""
+        self._step_infer = infer
+        self.table.remote_steps = True
 
     # ------------------------------------------------------------------ lookups
     def handle(self, name: str) -> ModelHandle:
@@ -444,7 +452,7 @@ class Engine:
         if loaded.pipeline is not None:
             specs = handle.input_specs
             tensors = {n: Tensor(n, specs[n].datatype, a) for n, a in inputs.items()}
-            produced = await loaded.pipeline.run(self.infer, tensors, request.id)
+            produced = await loaded.pipeline.run(self._step_infer, tensors, request.id)
             outputs = {n: t.data for n, t in produced.items()}
         elif isinstance(loaded.batcher, SequenceBatcher):
             flags = sequence_flags(request.parameters, handle.name)

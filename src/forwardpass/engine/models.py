@@ -115,6 +115,8 @@ class ModelTable:
         self._locks: dict[str, _LockSlot] = {}
         #: What backends that call other models (Python BLS) call: the engine.
         self.caller: Any = None
+        #: Ensemble steps run elsewhere (Ray: their own deployments): do not load them here.
+        self.remote_steps = False
 
     # ------------------------------------------------------------------ lookups
     def __iter__(self) -> Any:
@@ -288,7 +290,8 @@ class ModelTable:
         built: dict[int, tuple[list[Backend], ThreadPoolExecutor]] = {}
         if entry.config.is_ensemble:
             pipeline = Pipeline(entry.config)
-            await self._load_steps(pipeline, chain)
+            if not self.remote_steps:
+                await self._load_steps(pipeline, chain)
         else:
             processing = await loop.run_in_executor(
                 None, build_processing, entry.config, entry.path, entry.labels
