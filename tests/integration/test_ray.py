@@ -180,6 +180,21 @@ def test_statistics_say_unsupported(client: httpclient.InferenceServerClient) ->
     assert caught.value.status() == "501" and "Ray" in caught.value.message()
 
 
+@pytest.mark.parametrize("client", ["own"], indirect=True)
+@pytest.mark.parametrize("route", ["monitor", "fairness", "log"])
+def test_monitoring_routes_say_unsupported(
+    client: httpclient.InferenceServerClient, ray_urls: dict[str, str], route: str
+) -> None:
+    # The ingress is no Engine: the monitoring routes answer 501 naming Ray, never a 500.
+    import urllib.error
+    import urllib.request
+
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(f"http://{ray_urls['own']}/v2/models/add/{route}", timeout=30)
+    assert caught.value.code == 501
+    assert "Ray" in caught.value.read().decode()
+
+
 def _slow_infer(client: httpclient.InferenceServerClient) -> np.ndarray:
     inp = httpclient.InferInput("in", [2], "INT32")
     inp.set_data_from_numpy(np.array([1, 2], dtype=np.int32))

@@ -40,8 +40,8 @@ def _query(query: str) -> dict[str, str]:
 
 async def monitor_route(engine: Engine, action: str, name: str, body: bytes, query: str) -> Any:
     """The JSON document the action answers (the caller checked the method and access)."""
+    monitoring = engine.monitoring  # first: a front end without monitors (Ray) says so
     engine.handle(name)  # 404 for a model the server does not know
-    monitoring = engine.monitoring
     loop = asyncio.get_running_loop()
     if action == "log":
         args = _query(query)

@@ -109,7 +109,29 @@ class RayRouter:
         )
 
     # ------------------------------------------------------------------ inference
-    async def infer(self, request: InferRequest, trace: Trace | None = None) -> InferResponse:
+    async def statistics(self, name: str = "", version: str = "") -> list[ModelStatistics]:
+        return self.stats(name, version)
+
+    async def share(self, op: str, *args: Any) -> None:
+        """Settings changes stay on the ingress: there are no sibling worker processes."""
+
+    @property
+    def monitoring(self) -> Any:
+        raise Unsupported(
+            "the request log, feedback and fairness monitors are not available on Ray: each "
+            "replica is its own engine; serve the repository with forwardpass serve to monitor it"
+        )
+
+    @property
+    def drift(self) -> Any:
+        raise Unsupported(
+            "drift monitoring is not available on Ray: each replica is its own engine; serve "
+            "the repository with forwardpass serve to monitor it"
+        )
+
+    async def infer(
+        self, request: InferRequest, trace: Trace | None = None, *, sampled: bool = False
+    ) -> InferResponse:
         name = request.model_name
         self._describe(name, request.model_version)
         return await self.models[name].infer(request)
