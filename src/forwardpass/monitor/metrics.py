@@ -17,6 +17,7 @@ from prometheus_client.core import (
     Metric,
 )
 
+from forwardpass.generation.metrics import generation_metrics
 from forwardpass.monitor.stats import Histogram
 
 if TYPE_CHECKING:
@@ -111,6 +112,12 @@ class EngineCollector:
                 fell_back = "1" if any(b.fallback_warnings for b in loaded.backends) else "0"
                 for provider in loaded.providers:
                     providers.add_metric([*labels, provider, fell_back], 1)
+        yield from generation_metrics(
+            (handle.name, str(version), loaded.generator.scheduler)
+            for handle in self.engine.models()
+            for version, loaded in sorted(handle.versions.items())
+            if loaded.generator is not None
+        )
         yield from (
             success, failure, inferences, executions, pending, request, queue, compute, batch,
             preprocess, postprocess, providers, cache_hits, cache_misses,

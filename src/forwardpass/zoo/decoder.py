@@ -28,6 +28,7 @@ transformers' own forward pass.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -179,7 +180,10 @@ def export_decoder(model: Any, path: Path) -> DecoderShape:
         for kind in ("key", "value"):
             axes[f"past_{kind}_{layer}"] = {0: "batch", 2: "window"}
             axes[f"new_{kind}_{layer}"] = {0: "batch", 2: "new"}
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # dynamo=False is the TorchScript exporter: it announces its deprecation, and tracing
+        # warns about the Python ints of the shapes (they are symbolic in the graph).
+        warnings.simplefilter("ignore")
         torch.onnx.export(
             step,
             _dummy(shape, 2, 3, 4),
