@@ -263,8 +263,9 @@ class GenerationScheduler:
         with self._cond:
             if self._closing:
                 raise Unavailable(f"model {self.name!r} is unloading")
-            free = self.cache.slots - self.cache.active - self.waiting
-            if free <= 0 and self.waiting >= self.settings.max_waiting:
+            # Requests ahead of this one that will not find a free slot wait; so would this.
+            queued = self.waiting + 1 - (self.cache.slots - self.cache.active)
+            if queued > self.settings.max_waiting:
                 self.stats.rejected += 1
                 raise Unavailable(
                     f"model {self.name!r} is at capacity: {self.cache.slots} sequences run and "

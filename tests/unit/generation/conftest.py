@@ -54,6 +54,7 @@ def make_scheduler(smollm2: Loaded) -> Iterator[Callable[..., GenerationSchedule
             "context_length": context,
             "cache_bytes": KVCache.slot_bytes(shape, context) * slots,
             "max_tokens_limit": context - 1,
+            "default_max_tokens": min(16, context - 1),
             "stop_token_ids": list(base.stop_token_ids),
             **overrides,
         }
