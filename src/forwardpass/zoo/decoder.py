@@ -144,7 +144,9 @@ def _module(model: Any) -> Any:
                     torch.nn.functional.silu(mlp.gate_proj(x)) * mlp.up_proj(x)
                 )
             last = rms(hidden[:, -1], inner.norm.weight)
-            logits = torch.matmul(last, self.base.lm_head.weight.t())
+            # linear on a 2-D input exports as Gemm(transB=1): the tied [V, H] weight is read
+            # as it is stored, never transposed per step.
+            logits = torch.nn.functional.linear(last, self.base.lm_head.weight)
             return (logits, *news)
 
     return Step().eval()
