@@ -119,7 +119,9 @@ def start_session_server() -> Iterator[ServerFactory]:
 
 
 @pytest.fixture(scope="session")
-def smollm2_repository(request: pytest.FixtureRequest) -> Path:
+def smollm2_repository(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
     """A repository holding only ``smollm2-135m-instruct``, built once (the export takes tens
     of seconds; the unit and integration generation tests share it). It is kept in pytest's
     cache folder under a key of the exporter's sources, so a rerun with the same exporter
@@ -134,7 +136,10 @@ def smollm2_repository(request: pytest.FixtureRequest) -> Path:
         pytest.skip(f"smollm2-135m-instruct needs {', '.join(missing)}")
     sources = [ROOT / "src/forwardpass/zoo" / n for n in ("decoder.py", "smollm2.py")]
     key = hashlib.sha256(b"".join(p.read_bytes() for p in sources)).hexdigest()[:16]
-    repository = request.config.cache.mkdir(f"smollm2-{key}")
+    cache = getattr(request.config, "cache", None)  # None under -p no:cacheprovider
+    repository = (
+        cache.mkdir(f"smollm2-{key}") if cache is not None else tmp_path_factory.mktemp("zoo")
+    )
     if not (repository / "smollm2-135m-instruct" / "ZOO.json").is_file():
         add("smollm2-135m-instruct", repository, force=True)
     return repository
