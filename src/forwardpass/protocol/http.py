@@ -51,6 +51,7 @@ from forwardpass.protocol.documents import (
     statistics_document,
     trace_settings_document,
 )
+from forwardpass.protocol.generate import decode_generate, generate_document
 from forwardpass.protocol.monitor_routes import MONITOR_ACTIONS, monitor_route
 from forwardpass.protocol.shared_memory import SharedMemoryRegistry
 from forwardpass.repository import config_to_dict
@@ -88,6 +89,8 @@ JSON = "application/json"
 #: the model's metadata (no action) is "metadata".
 _MODEL_GROUPS = {
     "infer": "inference",
+    "generate": "inference",
+    "generate_stream": "inference",
     "ready": "health",
     "config": "model-config",
     "stats": "statistics",
@@ -270,6 +273,9 @@ class HttpApp:
             if self.engine.tracer.active:
                 return self._traced_infer(name, version, request)
             return self._infer(name, version, request, None)
+        if action in ("generate", "generate_stream"):
+            self._method(method, "POST")
+            return self._generate(name, version, request, action == "generate_stream")
         if action == "ready":
             self._method(method, "GET")
             # version() raises 404 for an unknown model or version, 503 for one not ready.
@@ -407,6 +413,42 @@ class HttpApp:
 
         return HttpResponse(
             200, b"", "text/event-stream", [("cache-control", "no-cache")], stream=events()
+        )
+
+    async def _generate(
+        self, name: str, version: str, request: HttpRequest, stream: bool
+    ) -> HttpResponse:
+        """Triton's generate extension (see ``protocol.generate``)."""
+        call = decode_generate(_decompress(request, self.max_request_bytes))
+        generation = self.engine.generate(name, version, call.text, call.parameters, call.id)
+        served = str(self.engine.version(name, version)[1].version)
+        if not stream:
+            try:
+                result = await generation.collect()
+            finally:
+                generation.cancel()  # the client went away while waiting: free the slot
+            finish = result.finish.value if result.finish else None
+            return HttpResponse(200, generate_document(name, served, result.text, finish, call.id))
+
+        async def events() -> AsyncIterator[bytes]:
+            try:
+                async for event in generation:
+                    finish = event.finish.value if event.finish else None
+                    if not event.text and finish is None:
+                        continue  # text held back (a partial character or stop string)
+                    payload = generate_document(name, served, event.text, finish, call.id)
+                    yield b"data: " + payload + b"\n\n"
+            except ForwardpassError as exc:
+                yield b"data: " + encode_error(exc.message) + b"\n\n"
+            finally:
+                generation.cancel()  # no-op once finished; frees the slot otherwise
+
+        return HttpResponse(
+            200,
+            b"",
+            "text/event-stream; charset=utf-8",
+            [("cache-control", "no-cache")],
+            stream=events(),
         )
 
     # ------------------------------------------------------------------ /v2/repository/...

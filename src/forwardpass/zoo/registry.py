@@ -99,6 +99,7 @@ def recipes() -> dict[str, Recipe]:
         movielens,
         ppocr,
         silero_vad,
+        smollm2,
     )
 
     listed = (
@@ -109,6 +110,7 @@ def recipes() -> dict[str, Recipe]:
         breast_cancer.RECIPE,
         digits.RECIPE,
         movielens.RECIPE,
+        smollm2.RECIPE,
     )
     return {recipe.name: recipe for recipe in listed}
 

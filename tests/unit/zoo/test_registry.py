@@ -24,6 +24,7 @@ def test_every_recipe_is_listed_with_an_install_command() -> None:
         "breast-cancer",
         "digits",
         "movielens-recommender",
+        "smollm2-135m-instruct",
     ]
     for name, recipe in known.items():
         assert recipe.name == name

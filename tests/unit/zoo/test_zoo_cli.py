@@ -28,6 +28,7 @@ def test_list_names_every_model() -> None:
         "breast-cancer",
         "digits",
         "movielens-recommender",
+        "smollm2-135m-instruct",
     ]
     digits = next(r for r in rows if r["name"] == "digits")
     assert digits["ready"] and digits["install"] is None

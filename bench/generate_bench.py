@@ -1,0 +1,178 @@
+"""Generation: greedy equality with transformers on 20 prompts, and decode throughput.
+
+    python bench/generate_bench.py REPO [--prompts 20] [--new-tokens 48] [--concurrency 1,8,16]
+                                        [--window tight,full] [--skip-equality] [--json]
+
+REPO holds ``smollm2-135m-instruct`` (``forwardpass zoo add smollm2-135m-instruct``). The
+equality check runs each prompt through the generation scheduler (greedy, ``max_tokens`` =
+``--new-tokens``, all prompts at once, so they share decode batches) and through transformers'
+``generate(do_sample=False)`` on the same dequantized weights, and counts the prompts whose
+token ids are identical. The throughput part runs N concurrent sequences of ``--new-tokens``
+tokens (``ignore_eos``) per cache window mode and reports aggregate tokens/s and
+time-to-first-token p50/p99, in-process (no HTTP), on the scheduler as served.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from forwardpass.generation.kvcache import KVCache
+from forwardpass.generation.model import GenerationModel, load_generation
+from forwardpass.generation.sampling import parse_sampling
+from forwardpass.generation.scheduler import Decoder, GenerationRequest, GenerationScheduler
+from forwardpass.generation.settings import GenerationSettings
+from forwardpass.repository import ModelRepository
+
+NAME = "smollm2-135m-instruct"
+TOPICS = [
+    "the history of Paris", "how a bicycle works", "the water cycle", "why the sky is blue",
+    "how bees make honey", "the rules of chess", "how volcanoes form", "the moon landing",
+    "what a computer does", "how to bake bread", "the life of a tree", "how rain forms",
+    "why we sleep", "how magnets work", "the Roman empire", "how airplanes fly",
+    "what DNA is", "how the heart pumps blood", "the causes of seasons", "how a camera works",
+]  # fmt: skip
+
+
+def load(repo: Path) -> GenerationModel:
+    entry = ModelRepository(repo).read(NAME)
+    settings = GenerationSettings.from_config(entry.config)
+    assert settings is not None
+    return load_generation(entry.config, entry.path, 1, settings)
+
+
+def prompts(model: GenerationModel, count: int) -> list[tuple[int, ...]]:
+    return [
+        model.encode(
+            model.chat_prompt([{"role": "user", "content": f"Write a paragraph about {t}."}])
+        )
+        for t in (TOPICS * (count // len(TOPICS) + 1))[:count]
+    ]
+
+
+def scheduler(model: GenerationModel, window: str, slots: int) -> GenerationScheduler:
+    base = model.settings
+    shape = model.scheduler.decoder.shape
+    settings = GenerationSettings.from_mapping(
+        {
+            "context_length": base.context_length,
+            "cache_bytes": KVCache.slot_bytes(shape, base.context_length) * slots,
+            "max_batch": slots,
+            "window": window,
+            "stop_token_ids": list(base.stop_token_ids),
+        }
+    )
+    made = GenerationScheduler(
+        Decoder(model.scheduler.decoder.session, shape), settings, model.decode, NAME
+    )
+    made.start()
+    return made
+
+
+async def run(
+    sched: GenerationScheduler, requests: list[GenerationRequest]
+) -> tuple[list[Any], list[float], float]:
+    began = time.perf_counter()
+    firsts: list[float] = []
+
+    async def one(request: GenerationRequest) -> Any:
+        start = time.perf_counter()
+        ids: list[int] = []
+        async for event in sched.submit(request):
+            if not ids and event.token_ids:
+                firsts.append(time.perf_counter() - start)
+            ids.extend(event.token_ids)
+        return ids
+
+    outputs = await asyncio.gather(*(one(r) for r in requests))
+    return list(outputs), firsts, time.perf_counter() - began
+
+
+def equality(model: GenerationModel, count: int, new: int) -> dict[str, Any]:
+    import torch
+
+    from forwardpass.zoo.smollm2 import load_reference
+
+    reference, _ = load_reference()
+    ids = prompts(model, count)
+    params = parse_sampling({"max_tokens": new}, default_max_tokens=new,
+                            max_tokens_limit=new, vocab=49152)  # fmt: skip
+    sched = scheduler(model, "tight", min(count, 16))
+    ours, _, _ = asyncio.run(run(sched, [GenerationRequest(p, params) for p in ids]))
+    asyncio.run(sched.close())
+    end = set(model.settings.stop_token_ids)
+    same = 0
+    lengths = []
+    for prompt, tokens in zip(ids, ours, strict=True):
+        with torch.no_grad():
+            mask = torch.ones((1, len(prompt)), dtype=torch.int64)
+            out = reference.generate(
+                torch.tensor([prompt]), attention_mask=mask, max_new_tokens=new, do_sample=False
+            )
+        theirs = out[0, len(prompt) :].tolist()
+        if theirs and theirs[-1] in end:
+            theirs = theirs[:-1]
+        same += tokens == theirs
+        lengths.append(len(theirs))
+    return {"prompts": count, "identical": same, "new_tokens": lengths}
+
+
+def throughput(
+    model: GenerationModel, levels: list[int], new: int, windows: list[str]
+) -> list[Any]:
+    rows = []
+    params = parse_sampling({"max_tokens": new, "ignore_eos": True}, default_max_tokens=new,
+                            max_tokens_limit=new, vocab=49152)  # fmt: skip
+    for window in windows:
+        for level in levels:
+            sched = scheduler(model, window, level)
+            ids = prompts(model, level)
+            _, firsts, seconds = asyncio.run(
+                run(sched, [GenerationRequest(p, params) for p in ids])
+            )
+            asyncio.run(sched.close())
+            firsts.sort()
+            rows.append({
+                "window": window, "concurrency": level, "tokens_per_s": level * new / seconds,
+                "ttft_p50_s": statistics.median(firsts),
+                "ttft_p99_s": firsts[min(len(firsts) - 1, int(0.99 * len(firsts)))],
+            })  # fmt: skip
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("repo", type=Path)
+    parser.add_argument("--prompts", type=int, default=20)
+    parser.add_argument("--new-tokens", type=int, default=48)
+    parser.add_argument("--concurrency", default="1,8,16")
+    parser.add_argument("--window", default="tight,full")
+    parser.add_argument("--skip-equality", action="store_true")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    model = load(args.repo)
+    report: dict[str, Any] = {}
+    if not args.skip_equality:
+        report["equality"] = equality(model, args.prompts, args.new_tokens)
+    levels = [int(x) for x in args.concurrency.split(",") if x]
+    report["throughput"] = throughput(model, levels, args.new_tokens, args.window.split(","))
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return
+    if "equality" in report:
+        eq = report["equality"]
+        print(f"greedy identical to transformers: {eq['identical']}/{eq['prompts']} prompts "
+              f"(new tokens {min(eq['new_tokens'])}-{max(eq['new_tokens'])})")  # fmt: skip
+    for row in report["throughput"]:
+        print(f"window {row['window']:5} concurrency {row['concurrency']:3}: "
+              f"{row['tokens_per_s']:7.1f} tok/s  ttft p50 {row['ttft_p50_s'] * 1000:7.1f} ms  "
+              f"p99 {row['ttft_p99_s'] * 1000:7.1f} ms")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
