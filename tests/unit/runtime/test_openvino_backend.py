@@ -143,7 +143,7 @@ def test_missing_ir_weights_and_missing_file(tmp_path: Path) -> None:
     write_ir(root / "m" / "1", add_model())
     (root / "m" / "1" / "model.bin").unlink()
     (root / "m" / "config.pbtxt").write_text('backend: "openvino"\n', encoding="utf-8")
-    with pytest.raises(InvalidModelConfig, match="has no weights file model.bin"):
+    with pytest.raises(InvalidModelConfig, match=r"has no weights file model\.bin"):
         ModelRepository(root).read("m")
     with pytest.raises(InvalidModelConfig, match="does not exist"):
         describe_openvino(tmp_path / "nothing.xml")
