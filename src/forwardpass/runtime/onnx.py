@@ -189,6 +189,22 @@ def select_providers(config: ModelConfig, available: Sequence[str]) -> tuple[lis
     return chosen, warnings
 
 
+def _precision(chosen: Sequence[Any], first: str) -> str:
+    """The precision the session's first provider computes in, where its options set one;
+    ``model`` (the model file's own types) otherwise."""
+    options = next((o for n, o in (c for c in chosen if isinstance(c, tuple)) if n == first), {})
+    if first == "TensorrtExecutionProvider":
+        if options.get("trt_int8_enable"):
+            return "int8"
+        return "fp16" if options.get("trt_fp16_enable") else "fp32"
+    if first == "OpenVINOExecutionProvider":
+        text = " ".join(str(v) for k, v in options.items() if k in ("device_type", "precision"))
+        for name in ("BF16", "FP16", "FP32"):
+            if name in text.upper():
+                return name.lower()
+    return "model"
+
+
 def _text(name: str, array: np.ndarray) -> np.ndarray:
     """A BYTES input as onnxruntime's Python binding needs it: ``str`` elements.
 
@@ -263,6 +279,7 @@ class OnnxRuntimeBackend(Backend):
         except Exception as exc:
             raise InvalidModelConfig(f"onnxruntime cannot load {path.name}: {exc}") from exc
         self.providers = list(self.session.get_providers())
+        self.precision = _precision(providers, self.providers[0] if self.providers else "")
         self._bf16_inputs = {
             i.name for i in self.session.get_inputs() if i.type == "tensor(bfloat16)"
         }

@@ -41,7 +41,11 @@ def write_ir(folder: Path, model: onnx.ModelProto) -> None:
     """Convert ``model`` to OpenVINO IR ``model.xml``/``model.bin`` in ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(folder / "source.onnx"))
-    ov.save_model(ov.Core().read_model(str(folder / "source.onnx")), str(folder / "model.xml"))
+    ov.save_model(
+        ov.Core().read_model(str(folder / "source.onnx")),
+        str(folder / "model.xml"),
+        compress_to_fp16=False,
+    )
     (folder / "source.onnx").unlink()
 
 
