@@ -192,7 +192,9 @@ def select_providers(config: ModelConfig, available: Sequence[str]) -> tuple[lis
 def _precision(chosen: Sequence[Any], first: str) -> str:
     """The precision the session's first provider computes in, where its options set one;
     ``model`` (the model file's own types) otherwise."""
-    options = next((o for n, o in (c for c in chosen if isinstance(c, tuple)) if n == first), {})
+    options: dict[str, Any] = next(
+        (o for n, o in (c for c in chosen if isinstance(c, tuple)) if n == first), {}
+    )
     if first == "TensorrtExecutionProvider":
         if options.get("trt_int8_enable"):
             return "int8"

@@ -37,8 +37,11 @@ from forwardpass.model_config import ModelConfig, TensorSpec
 from forwardpass.runtime.base import Backend, BackendIO, NamedArrays
 
 __all__ = [
+    "SESSION_PREFIX",
     "OpenVinoBackend",
+    "OpenVinoSession",
     "compile_properties",
+    "cpu_has_bf16",
     "describe_openvino",
     "precision_name",
     "read_openvino",
@@ -279,3 +282,52 @@ class OpenVinoBackend(Backend):
     def unload(self) -> None:
         self.request = None
         self.compiled = None
+
+
+#: How the optimizer names "run this file on OpenVINO's CPU device at this precision" in a
+#: provider list (``openvino:CPU:bf16``): a name ONNX Runtime never uses.
+SESSION_PREFIX = "openvino:"
+
+
+class _Output:
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+class OpenVinoSession:
+    """A compiled model with ONNX Runtime's ``run``/``get_outputs`` shape, for measuring.
+
+    Compiled for latency the way a served instance with ``threads`` is: one stream,
+    ``INFERENCE_NUM_THREADS`` threads, the given precision hint.
+    """
+
+    def __init__(self, path: Path, provider: str, threads: int) -> None:
+        ov = _openvino()
+        parts = provider[len(SESSION_PREFIX) :].split(":")
+        device = parts[0] or "CPU"
+        props: dict[str, Any] = {
+            "INFERENCE_NUM_THREADS": threads,
+            "NUM_STREAMS": 1,
+            "PERFORMANCE_HINT": "LATENCY",
+        }
+        if len(parts) > 1 and parts[1]:
+            props["INFERENCE_PRECISION_HINT"] = _PRECISIONS.get(parts[1].lower(), parts[1])
+        self.compiled = ov.Core().compile_model(read_openvino(path), device, props)
+        self.precision = precision_name(self.compiled)
+        self.request = self.compiled.create_infer_request()
+        self._ports = {_name(p): p for p in self.compiled.outputs}
+
+    def get_outputs(self) -> list[_Output]:
+        return [_Output(name) for name in self._ports]
+
+    def run(self, names: Sequence[str] | None, feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        results = self.request.infer(dict(feed), share_outputs=False)
+        return [np.asarray(results[self._ports[n]]) for n in (names or list(self._ports))]
+
+
+def cpu_has_bf16() -> bool:
+    """Whether OpenVINO's CPU device computes in BF16 on this machine (AVX512-BF16 or AMX)."""
+    ov = _openvino()
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
