@@ -24,6 +24,7 @@ it runs with, not what was asked for, so metadata never claims BF16 that is not 
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -46,6 +47,8 @@ __all__ = [
     "precision_name",
     "read_openvino",
 ]
+
+log = logging.getLogger("forwardpass.runtime.openvino")
 
 INSTALL = "pip install 'forwardpass[openvino]' (the openvino runtime)"
 
@@ -260,6 +263,7 @@ class OpenVinoBackend(Backend):
                 f"BF16 was hinted but this CPU computes in {self.precision} "
                 "(no AVX512-BF16/AMX); the hint is a wish to OpenVINO, not an order"
             ]
+            log.warning("model %s: %s", self.config.name, self.fallback_warnings[0])
 
     def _infer(self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]) -> NamedArrays:
         request = self.request

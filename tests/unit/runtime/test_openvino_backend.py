@@ -191,3 +191,20 @@ def test_gpu_instances_are_refused(tmp_path: Path) -> None:
     )
     with pytest.raises(InvalidModelConfig, match="CPU only"):
         load(root)
+
+
+def test_missing_runtime_is_a_config_error_with_the_install_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    root = tmp_path / "models"
+    write_model(
+        root,
+        "m",
+        config='backend: "openvino"\ndefault_model_filename: "model.onnx"\n',
+        model=add_model(),
+    )
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino raises ImportError
+    with pytest.raises(InvalidModelConfig, match=r"pip install 'forwardpass\[openvino\]'"):
+        ModelRepository(root).read("m")
