@@ -178,3 +178,31 @@ def test_unconvertible_operator_is_skipped_with_its_name(tmp_path: Path, fast) -
     with pytest.raises(MethodSkipped, match=r"com\.example\.Frobnicate"):
         method.build(ctx, variant, tmp_path / "model.xml")
     assert not (tmp_path / "model.xml").exists()
+
+
+def test_cli_target_openvino(digits_repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    from click.testing import CliRunner
+
+    from forwardpass.cli.main import _register, cli
+
+    _register()
+
+    common = ["optimize", "digits", "--model-repository", str(digits_repo), "--no-isolate",
+              "--iterations", "3", "--seconds", "0.1", "--target", "openvino"]  # fmt: skip
+    result = CliRunner().invoke(cli, [*common, "--dry-run", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output[result.output.index("{") :])
+    names = [c["name"] for c in report["candidates"]]
+    assert names == ["original", "openvino-fp32", "openvino-bf16"]
+    assert report["candidates"][1]["providers"] == ["openvino:CPU:f32"]
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "openvino" else real(name, *a)
+    )
+    refused = CliRunner().invoke(cli, common)
+    assert refused.exit_code != 0
+    assert "pip install 'forwardpass[openvino]'" in refused.output
+    assert sorted(p.name for p in digits_repo.iterdir()) == ["digits"]
+    assert ModelRepository(digits_repo).read("digits").versions == (1,)
