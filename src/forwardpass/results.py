@@ -17,6 +17,7 @@ __all__ = [
     "Duration",
     "IndexEntry",
     "InferenceStatistics",
+    "InstanceExecution",
     "ModelMetadata",
     "ModelState",
     "ModelStatistics",
@@ -54,6 +55,16 @@ class ModelMetadata:
 
 
 @dataclass(frozen=True, slots=True)
+class InstanceExecution:
+    """What one loaded instance of a version runs on: its providers (or backend device) in
+    order, the precision it computes in, and whether a requested provider was missing."""
+
+    providers: tuple[str, ...]
+    precision: str
+    fallback: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class IndexEntry:
     """One row of the repository index.
 
@@ -68,6 +79,8 @@ class IndexEntry:
     reason: str = ""
     optimized_from: str | None = None
     optimization: str | None = None
+    #: One per loaded instance (beyond Triton's fields, like ``optimized_from``).
+    execution: tuple[InstanceExecution, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,25 @@ import click
 __all__ = ["models"]
 
 
+def _execution(item: dict[str, object]) -> str:
+    """``runs on CPUExecutionProvider (model)`` for an index row of a loaded version: the
+    providers and precision of each instance as the server reports them (the same for all
+    instances is said once)."""
+    instances = item.get("execution")
+    if not isinstance(instances, list) or not instances:
+        return ""
+    said = []
+    for x in instances:
+        text = f"{', '.join(x.get('providers', []))} ({x.get('precision', '?')})"
+        if x.get("fallback"):
+            text += " after a provider fallback"
+        said.append(text)
+    if len(set(said)) == 1:
+        count = f"{len(said)} instances " if len(said) > 1 else ""
+        return f"{count}runs on {said[0]}"
+    return "; ".join(f"instance {i} runs on {t}" for i, t in enumerate(said))
+
+
 @click.command()
 @click.option(
     "--model-repository",
@@ -36,12 +55,13 @@ def models(model_repository: Path | None, url: str | None, as_json: bool) -> Non
             )
             with urllib.request.urlopen(req, timeout=10) as resp:
                 for item in json.loads(resp.read()):
+                    detail = "; ".join(x for x in (item.get("reason", ""), _execution(item)) if x)
                     rows.append(
                         {
                             "name": item.get("name", ""),
                             "versions": item.get("version", ""),
                             "state": item.get("state", ""),
-                            "detail": item.get("reason", ""),
+                            "detail": detail,
                         }
                     )
         except (urllib.error.URLError, OSError, ValueError) as exc:

@@ -180,7 +180,8 @@ def optimize(
         say(console, line)
     say(console, report.headline(), style="bold")
     if result.version_dir is not None:
-        say(console, f"wrote version {report.version} of {model}: {result.version_dir}")
+        written_as = result.version_dir.parent.name
+        say(console, f"wrote version {report.version} of {written_as}: {result.version_dir}")
     elif dry_run and report.selection.promoted:
         say(console, "dry run: no version written")
     for path in result.report_paths:

@@ -290,6 +290,7 @@ class Engine:
                         reason,
                         str(provenance.optimized_from) if provenance else None,
                         provenance.method if provenance else None,
+                        handle.versions[version].execution,
                     )
                 )
         return out

@@ -37,7 +37,7 @@ from forwardpass.repository import ModelEntry, ModelRepository, warmup_inputs
 from forwardpass.repository.repository import check_name, describe_os_error
 from forwardpass.repository.upload import Upload, stage_upload
 from forwardpass.repository.warmup import zeros
-from forwardpass.results import ModelState
+from forwardpass.results import InstanceExecution, ModelState
 from forwardpass.runtime import Backend, backend_class
 from forwardpass.scheduling.batcher import Batcher, BatcherPolicy
 from forwardpass.scheduling.layout import BatchLayout
@@ -71,6 +71,14 @@ class LoadedVersion:
     @property
     def providers(self) -> list[str]:
         return self.backends[0].providers if self.backends else []
+
+    @property
+    def execution(self) -> tuple[InstanceExecution, ...]:
+        """Each instance's providers and precision, as the backend found them at load."""
+        return tuple(
+            InstanceExecution(tuple(b.providers), b.precision, bool(b.fallback_warnings))
+            for b in self.backends
+        )
 
 
 @dataclass(slots=True)

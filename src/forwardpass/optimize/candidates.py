@@ -15,7 +15,7 @@ import numpy as np
 from forwardpass.optimize.accuracy import Accuracy
 from forwardpass.optimize.measure import Performance
 
-__all__ = ["ORIGINAL", "CandidateResult", "count_parameters", "io_mismatch"]
+__all__ = ["ORIGINAL", "CandidateResult", "count_parameters", "io_mismatch", "model_size"]
 
 ORIGINAL = "original"
 
@@ -38,6 +38,8 @@ class CandidateResult:
     accuracy: Accuracy | None = None
     within_budget: bool | None = None
     notes: list[str] = field(default_factory=list)
+    #: Where it was run and timed (ORT providers, or ``openvino:CPU:<precision>``).
+    providers: tuple[str, ...] = ()
 
     @property
     def measured(self) -> bool:
@@ -56,11 +58,43 @@ class CandidateResult:
             "accuracy": self.accuracy.to_dict() if self.accuracy else None,
             "within_budget": self.within_budget,
             "notes": list(self.notes),
+            "providers": list(self.providers),
         }
 
 
+def model_size(path: Path) -> int:
+    """Bytes on disk: the file, and for OpenVINO IR (``.xml``) its ``.bin`` weights too."""
+    size = path.stat().st_size
+    if path.suffix == ".xml" and path.with_suffix(".bin").is_file():
+        size += path.with_suffix(".bin").stat().st_size
+    return size
+
+
+def _describe(path: Path) -> Any:
+    if path.suffix == ".xml":
+        from forwardpass.runtime.openvino import describe_openvino
+
+        return describe_openvino(path)
+    from forwardpass.runtime.onnx import describe_onnx
+
+    return describe_onnx(path)
+
+
+def _count_openvino(path: Path) -> int:
+    from forwardpass.runtime.openvino import read_openvino
+
+    total = 0
+    for op in read_openvino(path).get_ops():
+        if op.get_type_name() == "Constant" and op.get_element_type().is_real():
+            total += int(np.prod(list(op.get_output_shape(0)))) if op.get_output_shape(0) else 1
+    return total
+
+
 def count_parameters(path: Path) -> int:
-    """Weights in the file: initializer elements, packed 4-bit weights counted as K×N."""
+    """Weights in the file: initializer elements, packed 4-bit weights counted as K×N
+    (for OpenVINO IR: the elements of its floating-point constants)."""
+    if path.suffix == ".xml":
+        return _count_openvino(path)
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
@@ -82,14 +116,13 @@ def io_mismatch(original: Path, candidate: Path) -> str | None:
 
     Every version of a model shares one config, so names, types and shapes must not change.
     """
-    from forwardpass.runtime.onnx import describe_onnx
 
     def compatible(x: tuple[int, ...], y: tuple[int, ...]) -> bool:
         # Shape inference may pin a dimension the original left symbolic ([-1, -1] becomes
         # [-1, 384]); the shared config still holds as long as no known sizes disagree.
         return len(x) == len(y) and all(p == q or -1 in (p, q) for p, q in zip(x, y, strict=True))
 
-    a, b = describe_onnx(original), describe_onnx(candidate)
+    a, b = _describe(original), _describe(candidate)
     for kind, left, right in (("input", a.inputs, b.inputs), ("output", a.outputs, b.outputs)):
         mine = {s.name: s for s in left}
         theirs = {s.name: s for s in right}

@@ -99,7 +99,15 @@ class Performance:
 
 
 def open_session(path: Path, providers: Sequence[str], threads: int) -> Any:
-    """An ONNX Runtime session as the measurements use it (sequential, ``threads`` intra-op)."""
+    """An ONNX Runtime session as the measurements use it (sequential, ``threads`` intra-op).
+
+    A provider list ``["openvino:CPU:<precision>"]`` opens the file with the OpenVINO runtime
+    instead (:class:`forwardpass.runtime.openvino.OpenVinoSession`, the same ``run``).
+    """
+    if providers and providers[0].startswith("openvino:"):
+        from forwardpass.runtime.openvino import OpenVinoSession
+
+        return OpenVinoSession(path, providers[0], threads)
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -252,11 +260,15 @@ def measure_all(
     batching: bool,
     max_batch: int,
     progress: Callable[[int, int, str], None] | None = None,
+    providers_for: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, Performance | Exception]:
     """Measure every file of ``paths`` in interleaved rounds (see the module docstring).
 
-    A file that fails to run is dropped from the later rounds; its entry is the exception.
+    ``providers_for`` gives a candidate providers of its own (the original on ONNX Runtime's
+    CPU provider, the others on OpenVINO); the rest use ``providers``. A file that fails to
+    run is dropped from the later rounds; its entry is the exception.
     """
+    own = providers_for or {}
     per_round = settings.per_round()
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in paths}
     failed: dict[str, Exception] = {}
@@ -269,7 +281,9 @@ def measure_all(
             if progress is not None:
                 progress(done - 1, total, f"measuring {name} (round {round_ + 1})")
             try:
-                results[name].append(_one(path, inputs, providers, per_round, batching, max_batch))
+                results[name].append(
+                    _one(path, inputs, own.get(name, providers), per_round, batching, max_batch)
+                )
             except Exception as exc:  # one candidate's failure must not stop the others
                 failed[name] = exc
     return {name: failed.get(name) or _combine(results[name]) for name in paths}

@@ -32,6 +32,7 @@ from forwardpass.optimize.candidates import (
     CandidateResult,
     count_parameters,
     io_mismatch,
+    model_size,
 )
 from forwardpass.optimize.data import (
     Samples,
@@ -42,9 +43,10 @@ from forwardpass.optimize.data import (
 )
 from forwardpass.optimize.measure import MeasureSettings, measure_all, open_session
 from forwardpass.optimize.methods import BuildContext, MethodSkipped, resolve_methods
+from forwardpass.optimize.openvino_model import write_openvino_model
 from forwardpass.optimize.report import Report, report_files, save_report
 from forwardpass.optimize.selection import select
-from forwardpass.optimize.target import Target, TargetPlan, plan_target
+from forwardpass.optimize.target import Target, plan_target
 from forwardpass.optimize.version import next_version, write_version
 
 __all__ = ["OptimizeOptions", "OptimizeResult", "ProgressCallback", "optimize"]
@@ -172,9 +174,15 @@ def _load_data(
 
 
 def _outputs(
-    path: Path, samples: Samples, plan: TargetPlan, config: ModelConfig, threads: int
-) -> dict[str, np.ndarray]:
-    session = open_session(path, plan.providers, threads)
+    path: Path,
+    samples: Samples,
+    providers: tuple[str, ...],
+    config: ModelConfig,
+    threads: int,
+) -> tuple[dict[str, np.ndarray], str | None]:
+    """The candidate's outputs on the evaluation samples, and the precision it computed in
+    where the runtime reports one (OpenVINO)."""
+    session = open_session(path, providers, threads)
     names = [o.name for o in session.get_outputs()]
     parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
     if config.batching:
@@ -184,7 +192,19 @@ def _outputs(
     for feed in feeds:
         for name, value in zip(names, session.run(names, feed), strict=True):
             parts[name].append(value if config.batching else value[None])
-    return {n: np.concatenate(v) for n, v in parts.items()}
+    precision = getattr(session, "precision", None)
+    return {n: np.concatenate(v) for n, v in parts.items()}, precision
+
+
+def _versions(results: list[CandidateResult]) -> dict[str, str]:
+    import onnxruntime
+
+    versions = {"onnxruntime": onnxruntime.__version__}
+    if any(p.startswith("openvino:") for r in results for p in r.providers):
+        import openvino
+
+        versions["openvino"] = openvino.get_version()
+    return versions
 
 
 def _first_line(exc: BaseException) -> str:
@@ -194,11 +214,9 @@ def _first_line(exc: BaseException) -> str:
 
 def optimize(options: OptimizeOptions, progress: ProgressCallback | None = None) -> OptimizeResult:
     """Run the whole optimization (see the module docstring)."""
-    import onnxruntime
-
     config, model_dir, version, source, labels = _source(options)
     plan = plan_target(options.target)
-    methods = resolve_methods(options.methods)
+    methods = resolve_methods(options.methods, options.target)
     data = _load_data(options, config, model_dir, labels)
     primary = config.outputs[0].name
     settings = options.measure
@@ -208,8 +226,18 @@ def optimize(options: OptimizeOptions, progress: ProgressCallback | None = None)
         workdir = Path(tmp)
         ctx = BuildContext(source, config, options.target, data.calibration, workdir)
         plans: list[tuple[CandidateResult, Callable[[Path], list[str]] | None]] = [
-            (CandidateResult(ORIGINAL, ORIGINAL, f"version {version} as it is", path=source), None)
+            (
+                CandidateResult(
+                    ORIGINAL,
+                    ORIGINAL,
+                    f"version {version} as it is",
+                    path=source,
+                    providers=plan.original,
+                ),
+                None,
+            )
         ]
+        filenames: dict[str, str] = {}
         for method in methods:
             reason = method.check(ctx)
             if reason:
@@ -219,8 +247,15 @@ def optimize(options: OptimizeOptions, progress: ProgressCallback | None = None)
                 continue
             for variant in method.variants(ctx):
                 builder = functools.partial(method.build, ctx, variant)
+                filenames[variant.name] = method.filename
+                runs_on = method.providers(ctx, variant) or plan.providers
                 plans.append(
-                    (CandidateResult(variant.name, method.name, variant.description), builder)
+                    (
+                        CandidateResult(
+                            variant.name, method.name, variant.description, providers=runs_on
+                        ),
+                        builder,
+                    )
                 )
         total = len(plans)
         say = progress or (lambda done, all_, what: None)
@@ -237,7 +272,7 @@ def optimize(options: OptimizeOptions, progress: ProgressCallback | None = None)
                     say(i, total, f"building {result.name}")
                     folder = workdir / result.name
                     folder.mkdir()
-                    result.path = folder / "model.onnx"
+                    result.path = folder / filenames.get(result.name, "model.onnx")
                     # onnxruntime.quantization drops temporary files (external weight data,
                     # shape-inference models) into the current directory: keep them in the
                     # candidate's folder, which is deleted with the run.
@@ -248,7 +283,11 @@ def optimize(options: OptimizeOptions, progress: ProgressCallback | None = None)
                         raise MethodSkipped(mismatch)
                 assert result.path is not None
                 say(i, total, f"accuracy of {result.name}")
-                outputs = _outputs(result.path, data.evaluation, plan, config, settings.threads)
+                outputs, precision = _outputs(
+                    result.path, data.evaluation, result.providers, config, settings.threads
+                )
+                if precision is not None:
+                    result.notes.append(f"OpenVINO compiled it to compute in {precision}")
                 if build is None:
                     reference = outputs
                     has_labels_file = bool(config.outputs[0].label_filename)
@@ -263,7 +302,7 @@ def optimize(options: OptimizeOptions, progress: ProgressCallback | None = None)
                     labels=data.evaluation.labels,
                     real_inputs=data.evaluation.real,
                 )
-                result.size_bytes = result.path.stat().st_size
+                result.size_bytes = model_size(result.path)
                 result.parameters = count_parameters(result.path)
             except MethodSkipped as exc:
                 result.status, result.reason = "skipped", str(exc)
@@ -285,6 +324,7 @@ def optimize(options: OptimizeOptions, progress: ProgressCallback | None = None)
             batching=config.batching,
             max_batch=max_batch,
             progress=say,
+            providers_for={name: r.providers for name, r in timed.items()},
         )
         for name, performance in performances.items():
             if isinstance(performance, Exception):
@@ -305,17 +345,27 @@ def optimize(options: OptimizeOptions, progress: ProgressCallback | None = None)
             optimized_from=version,
             target=options.target.value,
             max_accuracy_drop=options.max_accuracy_drop,
-            providers={"available": list(plan.available), "measured_on": list(plan.providers)},
+            providers={
+                "available": list(plan.available),
+                "measured_on": list(plan.providers),
+                "original_measured_on": list(plan.original),
+            },
             data=data.description,
             measurement={**asdict(settings), "task": task, "primary_output": primary},
             candidates=results,
             selection=selection,
             created=datetime.now(UTC).isoformat(timespec="seconds"),
-            versions={"onnxruntime": onnxruntime.__version__},
+            versions=_versions(results),
         )
         if selection.promoted and not options.dry_run:
             chosen = next(c for c in results if c.name == selection.chosen)
             assert chosen.path is not None and chosen.within_budget
+            if chosen.path.suffix == ".xml":
+                written = write_openvino_model(model_dir, config, chosen, report, report_files)
+                reports = tuple(
+                    sorted(p for p in written.iterdir() if p.name.startswith("optimization"))
+                )
+                return OptimizeResult(report, written, reports)
             report.version = options_version = next_version(model_dir)
             written = write_version(
                 model_dir,

@@ -59,6 +59,11 @@ def index_document(entries: Iterable[IndexEntry]) -> list[dict[str, Any]]:
         if e.optimized_from is not None:
             item["optimized_from"] = e.optimized_from
             item["optimization"] = e.optimization
+        if e.execution:
+            item["execution"] = [
+                {"providers": list(x.providers), "precision": x.precision, "fallback": x.fallback}
+                for x in e.execution
+            ]
         out.append(item)
     return out
 

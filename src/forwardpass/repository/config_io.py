@@ -81,6 +81,7 @@ _PLATFORM_BACKEND = {
 }
 _DEFAULT_FILENAMES = {
     "onnxruntime": "model.onnx",
+    "openvino": "model.xml",
     "tensorrt": "model.plan",
     "tensorflow": "model.savedmodel",
     "pytorch": "model.pt",

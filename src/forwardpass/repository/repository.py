@@ -339,6 +339,16 @@ class ModelRepository:
             return complete_config(
                 draft, io, name=draft.name, default_max_batch_size=self.default_max_batch_size
             )
+        if draft.backend == "openvino" and self.autocomplete:
+            from forwardpass.runtime.openvino import describe_openvino
+
+            model_file = path / str(versions[-1]) / draft.default_model_filename
+            return complete_config(
+                draft,
+                describe_openvino(model_file),
+                name=draft.name,
+                default_max_batch_size=self.default_max_batch_size,
+            )
         if draft.backend == "pytorch":
             return complete_pytorch_config(
                 draft,

@@ -20,6 +20,10 @@ def backend_class(config: ModelConfig) -> type[Backend]:
         from forwardpass.runtime.pytorch import PyTorchBackend
 
         return PyTorchBackend
+    if name == "openvino":
+        from forwardpass.runtime.openvino import OpenVinoBackend
+
+        return OpenVinoBackend
     if name == "null":
         from forwardpass.runtime.null import NullBackend
 
@@ -34,5 +38,5 @@ def backend_class(config: ModelConfig) -> type[Backend]:
         return FunctionBackend
     raise InvalidModelConfig(
         f"model {config.name!r}: unknown backend {name!r} "
-        "(available: onnxruntime, pytorch, python, function, null)"
+        "(available: onnxruntime, openvino, pytorch, python, function, null)"
     )

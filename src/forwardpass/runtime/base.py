@@ -89,6 +89,9 @@ class Backend(abc.ABC):
         self.providers: list[str] = []
         #: Providers that were asked for but missing, taken only where the config allows it.
         self.fallback_warnings: list[str] = []
+        #: The arithmetic precision the instance actually computes in (``fp32``, ``bf16``,
+        #: ``fp16``, ``int8``), or ``model`` where it is the model file's own types.
+        self.precision: str = "model"
 
     def load(self) -> None:
         """Load the model; any failure becomes an :class:`InvalidModelConfig`/`InternalError`."""

@@ -24,7 +24,7 @@ from forwardpass.runtime.base import Backend, BackendIO, NamedArrays
 from forwardpass.runtime.parameters import bool_param as _bool_param
 from forwardpass.runtime.parameters import int_param as _int_param
 
-__all__ = ["OnnxRuntimeBackend", "describe_onnx", "select_providers"]
+__all__ = ["OnnxRuntimeBackend", "describe_onnx", "select_providers", "tensorrt_options"]
 
 log = logging.getLogger("forwardpass.runtime.onnx")
 
@@ -95,6 +95,59 @@ def describe_onnx(path: Path) -> BackendIO:
     )
 
 
+_TRT_PRECISIONS = ("FP32", "FP16", "INT8")
+#: Triton's onnxruntime backend's TensorRT accelerator parameters → ORT TensorRT EP options.
+_TRT_BOOLS = {"trt_engine_cache_enable": "trt_engine_cache_enable"}
+_TRT_INTS = {
+    "max_workspace_size_bytes": "trt_max_workspace_size",
+    "max_partition_iterations": "trt_max_partition_iterations",
+    "min_subgraph_size": "trt_min_subgraph_size",
+}
+_TRT_PATHS = {
+    "trt_engine_cache_path": "trt_engine_cache_path",
+    "int8_calibration_table_name": "trt_int8_calibration_table_name",
+}
+
+
+def tensorrt_options(params: Mapping[str, str], device_id: int = 0) -> dict[str, Any]:
+    """ONNX Runtime's TensorRT provider options for a ``tensorrt`` accelerator's parameters.
+
+    ``precision_mode`` FP32 (default), FP16 or INT8 (INT8 also enables FP16, as TensorRT falls
+    back layer by layer to the faster of the two); a value it does not know is refused rather
+    than silently run in FP32. A cache path given without ``trt_engine_cache_enable`` turns the
+    cache on, since a path for a cache that is off can only be a mistake in the other key.
+    """
+    options: dict[str, Any] = {"device_id": device_id}
+    precision = params.get("precision_mode", "FP32").strip().upper()
+    if precision not in _TRT_PRECISIONS:
+        raise InvalidModelConfig(
+            f"tensorrt parameter precision_mode must be one of {', '.join(_TRT_PRECISIONS)}, "
+            f"got {params['precision_mode']!r}"
+        )
+    if precision in ("FP16", "INT8"):
+        options["trt_fp16_enable"] = True
+    if precision == "INT8":
+        options["trt_int8_enable"] = True
+    for key, option in _TRT_INTS.items():
+        if (n := _int_param(params, key, minimum=1)) is not None:
+            options[option] = n
+    for key, option in _TRT_BOOLS.items():
+        if (b := _bool_param(params, key)) is not None:
+            options[option] = b
+    for key, option in _TRT_PATHS.items():
+        if key in params:
+            if not params[key].strip():
+                raise InvalidModelConfig(f"tensorrt parameter {key} must not be empty")
+            options[option] = params[key]
+    if "trt_engine_cache_path" in options and "trt_engine_cache_enable" not in options:
+        options["trt_engine_cache_enable"] = True
+    if "trt_int8_calibration_table_name" in options and precision != "INT8":
+        raise InvalidModelConfig(
+            "tensorrt parameter int8_calibration_table_name needs precision_mode INT8"
+        )
+    return options
+
+
 def select_providers(config: ModelConfig, available: Sequence[str]) -> tuple[list[Any], list[str]]:
     """The ordered provider list for ``config`` and the warnings of any fallback taken."""
     wanted: list[Any] = []
@@ -106,13 +159,9 @@ def select_providers(config: ModelConfig, available: Sequence[str]) -> tuple[lis
     if want_gpu:
         for acc in config.optimization.gpu_execution_accelerator:
             if acc.name.lower() == "tensorrt":
-                options = {"device_id": gpu_id}
-                if acc.parameters.get("precision_mode", "").upper() == "FP16":
-                    options["trt_fp16_enable"] = True
-                workspace = _int_param(acc.parameters, "max_workspace_size_bytes", minimum=1)
-                if workspace is not None:
-                    options["trt_max_workspace_size"] = workspace
-                wanted.append(("TensorrtExecutionProvider", options))
+                wanted.append(
+                    ("TensorrtExecutionProvider", tensorrt_options(acc.parameters, gpu_id))
+                )
             else:
                 raise InvalidModelConfig(f"unknown gpu_execution_accelerator {acc.name!r}")
         wanted.append(("CUDAExecutionProvider", {"device_id": gpu_id}))
@@ -138,6 +187,24 @@ def select_providers(config: ModelConfig, available: Sequence[str]) -> tuple[lis
                 "install the matching onnxruntime package or set parameter provider_fallback=true"
             )
     return chosen, warnings
+
+
+def _precision(chosen: Sequence[Any], first: str) -> str:
+    """The precision the session's first provider computes in, where its options set one;
+    ``model`` (the model file's own types) otherwise."""
+    options: dict[str, Any] = next(
+        (o for n, o in (c for c in chosen if isinstance(c, tuple)) if n == first), {}
+    )
+    if first == "TensorrtExecutionProvider":
+        if options.get("trt_int8_enable"):
+            return "int8"
+        return "fp16" if options.get("trt_fp16_enable") else "fp32"
+    if first == "OpenVINOExecutionProvider":
+        text = " ".join(str(v) for k, v in options.items() if k in ("device_type", "precision"))
+        for name in ("BF16", "FP16", "FP32"):
+            if name in text.upper():
+                return name.lower()
+    return "model"
 
 
 def _text(name: str, array: np.ndarray) -> np.ndarray:
@@ -214,6 +281,7 @@ class OnnxRuntimeBackend(Backend):
         except Exception as exc:
             raise InvalidModelConfig(f"onnxruntime cannot load {path.name}: {exc}") from exc
         self.providers = list(self.session.get_providers())
+        self.precision = _precision(providers, self.providers[0] if self.providers else "")
         self._bf16_inputs = {
             i.name for i in self.session.get_inputs() if i.type == "tensor(bfloat16)"
         }

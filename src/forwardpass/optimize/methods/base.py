@@ -87,6 +87,13 @@ class Method(abc.ABC):
             )
         return None
 
+    #: The candidate's file name (``model.xml`` for OpenVINO IR, beside its ``model.bin``).
+    filename: str = "model.onnx"
+
+    def providers(self, ctx: BuildContext, variant: Variant) -> tuple[str, ...] | None:
+        """Where this variant runs, when not on the target's providers (OpenVINO's)."""
+        return None
+
     @abc.abstractmethod
     def build(self, ctx: BuildContext, variant: Variant, output: Path) -> list[str]:
         """Write the candidate model to ``output``; return notes for the report.

@@ -129,7 +129,12 @@ class BF16Method(Method):
         return (Variant("bf16", "BF16 arithmetic"),)
 
     def check(self, ctx: BuildContext) -> str | None:
-        if ctx.target in (Target.CPU, Target.EDGE, Target.OPENVINO):
+        if ctx.target is Target.OPENVINO:
+            return (
+                "on --target openvino, BF16 is OpenVINO's precision hint: the candidate "
+                "openvino-bf16 of method openvino"
+            )
+        if ctx.target in (Target.CPU, Target.EDGE):
             return (
                 "ONNX Runtime's CPU provider has BF16 kernels for almost no ops, so a BF16 "
                 "model would run as Casts around FP32 kernels; use fp16 or int8 here"
