@@ -121,9 +121,10 @@ function parseProm(text) {
   return samples;
 }
 
+// A counter's samples, named with or without the "_total" suffix the client library adds.
 function sumOf(samples, name, model) {
   let total = 0;
-  for (const s of samples) if (s.name === name && s.labels.model === model) total += s.value;
+  for (const s of samples) if ((s.name === name || s.name === name + "_total") && s.labels.model === model) total += s.value;
   return total;
 }
 
@@ -328,6 +329,11 @@ function selectModel(name) {
 }
 
 $("model-select").addEventListener("change", (e) => selectModel(e.target.value));
+// A link to #model=NAME (or the back button) selects that model.
+window.addEventListener("hashchange", () => {
+  const wanted = new URLSearchParams(location.hash.slice(1)).get("model");
+  if (wanted && state.models.some((m) => m.name === wanted)) selectModel(wanted);
+});
 
 // ------------------------------------------------------------------ live traffic
 async function refreshLive() {

@@ -1,0 +1,264 @@
+"""The dashboard in a real browser against a live server with traffic.
+
+One headless Chromium (see ``browser.py``) for the module; one server with a tabular model
+monitored for fairness and the embedded digits classifier, and the request log on. The tests
+check what the page draws against what the server counted, and keep screenshots under
+``tests/artifacts/dashboard/``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from browser import screenshot, start_chrome, wait_for
+from modelrepo import write_model
+from rawhttp import raw_request
+from test_monitoring_server import FAIRNESS, _config, _score_onnx
+
+import forwardpass
+from forwardpass.monitor.fairness import fairness_report
+
+DIGITS = Path(forwardpass.__file__).parent / "models" / "digits"
+TRAFFIC = 24
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, start_module_server: Any) -> Any:
+    root = tmp_path_factory.mktemp("dashrepo")
+    write_model(
+        root,
+        "scored",
+        config=_config("scored", {"fairness": FAIRNESS}),
+        versions={1: _score_onnx(), 2: _score_onnx()},
+    )
+    # Version 2 as `forwardpass optimize` leaves one: its provenance is in optimization.json.
+    (root / "scored" / "2" / "optimization.json").write_text(
+        json.dumps(
+            {
+                "optimized_from": 1,
+                "method": "int8-static",
+                "selection": {"chosen": "int8-static-s8s8-pc"},
+                "target": "cpu",
+            }
+        )
+    )
+    shutil.copytree(DIGITS, root / "digits")
+    log_path = root.parent / "requests.db"
+    return start_module_server(root, "--no-grpc", "--request-log", str(log_path))
+
+
+@pytest.fixture(scope="module")
+def driver() -> Iterator[Any]:
+    chrome = start_chrome()
+    try:
+        yield chrome
+    finally:
+        chrome.quit()
+
+
+def _post(server: Any, path: str, body: Any) -> Any:
+    response = raw_request(server.address, "POST", path, json.dumps(body).encode())
+    assert response.status == 200, response.body
+    return response.json()
+
+
+def _scored(server: Any, i: int) -> dict[str, Any]:
+    x, sex = (i % 5) / 4, float(i % 2)
+    return _post(
+        server,
+        "/v2/models/scored/infer",
+        {
+            "id": f"dash-{i}",
+            "inputs": [
+                {"name": "x", "datatype": "FP32", "shape": [1, 1], "data": [x]},
+                {"name": "sex", "datatype": "FP32", "shape": [1, 1], "data": [sex]},
+            ],
+            "parameters": {"region": "north"},
+        },
+    )
+
+
+def _metric(server: Any, name: str, model: str) -> float:
+    text = raw_request(server.address, "GET", "/metrics").body.decode()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") and f'model="{model}"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def _texts(driver: Any, css: str) -> list[str]:
+    from selenium.webdriver.common.by import By
+
+    return [e.text for e in driver.find_elements(By.CSS_SELECTOR, css)]
+
+
+def test_models_live_traffic_log_and_fairness(server: Any, driver: Any) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    for i in range(TRAFFIC):
+        assert _scored(server, i)["id"] == f"dash-{i}"
+    driver.get(server.url + "/#model=scored")
+    # Models with state and version; the digits model is listed too.
+    wait_for("the models table", lambda: len(_texts(driver, "#models-body tr")) >= 2)
+    rows = driver.find_elements(By.CSS_SELECTOR, "#models-body tr")
+    states = {r.get_attribute("data-model"): r.text for r in rows}
+    assert "READY" in states["scored"] and "READY" in states["digits"]
+    scored = driver.find_element(By.CSS_SELECTOR, '#models-body tr[data-model="scored"]')
+    assert scored.get_attribute("data-version") == "2"  # the latest version serves
+    assert scored.find_element(By.CSS_SELECTOR, ".provenance").text == (
+        "optimized from v1 by int8-static"
+    )
+
+    # Live: the total is the server's count; the batch bars add up to its executions.
+    wait_for("the request total", lambda: _texts(driver, "#live-total") == [str(TRAFFIC)])
+    executions = _metric(server, "forwardpass_execution_count_total", "scored")
+    assert driver.find_element(By.ID, "live-batches").text == str(int(executions))
+
+    def batch_bars() -> list[int]:
+        bars = driver.find_elements(By.CSS_SELECTOR, "#chart-batch rect.bar")
+        return [int(float(b.get_attribute("data-count"))) for b in bars]
+
+    wait_for("batch bars", lambda: sum(batch_bars()) == executions)
+    assert driver.find_element(By.ID, "live-p50").text.endswith(" ms")
+
+    # More traffic while the page polls: the throughput chart gets points, one above zero.
+    for i in range(TRAFFIC, TRAFFIC + 20):
+        _scored(server, i)
+
+    def rates() -> list[float]:
+        points = driver.find_elements(By.CSS_SELECTOR, "#chart-rate circle.point")
+        return [float(p.get_attribute("data-value")) for p in points]
+
+    wait_for("a throughput point above zero", lambda: any(r > 0 for r in rates()))
+    total = TRAFFIC + 20
+    wait_for("the new total", lambda: _texts(driver, "#live-total") == [str(total)])
+
+    # The request log holds every id sent; the id filter narrows it.
+    def logged() -> set[str]:
+        rows = driver.find_elements(By.CSS_SELECTOR, "#log-body tr")
+        return {r.get_attribute("data-id") for r in rows}
+
+    wanted = {f"dash-{i}" for i in range(total)}
+    wait_for("every request in the log", lambda: wanted <= logged())
+    driver.find_element(By.ID, "log-id").send_keys("dash-3")
+    wait_for("the filtered log", lambda: logged() == {"dash-3", *(f"dash-3{i}" for i in range(10))})
+    driver.find_element(By.ID, "log-id").clear()
+    Select(driver.find_element(By.ID, "log-status")).select_by_value("error")
+    wait_for(
+        "no failed requests",
+        lambda: logged() == set() and "0 of" in driver.find_element(By.ID, "log-status-line").text,
+    )
+    Select(driver.find_element(By.ID, "log-status")).select_by_value("")
+
+    # Drift is not configured for this model: said so, not thrown.
+    wait_for(
+        "drift 'not monitored'",
+        lambda: driver.find_element(By.ID, "drift-status").text.startswith("not monitored"),
+    )
+    # Fairness: nothing labelled yet; then feedback, and the groups appear with intervals.
+    wait_for(
+        "fairness waiting for labels",
+        lambda: "no labelled predictions" in driver.find_element(By.ID, "fairness").text,
+    )
+    screenshot(driver, "traffic")
+    truths = [int(i % 3 == 0) for i in range(total)]
+    _post(
+        server,
+        "/v2/models/scored/feedback",
+        [{"id": f"dash-{i}", "truth": t} for i, t in enumerate(truths)],
+    )
+    groups = [f"{i % 2}, north" for i in range(total)]
+    preds = [(i % 5) / 4 >= 0.5 for i in range(total)]
+    import numpy as np
+
+    expected = fairness_report(
+        groups, np.array(truths, bool), np.array(preds, bool), min_group_size=5, bootstrap=0
+    )
+
+    def fairness_bars() -> dict[str, float]:
+        bars = driver.find_elements(By.CSS_SELECTOR, "#fairness-versions rect.bar")
+        return {b.get_attribute("data-group"): float(b.get_attribute("data-value")) for b in bars}
+
+    shown = wait_for("fairness bars", lambda: fairness_bars() or None)
+    want = {g["group"]: g["metrics"]["selection_rate"] for g in expected["groups"]}
+    assert shown == pytest.approx(want)
+    whiskers = driver.find_elements(By.CSS_SELECTOR, "#fairness-versions line.whisker[data-label]")
+    assert len(whiskers) == len(want)
+    cells = _texts(driver, "#fairness-versions tbody tr")
+    assert len(cells) == len(want) and all("[" in c for c in cells)  # intervals shown
+    parity = driver.find_element(
+        By.CSS_SELECTOR, '[data-disparity="demographic_parity_difference"]'
+    )
+    value = expected["disparities"]["demographic_parity_difference"]["value"]
+    assert f"{round(value, 3):g}" in parity.text
+    # The log shows the truths that arrived.
+    wait_for(
+        "truths in the log",
+        lambda: "1" in _texts(driver, '#log-body tr[data-id="dash-0"] td.truth'),
+    )
+    screenshot(driver, "fairness")
+
+
+def test_try_it_with_an_image_and_with_json(server: Any, driver: Any) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    driver.get(server.url + "/#model=digits")
+    wait_for(
+        "the digits model selected",
+        lambda: (
+            Select(driver.find_element(By.ID, "model-select")).first_selected_option.text
+            == "digits"
+        ),
+    )
+    wait_for(
+        "the input description",
+        lambda: "image FP32" in driver.find_element(By.ID, "try-inputs").text,
+    )
+    driver.find_element(By.ID, "try-file").send_keys(str(DIGITS / "samples" / "digit_3_0.png"))
+    driver.find_element(By.ID, "try-send").click()
+
+    def labels() -> list[str]:
+        items = driver.find_elements(By.CSS_SELECTOR, "#try-answer ol.classes li")
+        return [i.get_attribute("data-label") for i in items]
+
+    top = wait_for("the classification", lambda: labels() or None)
+    assert len(top) == 5 and top[0] == "3"
+    screenshot(driver, "try-image")
+
+    # JSON to the tabular model: the output's values are shown.
+    Select(driver.find_element(By.ID, "model-select")).select_by_value("scored")
+    driver.find_element(By.CSS_SELECTOR, 'input[name="try-mode"][value="json"]').click()
+    text = driver.find_element(By.ID, "try-text")
+    text.clear()
+    text.send_keys(
+        json.dumps(
+            {
+                "id": "try-json",
+                "inputs": [
+                    {"name": "x", "datatype": "FP32", "shape": [1, 1], "data": [0.75]},
+                    {"name": "sex", "datatype": "FP32", "shape": [1, 1], "data": [1]},
+                ],
+            }
+        )
+    )
+    driver.find_element(By.ID, "try-send").click()
+    output = wait_for(
+        "the JSON answer",
+        lambda: _texts(driver, '#try-answer pre.output[data-output="score"]') or None,
+    )
+    assert json.loads(output[0]) == [0.75]
+    assert driver.find_element(By.ID, "try-request-id").text == "try-json"
+    # A bad request: the server's error is shown, not thrown.
+    text.clear()
+    text.send_keys('{"inputs": [{"name": "x"}]}')
+    driver.find_element(By.ID, "try-send").click()
+    wait_for("the error", lambda: driver.find_element(By.ID, "try-status").text.startswith("400:"))
+    screenshot(driver, "try-json")
