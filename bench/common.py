@@ -64,13 +64,15 @@ def serving(
             proc.wait()
 
 
-def forwardpass_server(repository: Path, port: int, grpc_port: int | None = None) -> list[str]:
+def forwardpass_server(
+    repository: Path, port: int, grpc_port: int | None = None, extra: Sequence[str] = ()
+) -> list[str]:
     """``forwardpass serve`` on ``repository``, pinned to the server core (gRPC off unless
-    ``grpc_port`` is given)."""
+    ``grpc_port`` is given), with ``extra`` flags."""
     grpc = ["--grpc-port", str(grpc_port)] if grpc_port is not None else ["--no-grpc"]
     return pinned(
         SERVER_CORE, PY, "-m", "forwardpass", "serve", "--model-repository", str(repository),
-        "--http-port", str(port), *grpc, "--log-level", "WARNING",
+        "--http-port", str(port), *grpc, "--log-level", "WARNING", *extra,
     )  # fmt: skip
 
 

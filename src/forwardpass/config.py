@@ -109,6 +109,13 @@ class ServerConfig:
     request_log_max_bytes: int = 1 << 30
     #: Records waiting for the monitors at most; more are dropped and counted.
     monitor_queue_size: int = 10_000
+    #: Worker processes that run declared input processing (image decoding and resizing) off
+    #: the serving core; 0 runs it in threads of the server process (models may still ask
+    #: for the pool with ``pool: process`` in their processing declaration).
+    processing_workers: int = 0
+    #: The cores those processes are pinned to ("1", "2-5,7"); "" leaves them where the
+    #: server runs.
+    processing_cpus: str = ""
     log_level: str = "INFO"
     #: Triton's log line layout: "default" or "ISO8601".
     log_format: str = "default"
@@ -176,6 +183,16 @@ class ServerConfig:
             raise InvalidArgument(
                 f"api key header {self.api_key_header!r} must be a lower-case header name"
             )
+        if self.processing_workers < 0:
+            raise InvalidArgument(
+                f"--processing-workers must be 0 or more (or auto), got {self.processing_workers}"
+            )
+        _cpu_list(self.processing_cpus)  # a bad list fails at start-up, not at first use
+
+    @property
+    def processing_cpu_list(self) -> tuple[int, ...]:
+        """``processing_cpus`` as core numbers (empty: not pinned)."""
+        return _cpu_list(self.processing_cpus)
 
     @property
     def loads_all(self) -> bool:
@@ -235,6 +252,27 @@ class ServerConfig:
         return LogSettings.from_level(
             self.log_level, log_file=self.log_file, log_format=self.log_format
         )
+
+
+def _cpu_list(text: str) -> tuple[int, ...]:
+    """``"1"``, ``"0,2"``, ``"2-5,7"`` → core numbers; each must exist on this machine."""
+    cores: list[int] = []
+    count = os.cpu_count() or 1
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        low, _, high = part.partition("-")
+        try:
+            first, last = int(low), int(high or low)
+        except ValueError:
+            raise InvalidArgument(
+                f"--processing-cpus {text!r}: {part!r} is not a core number or range"
+            ) from None
+        if not 0 <= first <= last < count:
+            raise InvalidArgument(
+                f"--processing-cpus {text!r}: {part!r} is not among this machine's cores "
+                f"0-{count - 1}"
+            )
+        cores.extend(c for c in range(first, last + 1) if c not in cores)
+    return tuple(cores)
 
 
 def _coerce(name: str, raw: str, default: Any) -> Any:

@@ -22,6 +22,7 @@ def register(group: click.Group) -> None:
         ("forwardpass.cli.distill", "distill"),
         ("forwardpass.cli.export", "export"),
         ("forwardpass.cli.log", "log"),
+        ("forwardpass.cli.monitor", "monitor"),
     ):
         # Command modules keep their heavy imports inside the command body, so importing
         # all of them costs little.

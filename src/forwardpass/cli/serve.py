@@ -213,6 +213,21 @@ def native_repository(target: str, folder: Path, name: str | None = None) -> str
     default=None,
     help="Seconds a request log row is kept (7 days).",
 )
+@click.option(
+    "--processing-workers",
+    default=None,
+    metavar="N|auto",
+    help="Worker processes for declared input processing (image decoding), off the serving "
+    "core; auto: one per --processing-cpus core, or every usable core but one. "
+    "Default 0: threads of the server process.",
+)
+@click.option(
+    "--processing-cpus",
+    default=None,
+    metavar="LIST",
+    help="Pin the processing workers to these cores (1 or 2-5,7), e.g. with the server under "
+    "taskset -c 0 and the workers on core 1.",
+)
 def serve(
     target: str | None,
     name: str | None,
@@ -255,6 +270,8 @@ def serve(
     monitor_payload_sample: float | None,
     request_log_max_bytes: int | None,
     request_log_max_age_s: float | None,
+    processing_workers: str | None,
+    processing_cpus: str | None,
 ) -> None:
     """Serve a model repository over the Open Inference Protocol (KServe V2) over HTTP and gRPC.
 
@@ -329,6 +346,8 @@ def serve(
             monitor_payload_sample=monitor_payload_sample,
             request_log_max_bytes=request_log_max_bytes,
             request_log_max_age_s=request_log_max_age_s,
+            processing_cpus=processing_cpus,
+            processing_workers=_processing_workers(processing_workers, processing_cpus),
         )
         # Checked here so that a bad value is a usage error, not a traceback at start-up.
         config.trace_settings()
@@ -374,6 +393,24 @@ def _workers(value: str | None, source: str = "'--workers'") -> int | None:
         return parse_workers(value)
     except InvalidArgument as exc:
         raise click.BadParameter(exc.message, param_hint=source) from None
+
+
+def _processing_workers(value: str | None, cpus: str | None) -> int | None:
+    """``--processing-workers``: a count, or ``auto``."""
+    if value is None:
+        return None
+    if value.strip().lower() == "auto":
+        from forwardpass.config import ServerConfig
+        from forwardpass.processing.pool import auto_workers
+
+        return auto_workers(ServerConfig(processing_cpus=cpus or "").processing_cpu_list)
+    try:
+        return int(value)
+    except ValueError:
+        raise click.BadParameter(
+            f"expected a number of processes or auto, got {value!r}",
+            param_hint="--processing-workers",
+        ) from None
 
 
 #: ``--trace-config`` setting names → ServerConfig fields (Triton's global and "triton," ones).

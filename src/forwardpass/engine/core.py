@@ -35,10 +35,12 @@ from forwardpass.errors import (
     Unsupported,
 )
 from forwardpass.model_config import ModelConfig, TensorSpec
+from forwardpass.monitor.drift_service import DriftService
 from forwardpass.monitor.hub import Stages
 from forwardpass.monitor.monitoring import Monitoring
 from forwardpass.monitor.trace import Trace, Tracer
 from forwardpass.processing.base import Processing
+from forwardpass.processing.pool import ProcessingPool, auto_workers
 from forwardpass.repository import ModelRepository
 from forwardpass.repository.poll import Poller
 from forwardpass.repository.warmup import zeros
@@ -73,6 +75,8 @@ class Engine:
         self.tracer = Tracer(
             self.config.trace_settings(), opentelemetry=self.config.otel_settings()
         )
+        #: Drift monitors of the models that configure ``monitoring.drift`` (off the hot path).
+        self.drift = DriftService()
         self.table.caller = self  # Python models' BLS calls come back through infer()
         size = self.config.response_cache_bytes
         self.cache = ResponseCache(size) if size else None
@@ -80,6 +84,13 @@ class Engine:
         self.monitoring = Monitoring(self.config)
         self._processing_pool = ThreadPoolExecutor(
             max_workers=max(2, os.cpu_count() or 1), thread_name_prefix="fp-processing"
+        )
+        # Worker processes for heavy input processing: none start before a request needs them.
+        cpus = self.config.processing_cpu_list
+        self.processing_pool = ProcessingPool(
+            self.config.processing_workers or auto_workers(cpus),
+            cpus,
+            default=self.config.processing_workers > 0,
         )
         self.started = False
         self.stopping = False
@@ -106,6 +117,9 @@ class Engine:
         self._poller = Poller(self.repository) if self.config.model_control_mode == "poll" else None
         for name in names:
             await self._load_logged(name)
+        pool = self.processing_pool
+        if any(h.processing is not None and pool.serves(h.processing) for h in self.table):
+            pool.start()  # the workers' interpreters start meanwhile, not at the first request
         if self._poller is not None:
             self._poller.scan()  # what was loaded is the baseline
             self._poll_task = asyncio.get_running_loop().create_task(self._poll_forever())
@@ -120,9 +134,11 @@ class Engine:
                 await self._poll_task
         await self.table.retire_all("server is shutting down")
         self._processing_pool.shutdown(wait=False)
+        await asyncio.get_running_loop().run_in_executor(None, self.processing_pool.close)
         # After the models: traces of the requests that just finished are written too.
         await asyncio.get_running_loop().run_in_executor(None, self.tracer.close)
         await asyncio.get_running_loop().run_in_executor(None, self.monitoring.close)
+        await asyncio.get_running_loop().run_in_executor(None, self.drift.close)
 
     async def _load_logged(self, name: str) -> None:
         try:
@@ -416,7 +432,7 @@ class Engine:
         extra: dict[str, np.ndarray] = {}
         if processing is not None and processing.inputs:
             began = time.monotonic_ns()
-            inputs = await self._preprocess(processing, inputs)
+            inputs = await self._preprocess(handle, processing, inputs)
             if trace is not None:
                 trace.stamp("PREPROCESS_START", began)
                 trace.stamp("PREPROCESS_END")
@@ -459,6 +475,7 @@ class Engine:
                 # only where the network cannot run them does it answer zero rows itself.
                 log.debug("model %s cannot run zero rows (%s)", handle.name, exc.message)
                 outputs = _zero_rows(handle.config)
+        model_outputs = outputs
         if processing is not None and processing.outputs:
             began = time.monotonic_ns()
             outputs = _guarded(processing.postprocess, outputs, {**inputs, **extra})
@@ -470,6 +487,9 @@ class Engine:
             stats.on_processing(pre_ns, post_ns)
             if stages is not None:
                 stages.preprocess_ns, stages.postprocess_ns = pre_ns, post_ns
+        if self.drift.enabled(handle):
+            # A record for the drift monitor's thread: the model's own inputs and outputs.
+            self.drift.submit(handle, loaded, request.id, inputs, model_outputs, extra)
         return respond(handle, loaded, request, outputs)
 
     async def infer_stream(self, request: InferRequest) -> AsyncIterator[InferResponse]:
@@ -533,9 +553,16 @@ class Engine:
                 stats.on_request(True, time.monotonic_ns() - start)
 
     async def _preprocess(
-        self, processing: Processing, inputs: dict[str, np.ndarray]
+        self, handle: ModelHandle, processing: Processing, inputs: dict[str, np.ndarray]
     ) -> dict[str, np.ndarray]:
-        """Decode/tokenize off the event loop: image decoding takes milliseconds."""
+        """Decode/tokenize off the event loop: image decoding takes milliseconds. In the
+        processing pool's worker processes when the server or the model asks for them."""
+        if self.processing_pool.serves(processing):
+            assert handle.entry is not None
+            datatypes = {n: s.datatype for n, s in handle.input_specs.items()}
+            return await self.processing_pool.preprocess(
+                handle.entry, processing, inputs, datatypes
+            )
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
             self._processing_pool, _guarded, processing.preprocess, inputs

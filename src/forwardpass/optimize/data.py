@@ -20,7 +20,7 @@ for latency only, and the report says "no accuracy data: agreement on random inp
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +52,9 @@ class Samples:
     #: False for synthesized inputs: good for latency, meaningless for accuracy.
     real: bool = True
     labels: np.ndarray | None = None
+    #: Side data the model's processing gave beside its inputs, per sample (an image
+    #: step's picture geometry), for the drift monitor's reference profile.
+    extra: Mapping[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(next(iter(self.arrays.values()))) if self.arrays else 0
@@ -63,6 +66,7 @@ class Samples:
             self,
             arrays={k: v[index] for k, v in self.arrays.items()},
             labels=None if self.labels is None else self.labels[index],
+            extra={k: v[index] for k, v in self.extra.items()},
             source=source or self.source,
         )
 
@@ -147,13 +151,15 @@ def _single_input(config: ModelConfig, where: str) -> TensorSpec:
 
 def _read_images(
     config: ModelConfig, model_dir: Path, labels: Mapping[str, Sequence[str]], files: list[Path]
-) -> dict[str, np.ndarray]:
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The model inputs for ``files``, and the side data processing added (geometry)."""
     from forwardpass.processing.image import ImageInput, load_image
     from forwardpass.processing.spec import build_processing
 
     processing = build_processing(config, model_dir, labels)
     image_processors = [p for p in processing.inputs if isinstance(p, ImageInput)]
     per_file: list[dict[str, np.ndarray]] = []
+    side: list[dict[str, np.ndarray]] = []
     if image_processors:
         if len(processing.client_inputs) != 1:
             raise InvalidArgument(
@@ -166,11 +172,13 @@ def _read_images(
             prepared = processing.preprocess({client: blob})
             # Keep the model's inputs only (processing may add side data such as geometry).
             per_file.append({s.name: prepared[s.name] for s in config.inputs})
+            side.append({k: v for k, v in prepared.items() if k not in per_file[-1]})
     else:
         spec = _single_input(config, f"images in {files[0].parent}")
         for path in files:
             per_file.append({spec.name: load_image(path, spec, config.parameters)[None]})
-    return {k: np.concatenate([d[k] for d in per_file]) for k in per_file[0]}
+    extra = {k: np.concatenate([d[k] for d in side]) for k in side[0]} if side else {}
+    return {k: np.concatenate([d[k] for d in per_file]) for k in per_file[0]}, extra
 
 
 def _read_texts(
@@ -225,6 +233,7 @@ def load_samples(
 
     where = str(path)
     found_labels: np.ndarray | None = None
+    extra: dict[str, np.ndarray] = {}
     if path.is_file() and path.suffix == ".npz":
         with np.load(path, allow_pickle=False) as npz:
             arrays, found_labels = _from_mapping(config, dict(npz), where)
@@ -239,7 +248,7 @@ def load_samples(
         if not files:
             raise InvalidArgument(f"{where} holds no files")
         if kinds <= IMAGE_SUFFIXES:
-            arrays = _read_images(config, model_dir or path, labels or {}, files[:limit])
+            arrays, extra = _read_images(config, model_dir or path, labels or {}, files[:limit])
         elif kinds == {".npz"}:
             parts = [load_samples(f, config) for f in files]
             arrays = {k: np.concatenate([p.arrays[k] for p in parts]) for k in parts[0].arrays}
@@ -260,7 +269,7 @@ def load_samples(
         raise InvalidArgument(
             f"{where}: expected an .npz, an .npy, a .txt of sentences, or a folder of them/images"
         )
-    samples = Samples(arrays, source=where, real=True, labels=found_labels)
+    samples = Samples(arrays, source=where, real=True, labels=found_labels, extra=extra)
     if limit is not None and len(samples) > limit:
         samples = samples.take(np.arange(limit))
     return samples

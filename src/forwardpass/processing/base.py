@@ -55,6 +55,9 @@ class Processing:
     config: ModelConfig
     inputs: tuple[InputProcessor, ...] = ()
     outputs: tuple[OutputProcessor, ...] = ()
+    #: Where the inputs are processed: ``"process"`` (the server's processing pool),
+    #: ``"thread"`` (a thread of the server process), ``""`` (as the server is configured).
+    pool: str = ""
     client_inputs: tuple[TensorSpec, ...] = field(init=False)
     client_outputs: tuple[TensorSpec, ...] = field(init=False)
 

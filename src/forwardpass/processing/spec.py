@@ -21,6 +21,10 @@ The declaration is JSON or YAML text in the config parameter ``processing`` (in 
       - {name: detections, from: output0, decode: nms, transpose: true, labels: classes,
          image: image}    # boxes back in the client's picture pixels
 
+``pool: process`` runs the model's input processing in the server's pool of worker processes
+(:mod:`.pool`), ``pool: thread`` in a thread of the server process even when the server has a
+pool (``--processing-workers``); without it the server's setting decides.
+
 Input kinds: ``image`` (:mod:`.image`), ``text`` (:mod:`.text`), ``tabular``
 (:mod:`.tabular`), ``audio`` (:mod:`.audio`: WAV clips → waveform or log-mel), ``lookup``
 (:mod:`.lookup`: ids → vocabulary rows).
@@ -47,7 +51,10 @@ from forwardpass.errors import ForwardpassError, InvalidModelConfig
 from forwardpass.model_config import ModelConfig
 from forwardpass.processing.base import InputProcessor, OutputProcessor, Processing
 
-__all__ = ["build_processing", "read_declaration"]
+__all__ = ["POOLS", "build_processing", "read_declaration"]
+
+#: The values of a declaration's ``pool`` ("" when it does not say).
+POOLS = ("", "process", "thread")
 
 
 def read_declaration(config: ModelConfig) -> dict[str, Any] | None:
@@ -64,9 +71,14 @@ def read_declaration(config: ModelConfig) -> dict[str, Any] | None:
             raise InvalidModelConfig(
                 f"parameter processing is neither JSON nor YAML: {exc}"
             ) from None
-    if not isinstance(value, dict) or set(value) - {"inputs", "outputs"}:
+    if not isinstance(value, dict) or set(value) - {"inputs", "outputs", "pool"}:
         raise InvalidModelConfig(
-            "parameter processing must be a mapping with inputs and/or outputs"
+            "parameter processing must be a mapping with inputs and/or outputs (and pool)"
+        )
+    if value.get("pool", "") not in POOLS:
+        raise InvalidModelConfig(
+            f"processing pool must be one of {', '.join(p for p in POOLS if p)}, "
+            f"got {value['pool']!r}"
         )
     return value
 
@@ -86,7 +98,7 @@ def build_processing(
             outputs.append(_output(config, item, i, labels, model_inputs, model_dir))
     except ForwardpassError as exc:
         raise InvalidModelConfig(f"processing: {exc.message}") from None
-    processing = Processing(config, tuple(inputs), tuple(outputs))
+    processing = Processing(config, tuple(inputs), tuple(outputs), declaration.get("pool", ""))
     _check_unique(processing)
     _check_sources(processing)
     return processing

@@ -298,6 +298,9 @@ class HttpApp:
         if action == "stats":
             self._method(method, "GET")
             return self._statistics(name, version)
+        if action == "monitor":
+            self._method(method, "GET")
+            return _json(self.engine.drift.report(*self.engine.version(name, version)))
         raise NotFound(f"no route for {method} {request.path}")
 
     async def _monitor(self, action: str, name: str, request: HttpRequest) -> HttpResponse:

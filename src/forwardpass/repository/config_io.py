@@ -185,16 +185,19 @@ def read_draft(d: Mapping[str, Any], *, name: str) -> ConfigDraft:
             for k, v, p in map_entries(top.get("parameters"), "parameters")
         }
     )
-    for key in ("processing", "monitoring"):
-        if key not in top:
+    for section in ("processing", "monitoring"):
+        if section not in top:
             continue
-        # The native YAML form may write the processing and monitoring declarations as
-        # mappings; each is kept as the JSON text of its parameter, where config.pbtxt has it.
-        if key in fields["parameters"]:
-            raise config_error(key, "declared both as a key and as a parameter")
-        if not isinstance(top[key], Mapping):
-            raise config_error(key, "must be a mapping")
-        fields["parameters"] = MappingProxyType({**fields["parameters"], key: json.dumps(top[key])})
+        # The native YAML form may write these declarations as mappings; each is kept as the
+        # JSON text of the parameter of its name, where config.pbtxt carries it.
+        if section in fields["parameters"]:
+            raise config_error(section, "declared both as a key and as a parameter")
+        if not isinstance(top[section], Mapping):
+            what = "with inputs and/or outputs" if section == "processing" else "of monitors"
+            raise config_error(section, f"must be a mapping {what}")
+        fields["parameters"] = MappingProxyType(
+            {**fields["parameters"], section: json.dumps(top[section])}
+        )
     if platform == "ensemble":
         fields["ensemble"] = _ensemble(top["ensemble_scheduling"])
     fields["optimization"] = _optimization(top.get("optimization"))

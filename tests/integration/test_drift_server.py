@@ -1,0 +1,101 @@
+"""Drift monitoring end to end: a real server, a reference built with the CLI, traffic over
+HTTP, ``/v2/models/M/monitor`` and ``/metrics``, and the state kept across a restart."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from drift_models import COLUMNS, reference_rows, write_scored
+
+
+def _get(server: Any, path: str) -> tuple[int, Any]:
+    try:
+        with urllib.request.urlopen(f"{server.url}{path}", timeout=10) as response:
+            body = response.read()
+            status = response.status
+    except urllib.error.HTTPError as exc:
+        body, status = exc.read(), exc.code
+    text = body.decode()
+    return status, json.loads(text) if path != "/metrics" else text
+
+
+def _infer(server: Any, rows: np.ndarray) -> dict[str, Any]:
+    body = {
+        "inputs": [
+            {"name": c, "shape": [len(rows), 1], "datatype": "FP32", "data": rows[:, j].tolist()}
+            for j, c in enumerate(COLUMNS)
+        ]
+    }
+    request = urllib.request.Request(
+        f"{server.url}/v2/models/scored/infer",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())  # type: ignore[no-any-return]
+
+
+def _wait_rows(server: Any, rows: int, path: str = "/v2/models/scored/monitor") -> Any:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        status, report = _get(server, path)
+        assert status == 200, report
+        if report["window"]["rows_seen"] >= rows:
+            return report
+        time.sleep(0.05)
+    raise AssertionError(f"the monitor saw {report['window']['rows_seen']} of {rows} rows")
+
+
+def test_drift_over_a_real_server(start_server: Any, tmp_path: Path) -> None:
+    root = tmp_path / "models"
+    write_scored(root, monitoring={"drift": {"window": 40, "step": 20}})
+    write_scored(root, "plain")
+    data = tmp_path / "train.npz"
+    np.savez(data, x=reference_rows())
+    built = subprocess.run(
+        [sys.executable, "-m", "forwardpass", "monitor", "reference", "scored",
+         "--data", str(data), "--model-repository", str(root)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert built.returncode == 0, built.stderr
+    assert "400 rows, 6 features" in built.stdout
+
+    server = start_server(root, "--no-grpc", "--log-level", "WARNING")
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        answer = _infer(server, rng.normal(size=(2, 3)).astype(np.float32))
+        assert {o["name"] for o in answer["outputs"]} == {"probabilities", "label"}
+    report = _wait_rows(server, 40)
+    assert report["enabled"] and not report["alarm"]
+    assert report["reference"]["rows"] == 400 and report["window"]["size"] == 40
+    assert {f["feature"] for f in report["features"]} >= {"a", "b", "c"}
+    shifted = rng.normal(size=(40, 3)).astype(np.float32)
+    shifted[:, 0] += 3.0
+    for start in range(0, 40, 4):
+        _infer(server, shifted[start : start + 4])
+    report = _wait_rows(server, 80, "/v2/models/scored/versions/1/monitor")
+    assert report["alarm"] and "a" in [f["feature"] for f in report["features"] if f["drift"]]
+    assert [h["end"] for h in report["history"]] == [40, 60, 80]
+    _, metrics = _get(server, "/metrics")
+    assert 'forwardpass_drift_alarm{model="scored",version="1"} 1.0' in metrics
+    assert 'forwardpass_drift_score{feature="a",model="scored",test="ks",version="1"}' in metrics
+
+    status, error = _get(server, "/v2/models/plain/monitor")
+    assert status == 400 and "has no drift monitoring configured" in error["error"]
+    status, error = _get(server, "/v2/models/absent/monitor")
+    assert status == 404
+    assert server.stop() == 0
+
+    again = start_server(root, "--no-grpc", "--log-level", "WARNING")
+    status, report = _get(again, "/v2/models/scored/monitor")
+    assert status == 200 and report["window"]["rows_seen"] == 80 and report["alarm"]
+    assert [h["end"] for h in report["history"]] == [40, 60, 80]
