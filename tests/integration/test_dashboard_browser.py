@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from browser import screenshot, start_chrome, wait_for
 from modelrepo import write_model
@@ -21,6 +24,7 @@ from rawhttp import raw_request
 from test_monitoring_server import FAIRNESS, _config, _score_onnx
 
 import forwardpass
+from drift_models import COLUMNS, reference_rows, write_scored
 from forwardpass.monitor.fairness import fairness_report
 
 DIGITS = Path(forwardpass.__file__).parent / "models" / "digits"
@@ -48,6 +52,16 @@ def server(tmp_path_factory: pytest.TempPathFactory, start_module_server: Any) -
         )
     )
     shutil.copytree(DIGITS, root / "digits")
+    # A model watched for drift, its reference built as `forwardpass monitor reference` does.
+    write_scored(root, "drifty", monitoring={"drift": {"window": 40, "step": 20}})
+    data = root.parent / "train.npz"
+    np.savez(data, x=reference_rows())
+    built = subprocess.run(
+        [sys.executable, "-m", "forwardpass", "monitor", "reference", "drifty",
+         "--data", str(data), "--model-repository", str(root)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert built.returncode == 0, built.stderr
     log_path = root.parent / "requests.db"
     return start_module_server(root, "--no-grpc", "--request-log", str(log_path))
 
@@ -92,10 +106,25 @@ def _metric(server: Any, name: str, model: str) -> float:
     return total
 
 
-def _texts(driver: Any, css: str) -> list[str]:
-    from selenium.webdriver.common.by import By
+_SNAPSHOT = """
+return [...document.querySelectorAll(arguments[0])].map(
+  (e) => arguments[1].map((n) => (n === "text" ? e.innerText : e.getAttribute(n))));
+"""
 
-    return [e.text for e in driver.find_elements(By.CSS_SELECTOR, css)]
+
+def _attrs(driver: Any, css: str, *names: str) -> list[list[str | None]]:
+    """Attributes (``text``: the shown text) of the elements ``css`` selects, read in one
+    script run: the page redraws its charts every few seconds, and elements found a moment
+    before may be gone."""
+    return driver.execute_script(_SNAPSHOT, css, list(names))  # type: ignore[no-any-return]
+
+
+def _texts(driver: Any, css: str) -> list[str]:
+    return [str(row[0]) for row in _attrs(driver, css, "text")]
+
+
+def _attr(driver: Any, css: str, name: str) -> list[str]:
+    return [str(row[0]) for row in _attrs(driver, css, name)]
 
 
 def test_models_live_traffic_log_and_fairness(server: Any, driver: Any) -> None:
@@ -107,14 +136,13 @@ def test_models_live_traffic_log_and_fairness(server: Any, driver: Any) -> None:
     driver.get(server.url + "/#model=scored")
     # Models with state and version; the digits model is listed too.
     wait_for("the models table", lambda: len(_texts(driver, "#models-body tr")) >= 2)
-    rows = driver.find_elements(By.CSS_SELECTOR, "#models-body tr")
-    states = {r.get_attribute("data-model"): r.text for r in rows}
+    states = {str(m): str(t) for m, t in _attrs(driver, "#models-body tr", "data-model", "text")}
     assert "READY" in states["scored"] and "READY" in states["digits"]
-    scored = driver.find_element(By.CSS_SELECTOR, '#models-body tr[data-model="scored"]')
-    assert scored.get_attribute("data-version") == "2"  # the latest version serves
-    assert scored.find_element(By.CSS_SELECTOR, ".provenance").text == (
+    # The latest version serves; its provenance is shown.
+    assert _attr(driver, '#models-body tr[data-model="scored"]', "data-version") == ["2"]
+    assert _texts(driver, '#models-body tr[data-model="scored"] .provenance') == [
         "optimized from v1 by int8-static"
-    )
+    ]
 
     # Live: the total is the server's count; the batch bars add up to its executions.
     wait_for("the request total", lambda: _texts(driver, "#live-total") == [str(TRAFFIC)])
@@ -122,8 +150,7 @@ def test_models_live_traffic_log_and_fairness(server: Any, driver: Any) -> None:
     assert driver.find_element(By.ID, "live-batches").text == str(int(executions))
 
     def batch_bars() -> list[int]:
-        bars = driver.find_elements(By.CSS_SELECTOR, "#chart-batch rect.bar")
-        return [int(float(b.get_attribute("data-count"))) for b in bars]
+        return [int(float(c)) for c in _attr(driver, "#chart-batch rect.bar", "data-count")]
 
     wait_for("batch bars", lambda: sum(batch_bars()) == executions)
     assert driver.find_element(By.ID, "live-p50").text.endswith(" ms")
@@ -133,8 +160,7 @@ def test_models_live_traffic_log_and_fairness(server: Any, driver: Any) -> None:
         _scored(server, i)
 
     def rates() -> list[float]:
-        points = driver.find_elements(By.CSS_SELECTOR, "#chart-rate circle.point")
-        return [float(p.get_attribute("data-value")) for p in points]
+        return [float(v) for v in _attr(driver, "#chart-rate circle.point", "data-value")]
 
     wait_for("a throughput point above zero", lambda: any(r > 0 for r in rates()))
     total = TRAFFIC + 20
@@ -142,8 +168,7 @@ def test_models_live_traffic_log_and_fairness(server: Any, driver: Any) -> None:
 
     # The request log holds every id sent; the id filter narrows it.
     def logged() -> set[str]:
-        rows = driver.find_elements(By.CSS_SELECTOR, "#log-body tr")
-        return {r.get_attribute("data-id") for r in rows}
+        return set(_attr(driver, "#log-body tr", "data-id"))
 
     wanted = {f"dash-{i}" for i in range(total)}
     wait_for("every request in the log", lambda: wanted <= logged())
@@ -183,14 +208,14 @@ def test_models_live_traffic_log_and_fairness(server: Any, driver: Any) -> None:
     )
 
     def fairness_bars() -> dict[str, float]:
-        bars = driver.find_elements(By.CSS_SELECTOR, "#fairness-versions rect.bar")
-        return {b.get_attribute("data-group"): float(b.get_attribute("data-value")) for b in bars}
+        bars = _attrs(driver, "#fairness-versions rect.bar", "data-group", "data-value")
+        return {str(g): float(str(v)) for g, v in bars}
 
     shown = wait_for("fairness bars", lambda: fairness_bars() or None)
     want = {g["group"]: g["metrics"]["selection_rate"] for g in expected["groups"]}
     assert shown == pytest.approx(want)
-    whiskers = driver.find_elements(By.CSS_SELECTOR, "#fairness-versions line.whisker[data-label]")
-    assert len(whiskers) == len(want)
+    whiskers = _attr(driver, "#fairness-versions line.whisker[data-label]", "data-label")
+    assert sorted(whiskers) == sorted(want)
     cells = _texts(driver, "#fairness-versions tbody tr")
     assert len(cells) == len(want) and all("[" in c for c in cells)  # intervals shown
     parity = driver.find_element(
@@ -226,8 +251,7 @@ def test_try_it_with_an_image_and_with_json(server: Any, driver: Any) -> None:
     driver.find_element(By.ID, "try-send").click()
 
     def labels() -> list[str]:
-        items = driver.find_elements(By.CSS_SELECTOR, "#try-answer ol.classes li")
-        return [i.get_attribute("data-label") for i in items]
+        return _attr(driver, "#try-answer ol.classes li", "data-label")
 
     top = wait_for("the classification", lambda: labels() or None)
     assert len(top) == 5 and top[0] == "3"
@@ -262,3 +286,56 @@ def test_try_it_with_an_image_and_with_json(server: Any, driver: Any) -> None:
     driver.find_element(By.ID, "try-send").click()
     wait_for("the error", lambda: driver.find_element(By.ID, "try-status").text.startswith("400:"))
     screenshot(driver, "try-json")
+
+
+def _drifty(server: Any, rows: np.ndarray) -> None:
+    _post(
+        server,
+        "/v2/models/drifty/infer",
+        {
+            "inputs": [
+                {
+                    "name": c,
+                    "shape": [len(rows), 1],
+                    "datatype": "FP32",
+                    "data": rows[:, j].tolist(),
+                }
+                for j, c in enumerate(COLUMNS)
+            ]
+        },
+    )
+
+
+def test_drift_per_feature_over_time_with_alarms(server: Any, driver: Any) -> None:
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        _drifty(server, rng.normal(size=(2, 3)).astype(np.float32))
+    shifted = rng.normal(size=(60, 3)).astype(np.float32)
+    shifted[:, 0] += 3.0  # feature "a" moves by three standard deviations
+    for start in range(0, 60, 4):
+        _drifty(server, shifted[start : start + 4])
+
+    def report() -> Any:
+        doc = raw_request(server.address, "GET", "/v2/models/drifty/monitor").json()
+        return doc if doc["window"]["rows_seen"] >= 100 else None
+
+    doc = wait_for("the monitor to see the traffic", report)
+    alarms = [h["end"] for h in doc["history"] if h["alarm"]]
+    assert alarms and not doc["history"][0]["alarm"]
+    driver.get(server.url + "/#model=drifty")
+    wait_for("the alarm badge", lambda: _texts(driver, "#drift-alarm") == ["ALARM"])
+
+    def marks() -> list[int]:
+        return [int(float(x)) for x in _attr(driver, "#chart-drift line.alarm-mark", "data-x")]
+
+    assert wait_for("the alarm marks", marks) == alarms
+    # One line per feature, one point per window of the history.
+    features = set(doc["history"][-1]["p_value"])
+    assert set(_attr(driver, "#chart-drift g[data-series]", "data-series")) == features
+    ends = [h["end"] for h in doc["history"]]
+    for feature in features:
+        css = f'#chart-drift g[data-series="{feature}"] circle.point'
+        assert [int(float(x)) for x in _attr(driver, css, "data-x")] == ends
+    assert "a" in _attr(driver, "#drift-body tr.drifted", "data-feature")
+    screenshot(driver, "drift")
