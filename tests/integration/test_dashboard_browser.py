@@ -31,6 +31,45 @@ DIGITS = Path(forwardpass.__file__).parent / "models" / "digits"
 TRAFFIC = 24
 
 
+def _brightness_onnx() -> bytes:
+    """pixels FP32 [N, 3, 4, 4] → probabilities FP32 [N, 2] = (1 - mean, mean): "dark", "light"."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    one = numpy_helper.from_array(np.array([1.0], np.float32), "one")
+    axes = numpy_helper.from_array(np.array([1], np.int64), "axes")
+    graph = helper.make_graph(
+        [
+            helper.make_node("ReduceMean", ["pixels"], ["m"], axes=[1, 2, 3], keepdims=0),
+            helper.make_node("Unsqueeze", ["m", "axes"], ["light"]),
+            helper.make_node("Sub", ["one", "light"], ["dark"]),
+            helper.make_node("Concat", ["dark", "light"], ["probabilities"], axis=1),
+        ],
+        "brightness",
+        [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["n", 3, 4, 4])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["n", 2])],
+        [one, axes],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def _write_brightness(root: Path) -> None:
+    """An image model with declared processing: its client input is BYTES (encoded images)."""
+    processing = {"inputs": [{"name": "image", "kind": "image", "to": "pixels",
+                              "resize": {"size": [4, 4]}}]}  # fmt: skip
+    text = json.dumps(json.dumps(processing))
+    config = (
+        'name: "brightness"\nbackend: "onnxruntime"\nmax_batch_size: 4\n'
+        'input [{ name: "pixels" data_type: TYPE_FP32 dims: [3, 4, 4] }]\n'
+        'output [{ name: "probabilities" data_type: TYPE_FP32 dims: [2] '
+        'label_filename: "labels.txt" }]\n'
+        f'parameters {{ key: "processing" value {{ string_value: {text} }} }}\n'
+    )
+    folder = write_model(root, "brightness", config=config, versions={1: _brightness_onnx()})
+    (folder / "labels.txt").write_text("dark\nlight\n")
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, start_module_server: Any) -> Any:
     root = tmp_path_factory.mktemp("dashrepo")
@@ -52,6 +91,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, start_module_server: Any) -
         )
     )
     shutil.copytree(DIGITS, root / "digits")
+    _write_brightness(root)
     # A model watched for drift, its reference built as `forwardpass monitor reference` does.
     write_scored(root, "drifty", monitoring={"drift": {"window": 40, "step": 20}})
     data = root.parent / "train.npz"
@@ -121,6 +161,12 @@ def _attrs(driver: Any, css: str, *names: str) -> list[list[str | None]]:
 
 def _texts(driver: Any, css: str) -> list[str]:
     return [str(row[0]) for row in _attrs(driver, css, "text")]
+
+
+def _page_errors(driver: Any) -> list[Any]:
+    """What the browser logged besides failed requests (which the page shows): script errors
+    and content-security-policy refusals."""
+    return [e for e in driver.get_log("browser") if e.get("source") != "network"]
 
 
 def _attr(driver: Any, css: str, name: str) -> list[str]:
@@ -229,9 +275,10 @@ def test_models_live_traffic_log_and_fairness(server: Any, driver: Any) -> None:
         lambda: "1" in _texts(driver, '#log-body tr[data-id="dash-0"] td.truth'),
     )
     screenshot(driver, "fairness")
+    assert _page_errors(driver) == []
 
 
-def test_try_it_with_an_image_and_with_json(server: Any, driver: Any) -> None:
+def test_try_it_with_an_image_and_with_json(server: Any, driver: Any, tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
 
@@ -256,6 +303,22 @@ def test_try_it_with_an_image_and_with_json(server: Any, driver: Any) -> None:
     top = wait_for("the classification", lambda: labels() or None)
     assert len(top) == 5 and top[0] == "3"
     screenshot(driver, "try-image")
+
+    # An image model whose input is BYTES: the file goes as a binary tensor, unchanged.
+    from PIL import Image
+
+    Select(driver.find_element(By.ID, "model-select")).select_by_value("brightness")
+    wait_for("its input", lambda: "image BYTES" in _texts(driver, "#try-inputs")[0])
+    light = tmp_path / "light.png"
+    Image.new("RGB", (32, 20), (250, 250, 240)).save(light)
+    driver.find_element(By.ID, "try-file").send_keys(str(light))
+    driver.find_element(By.ID, "try-send").click()
+    answer = wait_for(
+        "the brightness classes",
+        lambda: _attrs(driver, "#try-answer ol.classes li", "data-label", "data-score"),
+    )
+    assert [a[0] for a in answer] == ["light", "dark"]
+    assert float(str(answer[0][1])) == pytest.approx((250 + 250 + 240) / 3 / 255, abs=1e-3)
 
     # JSON to the tabular model: the output's values are shown.
     Select(driver.find_element(By.ID, "model-select")).select_by_value("scored")
@@ -286,6 +349,36 @@ def test_try_it_with_an_image_and_with_json(server: Any, driver: Any) -> None:
     driver.find_element(By.ID, "try-send").click()
     wait_for("the error", lambda: driver.find_element(By.ID, "try-status").text.startswith("400:"))
     screenshot(driver, "try-json")
+    assert _page_errors(driver) == []
+
+
+def test_the_page_asks_for_the_api_key(start_module_server: Any, driver: Any) -> None:
+    """With --api-key, inference answers 401 until the page is given the key, which it then
+    sends as ``Authorization: Bearer``."""
+    from selenium.webdriver.common.by import By
+
+    keyed = start_module_server(None, "--no-grpc", "--api-key", "sekret")  # the digits model
+    driver.get(keyed.url + "/#model=digits")
+    wait_for("the input description", lambda: "image FP32" in _texts(driver, "#try-inputs")[0])
+    assert not driver.find_element(By.ID, "key-form").is_displayed()
+    driver.find_element(By.ID, "try-file").send_keys(str(DIGITS / "samples" / "digit_7_0.png"))
+    driver.find_element(By.ID, "try-send").click()
+    wait_for(
+        "the refusal",
+        lambda: (
+            _texts(driver, "#try-status") == [_texts(driver, "#try-status")[0]]
+            and _texts(driver, "#try-status")[0].startswith("401:")
+        ),
+    )
+    assert driver.find_element(By.ID, "key-form").is_displayed()
+    driver.find_element(By.ID, "api-key").send_keys("sekret")
+    driver.find_element(By.CSS_SELECTOR, "#key-form button").click()
+    assert not driver.find_element(By.ID, "key-form").is_displayed()
+    driver.find_element(By.ID, "try-send").click()
+    top = wait_for("the answer", lambda: _attr(driver, "#try-answer ol.classes li", "data-label"))
+    assert top[0] == "7"
+    screenshot(driver, "api-key")
+    driver.execute_script("sessionStorage.clear()")
 
 
 def _drifty(server: Any, rows: np.ndarray) -> None:

@@ -25,6 +25,7 @@ function el(tag, attrs = {}, ...children) {
   for (const [k, v] of Object.entries(attrs)) {
     if (v === undefined || v === null || v === false) continue;
     if (k === "class") node.className = v;
+    else if (k === "style") node.style.cssText = v; // the CSSOM: CSP blocks style attributes
     else if (k === "text") node.textContent = v;
     else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
     else node.setAttribute(k, v === true ? "" : String(v));
@@ -251,6 +252,14 @@ function barChart(node, bars, { yMax } = {}) {
   });
 }
 
+function legend(node, names) {
+  node.replaceChildren(...names.map((name, i) => {
+    const swatch = svg("svg", { width: 14, height: 8, "aria-hidden": "true" });
+    swatch.append(svg("rect", { width: 14, height: 4, y: 2, fill: COLORS[i % COLORS.length] }));
+    return el("span", {}, swatch, " " + name);
+  }));
+}
+
 // ------------------------------------------------------------------ models
 function provenanceText(v) {
   if (v.optimized_from === undefined) return "";
@@ -394,6 +403,7 @@ function drawLive(snap) {
     { name: "p90", values: s.p90 },
     { name: "p99", values: s.p99 },
   ], { xLabel: ago });
+  legend($("latency-legend"), ["p50", "p90", "p99"]);
   const bars = [];
   let prevCount = 0;
   let prevLe = 0;
@@ -511,7 +521,7 @@ async function refreshDrift() {
     marks,
     threshold: typeof level === "number" && level > 0 ? -Math.log10(level) : null,
   });
-  $("drift-legend").replaceChildren(...features.map((name, i) => el("span", {}, el("i", { style: `background:${COLORS[i % COLORS.length]}` }), name)));
+  legend($("drift-legend"), features);
 }
 
 // ------------------------------------------------------------------ fairness
