@@ -240,10 +240,17 @@ def test_models_live_traffic_log_and_fairness(server: Any, driver: Any) -> None:
     )
     screenshot(driver, "traffic")
     truths = [int(i % 3 == 0) for i in range(total)]
+    # One truth through the page's form (the log row's id fills it), the rest over HTTP.
+    driver.find_element(By.CSS_SELECTOR, '#log-body tr[data-id="dash-0"] td.id button').click()
+    driver.find_element(By.ID, "feedback-truth").send_keys(str(truths[0]))
+    driver.find_element(By.CSS_SELECTOR, "#feedback-form button").click()
+    wait_for("the join", lambda: _texts(driver, "#feedback-status") == ["joined 1 prediction(s)"])
+    driver.find_element(By.CSS_SELECTOR, "#feedback-form button").click()  # again: shown, 404
+    wait_for("the refusal", lambda: _texts(driver, "#feedback-status")[0].startswith("404:"))
     _post(
         server,
         "/v2/models/scored/feedback",
-        [{"id": f"dash-{i}", "truth": t} for i, t in enumerate(truths)],
+        [{"id": f"dash-{i}", "truth": t} for i, t in enumerate(truths) if i],
     )
     groups = [f"{i % 2}, north" for i in range(total)]
     preds = [(i % 5) / 4 >= 0.5 for i in range(total)]

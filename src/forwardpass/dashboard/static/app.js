@@ -597,6 +597,20 @@ function renderFairnessVersion(version, rep, metric) {
 
 $("fairness-metric").addEventListener("change", refreshFairness);
 
+// Ground truth for one logged prediction: a number when it reads as one, else the text.
+$("feedback-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const status = $("feedback-status");
+  const raw = $("feedback-truth").value.trim();
+  const truth = raw !== "" && Number.isFinite(Number(raw)) ? Number(raw) : raw;
+  const result = await api("POST", `/v2/models/${encodeURIComponent(state.model)}/feedback`, { json: { id: $("feedback-id").value.trim(), truth } });
+  if (!result.ok) return statusError(status, result.error);
+  status.className = "status";
+  status.textContent = `joined ${result.data.joined} prediction(s)`;
+  refreshFairness();
+  refreshLog();
+});
+
 // ------------------------------------------------------------------ request log
 async function refreshLog() {
   const model = state.model;
@@ -626,7 +640,8 @@ async function refreshLog() {
   const ms = (us) => fmt(us / 1000, 2);
   body.replaceChildren(...rows.map((r) => el("tr", { "data-id": r.id, "data-status": r.status },
     el("td", {}, new Date(r.time * 1000).toLocaleTimeString()),
-    el("td", { class: "id" }, r.id),
+    el("td", { class: "id" }, el("button", { type: "button", class: "link", text: r.id, title: "give its ground truth",
+      onclick: () => { $("feedback-id").value = r.id; $("feedback-truth").focus(); } })),
     el("td", {}, r.version),
     el("td", { title: r.error || "" }, el("span", { class: "badge " + (r.status === "OK" ? "OK" : "err"), text: r.status }), r.error ? el("div", { class: "muted", text: r.error }) : ""),
     el("td", {}, ms(r.total_us)), el("td", {}, ms(r.queue_us)), el("td", {}, ms(r.compute_us)),
