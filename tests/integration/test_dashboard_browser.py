@@ -173,7 +173,7 @@ def _attr(driver: Any, css: str, name: str) -> list[str]:
     return [str(row[0]) for row in _attrs(driver, css, name)]
 
 
-def test_models_live_traffic_log_and_fairness(server: Any, driver: Any) -> None:
+def test_models_live_traffic_log_and_fairness(driver: Any, server: Any) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
 
@@ -285,7 +285,7 @@ def test_models_live_traffic_log_and_fairness(server: Any, driver: Any) -> None:
     assert _page_errors(driver) == []
 
 
-def test_try_it_with_an_image_and_with_json(server: Any, driver: Any, tmp_path: Path) -> None:
+def test_try_it_with_an_image_and_with_json(driver: Any, server: Any, tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
 
@@ -359,7 +359,7 @@ def test_try_it_with_an_image_and_with_json(server: Any, driver: Any, tmp_path: 
     assert _page_errors(driver) == []
 
 
-def test_the_page_asks_for_the_api_key(start_module_server: Any, driver: Any) -> None:
+def test_the_page_asks_for_the_api_key(driver: Any, start_module_server: Any) -> None:
     """With --api-key, inference answers 401 until the page is given the key, which it then
     sends as ``Authorization: Bearer``."""
     from selenium.webdriver.common.by import By
@@ -406,7 +406,7 @@ def _drifty(server: Any, rows: np.ndarray) -> None:
     )
 
 
-def test_drift_per_feature_over_time_with_alarms(server: Any, driver: Any) -> None:
+def test_drift_per_feature_over_time_with_alarms(driver: Any, server: Any) -> None:
 
     rng = np.random.default_rng(0)
     for _ in range(20):
