@@ -88,6 +88,8 @@ class ServerConfig:
     api_key_header: str = "authorization"
     #: Serve Prometheus metrics at /metrics.
     metrics: bool = True
+    #: Serve the dashboard page at ``/`` (static files; off: ``/`` answers 404, as Triton's).
+    dashboard: bool = True
     #: Let clients register system shared memory regions and pass tensors through them
     #: (Triton's --allow-client-shm). Off by default, as in Triton: a client that can register
     #: a region makes the server read and write memory of this host.

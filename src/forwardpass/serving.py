@@ -55,6 +55,7 @@ class Server:
             logs,
             shared_memory=self.shared_memory,
             access=AccessPolicy.from_config(config),
+            dashboard=config.dashboard,
         )
         self.http = HttpServer(self.app, config)
         self.grpc: GrpcServer | None = None

@@ -46,6 +46,13 @@ def native_repository(target: str, folder: Path, name: str | None = None) -> str
 @click.option("--http-port", type=int, default=None, help="HTTP port (default 8000; 0 picks one).")
 @click.option("--grpc-port", type=int, default=None, help="gRPC port (default 8001; 0 picks one).")
 @click.option("--no-grpc", "no_grpc", is_flag=True, default=False, help="Serve HTTP only, no gRPC.")
+@click.option(
+    "--no-dashboard",
+    "no_dashboard",
+    is_flag=True,
+    default=False,
+    help="Do not serve the dashboard page at / (it answers 404, as Triton's does).",
+)
 @click.option("--max-request-bytes", type=int, default=None, help="Largest request body accepted.")
 @click.option(
     "--max-grpc-message-bytes",
@@ -240,6 +247,7 @@ def serve(
     http_port: int | None,
     grpc_port: int | None,
     no_grpc: bool,
+    no_dashboard: bool,
     max_request_bytes: int | None,
     max_grpc_message_bytes: int | None,
     model_control_mode: str | None,
@@ -318,6 +326,7 @@ def serve(
             host=host,
             http_port=http_port,
             grpc=False if no_grpc else None,
+            dashboard=False if no_dashboard else None,
             grpc_port=grpc_port,
             max_request_bytes=max_request_bytes,
             max_grpc_message_bytes=max_grpc_message_bytes,

@@ -140,7 +140,8 @@ def read_monitoring(parameters: Mapping[str, str]) -> MonitoringSettings | None:
         raise _error(f"the parameter is not valid JSON: {exc}") from None
     if not isinstance(d, Mapping):
         raise _error("must be a JSON object")
-    unknown = sorted(set(d) - {"enable", "payload_sample", "fairness"})
+    # "drift" is the drift monitor's (monitor/drift_settings.py checks it).
+    unknown = sorted(set(d) - {"enable", "payload_sample", "fairness", "drift"})
     if unknown:
         raise _error(f"unknown key(s) {unknown}")
     enable = d.get("enable", True)

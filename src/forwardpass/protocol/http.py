@@ -23,6 +23,7 @@ import orjson
 
 from forwardpass import __version__
 from forwardpass.access import AccessPolicy
+from forwardpass.dashboard import Dashboard
 from forwardpass.engine import Engine
 from forwardpass.errors import (
     ForwardpassError,
@@ -152,8 +153,11 @@ class HttpApp:
         logs: LogControl | None = None,
         shared_memory: SharedMemoryRegistry | None = None,
         access: AccessPolicy | None = None,
+        dashboard: bool = True,
     ) -> None:
         self.engine = engine
+        #: The web page at ``/`` (static files; ``--no-dashboard``: ``/`` answers 404).
+        self.dashboard = Dashboard() if dashboard else None
         self.metrics = metrics
         self.max_request_bytes = max_request_bytes
         self.shared_memory = shared_memory
@@ -191,6 +195,8 @@ class HttpApp:
         # an encoded "/" (%2F) must stay inside its segment, never become a separator.
         parts = [unquote(p) for p in request.path.split("/") if p]
         method = request.method
+        if self.dashboard is not None and (not parts or parts[0] in ("dashboard", "index.html")):
+            return self._dashboard_file(method, request)
         if not parts:
             raise NotFound(f"no route for {method} {request.path}")
         if parts[0] == "metrics" and len(parts) == 1 and method == "GET" and self.metrics:
@@ -233,6 +239,17 @@ class HttpApp:
             self._allow("logging", request)
             return self._logging(method, request)
         raise NotFound(f"no route for {method} {request.path}")
+
+    def _dashboard_file(self, method: str, request: HttpRequest) -> HttpResponse:
+        """A file of the dashboard page; 304 when the browser's copy is current."""
+        assert self.dashboard is not None
+        asset = self.dashboard.lookup(request.path)
+        if asset is None:
+            raise NotFound(f"no route for {method} {request.path}")
+        self._method(method, "GET")
+        if request.headers.get("if-none-match") == asset.etag:
+            return HttpResponse(304, b"", asset.content_type, asset.headers())
+        return HttpResponse(200, asset.body, asset.content_type, asset.headers())
 
     @staticmethod
     def _method(method: str, allowed: str) -> None:

@@ -171,3 +171,14 @@ def test_monitoring_declaration_defaults() -> None:
     )  # fmt: skip
     assert settings is not None and settings.fairness is not None
     assert settings.fairness.sensitive == ("s",) and settings.fairness.min_group_size == 30
+
+
+def test_a_drift_section_beside_fairness_is_not_an_error() -> None:
+    """``drift`` belongs to the same ``monitoring`` section (the drift monitor reads it): the
+    request log and fairness must not reject it, or a model watched for drift loses them."""
+    settings = read_monitoring(
+        {"monitoring": '{"drift": {"window": 40}, "payload_sample": 0.5, "fairness": '
+         '{"sensitive": "s", "prediction_output": "y", "positive_label": 1}}'}
+    )  # fmt: skip
+    assert settings is not None and settings.payload_sample == 0.5
+    assert settings.fairness is not None and settings.fairness.sensitive == ("s",)
