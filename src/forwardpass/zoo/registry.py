@@ -97,6 +97,7 @@ def recipes() -> dict[str, Recipe]:
         efficientnet,
         minilm,
         movielens,
+        mtcnn,
         ppocr,
         silero_vad,
     )
@@ -105,6 +106,7 @@ def recipes() -> dict[str, Recipe]:
         efficientnet.RECIPE,
         minilm.RECIPE,
         ppocr.RECIPE,
+        mtcnn.RECIPE,
         silero_vad.RECIPE,
         breast_cancer.RECIPE,
         digits.RECIPE,
