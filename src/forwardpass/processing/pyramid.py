@@ -4,14 +4,19 @@ A fully convolutional detector (MTCNN's P-Net, a face / object proposal net) is 
 picture at several scales. Running it once per scale would need a loop in the ensemble;
 instead every scale is packed into one canvas with a gap between them, and the network runs
 once on the canvas. Its output at a canvas cell depends only on the input window under that
-cell, so the cells inside each scale's rectangle are exactly what the network would give on
-that scale alone (:mod:`forwardpass.processing.faces` reads them back with :func:`level_cells`).
+cell, so the cells inside each scale's rectangle are what the network would give on that
+scale alone (:func:`forwardpass.processing.faces.level_cells` finds them). One exception:
+a ceil-mode pooling window at a scale's right or bottom edge is partial on the scale alone
+but reaches into the gap on the canvas; the mask channel (``mask: true``) lets the network
+ignore the gap there (:func:`forwardpass.zoo.mtcnn.masked_pnet`), which makes it exact.
 
 **image_pyramid** (:func:`image_pyramid`, a ``function`` backend step) reads ``image``, one
 encoded picture (BYTES), and gives:
 
 - ``canvas`` FP32 ``[1, 3, Hc, Wc]``: every scale of the picture, RGB, ``(x - mean) * scale``,
-  packed left to right in rows (largest first); the gaps and the rest hold 0;
+  packed left to right in rows (largest first); the gaps and the rest hold 0. With
+  ``mask: true`` a fourth channel holds 1 on the levels and 0 in the gaps
+  (``[1, 4, Hc, Wc]``), for a network that must not see across a level's edge;
 - ``levels`` FP32 ``[L, 5]``: each scale's ``x, y`` (top-left in the canvas), ``width,
   height`` and ``scale`` (its size over the picture's);
 - ``pixels`` UINT8 ``[H, W, 3]``: the decoded picture (RGB, EXIF rotation applied), for the
@@ -24,9 +29,9 @@ before the picture's shorter side falls under ``cell``. A scale ``s`` picture is
 ``torch.nn.functional.interpolate(mode="area")`` computes). Parameters (defaults):
 ``min_size`` (20), ``factor`` (0.709), ``cell`` (12), ``stride`` (2: offsets in the canvas are
 multiples of it, so output cells line up with each scale's own), ``gap`` (``cell``),
-``mean`` (127.5), ``scale`` (0.0078125) and ``max_pixels`` (40,000,000: a larger picture is
-refused with a 400). A picture whose shorter side is under ``min_size`` has no scale: the
-canvas is a blank ``cell × cell`` and ``levels`` has no rows.
+``mean`` (127.5), ``scale`` (0.0078125), ``mask`` (false) and ``max_pixels`` (40,000,000: a
+larger picture is refused with a 400). A picture whose shorter side is under ``min_size``
+has no scale: the canvas is a blank ``cell × cell`` and ``levels`` has no rows.
 """
 
 from __future__ import annotations
@@ -201,17 +206,22 @@ def image_pyramid(
     mean = number(params, "mean", 127.5, positive=False)
     scale = number(params, "scale", 0.0078125)
     max_pixels = whole(params, "max_pixels", 40_000_000)
+    mask = params.get("mask", "false").strip().lower()
+    if mask not in ("true", "false"):
+        raise InvalidModelConfig(f"parameter mask must be true or false, got {mask!r}")
 
     pixels = decode_rgb(inputs, max_pixels)
     h, w = int(pixels.shape[0]), int(pixels.shape[1])
     scales = pyramid_scales(h, w, min_size, factor, cell)
     sizes = [(int(w * s + 1), int(h * s + 1)) for s in scales]
     places, canvas_w, canvas_h = pack(sizes, gap, stride)
-    canvas = np.zeros((3, max(canvas_h, cell), max(canvas_w, cell)), dtype=np.float32)
+    channels = 4 if mask == "true" else 3
+    canvas = np.zeros((channels, max(canvas_h, cell), max(canvas_w, cell)), dtype=np.float32)
     levels = np.zeros((len(scales), 5), dtype=np.float32)
     table = integral(pixels)
     for k, (s, (lw, lh), (x, y)) in enumerate(zip(scales, sizes, places, strict=True)):
         level = (area_sample(table, (0, 0, h, w), lh, lw) - np.float32(mean)) * np.float32(scale)
-        canvas[:, y : y + lh, x : x + lw] = level.transpose(2, 0, 1)
+        canvas[:3, y : y + lh, x : x + lw] = level.transpose(2, 0, 1)
+        canvas[3:, y : y + lh, x : x + lw] = 1
         levels[k] = (x, y, lw, lh, s)
     return {"canvas": canvas[None], "levels": levels, "pixels": pixels}

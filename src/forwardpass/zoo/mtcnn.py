@@ -11,8 +11,9 @@ clients call::
 
     image BYTES [1,1]
       └─▶ NAME_pyramid  function image_pyramid: decode, scales cell/min_size·factor^k packed
-                        into one canvas [1,3,Hc,Wc] + levels [L,5] + pixels UINT8 [H,W,3]
-      └─▶ NAME_pnet     ONNX P-Net, fully convolutional → reg [1,4,h,w], prob [1,2,h,w]
+                        into one canvas [1,4,Hc,Wc] + levels [L,5] + pixels UINT8 [H,W,3]
+      └─▶ NAME_pnet     ONNX P-Net, fully convolutional, on the canvas (its 4th channel
+                        masks the gaps: :func:`masked_pnet`) → reg [1,4,h,w], prob [1,2,h,w]
       └─▶ NAME_propose  function mtcnn_propose: windows ≥ 0.6, NMS per level and across,
                         regression, squares → boxes [K,5], crops [K,3,24,24]
       └─▶ NAME_rnet     ONNX R-Net → reg [K,4], prob [K,2]
@@ -48,7 +49,7 @@ from forwardpass.model_config import EnsembleStep, ModelConfig, TensorSpec
 from forwardpass.repository.pbtxt_writer import config_to_pbtxt
 from forwardpass.zoo.registry import Built, Recipe, install, provenance
 
-__all__ = ["RECIPE", "add", "build", "networks", "step_names", "weights_folder"]
+__all__ = ["RECIPE", "add", "build", "masked_pnet", "networks", "step_names", "weights_folder"]
 
 _PIP = "pip install --no-deps facenet-pytorch==2.6.0  (and torch==2.13.0)"
 _ATOL = 1e-4
@@ -85,9 +86,6 @@ def networks() -> dict[str, Any]:
     """
     import torch
     from torch import nn
-
-    def conv(cin: int, cout: int, k: int) -> list[tuple[str, nn.Module]]:
-        return [("conv", nn.Conv2d(cin, cout, kernel_size=k)), ("prelu", nn.PReLU(cout))]
 
     class PNet(nn.Module):
         def __init__(self) -> None:
@@ -147,7 +145,7 @@ def networks() -> dict[str, Any]:
             return self.dense6_2(x), self.dense6_3(x), torch.softmax(self.dense6_1(x), dim=1)
 
     folder = weights_folder()
-    built = {}
+    built: dict[str, Any] = {}
     for role, module in (("pnet", PNet()), ("rnet", RNet()), ("onet", ONet())):
         state = torch.load(folder / f"{role}.pt", map_location="cpu", weights_only=True)
         try:
@@ -158,8 +156,41 @@ def networks() -> dict[str, Any]:
     return built
 
 
-def _export(role: str, module: Any, samples: Sequence[np.ndarray], target: Path) -> str:
-    """Export ``module`` to ``target`` and check ONNX Runtime on each sample: the summary."""
+def masked_pnet(pnet: Any) -> Any:
+    """P-Net that reads a pyramid canvas with a fourth, mask channel (1 on the levels).
+
+    Its first feature map is set to -1e30 wherever the 3×3 window under it is not wholly
+    inside a level, before the ceil-mode max-pool. A pooling window at a level's right or
+    bottom edge then takes the maximum over the level's own features only, as P-Net on that
+    level alone does (its ceil-mode window there is partial); every cell of every level is
+    P-Net's exact output on that level. With a mask of ones it is P-Net.
+    """
+    import torch
+    from torch import nn
+
+    class MaskedPNet(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = pnet
+
+        def forward(self, x: Any) -> tuple[Any, Any]:
+            net = self.net
+            inside = -nn.functional.max_pool2d(-x[:, 3:4], 3, stride=1)  # 1: window in a level
+            y = net.prelu1(net.conv1(x[:, :3]))
+            y = torch.where(inside > 0.5, y, torch.full_like(y, -1e30))
+            y = net.pool1(y)
+            y = net.prelu3(net.conv3(net.prelu2(net.conv2(y))))
+            return net.conv4_2(y), torch.softmax(net.conv4_1(y), dim=1)
+
+    return MaskedPNet().eval()
+
+
+def _export(
+    role: str, module: Any, reference: Any, samples: Sequence[np.ndarray], target: Path
+) -> str:
+    """Export ``module`` to ``target`` and check ONNX Runtime against ``reference`` (the
+    network as facenet-pytorch defines it) on each sample: the summary. P-Net's samples
+    carry a mask channel of ones, which ``reference`` does not read."""
     import torch
 
     from forwardpass.importers.torch import quiet_export
@@ -184,9 +215,9 @@ def _export(role: str, module: Any, samples: Sequence[np.ndarray], target: Path)
     summaries = []
     for sample in samples:
         with torch.no_grad():
-            outputs = module(torch.from_numpy(sample))
-            reference = dict(zip(names, (t.numpy() for t in outputs), strict=True))
-        check = compare(reference, run_onnx(target, {"x": sample}), atol=_ATOL, rtol=_ATOL)
+            outputs = reference(torch.from_numpy(sample[:, :3]))
+            expected = dict(zip(names, (t.numpy() for t in outputs), strict=True))
+        check = compare(expected, run_onnx(target, {"x": sample}), atol=_ATOL, rtol=_ATOL)
         check.raise_if_failed()
         summaries.append(f"{list(sample.shape)}: {check.summary()}")
     return f"{role} ONNX vs torch " + "; ".join(summaries)
@@ -221,13 +252,14 @@ def _configs(
             s["pyramid"],
             "image_pyramid",
             (image,),
-            (_fp32("canvas", 1, 3, -1, -1), _fp32("levels", -1, 5), pixels),
+            (_fp32("canvas", 1, 4, -1, -1), _fp32("levels", -1, 5), pixels),
             min_size=min_size,
+            mask="true",
             factor=factor,
         ),
         s["pnet"]: ModelConfig(
             name=s["pnet"],
-            inputs=(_fp32("x", -1, 3, -1, -1),),
+            inputs=(_fp32("x", -1, 4, -1, -1),),
             outputs=(_fp32("reg", -1, 4, -1, -1), _fp32("prob", -1, 2, -1, -1)),
         ),
         s["propose"]: _function(
@@ -368,8 +400,13 @@ def build(
     def sample(*shape: int) -> np.ndarray:
         return rng.uniform(-1, 1, shape).astype(np.float32)
 
+    def masked(rows: int, height: int, width: int) -> np.ndarray:
+        x = sample(rows, 4, height, width)
+        x[:, 3] = 1
+        return x
+
     samples = {
-        "pnet": [sample(1, 3, 37, 50), sample(1, 3, 12, 12), sample(2, 3, 64, 41)],
+        "pnet": [masked(1, 37, 50), masked(1, 12, 12), masked(2, 64, 41)],
         "rnet": [sample(3, 3, 24, 24), sample(1, 3, 24, 24)],
         "onet": [sample(3, 3, 48, 48), sample(1, 3, 48, 48)],
     }
@@ -385,7 +422,8 @@ def build(
     with tempfile.TemporaryDirectory(prefix="forwardpass-zoo-") as tmp:
         for role in _OUTPUTS:
             exported = Path(tmp) / f"{role}.onnx"
-            notes.append(_export(role, nets[role], samples[role], exported))
+            module = masked_pnet(nets[role]) if role == "pnet" else nets[role]
+            notes.append(_export(role, module, nets[role], samples[role], exported))
             (repository / steps[role] / "1" / "model.onnx").write_bytes(exported.read_bytes())
     (repository / name / "ZOO.json").write_bytes(
         provenance(
