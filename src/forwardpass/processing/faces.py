@@ -37,7 +37,7 @@ import numpy as np
 
 from forwardpass.errors import InvalidArgument
 from forwardpass.processing.decoding import suppress
-from forwardpass.processing.pyramid import area_sample, integral, number, whole
+from forwardpass.processing.pyramid import area_resize, number, whole
 
 __all__ = ["crop_squares", "faces", "level_cells", "propose", "refine"]
 
@@ -129,10 +129,9 @@ def crop_squares(pixels: np.ndarray, boxes: np.ndarray, size: int) -> tuple[np.n
     ey = np.minimum(corners[:, 3], h)
     kept = [k for k in range(len(boxes)) if ey[k] > y[k] - 1 and ex[k] > x[k] - 1]
     crops = np.zeros((len(kept), 3, size, size), dtype=np.float32)
-    table = integral(pixels) if kept else pixels
     for i, k in enumerate(kept):
-        region = (int(y[k]) - 1, int(x[k]) - 1, int(ey[k] - y[k]) + 1, int(ex[k] - x[k]) + 1)
-        crops[i] = ((area_sample(table, region, size, size) - _MEAN) * _SCALE).transpose(2, 0, 1)
+        region = pixels[y[k] - 1 : ey[k], x[k] - 1 : ex[k]]
+        crops[i] = ((area_resize(region, size, size) - _MEAN) * _SCALE).transpose(2, 0, 1)
     return crops, kept
 
 

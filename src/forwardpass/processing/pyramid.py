@@ -138,10 +138,10 @@ def area_sample(
         raise InvalidArgument(f"cannot resize a {cols}x{rows} region to {width}x{height}")
     y0, y1 = _bounds(top, rows, height)
     x0, x1 = _bounds(left, cols, width)
-    below, above = table[y1], table[y0]
-    sums = below[:, x1] - above[:, x1] - below[:, x0] + above[:, x0]
-    counts = ((y1 - y0)[:, None] * (x1 - x0)[None, :])[:, :, None]
-    result: np.ndarray = (sums / counts).astype(np.float32)
+    band = table[y1] - table[y0]  # each output row's column sums, [height, W + 1, C]
+    sums = np.take(band, x1, axis=1) - np.take(band, x0, axis=1)
+    inverse = 1.0 / ((y1 - y0)[:, None] * (x1 - x0)[None, :])
+    result: np.ndarray = (sums * inverse[:, :, None]).astype(np.float32)
     return result
 
 
