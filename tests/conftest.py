@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -143,3 +144,29 @@ def smollm2_repository(
     if not (repository / "smollm2-135m-instruct" / "ZOO.json").is_file():
         add("smollm2-135m-instruct", repository, force=True)
     return repository
+
+
+@pytest.fixture(scope="session")
+def zoo_build(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], tuple[Path, Any]]:
+    """``zoo_build(name)`` → (repository holding only ``name``, what :func:`add` reported).
+
+    Each recipe is built once per session, only when asked for, into its own repository (an
+    engine loads only that model). A recipe whose packages are missing skips the test (CI
+    installs them with the ``test`` extra).
+    """
+    from forwardpass.zoo import add, get_recipe, missing_modules
+
+    cache: dict[str, tuple[Path, Any]] = {}
+
+    def build(name: str) -> tuple[Path, Any]:
+        if name not in cache:
+            # Found, not imported: facenet-pytorch's package cannot be imported without
+            # torchvision, though the build reads only its weight files.
+            missing = missing_modules(get_recipe(name))
+            if missing:
+                pytest.skip(f"zoo model {name} needs {', '.join(missing)}")
+            repository = tmp_path_factory.mktemp(f"zoo-{name}")
+            cache[name] = (repository, add(name, repository))
+        return cache[name]
+
+    return build

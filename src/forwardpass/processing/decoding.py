@@ -49,7 +49,7 @@ from forwardpass.errors import InvalidModelConfig
 from forwardpass.model_config import TensorSpec
 from forwardpass.processing.base import OutputProcessor
 
-__all__ = ["CtcGreedy", "Decoder", "Nms", "label_names"]
+__all__ = ["CtcGreedy", "Decoder", "Nms", "label_names", "suppress"]
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -237,23 +237,36 @@ class Nms:
         if self.format == "xywh":
             half = boxes[:, 2:4] / 2
             boxes = np.concatenate([boxes[:, :2] - half, boxes[:, :2] + half], axis=1)
-        kept = _suppress(boxes, cls[order], self.iou, self.classwise, self.max_detections)
+        kept = suppress(boxes, cls[order], self.iou, self.classwise, self.max_detections)
         return np.concatenate(
             [boxes[kept], best[order][kept, None], cls[order][kept, None].astype(np.float32)],
             axis=1,
         )
 
 
-def _suppress(
-    boxes: np.ndarray, classes: np.ndarray, threshold: float, classwise: bool, limit: int
+def suppress(
+    boxes: np.ndarray,
+    classes: np.ndarray | None,
+    threshold: float,
+    classwise: bool = False,
+    limit: int = 0,
+    *,
+    overlap: str = "iou",
+    inclusive: bool = False,
 ) -> np.ndarray:
-    """Greedy NMS over boxes sorted best first: indices kept, at most ``limit``.
+    """Greedy NMS over ``[x1, y1, x2, y2]`` boxes sorted best first: indices kept, at most
+    ``limit`` (0: no limit).
 
     Each kept box suppresses, in one vector operation, every later box of its class (any
-    class when not ``classwise``) that overlaps it by more than ``threshold`` IoU.
+    class when not ``classwise``) that overlaps it by more than ``threshold``: intersection
+    over union (``overlap="iou"``) or over the smaller box (``"min"``). ``inclusive`` counts
+    corners as pixels (a box's width is ``x2 - x1 + 1``), the convention of MTCNN's NMS.
     """
-    x1, y1, x2, y2 = boxes.T
-    area = np.maximum(x2 - x1, 0) * np.maximum(y2 - y1, 0)
+    if overlap not in ("iou", "min"):
+        raise ValueError(f"overlap must be iou or min, got {overlap!r}")
+    one = 1.0 if inclusive else 0.0
+    x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
+    area = np.maximum(x2 - x1 + one, 0) * np.maximum(y2 - y1 + one, 0)
     alive = np.ones(len(boxes), dtype=bool)
     kept: list[int] = []
     for i in range(len(boxes)):
@@ -263,12 +276,15 @@ def _suppress(
         if len(kept) == limit:
             break
         rest = slice(i + 1, None)
-        w = np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest])
-        h = np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest])
+        w = np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]) + one
+        h = np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]) + one
         inter = np.maximum(w, 0) * np.maximum(h, 0)
-        iou = inter / np.maximum(area[i] + area[rest] - inter, 1e-12)
-        hit = iou > threshold
-        if classwise:
+        if overlap == "iou":
+            base = area[i] + area[rest] - inter
+        else:
+            base = np.minimum(area[i], area[rest])
+        hit = inter / np.maximum(base, 1e-12) > threshold
+        if classwise and classes is not None:
             hit &= classes[rest] == classes[i]
         alive[rest] &= ~hit
     return np.asarray(kept, dtype=np.int64)

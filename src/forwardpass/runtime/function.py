@@ -27,6 +27,10 @@ Function = Callable[[Mapping[str, np.ndarray], Mapping[str, str]], NamedArrays]
 FUNCTIONS: dict[str, str] = {
     "ocr_detect_crop": "forwardpass.processing.ocr:detect_and_crop",
     "ocr_orient": "forwardpass.processing.ocr:orient_crops",
+    "image_pyramid": "forwardpass.processing.pyramid:image_pyramid",
+    "mtcnn_propose": "forwardpass.processing.faces:propose",
+    "mtcnn_refine": "forwardpass.processing.faces:refine",
+    "mtcnn_faces": "forwardpass.processing.faces:faces",
 }
 
 

@@ -9,6 +9,7 @@ name                   model                                       client sends 
 =====================  ==========================================  ===========================
 ``efficientnet-lite0`` ImageNet classifier (torch export)          image bytes → top-5 labels
 ``all-minilm-l6-v2``   sentence embeddings (transformers export)   strings → 384-d vectors
+``mtcnn``              face detection, 3 nets + glue (ensemble)    image bytes → boxes, landmarks
 ``breast-cancer``      logistic regression trained at build time   30 named columns → label
 ``digits``             the embedded 8×8 digit classifier           [1,8,8] floats → label
 ``movielens-recomm…``  BPR matrix factorisation trained at build   user id → top-10 films

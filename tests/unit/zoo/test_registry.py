@@ -20,6 +20,7 @@ def test_every_recipe_is_listed_with_an_install_command() -> None:
         "efficientnet-lite0",
         "all-minilm-l6-v2",
         "ppocr",
+        "mtcnn",
         "silero-vad",
         "breast-cancer",
         "digits",

@@ -24,6 +24,7 @@ def test_list_names_every_model() -> None:
         "efficientnet-lite0",
         "all-minilm-l6-v2",
         "ppocr",
+        "mtcnn",
         "silero-vad",
         "breast-cancer",
         "digits",

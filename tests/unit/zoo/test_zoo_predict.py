@@ -6,6 +6,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 from click.testing import CliRunner
 from test_ppocr import text_png
 from zoo_helpers import Built
@@ -55,3 +56,22 @@ def test_predict_embeds_each_line_of_a_text_file(
     lines.write_text("A cat sleeps on the sofa.\n\nShares fell on Monday.\n")
     embedding = predict("all-minilm-l6-v2", lines, repository)["sentence_embedding"]
     assert embedding["shape"] == [2, 384]  # type: ignore[index]
+
+
+def test_predict_finds_the_face_in_a_photograph(
+    zoo_build: Callable[[str], Built], tmp_path: Path
+) -> None:
+    from zoo_helpers import jpeg, photo
+
+    repository, _ = zoo_build("mtcnn")
+    picture = tmp_path / "astronaut.jpg"
+    picture.write_bytes(photo("astronaut"))
+    answer = predict("mtcnn", picture, repository)
+    boxes = answer["boxes"]
+    assert boxes["shape"] == [1, 4]  # type: ignore[index]
+    ((x1, y1, x2, y2),) = boxes["data"]  # type: ignore[index]
+    assert 170 < x1 < 190 and 50 < y1 < 75 and 255 < x2 < 280 and 160 < y2 < 185
+    assert answer["landmarks"]["shape"] == [1, 5, 2]  # type: ignore[index]
+    empty = tmp_path / "grey.jpg"
+    empty.write_bytes(jpeg(np.full((120, 160, 3), 128, np.uint8)))
+    assert predict("mtcnn", empty, repository)["boxes"]["shape"] == [0, 4]  # type: ignore[index]
