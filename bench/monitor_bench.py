@@ -21,7 +21,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import PY, forwardpass_server, serving  # a script beside its helpers
-from serve_bench import load
+from common import bench_load as load
 
 HERE = Path(__file__).resolve().parent
 
