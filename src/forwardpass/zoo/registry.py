@@ -99,6 +99,7 @@ def recipes() -> dict[str, Recipe]:
         movielens,
         ppocr,
         silero_vad,
+        speech_digits,
     )
 
     listed = (
@@ -106,6 +107,7 @@ def recipes() -> dict[str, Recipe]:
         minilm.RECIPE,
         ppocr.RECIPE,
         silero_vad.RECIPE,
+        speech_digits.RECIPE,
         breast_cancer.RECIPE,
         digits.RECIPE,
         movielens.RECIPE,
