@@ -15,12 +15,14 @@ linear in the length. Then:
 
 Outputs: ``clips`` BYTES [K, 1] (each utterance as a 16-bit PCM WAV, ready for a recognizer
 with its own audio processing), ``starts`` and ``ends`` FP32 [K] in seconds. Audio without
-speech gives K = 0.
+speech is a 400 ("no speech found"): an ensemble cannot pass zero rows on to a batching
+recognizer.
 """
 
 from __future__ import annotations
 
 import io
+import itertools
 import threading
 import wave
 from collections.abc import Mapping
@@ -102,7 +104,7 @@ def segment(
         a, b = max(0, a - pad), min(samples, b + pad)
         pieces = -(-(b - a) // longest)
         edges = np.linspace(a, b, pieces + 1).round().astype(int)
-        out.extend((int(x), int(y)) for x, y in zip(edges[:-1], edges[1:], strict=True))
+        out.extend((int(x), int(y)) for x, y in itertools.pairwise(edges))
     return out
 
 
@@ -147,6 +149,12 @@ def speech_segment(
         pad_ms=_param(parameters, "pad_ms", 100),
         max_seconds=_param(parameters, "max_utterance_seconds", 10.0) or 10.0,
     )
+    if not cuts:
+        # An ensemble cannot send zero rows on to a batching recognizer, so say it plainly.
+        raise InvalidArgument(
+            f"input 'audio': no speech found in {audio.size / RATE:.2f} s of audio (Silero VAD "
+            f"probability never reached {_param(parameters, 'threshold', 0.5):g})"
+        )
     limit = int(_param(parameters, "max_utterances", 64))
     if len(cuts) > limit:
         raise InvalidArgument(

@@ -3,10 +3,11 @@
 Some pipelines need work between two networks that is neither a network nor per-request
 processing: turning a text-detection map into cropped text lines, for example. Such a step is
 a model in the repository with ``backend: "function"`` and the parameter ``function`` naming a
-registered function (it also gets ``model_dir``, its version folder); it is served, described and scheduled like any other model, so an
-ensemble can call it. Functions take the batch's named arrays and the model's string
-parameters and return named arrays. One that changes the number of rows (one image in, one
-row per text line out) must be served with ``max_batch_size: 0``, so requests are never merged.
+registered function (which also gets parameter ``model_dir``, its version folder); it is
+served, described and scheduled like any other model, so an ensemble can call it. Functions
+take the batch's named arrays and the model's string parameters and return named arrays. One
+that changes the number of rows (one image in, one row per text line out) must be served with
+``max_batch_size: 0``, so requests are never merged.
 """
 
 from __future__ import annotations
