@@ -55,7 +55,8 @@ MAX_SECONDS = 10.0
 #: The streaming ensemble's limit on the whole recording.
 STREAM_MAX_SECONDS = 300.0
 #: The log-mel features, as the audio processing declares them (the training uses the same).
-FEATURES = {"n_mels": 40, "n_fft": 400, "hop_length": 160, "log": "whisper"}
+N_MELS = 40
+FEATURES: dict[str, Any] = {"n_mels": N_MELS, "n_fft": 400, "hop_length": 160, "log": "whisper"}
 WORDS_FILE = "words.txt"
 CHANNELS = 64
 DILATIONS = (1, 2, 4, 8)
@@ -73,12 +74,12 @@ def step_names(name: str) -> dict[str, str]:
 def _network(torch: Any) -> Any:
     nn = torch.nn
 
-    class DigitCtc(nn.Module):  # type: ignore[misc]
+    class DigitCtc(nn.Module):  # type: ignore[name-defined]
         """[N, 40, frames] log-mel → [N, frames/2, 11] logits (class 0 is the CTC blank)."""
 
         def __init__(self) -> None:
             super().__init__()
-            mels, ch = FEATURES["n_mels"], CHANNELS
+            mels, ch = N_MELS, CHANNELS
             self.stem = nn.Sequential(
                 nn.Conv1d(mels, ch, 5, stride=2, padding=2), nn.BatchNorm1d(ch), nn.ReLU()
             )
@@ -103,7 +104,7 @@ def _features(samples: list[np.ndarray]) -> list[np.ndarray]:
     """Each clip's [40, frames] log-mel, as the served processing computes it alone."""
     from forwardpass.processing.dsp import LogMel
 
-    mel = LogMel(16000, **FEATURES)  # type: ignore[arg-type]
+    mel = LogMel(16000, **FEATURES)
     return [mel([s[None]], mel.frames(s.size))[0, 0].T for s in samples]
 
 
@@ -230,7 +231,7 @@ def _configs(name: str) -> dict[str, ModelConfig]:
         steps["rec"]: ModelConfig(
             name=steps["rec"],
             max_batch_size=64,
-            inputs=(TensorSpec("features", fp32, (FEATURES["n_mels"], -1)),),
+            inputs=(TensorSpec("features", fp32, (N_MELS, -1)),),
             outputs=(TensorSpec("logits", fp32, (-1, 11)),),
             dynamic_batching=DynamicBatching(max_queue_delay_microseconds=2000),
             parameters={
@@ -312,7 +313,7 @@ def build(repository: Path, name: str) -> Built:
         warnings.simplefilter("ignore", category=DeprecationWarning)
         torch.onnx.export(
             net,
-            (torch.zeros(1, FEATURES["n_mels"], 100),),
+            (torch.zeros(1, N_MELS, 100),),
             str(exported),
             input_names=["features"],
             output_names=["logits"],
@@ -385,7 +386,7 @@ RECIPE = Recipe(
     source="trained here on speech synthesized by espeak-ng; VAD from the silero-vad wheel",
     license="forwardpass (Apache-2.0); espeak-ng GPL-3.0 (used only to make data); Silero MIT",
     modules=("torch", "onnx", "silero_vad"),
-    pip="apt-get install espeak-ng && pip install torch onnx silero-vad==6.2.3",
+    pip="pip install torch==2.13.0 onnx silero-vad==6.2.3 (and apt-get install espeak-ng)",
     build=build,
     distributions=("torch", "silero-vad"),
 )

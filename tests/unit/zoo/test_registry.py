@@ -21,6 +21,7 @@ def test_every_recipe_is_listed_with_an_install_command() -> None:
         "all-minilm-l6-v2",
         "ppocr",
         "silero-vad",
+        "speech-digits",
         "breast-cancer",
         "digits",
         "movielens-recommender",

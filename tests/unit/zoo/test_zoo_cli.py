@@ -25,6 +25,7 @@ def test_list_names_every_model() -> None:
         "all-minilm-l6-v2",
         "ppocr",
         "silero-vad",
+        "speech-digits",
         "breast-cancer",
         "digits",
         "movielens-recommender",
