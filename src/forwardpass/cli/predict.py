@@ -69,8 +69,8 @@ def _request_for(path: Path, handle: Any) -> Any:
         raise InvalidArgument(
             f"model {config.name} has {len(specs)} inputs; give a JSON file naming them"
         )
-    if first.datatype is DataType.BYTES and suffix in (*IMAGE_SUFFIXES, ".txt"):
-        # Raw input declared by the model's processing: send the file's bytes (an image) or
+    if first.datatype is DataType.BYTES and suffix in (*IMAGE_SUFFIXES, ".txt", ".wav"):
+        # Raw input declared by the model's processing: send the file's bytes (an image, a WAV) or
         # one string per line (text), exactly as a client would.
         items = (
             [path.read_bytes()]

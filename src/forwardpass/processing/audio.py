@@ -8,7 +8,9 @@ Options:
   rates accepted, when any other is a 400 ("audio with the wrong sample rate");
 - ``mono`` (default true): average the channels; false keeps them, and the model input then
   has a fixed channel axis before time ([C, samples] or [C, n_mels, frames]);
-- ``max_seconds``: a longer clip is a 400 naming its duration;
+- ``max_seconds``: a longer clip is a 400 naming its duration and the limit;
+- ``encodings``: the WAV sample encodings accepted (``pcm8``, ``pcm16``, ``pcm24``,
+  ``pcm32``, ``float32``, ``float64``; default all); any other is a 400 naming it;
 - ``features``: ``waveform`` (default; [N, samples]) or ``log_mel`` ([N, n_mels, frames], or
   [N, frames, n_mels] with ``layout: frames_first``; the default layout is read off the
   model input's dims where n_mels fixes it). Log-mel options, defaulting to Whisper's
@@ -44,6 +46,7 @@ from forwardpass.processing.wav import WavError, decode_wav
 __all__ = ["AudioInput"]
 
 _FLOATS = (DataType.FP16, DataType.FP32, DataType.FP64)
+_ENCODINGS = {"pcm8", "pcm16", "pcm24", "pcm32", "float32", "float64"}
 _MEL_OPTIONS = (
     "n_mels",
     "n_fft",
@@ -97,6 +100,14 @@ class AudioInput(InputProcessor):
         ):
             raise InvalidModelConfig(f"{where}: allowed_rates must be a list of rates in Hz")
         self.allowed_rates = None if rates is None else tuple(rates)
+        encodings = opts.pop("encodings", None)
+        if encodings is not None and (
+            not isinstance(encodings, list) or not encodings or not set(encodings) <= _ENCODINGS
+        ):
+            raise InvalidModelConfig(
+                f"{where}: encodings must be a list drawn from {sorted(_ENCODINGS)}"
+            )
+        self.encodings = None if encodings is None else tuple(encodings)
         features = str(opts.pop("features", "waveform"))
         if features not in ("waveform", "log_mel"):
             raise InvalidModelConfig(f"{where}: features must be waveform or log_mel")
@@ -207,6 +218,12 @@ class AudioInput(InputProcessor):
                     f"input {self.name!r}: the clips make {len(clips)} windows of "
                     f"{self.chunk / self.rate:g} s, over max_batch_size {self.max_rows}"
                 )
+        if not clips:  # zero rows (an ensemble step after a VAD that heard no speech)
+            return {
+                spec.name: np.zeros((0, *(max(0, d) for d in spec.dims)), spec.datatype.numpy)
+                for spec in (self.target, self.mask)
+                if spec is not None
+            }
         lengths = [c.shape[-1] for c in clips]
         out: dict[str, np.ndarray] = {}
         if self.mel is None:
@@ -242,6 +259,11 @@ class AudioInput(InputProcessor):
             wav = decode_wav(blob, self.max_seconds)
         except WavError as exc:
             raise InvalidArgument(f"{where}: {exc}") from None
+        if self.encodings is not None and wav.encoding not in self.encodings:
+            raise InvalidArgument(
+                f"{where}: unsupported WAV encoding {wav.encoding}; this model takes "
+                f"{', '.join(self.encodings)}"
+            )
         if self.allowed_rates is not None and wav.rate not in self.allowed_rates:
             raise InvalidArgument(
                 f"{where}: audio with the wrong sample rate: {wav.rate} Hz, the model takes "

@@ -19,7 +19,8 @@ character per line, as PaddleOCR's ``ppocr_keys_v1.txt``) or ``alphabet`` (the c
 inline, as a string); ``blank`` (class index, default 0); ``offset`` (the class of the
 dictionary's first line, default 1: class 0 is the blank); ``space`` (default false: a
 space character is the class after the dictionary's last, as PaddleOCR's
-``use_space_char``). When C is fixed, every class but the blank must map to a character.
+``use_space_char``); ``separator`` (default empty): the text between decoded symbols, a
+space for a vocabulary of words. When C is fixed, every class but the blank must map to a character.
 The text is BYTES (UTF-8) [N, 1]; ``scores`` is FP32 [N, 1], the mean of the winning
 values of the characters kept (0 for an empty text), so run ``softmax`` first, in a chain,
 or set ``softmax: true`` for a model that gives logits.
@@ -105,6 +106,9 @@ class CtcGreedy:
         if _flag(opts, "space", False, where):
             chars.append(" ")
         self.softmax = _flag(opts, "softmax", False, where)
+        self.separator = opts.pop("separator", "")
+        if not isinstance(self.separator, str):
+            raise InvalidModelConfig(f"{where}: separator must be a string")
         self.scores = opts.pop("scores", None)
         if opts:
             raise InvalidModelConfig(f"{where}: unknown ctc_greedy option(s) {sorted(opts)}")
@@ -170,7 +174,7 @@ class CtcGreedy:
         for r in range(x.shape[0]):
             kept = best[r, keep[r]]
             kept = kept[kept < table.size]
-            texts[r, 0] = "".join(table[kept]).encode()
+            texts[r, 0] = self.separator.join(table[kept]).encode()
             if keep[r].any():
                 scores[r, 0] = value[r, keep[r]].mean()
         return texts, scores

@@ -46,6 +46,8 @@ class Wav:
 
     samples: np.ndarray
     rate: int
+    #: ``pcm8``, ``pcm16``, ``pcm24``, ``pcm32``, ``float32`` or ``float64``.
+    encoding: str = ""
 
     @property
     def seconds(self) -> float:
@@ -78,7 +80,8 @@ def decode_wav(blob: bytes | bytearray | memoryview, max_seconds: float | None =
     samples = _samples(payload[: frames * fmt.block_align], fmt).reshape(frames, fmt.channels)
     if fmt.tag == _FLOAT and not np.all(np.isfinite(samples)):
         raise WavError("float WAV holds NaN or infinite samples")
-    return Wav(np.ascontiguousarray(samples.T), fmt.rate)
+    encoding = f"{'float' if fmt.tag == _FLOAT else 'pcm'}{fmt.bits}"
+    return Wav(np.ascontiguousarray(samples.T), fmt.rate, encoding)
 
 
 def _chunks(data: memoryview) -> tuple[_Format, memoryview]:

@@ -3,10 +3,11 @@
 Some pipelines need work between two networks that is neither a network nor per-request
 processing: turning a text-detection map into cropped text lines, for example. Such a step is
 a model in the repository with ``backend: "function"`` and the parameter ``function`` naming a
-registered function; it is served, described and scheduled like any other model, so an
-ensemble can call it. Functions take the batch's named arrays and the model's string
-parameters and return named arrays. One that changes the number of rows (one image in, one
-row per text line out) must be served with ``max_batch_size: 0``, so requests are never merged.
+registered function (which also gets parameter ``model_dir``, its version folder); it is
+served, described and scheduled like any other model, so an ensemble can call it. Functions
+take the batch's named arrays and the model's string parameters and return named arrays. One
+that changes the number of rows (one image in, one row per text line out) must be served with
+``max_batch_size: 0``, so requests are never merged.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ FUNCTIONS: dict[str, str] = {
     "mtcnn_propose": "forwardpass.processing.faces:propose",
     "mtcnn_refine": "forwardpass.processing.faces:refine",
     "mtcnn_faces": "forwardpass.processing.faces:faces",
+    "speech_segment": "forwardpass.processing.utterances:speech_segment",
 }
 
 
@@ -61,8 +63,10 @@ class FunctionBackend(Backend):
                 f"model {self.config.name!r}: backend 'function' needs parameter 'function'"
             )
         self.function = resolve(name)
+        # A function may read files of its own version folder (a VAD graph, say).
+        self.parameters = {**self.config.parameters, "model_dir": str(self.version_dir)}
         self.providers = [f"function:{name}"]
 
     def _infer(self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]) -> NamedArrays:
-        result = self.function(inputs, self.config.parameters)
+        result = self.function(inputs, self.parameters)
         return {name: result[name] for name in outputs if name in result}

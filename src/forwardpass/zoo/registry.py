@@ -101,6 +101,7 @@ def recipes() -> dict[str, Recipe]:
         ppocr,
         silero_vad,
         smollm2,
+        speech_digits,
     )
 
     listed = (
@@ -109,6 +110,7 @@ def recipes() -> dict[str, Recipe]:
         ppocr.RECIPE,
         mtcnn.RECIPE,
         silero_vad.RECIPE,
+        speech_digits.RECIPE,
         breast_cancer.RECIPE,
         digits.RECIPE,
         movielens.RECIPE,

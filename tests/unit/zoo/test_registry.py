@@ -22,6 +22,7 @@ def test_every_recipe_is_listed_with_an_install_command() -> None:
         "ppocr",
         "mtcnn",
         "silero-vad",
+        "speech-digits",
         "breast-cancer",
         "digits",
         "movielens-recommender",

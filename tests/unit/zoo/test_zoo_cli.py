@@ -26,6 +26,7 @@ def test_list_names_every_model() -> None:
         "ppocr",
         "mtcnn",
         "silero-vad",
+        "speech-digits",
         "breast-cancer",
         "digits",
         "movielens-recommender",
