@@ -17,7 +17,6 @@ from prometheus_client.core import (
     Metric,
 )
 
-from forwardpass.monitor.drift_metrics import drift_families
 from forwardpass.monitor.monitor_metrics import MonitoringCollector
 from forwardpass.monitor.stats import Histogram
 from forwardpass.scheduling.batcher import Batcher
@@ -130,7 +129,6 @@ class EngineCollector:
                 fell_back = "1" if any(b.fallback_warnings for b in loaded.backends) else "0"
                 for provider in loaded.providers:
                     providers.add_metric([*labels, provider, fell_back], 1)
-        yield from drift_families(self.engine.drift)
         yield from (
             success, failure, inferences, executions, pending, request, queue, compute, batch,
             preprocess, postprocess, providers, cache_hits, cache_misses, *adaptive.values(),

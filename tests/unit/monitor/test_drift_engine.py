@@ -46,11 +46,11 @@ def _request(rows: np.ndarray, name: str = "scored") -> InferRequest:
 async def _send(engine: Any, rows: np.ndarray, per: int = 1, name: str = "scored") -> None:
     for start in range(0, len(rows), per):
         await engine.infer(_request(rows[start : start + per], name))
-    await asyncio.get_running_loop().run_in_executor(None, engine.drift.flush)
+    await asyncio.get_running_loop().run_in_executor(None, engine.monitoring.hub.flush)
 
 
 def _report(engine: Any, name: str = "scored", version: str = "") -> dict[str, Any]:
-    return engine.drift.report(*engine.version(name, version))
+    return engine.monitoring.monitor_document(*engine.version(name, version))
 
 
 def test_cli_stores_the_reference(tmp_path: Path) -> None:
@@ -145,7 +145,7 @@ def test_settings_naming_absent_features_leave_the_model_serving(tmp_path: Path)
     async def body(engine: Any) -> None:
         response = await engine.infer(_request(np.zeros((1, 3))))
         assert {t.name for t in response.outputs} == {"probabilities", "label"}
-        await asyncio.get_running_loop().run_in_executor(None, engine.drift.flush)
+        await asyncio.get_running_loop().run_in_executor(None, engine.monitoring.hub.flush)
         report = _report(engine)
         assert not report["enabled"]
         assert "names feature(s) ['zz'] that model 'scored' does not have" in report["error"]
@@ -185,11 +185,12 @@ def test_missing_and_mismatched_reference(tmp_path: Path) -> None:
 
 def test_model_without_drift_monitoring(tmp_path: Path) -> None:
     root = tmp_path / "models"
-    write_scored(root, monitoring={"request_log": {"sample": 0.01}})
+    write_scored(root, monitoring={"payload_sample": 0.01})
 
     async def body(engine: Any) -> None:
         handle, _ = engine.version("scored")
-        assert not engine.drift.enabled(handle)
+        assert engine.monitoring.stages(handle) is None  # not watched: no request log either
+        assert not engine.monitoring.drift.declared("scored")
         with pytest.raises(InvalidArgument, match="has no drift monitoring configured"):
             _report(engine)
 
@@ -197,7 +198,7 @@ def test_model_without_drift_monitoring(tmp_path: Path) -> None:
 
 
 def test_monitoring_as_a_yaml_mapping(tmp_path: Path) -> None:
-    from forwardpass.monitor.drift_settings import drift_settings
+    from forwardpass.monitor.settings import drift_settings
     from forwardpass.repository import ModelRepository
 
     root = tmp_path / "models"
@@ -211,7 +212,7 @@ def test_monitoring_as_a_yaml_mapping(tmp_path: Path) -> None:
         "output: [{name: probabilities, data_type: TYPE_FP32, dims: [2]}]\n"
         "monitoring:\n  drift:\n    window: 30\n    correction: fdr\n"
     )
-    settings = drift_settings(ModelRepository(root).read("scored").config)
+    settings = drift_settings(ModelRepository(root).read("scored").config.parameters)
     assert settings is not None and settings.window == 30 and settings.correction == "fdr"
     (folder / "config.yaml").write_text(
         "backend: onnxruntime\nmonitoring: [1, 2]\n"
@@ -233,15 +234,18 @@ def test_a_failing_monitor_never_fails_a_request(
         raise ValueError("the profiler broke")
 
     async def body(engine: Any) -> None:
-        monitor = engine.drift.monitor(*engine.version("scored"))
+        engine.monitoring.watches(engine.handle("scored"))  # reads the model's declaration
+        monitor = engine.monitoring.drift.monitor("scored", 1)
         monitor.profiler.profile = broken
         for _ in range(5):
             response = await engine.infer(_request(np.ones((2, 3))))
             assert {t.name for t in response.outputs} == {"probabilities", "label"}
-        await asyncio.get_running_loop().run_in_executor(None, engine.drift.flush)
+        await asyncio.get_running_loop().run_in_executor(None, engine.monitoring.hub.flush)
         report = _report(engine)
         assert not report["enabled"]
         assert report["error"] == "drift monitor disabled: ValueError: the profiler broke"
+        assert report["disabled"] == {"drift": "ValueError: the profiler broke"}
+        assert "drift" not in report["sinks"]
 
     run_with_engine(root, body)
     assert "the profiler broke" in caplog.text
