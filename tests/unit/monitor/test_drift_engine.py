@@ -269,3 +269,70 @@ def test_malformed_monitoring_section_and_damaged_reference(tmp_path: Path) -> N
         assert "reference.npz does not match reference.json (sha256 differs)" in error
 
     run_with_engine(root, body)
+
+
+def test_cache_hits_are_logged_and_monitored(tmp_path: Path) -> None:
+    root = tmp_path / "models"
+    write_scored(root, monitoring={**DRIFT, "payload_sample": 1.0}, response_cache=True)
+    _reference(root)
+    rows = np.random.default_rng(3).normal(size=(10, 3))
+    log_path = tmp_path / "log.db"
+
+    async def body(engine: Any) -> None:
+        first = [await engine.infer(_request(rows[i : i + 1])) for i in range(10)]
+        again = [await engine.infer(_request(rows[i : i + 1])) for i in range(10)]
+        assert engine.cache.hits == 10
+        for a, b in zip(first, again, strict=True):
+            assert a.outputs[0].data.tolist() == b.outputs[0].data.tolist()
+        await asyncio.get_running_loop().run_in_executor(None, engine.monitoring.hub.flush)
+        report = _report(engine)
+        # The hits are requests too: the drift window counts them, with the profile of the
+        # request that filled the cache entry.
+        assert report["window"]["rows_seen"] == 20 and report["observed_requests"] == 20
+        assert report["cache_hits_unprofiled"] == 0
+        logged = engine.monitoring.log_rows("scored", None, 100)
+        assert len(logged) == 20 and [r["cached"] for r in logged] == [False] * 10 + [True] * 10
+        by_id = {r["id"]: r for r in logged}
+        for a, b in zip(first, again, strict=True):
+            original, hit = by_id[a.id]["payload"], by_id[b.id]["payload"]
+            assert hit["outputs"] == original["outputs"]  # the cached outputs are logged
+            assert hit["inputs"] == original["inputs"]
+
+    run_with_engine(root, body, request_log=str(log_path), response_cache_bytes=1 << 20)
+
+
+def test_drift_alarms_are_written_to_the_request_log(tmp_path: Path) -> None:
+    from forwardpass.cli.log import log as log_command
+
+    root = tmp_path / "models"
+    write_scored(root, monitoring=DRIFT)
+    _reference(root)
+    rng = np.random.default_rng(1)
+    log_path = tmp_path / "log.db"
+
+    async def body(engine: Any) -> None:
+        await _send(engine, rng.normal(size=(20, 3)), per=4)
+        assert engine.monitoring.log_rows("scored", None, 100, "events") == []
+        shifted = rng.normal(size=(40, 3))
+        shifted[:, 1] += 3.0
+        await _send(engine, shifted, per=4)
+        assert _report(engine)["alarm"]
+        events = engine.monitoring.log_rows("scored", None, 100, "events")
+        assert [e["kind"] for e in events] == ["drift_alarm"]
+        assert events[0]["version"] == "1" and "b" in events[0]["detail"]["features"]
+        assert events[0]["detail"]["p_value"]["b"] < 0.01
+        both = engine.monitoring.log_rows("scored", None, 1000, "all")
+        assert len(both) == 16 and both[-1]["kind"] in ("request", "drift_alarm")
+        assert [d["time"] for d in both] == sorted(d["time"] for d in both)
+        with pytest.raises(InvalidArgument, match="kind must be one of"):
+            engine.monitoring.log_rows("scored", None, 10, "alarms")
+
+    run_with_engine(root, body, request_log=str(log_path))
+    out = CliRunner().invoke(log_command, ["scored", "--request-log", str(log_path)])
+    assert out.exit_code == 0, out.output
+    alarm_lines = [line for line in out.output.splitlines() if "DRIFT_ALARM" in line]
+    assert len(alarm_lines) == 1 and "features=" in alarm_lines[0] and "b" in alarm_lines[0]
+    out = CliRunner().invoke(
+        log_command, ["scored", "--request-log", str(log_path), "--kind", "events", "--json"]
+    )
+    assert [json.loads(line)["kind"] for line in out.output.splitlines()] == ["drift_alarm"]
