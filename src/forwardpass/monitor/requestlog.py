@@ -107,6 +107,92 @@ class EventRow:
 class LogStore(Protocol):
     """Where request-log rows go. Writes come from one thread (the hub's)."""
 
+    def append(self, rows: list[LogRow]) -> None: ...
+
+    def set_truth(self, truths: Mapping[str, Any]) -> None: ...
+
+    def append_events(self, events: list[EventRow]) -> None: ...
+
+    def query(self, model: str, since: float | None = None, limit: int = 100) -> list[LogRow]: ...
+
+    def close(self) -> None: ...
+
+
+def _tensor_json(array: np.ndarray) -> dict[str, Any]:
+    if array.dtype == np.object_ or array.dtype.kind == "S":
+        data: Any = [
+            v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+            for v in array.reshape(-1)
+        ]
+    else:
+        data = array.reshape(-1).tolist()
+    return {"datatype": str(array.dtype), "shape": list(array.shape), "data": data}
+
+
+def payload_document(record: Record) -> dict[str, Any]:
+    """A record's inputs and outputs, flattened as the V2 JSON does (data in row-major order)."""
+    return {
+        "inputs": {n: _tensor_json(a) for n, a in record.inputs.items()},
+        "outputs": {n: _tensor_json(a) for n, a in record.outputs.items()},
+        "parameters": {k: v for k, v in record.parameters.items() if _plain(v)},
+    }
+
+
+def _plain(value: Any) -> bool:
+    return isinstance(value, str | int | float | bool) or value is None
+
+
+class SqliteStore:
+    """SQLite in WAL mode, with size and age retention."""
+
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        max_bytes: int = 1 << 30,
+        max_age_s: float = 7 * 24 * 3600.0,
+        retention_every_s: float = 10.0,
+    ) -> None:
+        self.path = Path(path)
+        self.max_bytes = max_bytes
+        self.max_age_s = max_age_s
+        self.retention_every_s = retention_every_s
+        self._last_retention = 0.0
+        self._lock = threading.Lock()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # The writer's connection is opened on one thread and used on the hub's.
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self._setup()
+        except (OSError, sqlite3.Error) as exc:
+            raise InvalidArgument(f"request log {self.path}: cannot open it: {exc}") from None
+
+    def _setup(self) -> None:
+        self._db.execute("PRAGMA auto_vacuum=INCREMENTAL")  # before the first table
+        mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise InvalidArgument(f"request log {self.path}: cannot use WAL mode (got {mode})")
+        # NORMAL: a commit is in the WAL file when it returns; a killed process loses nothing
+        # committed (a power cut may lose the last commits, which the issue accepts).
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS requests (id TEXT, time REAL, model TEXT, version TEXT,"
+            " status TEXT, error TEXT, total_us REAL, queue_us REAL, compute_us REAL,"
+            " preprocess_us REAL, postprocess_us REAL, batch_size INTEGER, payload TEXT,"
+            " truth TEXT)"
+        )
+        columns = {r[1] for r in self._db.execute("PRAGMA table_info(requests)")}
+        if "cached" not in columns:  # a log written before the column existed
+            self._db.execute("ALTER TABLE requests ADD COLUMN cached INTEGER DEFAULT 0")
+        self._db.execute("CREATE INDEX IF NOT EXISTS requests_model_time ON requests(model, time)")
+        self._db.execute("CREATE INDEX IF NOT EXISTS requests_id ON requests(id)")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS events (time REAL, model TEXT, version TEXT, kind TEXT,"
+            " detail TEXT)"
+        )
+        self._db.execute("CREATE INDEX IF NOT EXISTS events_model_time ON events(model, time)")
+
     def append(self, rows: list[LogRow]) -> None:
         if not rows:
             return
