@@ -381,8 +381,13 @@ class DriftMonitor:
         reference: Reference,
         profiler: Any,
         state_dir: Path | None,
+        save_every_s: float = 0.0,
     ) -> None:
         self.model = model
+        #: Evaluations write the state at most this often (0: after every one); an evaluation
+        #: that alarms or clears always writes it, and so does :meth:`save` at shutdown.
+        self.save_every_s = save_every_s
+        self._saved_at = float("-inf")
         self.version = version
         self.settings = settings
         self.reference = reference
@@ -423,7 +428,7 @@ class DriftMonitor:
                         changes.append(result)
                     before = result.alarm
                 self.observed += 1
-        if evaluated:
+        if changes or (evaluated and time.monotonic() - self._saved_at >= self.save_every_s):
             self.save()
         return changes
 
@@ -472,6 +477,7 @@ class DriftMonitor:
                 "identity": self._identity(),
             }
         npz, meta_file = self._state_files()
+        self._saved_at = time.monotonic()
         try:
             self.state_dir.mkdir(parents=True, exist_ok=True)
             tmp = npz.with_name(f".{npz.name}.tmp")

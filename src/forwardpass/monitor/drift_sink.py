@@ -41,6 +41,9 @@ log = logging.getLogger("forwardpass.monitor.drift")
 
 #: Profiles of cache-filling requests kept per model for their cache hits.
 PROFILES_KEPT = 4096
+#: A monitor's state is written at most this often under traffic (and at shutdown, and when
+#: its alarm turns on or off): a killed server loses at most these seconds of windows.
+SAVE_EVERY_S = 2.0
 
 #: (model, version, kind, detail) of an alarm turning on ("drift_alarm") or off
 #: ("drift_clear").
@@ -117,15 +120,20 @@ class DriftSink:
                 self._event(model, version, result)
 
     def _profiles_of(self, model: str, monitor: Any, records: list[Record]) -> list[Any]:
+        """One profile per request, in order; requests without a cache key are profiled
+        together (one profiler call per drain, not per request), as one profile."""
         kept = self._profiles.setdefault(model, collections.OrderedDict())
-        profiles = []
+        profiles: list[Any] = []
+        plain: list[Record] = []
         for r in records:
             if r.model_inputs is not None and r.model_outputs is not None:
+                if r.cache_key is None:
+                    plain.append(r)
+                    continue
                 profile = monitor.profiler.profile(r.model_inputs, r.model_outputs, r.extra)
-                if r.cache_key is not None:
-                    kept[r.cache_key] = profile
-                    if len(kept) > PROFILES_KEPT:
-                        kept.popitem(last=False)
+                kept[r.cache_key] = profile
+                if len(kept) > PROFILES_KEPT:
+                    kept.popitem(last=False)
             elif r.cached and r.cache_key is not None and r.cache_key in kept:
                 kept.move_to_end(r.cache_key)
                 profile = kept[r.cache_key]
@@ -134,6 +142,8 @@ class DriftSink:
                     self.unprofiled[model] = self.unprofiled.get(model, 0) + 1
                 continue
             profiles.append(profile)
+        if plain:
+            profiles.extend(_batched(monitor, plain))
         return profiles
 
     def _event(self, model: str, version: int, result: Any) -> None:
@@ -200,7 +210,9 @@ class DriftSink:
                 settings.features,
             )
             state = entry.path / MONITOR_FOLDER / "state"
-            slot.monitor = DriftMonitor(model, version, settings, reference, profiler, state)
+            slot.monitor = DriftMonitor(
+                model, version, settings, reference, profiler, state, SAVE_EVERY_S
+            )
         except ForwardpassError as exc:
             slot.error = exc.message
         except Exception as exc:
@@ -235,3 +247,33 @@ class DriftSink:
         for (name, version), slot in list(self._slots.items()):
             if slot.monitor is not None:
                 yield name, version, slot.monitor
+
+
+def _batched(monitor: Any, records: list[Record]) -> list[Any]:
+    """The profiles of ``records``: for a batching model one profiler call over their rows
+    stacked together when every tensor has the same trailing shape and dtype (each request
+    counts as the rows it carried either way), else one call per request."""
+    import numpy as np
+
+    sources = [(r.model_inputs or {}, r.model_outputs or {}, r.extra or {}) for r in records]
+    if len(sources) > 1 and monitor.profiler.batching:
+        stacked: list[dict[str, np.ndarray]] = []
+        for i in range(3):
+            names = sources[0][i].keys()
+            if any(s[i].keys() != names for s in sources):
+                break
+            parts: dict[str, np.ndarray] = {}
+            for name in names:
+                arrays = [np.asarray(s[i][name]) for s in sources]
+                if i == 2:  # side data: one row per request, as the profiler reads it
+                    arrays = [a.reshape(-1, *a.shape[-1:]) for a in arrays]
+                if len({(a.shape[1:], a.dtype) for a in arrays}) != 1:
+                    break
+                parts[name] = np.concatenate(arrays)
+            else:
+                stacked.append(parts)
+                continue
+            break
+        if len(stacked) == 3:
+            return [monitor.profiler.profile(*stacked)]
+    return [monitor.profiler.profile(*s) for s in sources]
