@@ -415,8 +415,9 @@ class DriftMonitor:
             ]
         )
 
-    def add(self, profiles: Sequence[Profile]) -> list[WindowResult]:
-        """Add profiled requests (one per request); the alarm transitions, as ``observe``."""
+    def add(self, profiles: Sequence[Profile], requests: int | None = None) -> list[WindowResult]:
+        """Add profiled requests (one profile per request, or ``requests`` requests in all
+        when profiles hold several); the alarm transitions, as ``observe``."""
         evaluated = False
         changes: list[WindowResult] = []
         for profile in profiles:
@@ -427,7 +428,8 @@ class DriftMonitor:
                     if result.alarm != before:
                         changes.append(result)
                     before = result.alarm
-                self.observed += 1
+        with self._lock:
+            self.observed += len(profiles) if requests is None else requests
         if changes or (evaluated and time.monotonic() - self._saved_at >= self.save_every_s):
             self.save()
         return changes

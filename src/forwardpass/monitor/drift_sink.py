@@ -116,12 +116,15 @@ class DriftSink:
             monitor = self._slot(model, version).monitor
             if monitor is None:
                 continue
-            for result in monitor.add(self._profiles_of(model, monitor, group)):
+            profiles, requests = self._profiles_of(model, monitor, group)
+            for result in monitor.add(profiles, requests):
                 self._event(model, version, result)
 
-    def _profiles_of(self, model: str, monitor: Any, records: list[Record]) -> list[Any]:
-        """One profile per request, in order; requests without a cache key are profiled
-        together (one profiler call per drain, not per request), as one profile."""
+    def _profiles_of(
+        self, model: str, monitor: Any, records: list[Record]
+    ) -> tuple[list[Any], int]:
+        """The profiles of ``records`` and how many requests they hold: requests without a
+        cache key are profiled together (one profiler call per drain, not per request)."""
         kept = self._profiles.setdefault(model, collections.OrderedDict())
         profiles: list[Any] = []
         plain: list[Record] = []
@@ -142,9 +145,10 @@ class DriftSink:
                     self.unprofiled[model] = self.unprofiled.get(model, 0) + 1
                 continue
             profiles.append(profile)
+        requests = len(profiles) + len(plain)
         if plain:
             profiles.extend(_batched(monitor, plain))
-        return profiles
+        return profiles, requests
 
     def _event(self, model: str, version: int, result: Any) -> None:
         if self.on_event is None:
