@@ -116,3 +116,46 @@ def test_drift_over_a_real_server(start_server: Any, tmp_path: Path) -> None:
     status, report = _get(again, "/v2/models/scored/monitor")
     assert status == 200 and report["window"]["rows_seen"] == 80 and report["alarm"]
     assert [h["end"] for h in report["history"]] == [40, 60, 80]
+
+
+def test_drift_and_the_request_log_with_two_workers(start_server: Any, tmp_path: Path) -> None:
+    """``serve --workers 2``: each worker monitors the requests it serves (its own window and
+    state file, and /monitor says so); both write the one request log."""
+    root = tmp_path / "models"
+    write_scored(root, monitoring={"drift": {"window": 20, "step": 10}})
+    data = tmp_path / "train.npz"
+    np.savez(data, x=reference_rows())
+    built = subprocess.run(
+        [sys.executable, "-m", "forwardpass", "monitor", "reference", "scored",
+         "--data", str(data), "--model-repository", str(root)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert built.returncode == 0, built.stderr
+    log_path = tmp_path / "requests.db"
+    server = start_server(
+        root, "--no-grpc", "--workers", "2", "--log-level", "WARNING",
+        "--request-log", str(log_path),
+    )  # fmt: skip
+    rng = np.random.default_rng(0)
+    ids = {_infer(server, rng.normal(size=(2, 3)).astype(np.float32))["id"] for _ in range(60)}
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        status, logged = _get(server, "/v2/models/scored/log?limit=1000")
+        if status == 200 and {r["id"] for r in logged["rows"]} >= ids:
+            break
+        time.sleep(0.1)
+    assert {r["id"] for r in logged["rows"]} >= ids  # both workers' rows, whoever answers
+    seen: dict[int, int] = {}
+    for _ in range(20):  # fresh connections reach both workers
+        status, report = _get(server, "/v2/models/scored/monitor")
+        assert status == 200 and "each worker monitors the requests it serves" in report["scope"]
+        seen[report["worker"]] = report["observed_requests"]
+    assert server.stop() == 0
+    state = root / "scored" / "monitor" / "state"
+    assert sorted(p.name for p in state.iterdir()) == ["worker-0", "worker-1"]
+    observed = [
+        json.loads((state / f"worker-{w}" / "drift-v1.json").read_text())["observed"]
+        for w in (0, 1)
+    ]
+    assert sum(observed) == 60 and all(observed)
+    assert all(seen[w] <= observed[w] for w in seen)

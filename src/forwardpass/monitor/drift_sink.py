@@ -75,6 +75,9 @@ class DriftSink:
 
     def __init__(self, on_event: EventCallback | None = None) -> None:
         self.on_event = on_event
+        #: ``serve --workers N``: this worker's index. Each worker monitors the traffic it
+        #: serves (a sample of the model's), with its own state file beside the model.
+        self.worker: int | None = None
         self._models: dict[str, _Model] = {}
         self._slots: dict[tuple[str, int], _Slot] = {}
         self._profiles: dict[str, collections.OrderedDict[bytes, Any]] = {}
@@ -214,6 +217,8 @@ class DriftSink:
                 settings.features,
             )
             state = entry.path / MONITOR_FOLDER / "state"
+            if self.worker is not None:
+                state = state / f"worker-{self.worker}"
             slot.monitor = DriftMonitor(
                 model, version, settings, reference, profiler, state, SAVE_EVERY_S
             )
@@ -231,7 +236,13 @@ class DriftSink:
         """The drift part of ``GET /v2/models/M[/versions/V]/monitor``: the monitor's
         document, or why there is none; ``disabled``: the hub's reason, if it disabled it."""
         slot = self._slot(model, version)
-        extra = {"cache_hits_unprofiled": self.unprofiled.get(model, 0)}
+        extra: dict[str, Any] = {"cache_hits_unprofiled": self.unprofiled.get(model, 0)}
+        if self.worker is not None:
+            extra["worker"] = self.worker
+            extra["scope"] = (
+                "this worker's share of the traffic (serve --workers: each worker monitors "
+                "the requests it serves; a sample of the model's traffic)"
+            )
         if slot.monitor is not None and disabled is None:
             return {**slot.monitor.report(), **extra}
         base: dict[str, Any] = {
