@@ -210,17 +210,21 @@ class Monitoring:
             self.store.append_events([EventRow(time.time(), model, version, kind, detail_text)])
 
     # ------------------------------------------------------------------ reading back
-    def feedback(self, model: str, body: Any) -> dict[str, Any]:
+    def feedback(self, model: str, body: Any, partial: bool = False) -> dict[str, Any]:
         """``POST /v2/models/M/feedback``: one ``{"id", "truth"}`` or a list of them.
-        Blocking (waits for the hub to catch up): call it off the event loop."""
+        Blocking (waits for the hub to catch up): call it off the event loop. ``partial``:
+        join what this worker predicted, return the other ids under ``missing``."""
         items = body if isinstance(body, list) else [body]
         if not items:
             raise InvalidArgument("feedback is empty: send {'id': ..., 'truth': ...} or a list")
         self.hub.flush()  # a prediction answered a moment ago may still be queued
-        joined = self.fairness.feedback(model, items)
+        joined = self.fairness.feedback(model, items, partial)
         if self.store is not None:
+            missing = set(joined.get("missing", ()))
             try:
-                self.store.set_truth({item["id"]: item["truth"] for item in items})
+                self.store.set_truth(
+                    {item["id"]: item["truth"] for item in items if item["id"] not in missing}
+                )
             except Exception as exc:  # the join stands; the log copy is best-effort
                 log.error("request log: cannot record ground truth: %s", exc)
         return joined

@@ -19,7 +19,7 @@ from urllib.parse import parse_qs
 
 import orjson
 
-from forwardpass.errors import InvalidArgument
+from forwardpass.errors import InvalidArgument, NotFound
 from forwardpass.monitor.monitoring import LOG_KINDS
 from forwardpass.monitor.requestlog import parse_since
 
@@ -74,7 +74,36 @@ async def monitor_route(engine: Engine, action: str, name: str, body: bytes, que
         raise InvalidArgument(f"malformed JSON in feedback: {exc}") from None
     if not isinstance(document, dict | list):
         raise InvalidArgument("feedback must be an object {'id', 'truth'} or a list of them")
-    return await loop.run_in_executor(None, monitoring.feedback, name, document)
+    peers = engine.peers
+    if peers is None or not peers.siblings:
+        return await loop.run_in_executor(None, monitoring.feedback, name, document)
+    return await _cluster_feedback(engine, name, document)
+
+
+async def _cluster_feedback(engine: Engine, name: str, document: Any) -> Any:
+    """``serve --workers N``: a prediction's pending label sits with the worker that made
+    it. Join here what this worker made, then hand the other ids to the siblings; ids no
+    worker holds are a 404 (the others stay joined: all-or-nothing holds per worker)."""
+    from forwardpass.cluster.peers import Call
+
+    assert engine.peers is not None
+    loop = asyncio.get_running_loop()
+    local = await loop.run_in_executor(None, engine.monitoring.feedback, name, document, True)
+    joined, missing = local["joined"], set(local["missing"])
+    items = document if isinstance(document, list) else [document]
+    if missing:
+        rest = [i for i in items if i["id"] in missing]
+        for reply in (await engine.peers.ask(Call("feedback", (name, rest)))).values():
+            answer = reply.unwrap()
+            joined += answer["joined"]
+            missing &= set(answer["missing"])
+    if missing:
+        raise NotFound(
+            f"no prediction of model {name!r} awaits ground truth for request id(s) "
+            + ", ".join(repr(m) for m in sorted(missing))
+            + f" (unknown, expired or already labelled; {joined} other(s) were joined)"
+        )
+    return {"joined": joined}
 
 
 async def monitor_document(engine: Engine, name: str, version: str) -> Any:
