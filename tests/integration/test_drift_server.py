@@ -55,13 +55,8 @@ def _wait_rows(server: Any, rows: int, path: str = "/v2/models/scored/monitor") 
     raise AssertionError(f"the monitor saw {report['window']['rows_seen']} of {rows} rows")
 
 
-def test_drift_over_a_real_server(start_server: Any, tmp_path: Path) -> None:
-    root = tmp_path / "models"
-    # The fairness section names a column the model lacks: the model serves, drift runs, and
-    # /monitor says what is wrong beside the drift report.
-    fairness = {"sensitive": ["zz"], "prediction_output": "label", "positive_label": 1}
-    write_scored(root, monitoring={"drift": {"window": 40, "step": 20}, "fairness": fairness})
-    write_scored(root, "plain")
+def _build_reference(root: Path, tmp_path: Path) -> str:
+    """``forwardpass monitor reference scored`` from the training rows; its output."""
     data = tmp_path / "train.npz"
     np.savez(data, x=reference_rows())
     built = subprocess.run(
@@ -70,7 +65,17 @@ def test_drift_over_a_real_server(start_server: Any, tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert built.returncode == 0, built.stderr
-    assert "400 rows, 6 features" in built.stdout
+    return built.stdout
+
+
+def test_drift_over_a_real_server(start_server: Any, tmp_path: Path) -> None:
+    root = tmp_path / "models"
+    # The fairness section names a column the model lacks: the model serves, drift runs, and
+    # /monitor says what is wrong beside the drift report.
+    fairness = {"sensitive": ["zz"], "prediction_output": "label", "positive_label": 1}
+    write_scored(root, monitoring={"drift": {"window": 40, "step": 20}, "fairness": fairness})
+    write_scored(root, "plain")
+    assert "400 rows, 6 features" in _build_reference(root, tmp_path)
 
     log_path = tmp_path / "requests.db"
     server = start_server(
@@ -123,14 +128,7 @@ def test_drift_and_the_request_log_with_two_workers(start_server: Any, tmp_path:
     state file, and /monitor says so); both write the one request log."""
     root = tmp_path / "models"
     write_scored(root, monitoring={"drift": {"window": 20, "step": 10}})
-    data = tmp_path / "train.npz"
-    np.savez(data, x=reference_rows())
-    built = subprocess.run(
-        [sys.executable, "-m", "forwardpass", "monitor", "reference", "scored",
-         "--data", str(data), "--model-repository", str(root)],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert built.returncode == 0, built.stderr
+    _build_reference(root, tmp_path)
     log_path = tmp_path / "requests.db"
     server = start_server(
         root, "--no-grpc", "--workers", "2", "--log-level", "WARNING",
