@@ -35,9 +35,9 @@ from typing import Any
 import numpy as np
 
 from forwardpass.monitor.drift import DriftDetector
-from forwardpass.monitor.drift_settings import DriftSettings
 from forwardpass.monitor.profile import Profile
 from forwardpass.monitor.reference import build_reference, load_reference, profile_data
+from forwardpass.monitor.settings import DriftSettings
 
 SHIFTS = (0.25, 0.5, 1.0)
 _DEFAULTS = DriftSettings()

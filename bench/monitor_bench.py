@@ -1,5 +1,11 @@
 """The cost of monitoring (issue #12): the tiny model's throughput at concurrency 32 with the
-request log on (metadata for every request, 1 % payload sampling) vs off, in the same run.
+request log and drift monitoring on (metadata for every request, 1 % payload sampling, every
+request profiled into the drift window) vs monitoring off, in the same run.
+
+The "on" server serves a copy of the repository whose tiny model declares
+``monitoring: {drift: {...}, payload_sample: 0.01}``, with a reference profile built through
+the reference module (``forwardpass.monitor.reference``) from random inputs, as
+``forwardpass monitor reference`` would.
 
 Both servers are pinned to the server core and the load to the client core (bench/common.py);
 the two configurations alternate for ``--rounds`` rounds so that drift of the machine hits
@@ -12,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -19,9 +26,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import PY, forwardpass_server, serving  # a script beside its helpers
-from common import bench_load as load
+from common import PY, bench_load, forwardpass_server, serving  # a script beside its helpers
 
 HERE = Path(__file__).resolve().parent
 
@@ -29,7 +37,7 @@ HERE = Path(__file__).resolve().parent
 def throughput(repo: Path, port: int, extra: list[str], duration: float) -> dict[str, Any]:
     url = f"http://127.0.0.1:{port}"
     with serving([*forwardpass_server(repo, port), *extra], url + "/v2/health/ready"):
-        level = load(url, "tiny", "32", duration)[0]
+        level = bench_load(url, "tiny", "32", duration)[0]
     return level
 
 
@@ -38,6 +46,8 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--sample", type=float, default=0.01, help="payload sample fraction")
+    parser.add_argument("--window", type=int, default=1000, help="drift window (rows)")
+    parser.add_argument("--step", type=int, default=1000, help="rows between evaluations")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
     runs: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
@@ -46,23 +56,55 @@ def main() -> int:
         subprocess.run(
             [PY, str(HERE / "models.py"), str(repo), "--no-timing"], check=True, capture_output=True
         )
+        monitored = monitored_repository(repo, Path(tmp), args.sample, args.window, args.step)
         for r in range(args.rounds):
             log = Path(tmp) / f"requests-{r}.db"
             on = ["--request-log", str(log), "--monitor-payload-sample", str(args.sample)]
             runs["off"].append(throughput(repo, 8211, [], args.duration))
-            runs["on"].append(throughput(repo, 8212, on, args.duration))
-            rows = _rows(log)
-            runs["on"][-1]["logged_rows"] = rows
+            runs["on"].append(throughput(monitored, 8212, on, args.duration))
+            runs["on"][-1]["logged_rows"] = _rows(log)
+            runs["on"][-1]["drift_rows_seen"] = _drift_rows(monitored)
     off = statistics.median(x["throughput_infer_per_s"] for x in runs["off"])
     on = statistics.median(x["throughput_infer_per_s"] for x in runs["on"])
     results = {"runs": runs, "off_rps": off, "on_rps": on, "ratio": on / off if off else 0.0}
     print(f"tiny, concurrency 32, {args.rounds} round(s) of {args.duration:g}s each")
+    print(f"  drift window {args.window} rows, evaluated every {args.step} rows")
     print(f"  monitoring off: {off:10.0f} req/s")
-    print(f"  request log on: {on:10.0f} req/s  ({results['ratio']:.3f} of off; target >= 0.95)")
+    print(f"  log + drift on: {on:10.0f} req/s  ({results['ratio']:.3f} of off; target >= 0.95)")
     print(f"  rows logged per round: {[x['logged_rows'] for x in runs['on']]}")
+    print(f"  drift rows seen after each round: {[x['drift_rows_seen'] for x in runs['on']]}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0
+
+
+def monitored_repository(repo: Path, tmp: Path, sample: float, window: int, step: int) -> Path:
+    """A copy of ``repo`` with only ``tiny``, declaring drift monitoring and 1 % payload
+    sampling, and its reference profile built from random inputs."""
+    from forwardpass.monitor.reference import build_reference
+
+    monitored = tmp / "repo-monitored"
+    shutil.copytree(repo / "tiny", monitored / "tiny")
+    # An evaluation tests all 66 features (64 inputs, the class and the top score; ~2 ms a
+    # feature on this model), so the cost follows evaluations per second = rate / step.
+    section = json.dumps({"drift": {"window": window, "step": step}, "payload_sample": sample})
+    config = monitored / "tiny" / "config.pbtxt"
+    config.write_text(
+        config.read_text()
+        + f'\nparameters {{ key: "monitoring" value: {{ string_value: {json.dumps(section)} }} }}\n'
+    )
+    data = tmp / "tiny-reference.npz"
+    np.savez(data, input=np.random.default_rng(0).normal(size=(1000, 64)).astype(np.float32))
+    meta = build_reference(monitored, "tiny", data)
+    print(f"reference for tiny: {meta['rows']} rows, {len(meta['features'])} features")
+    return monitored
+
+
+def _drift_rows(repo: Path) -> int:
+    state = repo / "tiny" / "monitor" / "state" / "drift-v1.json"
+    if not state.is_file():
+        return 0
+    return int(json.loads(state.read_text()).get("seen", 0))
 
 
 def _rows(path: Path) -> int:

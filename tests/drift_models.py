@@ -44,16 +44,13 @@ def _parameter(key: str, value: str) -> str:
     return f'parameters {{ key: "{key}" value: {{ string_value: {_pbtxt_string(value)} }} }}\n'
 
 
-def _parameter(key: str, value: str) -> str:
-    return f'parameters {{ key: "{key}" value: {{ string_value: {_pbtxt_string(value)} }} }}\n'
-
-
 def write_scored(
     root: Path,
     name: str = "scored",
     monitoring: dict[str, Any] | str | None = None,
     *,
     max_batch_size: int = 8,
+    response_cache: bool = False,
 ) -> Path:
     """Write the model; ``monitoring`` goes in as the parameter (a dict is JSON-encoded)."""
     folder = root / name
@@ -71,6 +68,7 @@ input {{ name: "x" data_type: TYPE_FP32 dims: [ 3 ] }}
 output {{ name: "probabilities" data_type: TYPE_FP32 dims: [ 2 ] }}
 output {{ name: "label" data_type: TYPE_INT64 dims: [ ] }}
 dynamic_batching {{ }}
+{"response_cache { enable: true }" if response_cache else ""}
 {parameters}"""
     (folder / "config.pbtxt").write_text(config)
     return folder

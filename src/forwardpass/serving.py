@@ -42,6 +42,8 @@ class Server:
         self.config = config
         self.engine = Engine(ModelRepository(config.model_repository), config)
         self.engine.peers = self.peers = peers
+        if peers is not None and peers.count > 1:
+            self.engine.monitoring.drift.worker = peers.index  # its own drift state file
         self.logs = logs
         self._local_metrics = metrics_renderer(self.engine) if config.metrics else None
         metrics: Callable[[], bytes | Awaitable[bytes]] | None = self._local_metrics

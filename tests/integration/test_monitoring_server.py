@@ -257,3 +257,28 @@ def test_monitoring_naming_a_missing_column_reports_and_the_model_serves(
     rows = client.get("/v2/models/misnamed/log").json()["rows"]
     assert rows[-1]["id"] == body["id"]
     assert any("monitoring" in line and "race" in line for line in proc.log)
+
+
+def test_feedback_reaches_the_worker_that_predicted(start_server: Any, tmp_path: Path) -> None:
+    """``serve --workers 2``: a label posted to any worker joins the prediction on the worker
+    that made it (forwarded over the cluster's peer channel), and the shared log records it."""
+    root = tmp_path / "models"
+    write_model(
+        root, "scored", config=_config("scored", {"fairness": FAIRNESS}),
+        versions={1: _score_onnx()},
+    )  # fmt: skip
+    log_path = tmp_path / "requests.db"
+    proc = start_server(root, "--no-grpc", "--workers", "2", "--request-log", str(log_path))
+    client = Client(proc.address)
+    ids = [_infer(client, "scored", 0.1 * (i % 10), float(i % 2))["id"] for i in range(40)]
+    feedback = [{"id": rid, "truth": i % 2} for i, rid in enumerate(ids)]
+    answer = client.post("/v2/models/scored/feedback", feedback)
+    assert answer.status == 200, answer.body
+    assert answer.json() == {"joined": 40}
+    again = client.post("/v2/models/scored/feedback", feedback[:1])
+    assert again.status == 404 and repr(ids[0]) in again.json()["error"]
+    unknown = client.post("/v2/models/scored/feedback", {"id": "nobody", "truth": 1})
+    assert unknown.status == 404 and "'nobody'" in unknown.json()["error"]
+    rows = client.get("/v2/models/scored/log", limit="1000").json()["rows"]
+    labelled = {r["id"]: r["truth"] for r in rows if r["truth"] is not None}
+    assert labelled == {f["id"]: f["truth"] for f in feedback}

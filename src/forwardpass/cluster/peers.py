@@ -174,6 +174,12 @@ class Peers:
             return (os.getpid(), self._metrics() if self._metrics is not None else b"")
         if op == "journal":
             return list(self.journal)
+        if op == "feedback":  # ground truth for predictions this worker may have made
+            loop = asyncio.get_running_loop()
+            model, items = args
+            return await loop.run_in_executor(
+                None, lambda: engine.monitoring.feedback(model, items, partial=True)
+            )
         if op == "load":
             await engine.table.load(*args)
         elif op == "unload":

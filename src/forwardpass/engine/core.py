@@ -36,7 +36,6 @@ from forwardpass.errors import (
 )
 from forwardpass.generation.scheduler import GenerationStream
 from forwardpass.model_config import ModelConfig, TensorSpec
-from forwardpass.monitor.drift_service import DriftService
 from forwardpass.monitor.hub import Stages
 from forwardpass.monitor.monitoring import Monitoring
 from forwardpass.monitor.trace import Trace, Tracer
@@ -76,8 +75,6 @@ class Engine:
         self.tracer = Tracer(
             self.config.trace_settings(), opentelemetry=self.config.otel_settings()
         )
-        #: Drift monitors of the models that configure ``monitoring.drift`` (off the hot path).
-        self.drift = DriftService()
         self.table.caller = self  # Python models' BLS calls come back through infer()
         size = self.config.response_cache_bytes
         self.cache = ResponseCache(size) if size else None
@@ -141,7 +138,6 @@ class Engine:
         # After the models: traces of the requests that just finished are written too.
         await asyncio.get_running_loop().run_in_executor(None, self.tracer.close)
         await asyncio.get_running_loop().run_in_executor(None, self.monitoring.close)
-        await asyncio.get_running_loop().run_in_executor(None, self.drift.close)
 
     async def _load_logged(self, name: str) -> None:
         try:
@@ -364,11 +360,11 @@ class Engine:
             trace.request_id = request.id
             trace.stamp("REQUEST_START", start)
         stats = loaded.stats
-        stages: Stages | None = None
         wall = 0.0
         inputs: dict[str, np.ndarray] = {}
-        if self.monitoring.watches(handle):
-            stages, wall = Stages(), time.time()
+        stages = self.monitoring.stages(handle)  # None: the model is not monitored
+        if stages is not None:
+            wall = time.time()
             if not request.id:
                 request.id = self.monitoring.new_id()  # returned as the response's id
         try:
@@ -416,6 +412,10 @@ class Engine:
         key = request_key(request, loaded.version)
         cached = self.cache.lookup(key, loaded, request.id)
         lookup_ns = time.monotonic_ns() - began
+        if stages is not None:
+            # A hit is recorded too, with its cached outputs; the drift monitor counts the
+            # profile of the request that filled the entry (same key) again.
+            stages.cache_key, stages.cached = key, cached is not None
         if cached is not None:
             stats.on_cache(True, lookup_ns)
             return cached
@@ -502,9 +502,9 @@ class Engine:
             stats.on_processing(pre_ns, post_ns)
             if stages is not None:
                 stages.preprocess_ns, stages.postprocess_ns = pre_ns, post_ns
-        if self.drift.enabled(handle):
-            # A record for the drift monitor's thread: the model's own inputs and outputs.
-            self.drift.submit(handle, loaded, request.id, inputs, model_outputs, extra)
+        if stages is not None and stages.capture:
+            # References (no copies) for the drift monitor: the model's own inputs and outputs.
+            stages.model_inputs, stages.model_outputs, stages.extra = inputs, model_outputs, extra
         return respond(handle, loaded, request, outputs)
 
     def generate(

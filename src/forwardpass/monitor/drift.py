@@ -53,9 +53,9 @@ from typing import Any
 
 import numpy as np
 
-from forwardpass.monitor.drift_settings import DriftSettings
 from forwardpass.monitor.profile import CATEGORICAL, Profile
 from forwardpass.monitor.reference import Reference
+from forwardpass.monitor.settings import DriftSettings
 from forwardpass.monitor.statistics import (
     CategoricalReference,
     MmdReference,
@@ -368,8 +368,9 @@ def _float(x: float | None) -> float:
 class DriftMonitor:
     """The drift sink of one model version: ``observe(records)``, state on disk, a report.
 
-    Built from a ready profiler (model features) and the loaded reference. Any exception
-    while observing disables the monitor (``error`` says why) and never reaches a request.
+    Built from a ready profiler (model features) and the loaded reference. An exception while
+    observing propagates to the monitor hub, which disables the drift sink for the model; it
+    never reaches a request.
     """
 
     def __init__(
@@ -380,8 +381,13 @@ class DriftMonitor:
         reference: Reference,
         profiler: Any,
         state_dir: Path | None,
+        save_every_s: float = 0.0,
     ) -> None:
         self.model = model
+        #: Evaluations write the state at most this often (0: after every one); an evaluation
+        #: that alarms or clears always writes it, and so does :meth:`save` at shutdown.
+        self.save_every_s = save_every_s
+        self._saved_at = float("-inf")
         self.version = version
         self.settings = settings
         self.reference = reference
@@ -389,7 +395,6 @@ class DriftMonitor:
         names = [c.name for c in profiler.columns]
         self.detector = DriftDetector(reference, settings, names)
         self.state_dir = state_dir
-        self.error: str | None = None
         self.state_error: str | None = None
         self.observed = 0
         self._lock = threading.Lock()
@@ -397,27 +402,37 @@ class DriftMonitor:
             self._load_state()
 
     # ------------------------------------------------------------------ sink
-    def observe(self, records: Sequence[DriftRecord]) -> None:
-        """Profile and add ``records`` (called off the request path)."""
-        if self.error is not None:
-            return
-        try:
-            evaluated = False
-            for record in records:
-                if record.status != "ok":
-                    continue
-                profile = self.profiler.profile(record.inputs, record.outputs, record.extra)
-                with self._lock:
-                    evaluated |= bool(self.detector.add(profile))
-                    self.observed += 1
-            if evaluated:
-                self.save()
-        except Exception as exc:
-            self.disable(f"{type(exc).__name__}: {exc}")
+    def observe(self, records: Sequence[DriftRecord]) -> list[WindowResult]:
+        """Profile and add ``records`` (called off the request path, on the monitor hub's
+        thread); the evaluations whose verdict differs from the one before (an alarm turning
+        on or off). An exception propagates: the hub disables the drift sink for the model
+        and ``/monitor`` reports why."""
+        return self.add(
+            [
+                self.profiler.profile(r.inputs, r.outputs, r.extra)
+                for r in records
+                if r.status == "ok"
+            ]
+        )
 
-    def disable(self, reason: str) -> None:
-        self.error = f"drift monitor disabled: {reason}"
-        log.error("model %s version %s: %s", self.model, self.version, self.error)
+    def add(self, profiles: Sequence[Profile], requests: int | None = None) -> list[WindowResult]:
+        """Add profiled requests (one profile per request, or ``requests`` requests in all
+        when profiles hold several); the alarm transitions, as ``observe``."""
+        evaluated = False
+        changes: list[WindowResult] = []
+        for profile in profiles:
+            with self._lock:
+                before = self.alarm
+                for result in self.detector.add(profile):
+                    evaluated = True
+                    if result.alarm != before:
+                        changes.append(result)
+                    before = result.alarm
+        with self._lock:
+            self.observed += len(profiles) if requests is None else requests
+        if changes or (evaluated and time.monotonic() - self._saved_at >= self.save_every_s):
+            self.save()
+        return changes
 
     # ------------------------------------------------------------------ persistence
     def _state_files(self) -> tuple[Path, Path]:
@@ -464,6 +479,7 @@ class DriftMonitor:
                 "identity": self._identity(),
             }
         npz, meta_file = self._state_files()
+        self._saved_at = time.monotonic()
         try:
             self.state_dir.mkdir(parents=True, exist_ok=True)
             tmp = npz.with_name(f".{npz.name}.tmp")
@@ -489,8 +505,8 @@ class DriftMonitor:
             return {
                 "model": self.model,
                 "version": str(self.version),
-                "enabled": self.error is None,
-                "error": self.error,
+                "enabled": True,
+                "error": None,
                 "state_error": self.state_error,
                 "alarm": bool(last.alarm) if last is not None else False,
                 "settings": self.settings.to_dict(),

@@ -3,22 +3,25 @@
 ``forwardpass_drift_score{model,version,feature,test}``: the last window's statistic of each
 test (``ks``/``cvm``/``chi2``/``mmd``) and its effect sizes (``psi``, ``wasserstein``);
 ``forwardpass_drift_p_value`` beside it; ``forwardpass_drift_alarm{model,version}``: 1 when
-the last window alarmed; ``forwardpass_drift_dropped_records``: records the full queue
-dropped.
+the last window alarmed. Records the monitor hub's full queue dropped are counted once, for
+every monitor, in ``forwardpass_monitor_dropped_total``.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+if TYPE_CHECKING:
+    from forwardpass.monitor.drift_sink import DriftSink
+
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 __all__ = ["drift_families"]
 
 
-def drift_families(service: Any) -> Iterator[Metric]:
+def drift_families(sink: DriftSink) -> Iterator[Metric]:
     score = GaugeMetricFamily(
         "forwardpass_drift_score",
         "Drift statistic or effect size of the last window, per feature and test",
@@ -34,12 +37,7 @@ def drift_families(service: Any) -> Iterator[Metric]:
         "1 when the last evaluated window drifted from the reference profile",
         labels=["model", "version"],
     )
-    dropped = CounterMetricFamily(
-        "forwardpass_drift_dropped_records",
-        "Requests the drift monitor skipped because its queue was full",
-        labels=["model", "version"],
-    )
-    for name, version, monitor in service.monitors():
+    for name, version, monitor in sink.monitors():
         labels = [name, str(version)]
         alarm.add_metric(labels, 1.0 if monitor.alarm else 0.0)
         for feature, test, value in monitor.scores():
@@ -50,6 +48,4 @@ def drift_families(service: Any) -> Iterator[Metric]:
             for f in last.features:
                 if math.isfinite(f.p_value):
                     p_value.add_metric([*labels, f.feature, f.test], f.p_value)
-    for (name, version), count in sorted(service.dropped.items()):
-        dropped.add_metric([name, str(version)], count)
-    yield from (score, p_value, alarm, dropped)
+    yield from (score, p_value, alarm)

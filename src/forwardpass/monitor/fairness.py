@@ -272,8 +272,13 @@ class FairnessMonitor:
         return _Prediction(r.version, r.time, groups, positive)
 
     # ------------------------------------------------------------------ feedback
-    def feedback(self, model: str, items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-        """Join ground truths to their predictions; all or nothing. Returns what was joined."""
+    def feedback(
+        self, model: str, items: Sequence[Mapping[str, Any]], partial: bool = False
+    ) -> dict[str, Any]:
+        """Join ground truths to their predictions; all or nothing. Returns what was joined.
+
+        ``partial`` (``serve --workers N``: the other ids may be another worker's): join the
+        ids this monitor holds and return the others under ``missing`` instead of raising."""
         settings = self.settings.get(model)
         if settings is None:
             raise InvalidArgument(
@@ -297,7 +302,7 @@ class FairnessMonitor:
                     missing.append(rid)
                     continue
                 joined.append((rid, p, _truths(truth, label, len(p.groups), rid)))
-            if missing:
+            if missing and not partial:
                 raise NotFound(
                     f"no prediction of model {model!r} awaits ground truth for request id(s) "
                     + ", ".join(repr(m) for m in missing)
@@ -312,6 +317,8 @@ class FairnessMonitor:
                     )
                 for g, t, y in zip(p.groups, truths, p.positive, strict=True):
                     window.append((g, t, y))
+        if partial:
+            return {"joined": len(joined), "missing": missing}
         return {"joined": len(joined)}
 
     def pending_count(self, model: str) -> int:

@@ -37,7 +37,9 @@ log = logging.getLogger("forwardpass.monitor")
 
 @dataclass(slots=True)
 class Stages:
-    """Nanoseconds by stage of one request, filled in by the engine as the stages run."""
+    """What the engine notes about a monitored request as it runs: nanoseconds by stage and,
+    when a monitor of the model asks for them (``capture``), references to the model's own
+    tensors. An unmonitored request has none (the engine's one check is ``stages is None``)."""
 
     queue_ns: int = 0
     compute_ns: int = 0
@@ -45,6 +47,15 @@ class Stages:
     postprocess_ns: int = 0
     #: Rows the request carried (its leading dimension; 1 for a model without batching).
     batch_size: int = 1
+    #: Keep the model's inputs, raw outputs and processing side data (a drift monitor).
+    capture: bool = False
+    model_inputs: dict[str, np.ndarray] | None = None
+    model_outputs: dict[str, np.ndarray] | None = None
+    extra: dict[str, np.ndarray] | None = None
+    #: The response cache's key of the request (models with the cache on) and whether the
+    #: answer came from the cache (then nothing ran, and ``model_inputs`` stays None).
+    cache_key: bytes | None = None
+    cached: bool = False
 
 
 @dataclass(slots=True)
@@ -72,6 +83,15 @@ class Record:
     parameters: dict[str, Any]
     #: The response's tensors; read them through :attr:`outputs`.
     tensors: list[Tensor] = field(default_factory=list)
+    #: The model's own inputs (after input processing), raw outputs (before output
+    #: processing) and processing side data (image geometry): kept only when a monitor of
+    #: the model asks for them (:attr:`Stages.capture`), and never on a cache hit.
+    model_inputs: dict[str, np.ndarray] | None = None
+    model_outputs: dict[str, np.ndarray] | None = None
+    extra: dict[str, np.ndarray] | None = None
+    #: Answered from the response cache (``tensors`` are the cached outputs).
+    cached: bool = False
+    cache_key: bytes | None = None
 
     @property
     def outputs(self) -> dict[str, np.ndarray]:

@@ -18,7 +18,6 @@ from prometheus_client.core import (
 )
 
 from forwardpass.generation.metrics import generation_metrics
-from forwardpass.monitor.drift_metrics import drift_families
 from forwardpass.monitor.monitor_metrics import MonitoringCollector
 from forwardpass.monitor.stats import Histogram
 from forwardpass.scheduling.batcher import Batcher
@@ -131,7 +130,6 @@ class EngineCollector:
                 fell_back = "1" if any(b.fallback_warnings for b in loaded.backends) else "0"
                 for provider in loaded.providers:
                     providers.add_metric([*labels, provider, fell_back], 1)
-        yield from drift_families(self.engine.drift)
         yield from generation_metrics(
             (handle.name, str(version), loaded.generator.scheduler)
             for handle in self.engine.models()

@@ -1,6 +1,7 @@
 """Prometheus families of the monitors, read at scrape time (nothing runs per request).
 
 - ``forwardpass_monitor_dropped_total{model,reason}``: records the monitor queue dropped.
+- the drift families (:mod:`forwardpass.monitor.drift_metrics`).
 - ``forwardpass_monitor_disabled{model,sink}``: 1 for a monitor disabled for a model.
 - ``forwardpass_fairness_metric{model,version,metric,group}``: per group ``count``,
   ``selection_rate``, ``accuracy``, ``tpr``, ``fpr``, ``precision`` over the labelled window,
@@ -14,6 +15,8 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from forwardpass.monitor.drift_metrics import drift_families
 
 if TYPE_CHECKING:
     from forwardpass.monitor.monitoring import Monitoring
@@ -57,3 +60,4 @@ class MonitoringCollector:
                     if d["value"] is not None:
                         fairness.add_metric([model, version, metric, "between_groups"], d["value"])
         yield from (dropped, disabled, fairness)
+        yield from drift_families(m.drift)

@@ -1,12 +1,16 @@
 """The engine's monitoring: which models are watched, the tap, and what the API reads back.
 
 :class:`Monitoring` owns the :class:`~forwardpass.monitor.hub.MonitorHub` and its sinks (the
-request log when the server has one, the fairness monitor, and any sink added with
-:meth:`Monitoring.add_sink`, e.g. a drift monitor). The engine asks :meth:`watches` once per
-request — a dict lookup and an identity check — and only for a watched model builds a record
-(:meth:`tap`). A model's ``monitoring`` declaration is read when its handle changes (a load or
-reload); an error in it (bad JSON, a column the model lacks) is logged and reported on
-``/fairness``, and the model serves on without the monitor it broke.
+request log when the server has one, the fairness monitor, the drift monitors, and any sink
+added with :meth:`Monitoring.add_sink`). The engine asks :meth:`stages` once per request — a
+dict lookup and an identity check — and only for a watched model gets a
+:class:`~forwardpass.monitor.hub.Stages` to fill and a record is built (:meth:`tap`). A
+model's ``monitoring`` declaration is read (by :func:`~forwardpass.monitor.settings.
+read_monitoring`, the one parser) when its handle changes (a load or reload); an error in it
+(bad JSON, a column the model lacks) is logged and reported on ``/fairness`` and
+``/monitor``, and the model serves on without the monitor it broke.
+
+Drift alarms turning on or off are written to the request log's ``events`` table.
 """
 
 from __future__ import annotations
@@ -19,12 +23,20 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import orjson
 
 from forwardpass.config import ServerConfig
 from forwardpass.errors import ForwardpassError, InvalidArgument, NotFound
+from forwardpass.monitor.drift_sink import DriftSink
 from forwardpass.monitor.fairness import FairnessMonitor
 from forwardpass.monitor.hub import MonitorHub, Record, Sink, Stages
-from forwardpass.monitor.requestlog import RequestLog, SqliteStore, read_rows
+from forwardpass.monitor.requestlog import (
+    EventRow,
+    RequestLog,
+    SqliteStore,
+    read_events,
+    read_rows,
+)
 from forwardpass.monitor.settings import MonitoringSettings, read_monitoring
 
 if TYPE_CHECKING:
@@ -42,6 +54,7 @@ class Monitoring:
     def __init__(self, config: ServerConfig, sinks: list[Sink] | None = None) -> None:
         self.config = config
         self.fairness = FairnessMonitor()
+        self.drift = DriftSink(self._event)
         self.store: SqliteStore | None = None
         self.request_log: RequestLog | None = None
         all_sinks: list[Sink] = []
@@ -54,19 +67,20 @@ class Monitoring:
             self.request_log = RequestLog(self.store, config.monitor_payload_sample)
             all_sinks.append(self.request_log)
         all_sinks.append(self.fairness)
+        all_sinks.append(self.drift)
         all_sinks.extend(sinks or ())
-        #: Sinks beside the request log and fairness (drift): they watch every model.
+        #: Sinks beside the request log, fairness and drift: they watch every model.
         self._others = len(sinks or ())
         self.hub = MonitorHub(all_sinks, max_queue=config.monitor_queue_size)
-        #: model → (the handle's entry it was read for, watched).
-        self._watched: dict[str, tuple[object, bool]] = {}
+        #: model → (the handle's entry it was read for, watched, capture model tensors).
+        self._watched: dict[str, tuple[object, bool, bool]] = {}
         #: model → problems with its monitoring declaration.
         self.errors: dict[str, list[str]] = {}
         self._prefix = os.urandom(4).hex()
         self._ids = itertools.count(1)
 
     def add_sink(self, sink: Sink) -> None:
-        """Another monitor (a drift monitor): it receives every watched model's records."""
+        """Another monitor: it receives every watched model's records."""
         self.hub.sinks.append(sink)
         self._others += 1
         self._watched.clear()  # every model is read again: the new sink may watch it
@@ -75,9 +89,17 @@ class Monitoring:
     def watches(self, handle: ModelHandle) -> bool:
         """Whether requests to ``handle``'s model are recorded (read again after a reload)."""
         cached = self._watched.get(handle.name)
-        if cached is not None and cached[0] is handle.entry:
-            return cached[1]
-        return self._configure(handle)
+        if cached is None or cached[0] is not handle.entry:
+            cached = self._configure(handle)
+        return cached[1]
+
+    def stages(self, handle: ModelHandle) -> Stages | None:
+        """What the engine fills in for a request to ``handle``'s model; ``None`` when the
+        model is not watched (the request's one monitoring check)."""
+        cached = self._watched.get(handle.name)
+        if cached is None or cached[0] is not handle.entry:
+            cached = self._configure(handle)
+        return Stages(capture=cached[2]) if cached[1] else None
 
     def new_id(self) -> str:
         """An id for a request that came without one (returned to the client)."""
@@ -113,11 +135,16 @@ class Monitoring:
                 inputs=inputs,
                 parameters=request.parameters,
                 tensors=response.outputs if response is not None else [],
+                model_inputs=stages.model_inputs,
+                model_outputs=stages.model_outputs,
+                extra=stages.extra,
+                cached=stages.cached,
+                cache_key=stages.cache_key,
             )
         )
 
     # ------------------------------------------------------------------ configuration
-    def _configure(self, handle: ModelHandle) -> bool:
+    def _configure(self, handle: ModelHandle) -> tuple[object, bool, bool]:
         name = handle.name
         errors: list[str] = []
         settings: MonitoringSettings | None = None
@@ -125,6 +152,8 @@ class Monitoring:
             settings = read_monitoring(handle.config.parameters)
         except ForwardpassError as exc:
             errors.append(exc.message)
+        if settings is not None:
+            errors.extend(settings.errors.values())
         fairness = settings.fairness if settings is not None else None
         if fairness is not None:
             missing = [c for c in fairness.sensitive if c not in handle.input_specs]
@@ -143,6 +172,13 @@ class Monitoring:
                 fairness = None
         enabled = settings.enable if settings is not None else True
         self.fairness.configure(name, fairness if enabled else None)
+        drift = settings is not None and enabled and settings.declares("drift")
+        self.drift.configure(
+            name,
+            handle.entry,
+            settings.drift if drift and settings is not None else None,
+            settings.errors.get("drift") if drift and settings is not None else None,
+        )
         if self.request_log is not None:
             if settings is not None and settings.payload_sample is not None:
                 self.request_log.samples[name] = settings.payload_sample
@@ -156,24 +192,39 @@ class Monitoring:
             self.errors.pop(name, None)
         for key in [k for k in dict(self.hub.disabled) if k[1] == name]:
             self.hub.disabled.pop(key, None)  # a reload gives its monitors a fresh start
-        on = enabled and (self.store is not None or fairness is not None or self._others > 0)
-        self._watched[name] = (handle.entry, on)
+        capture = self.drift.wants(name)
+        on = enabled and (
+            self.store is not None or fairness is not None or capture or self._others > 0
+        )
+        watched = (handle.entry, on, capture and on)
+        self._watched[name] = watched
         if on:
             self.hub.start()
-        return on
+        return watched
+
+    def _event(self, model: str, version: str, kind: str, detail: dict[str, Any]) -> None:
+        """A monitor's event (a drift alarm turning on or off), on the hub's thread."""
+        log.warning("model %s version %s: %s %s", model, version, kind, detail)
+        if self.store is not None:
+            detail_text = orjson.dumps(detail, option=orjson.OPT_SERIALIZE_NUMPY).decode()
+            self.store.append_events([EventRow(time.time(), model, version, kind, detail_text)])
 
     # ------------------------------------------------------------------ reading back
-    def feedback(self, model: str, body: Any) -> dict[str, Any]:
+    def feedback(self, model: str, body: Any, partial: bool = False) -> dict[str, Any]:
         """``POST /v2/models/M/feedback``: one ``{"id", "truth"}`` or a list of them.
-        Blocking (waits for the hub to catch up): call it off the event loop."""
+        Blocking (waits for the hub to catch up): call it off the event loop. ``partial``:
+        join what this worker predicted, return the other ids under ``missing``."""
         items = body if isinstance(body, list) else [body]
         if not items:
             raise InvalidArgument("feedback is empty: send {'id': ..., 'truth': ...} or a list")
         self.hub.flush()  # a prediction answered a moment ago may still be queued
-        joined = self.fairness.feedback(model, items)
+        joined = self.fairness.feedback(model, items, partial)
         if self.store is not None:
+            missing = set(joined.get("missing", ()))
             try:
-                self.store.set_truth({item["id"]: item["truth"] for item in items})
+                self.store.set_truth(
+                    {item["id"]: item["truth"] for item in items if item["id"] not in missing}
+                )
             except Exception as exc:  # the join stands; the log copy is best-effort
                 log.error("request log: cannot record ground truth: %s", exc)
         return joined
@@ -188,18 +239,75 @@ class Monitoring:
             doc["pending"] = self.fairness.pending_count(model)
             doc["versions"] = self.fairness.report(model)
         doc["errors"] = self.errors.get(model, [])
-        disabled = dict(self.hub.disabled)  # a copy: the hub's thread may add to it
-        doc["disabled"] = {s: r for (s, m), r in disabled.items() if m == model}
+        doc["disabled"] = self.disabled(model)
         return doc
 
-    def log_rows(self, model: str, since: float | None, limit: int) -> list[dict[str, Any]]:
+    def monitor_document(self, handle: ModelHandle, loaded: LoadedVersion) -> dict[str, Any]:
+        """``GET /v2/models/M[/versions/V]/monitor``: the version's drift report, and what
+        the hub says of the model's monitoring (errors, disabled sinks, dropped records).
+        Builds the drift monitor on first use: call it off the event loop."""
+        name = handle.name
+        self.watches(handle)  # the declaration is read for the current handle
+        if not self.drift.declared(name):
+            raise InvalidArgument(
+                f"model {name!r} has no drift monitoring configured (add a "
+                "'monitoring' parameter with a 'drift' section to its config)"
+            )
+        disabled = self.disabled(name)
+        doc = self.drift.report(name, loaded.version, disabled.get(self.drift.name))
+        doc["errors"] = self.errors.get(name, [])
+        doc["disabled"] = disabled
+        doc["dropped_records"] = sum(n for (m, _), n in self.dropped().items() if m == name)
+        doc["sinks"] = [
+            s.name for s in self.hub.sinks if s.name not in disabled and self._feeds(s, name)
+        ]
+        return doc
+
+    def _feeds(self, sink: Sink, model: str) -> bool:
+        if sink is self.fairness:
+            return model in self.fairness.settings
+        if sink is self.drift:
+            return self.drift.wants(model)
+        return True
+
+    def disabled(self, model: str) -> dict[str, str]:
+        """sink → why the hub disabled it for ``model``."""
+        disabled = dict(self.hub.disabled)  # a copy: the hub's thread may add to it
+        return {s: r for (s, m), r in disabled.items() if m == model}
+
+    def log_rows(
+        self, model: str, since: float | None, limit: int, kind: str = "requests"
+    ) -> list[dict[str, Any]]:
+        """The request log's newest rows of ``model``: ``kind`` ``requests``, ``events``
+        (what the monitors reported) or ``all`` (both, by time; each row has its ``kind``)."""
         if self.store is None:
             raise NotFound("the server keeps no request log (start it with --request-log PATH)")
         self.hub.flush()
-        return [r.document() for r in read_rows(self.store.path, model, since, limit)]
+        return log_documents(self.store.path, model, since, limit, kind)
 
     def dropped(self) -> Mapping[tuple[str, str], int]:
         return dict(self.hub.dropped)
 
     def close(self) -> None:
         self.hub.close()
+
+
+LOG_KINDS = ("requests", "events", "all")
+
+
+def log_documents(
+    path: Any, model: str, since: float | None, limit: int, kind: str
+) -> list[dict[str, Any]]:
+    """Rows of the request log as documents, for the API and ``forwardpass log``."""
+    if kind not in LOG_KINDS:
+        raise InvalidArgument(f"kind must be one of {list(LOG_KINDS)}, got {kind!r}")
+    out: list[dict[str, Any]] = []
+    if kind in ("requests", "all"):
+        tag = {"kind": "request"} if kind == "all" else {}
+        out += [{**tag, **r.document()} for r in read_rows(path, model, since, limit)]
+    if kind in ("events", "all"):
+        out += [e.document() for e in read_events(path, model, since, limit)]
+    if kind == "all":
+        out.sort(key=lambda d: d["time"])
+        out = out[-limit:]
+    return out

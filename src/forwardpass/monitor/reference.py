@@ -164,8 +164,8 @@ async def profile_data(
     """
     from forwardpass.config import ServerConfig
     from forwardpass.engine import Engine
-    from forwardpass.monitor.drift_settings import DriftSettings, drift_settings
     from forwardpass.monitor.profile import Profile
+    from forwardpass.monitor.settings import DriftSettings, drift_settings
     from forwardpass.optimize.data import load_samples
     from forwardpass.repository import ModelRepository
     from forwardpass.scheduling.batcher import Batcher
@@ -183,7 +183,7 @@ async def profile_data(
             raise InvalidArgument(f"model {model!r} did not load: {handle.reason}")
         handle, loaded = engine.version(model, str(version) if version else "")
         config = handle.config
-        settings = drift_settings(config) or DriftSettings()
+        settings = drift_settings(config.parameters) or DriftSettings()
         entry = handle.entry
         assert entry is not None
         samples = load_samples(data, config, model_dir=entry.path, labels=entry.labels)

@@ -8,6 +8,11 @@ rows of the last drain — well under the second the issue allows. Retention run
 ``retention_every_s``: rows older than ``max_age_s`` go, then the oldest rows until the live
 pages fit in ``max_bytes`` (auto_vacuum=INCREMENTAL gives freed pages back to the file system).
 
+Beside the ``requests`` table, an ``events`` table holds what the monitors report over time
+(a drift alarm turning on or off, with the features that fired): :class:`EventRow`,
+:meth:`SqliteStore.append_events`, :func:`read_events`. Requests answered from the response
+cache are rows too (``cached`` is 1, the outputs are the cached ones).
+
 Readers (``forwardpass log``, ``GET /v2/models/M/log``, the feedback join) open their own
 connections: WAL lets them read while the writer writes.
 """
@@ -31,12 +36,14 @@ from forwardpass.errors import InvalidArgument, NotFound
 from forwardpass.monitor.hub import Record
 
 __all__ = [
+    "EventRow",
     "LogRow",
     "LogStore",
     "RequestLog",
     "SqliteStore",
     "parse_since",
     "payload_document",
+    "read_events",
     "read_rows",
 ]
 
@@ -44,8 +51,9 @@ log = logging.getLogger("forwardpass.monitor")
 
 _COLUMNS = (
     "id", "time", "model", "version", "status", "error", "total_us", "queue_us", "compute_us",
-    "preprocess_us", "postprocess_us", "batch_size", "payload", "truth",
+    "preprocess_us", "postprocess_us", "batch_size", "payload", "truth", "cached",
 )  # fmt: skip
+_EVENT_COLUMNS = ("time", "model", "version", "kind", "detail")
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +74,8 @@ class LogRow:
     payload: str | None = None
     #: JSON text of the ground truth, once feedback arrived.
     truth: str | None = None
+    #: 1 when the response cache answered the request (None: a log from before the column).
+    cached: int | None = 0
 
     def document(self) -> dict[str, Any]:
         """The row as JSON-ready values (payload and truth parsed)."""
@@ -73,6 +83,24 @@ class LogRow:
         for key in ("payload", "truth"):
             if d[key] is not None:
                 d[key] = orjson.loads(d[key])
+        d["cached"] = bool(d["cached"])
+        return d
+
+
+@dataclass(frozen=True, slots=True)
+class EventRow:
+    """Something a monitor reported about a model at a time (``kind``: ``drift_alarm``,
+    ``drift_clear``), with its details as JSON text."""
+
+    time: float
+    model: str
+    version: str
+    kind: str
+    detail: str
+
+    def document(self) -> dict[str, Any]:
+        d = {k: getattr(self, k) for k in _EVENT_COLUMNS}
+        d["detail"] = orjson.loads(self.detail)
         return d
 
 
@@ -82,6 +110,8 @@ class LogStore(Protocol):
     def append(self, rows: list[LogRow]) -> None: ...
 
     def set_truth(self, truths: Mapping[str, Any]) -> None: ...
+
+    def append_events(self, events: list[EventRow]) -> None: ...
 
     def query(self, model: str, since: float | None = None, limit: int = 100) -> list[LogRow]: ...
 
@@ -152,23 +182,40 @@ class SqliteStore:
             " preprocess_us REAL, postprocess_us REAL, batch_size INTEGER, payload TEXT,"
             " truth TEXT)"
         )
+        columns = {r[1] for r in self._db.execute("PRAGMA table_info(requests)")}
+        if "cached" not in columns:  # a log written before the column existed
+            self._db.execute("ALTER TABLE requests ADD COLUMN cached INTEGER DEFAULT 0")
         self._db.execute("CREATE INDEX IF NOT EXISTS requests_model_time ON requests(model, time)")
         self._db.execute("CREATE INDEX IF NOT EXISTS requests_id ON requests(id)")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS events (time REAL, model TEXT, version TEXT, kind TEXT,"
+            " detail TEXT)"
+        )
+        self._db.execute("CREATE INDEX IF NOT EXISTS events_model_time ON events(model, time)")
 
     def append(self, rows: list[LogRow]) -> None:
         if not rows:
             return
         with self._lock:
-            self._db.execute("BEGIN")
-            self._db.executemany(
-                f"INSERT INTO requests VALUES ({','.join('?' * len(_COLUMNS))})",
-                [tuple(getattr(r, k) for k in _COLUMNS) for r in rows],
-            )
-            self._db.execute("COMMIT")
+            self._insert("requests", _COLUMNS, rows)
             now = time.monotonic()
             if now - self._last_retention >= self.retention_every_s:
                 self._last_retention = now
                 self._retain()
+
+    def append_events(self, events: list[EventRow]) -> None:
+        if events:
+            with self._lock:
+                self._insert("events", _EVENT_COLUMNS, events)
+
+    def _insert(self, table: str, columns: tuple[str, ...], rows: Iterable[Any]) -> None:
+        """One transaction of rows (dataclasses with ``columns`` as fields); lock held."""
+        self._db.execute("BEGIN")
+        self._db.executemany(
+            f"INSERT INTO {table} ({','.join(columns)}) VALUES ({','.join('?' * len(columns))})",
+            [tuple(getattr(r, k) for k in columns) for r in rows],
+        )
+        self._db.execute("COMMIT")
 
     def retain(self) -> None:
         """Apply the age and size limits now."""
@@ -178,6 +225,7 @@ class SqliteStore:
     def _retain(self) -> None:
         db = self._db
         db.execute("DELETE FROM requests WHERE time < ?", (time.time() - self.max_age_s,))
+        db.execute("DELETE FROM events WHERE time < ?", (time.time() - self.max_age_s,))
         page = db.execute("PRAGMA page_size").fetchone()[0]
         for _ in range(64):
             used = (
@@ -215,19 +263,34 @@ class SqliteStore:
             self._db.close()
 
 
-def read_rows(
-    path: Path | str, model: str, since: float | None = None, limit: int = 100
-) -> list[LogRow]:
-    """The newest ``limit`` rows of ``model`` at or after ``since`` (Unix seconds), oldest
-    first. Opens the file read-only: a reader never writes or creates a log."""
+def _connect(path: Path | str) -> tuple[Path, sqlite3.Connection]:
     path = Path(path)
     if not path.is_file():
         raise NotFound(f"request log {path} does not exist")
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    db.execute("PRAGMA busy_timeout=5000")
+    return path, db
+
+
+def _newest(
+    path: Path | str,
+    table: str,
+    columns: tuple[str, ...],
+    model: str,
+    since: float | None,
+    limit: int,
+) -> list[tuple[Any, ...]]:
+    """The newest ``limit`` rows of ``table`` for ``model`` at or after ``since``, oldest
+    first. Opens the file read-only: a reader never writes or creates a log."""
+    path, db = _connect(path)
     try:
-        db.execute("PRAGMA busy_timeout=5000")
+        have = {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
+        if not have and table == "events":
+            return []  # a log from before events were kept
+        # A column the file predates reads as NULL (the writer adds it when it opens).
+        select = ",".join(c if c in have else f"NULL AS {c}" for c in columns)
         rows = db.execute(
-            f"SELECT {','.join(_COLUMNS)} FROM requests WHERE model = ? AND time >= ? "
+            f"SELECT {select} FROM {table} WHERE model = ? AND time >= ? "
             "ORDER BY time DESC, rowid DESC LIMIT ?",
             (model, since if since is not None else float("-inf"), limit),
         ).fetchall()
@@ -235,7 +298,23 @@ def read_rows(
         raise InvalidArgument(f"cannot read request log {path}: {exc}") from None
     finally:
         db.close()
-    return [LogRow(*r) for r in reversed(rows)]
+    return list(reversed(rows))
+
+
+def read_rows(
+    path: Path | str, model: str, since: float | None = None, limit: int = 100
+) -> list[LogRow]:
+    """The newest ``limit`` request rows of ``model`` at or after ``since`` (Unix seconds),
+    oldest first."""
+    rows = _newest(path, "requests", _COLUMNS, model, since, limit)
+    return [LogRow(*r) for r in rows]
+
+
+def read_events(
+    path: Path | str, model: str, since: float | None = None, limit: int = 100
+) -> list[EventRow]:
+    """The newest ``limit`` monitor events of ``model`` at or after ``since``, oldest first."""
+    return [EventRow(*r) for r in _newest(path, "events", _EVENT_COLUMNS, model, since, limit)]
 
 
 class RequestLog:
@@ -281,6 +360,7 @@ class RequestLog:
                 postprocess_us=s.postprocess_ns / 1e3,
                 batch_size=s.batch_size,
                 payload=payload,
+                cached=int(r.cached),
             )
 
     def close(self) -> None:

@@ -1,4 +1,5 @@
-"""A model's ``monitoring`` declaration: what is logged and what the fairness monitor watches.
+"""A model's ``monitoring`` declaration: what is logged, and what the drift and fairness
+monitors watch. This module is the one parser of the section.
 
 Declared as the ``monitoring`` parameter of config.pbtxt (its value JSON text)::
 
@@ -18,18 +19,44 @@ or, in config.yaml, as a ``monitoring:`` mapping (kept as the same JSON paramete
   (the last N labelled predictions, 1000), ``bootstrap`` (resamples for the intervals, 200; 0
   turns them off), ``confidence`` (0.95), ``seed`` (0), ``label_ttl_s`` (how long a prediction
   waits for its truth, 7 days), ``max_pending`` (predictions waiting at most, 100000).
+- ``drift`` (a mapping, or ``true`` for the defaults)::
+
+      drift:
+        window: 200             # rows per window
+        step: 50                # rows between evaluations (default window / 4; = window: tumbling)
+        false_alarm_rate: 0.01  # share of windows of undrifted traffic allowed to alarm
+        correction: bonferroni  # or fdr (Benjamini–Hochberg), over the tests of a window
+        numeric_test: ks        # or cvm (Cramér–von Mises)
+        features: [...]         # optional subset of the model's features
+        categorical: [...]      # numeric-looking features to test as categories
+        embedding: auto         # an output name, auto (penultimate for ONNX image/text) or none
+        permutations: 0         # MMD permutations; 0: enough for the per-test level
+        history: 200            # evaluations kept for /monitor
+
+A broken ``drift`` or ``fairness`` sub-section turns off that monitor only (its message is in
+:attr:`MonitoringSettings.errors`); a broken section as a whole (not JSON, unknown keys) raises.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from forwardpass.errors import InvalidModelConfig
+from forwardpass.errors import ForwardpassError, InvalidModelConfig
 
-__all__ = ["FairnessSettings", "MonitoringSettings", "read_monitoring"]
+__all__ = [
+    "MONITORING_PARAMETER",
+    "DriftSettings",
+    "FairnessSettings",
+    "MonitoringSettings",
+    "drift_settings",
+    "read_monitoring",
+]
+
+#: The config parameter (and config.yaml key) of the monitoring section.
+MONITORING_PARAMETER = "monitoring"
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,11 +78,101 @@ class FairnessSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class DriftSettings:
+    """How one model's traffic is compared with its reference profile."""
+
+    window: int = 200
+    #: Rows between evaluations; 0 (unset) is a quarter of the window.
+    step: int = 0
+    false_alarm_rate: float = 0.01
+    correction: str = "bonferroni"
+    numeric_test: str = "ks"
+    features: tuple[str, ...] | None = None
+    categorical: tuple[str, ...] = ()
+    embedding: str = "auto"
+    permutations: int = 0
+    history: int = 200
+
+    def __post_init__(self) -> None:
+        def bad(key: str, why: str) -> InvalidModelConfig:
+            return InvalidModelConfig(f"monitoring.drift.{key}: {why}")
+
+        if self.window < 10:
+            raise bad("window", f"must be at least 10 rows, got {self.window}")
+        if self.step == 0:
+            object.__setattr__(self, "step", max(1, self.window // 4))
+        if not 1 <= self.step <= self.window:
+            raise bad("step", f"must be between 1 and window ({self.window}), got {self.step}")
+        if not 0.0 < self.false_alarm_rate < 1.0:
+            raise bad("false_alarm_rate", f"must be in (0, 1), got {self.false_alarm_rate}")
+        if self.correction not in ("bonferroni", "fdr"):
+            raise bad("correction", f"must be bonferroni or fdr, got {self.correction!r}")
+        if self.numeric_test not in ("ks", "cvm"):
+            raise bad("numeric_test", f"must be ks or cvm, got {self.numeric_test!r}")
+        if self.permutations < 0:
+            raise bad("permutations", "must be 0 (derived) or a positive count")
+        if self.history < 1:
+            raise bad("history", "must be at least 1")
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> DriftSettings:
+        if not isinstance(data, Mapping):
+            raise InvalidModelConfig("monitoring.drift must be a mapping")
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise InvalidModelConfig(
+                f"monitoring.drift: unknown key(s) {unknown}; known: {sorted(known)}"
+            )
+        values: dict[str, Any] = {}
+        for key, value in data.items():
+            default = known[key].default
+            if key in ("features", "categorical"):
+                if value is None and key == "features":
+                    values[key] = None
+                    continue
+                if not isinstance(value, list | tuple) or not all(
+                    isinstance(v, str) for v in value
+                ):
+                    raise InvalidModelConfig(f"monitoring.drift.{key} must be a list of names")
+                values[key] = tuple(value)
+            elif isinstance(default, bool) or isinstance(value, bool):
+                raise InvalidModelConfig(f"monitoring.drift.{key}: got a boolean")
+            elif isinstance(default, int) and not isinstance(default, bool):
+                if not isinstance(value, int):
+                    raise InvalidModelConfig(f"monitoring.drift.{key} must be an integer")
+                values[key] = value
+            elif isinstance(default, float):
+                if not isinstance(value, int | float):
+                    raise InvalidModelConfig(f"monitoring.drift.{key} must be a number")
+                values[key] = float(value)
+            else:
+                if not isinstance(value, str):
+                    raise InvalidModelConfig(f"monitoring.drift.{key} must be a string")
+                values[key] = value
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        for key in ("features", "categorical"):
+            if out[key] is not None:
+                out[key] = list(out[key])
+        return out
+
+
+@dataclass(frozen=True, slots=True)
 class MonitoringSettings:
     enable: bool = True
     #: None: the server's default.
     payload_sample: float | None = None
     fairness: FairnessSettings | None = None
+    drift: DriftSettings | None = None
+    #: Sub-section → why it is off (it is declared but broken).
+    errors: Mapping[str, str] = field(default_factory=dict)
+
+    def declares(self, section: str) -> bool:
+        """Whether the section is declared (valid or not)."""
+        return getattr(self, section) is not None or section in self.errors
 
 
 def _error(what: str) -> InvalidModelConfig:
@@ -131,7 +248,7 @@ def _fairness(d: Any) -> FairnessSettings:
 
 def read_monitoring(parameters: Mapping[str, str]) -> MonitoringSettings | None:
     """The ``monitoring`` parameter of a model config, or ``None`` when it declares none."""
-    text = parameters.get("monitoring")
+    text = parameters.get(MONITORING_PARAMETER)
     if text is None:
         return None
     try:
@@ -140,7 +257,6 @@ def read_monitoring(parameters: Mapping[str, str]) -> MonitoringSettings | None:
         raise _error(f"the parameter is not valid JSON: {exc}") from None
     if not isinstance(d, Mapping):
         raise _error("must be a JSON object")
-    # "drift" is the drift monitor's (monitor/drift_settings.py checks it).
     unknown = sorted(set(d) - {"enable", "payload_sample", "fairness", "drift"})
     if unknown:
         raise _error(f"unknown key(s) {unknown}")
@@ -150,5 +266,32 @@ def read_monitoring(parameters: Mapping[str, str]) -> MonitoringSettings | None:
     sample = None
     if "payload_sample" in d:
         sample = _number(d, "payload_sample", 0.0, 0.0, 1.0)
-    fairness = _fairness(d["fairness"]) if "fairness" in d else None
-    return MonitoringSettings(enable=enable, payload_sample=sample, fairness=fairness)
+    errors: dict[str, str] = {}
+    fairness: FairnessSettings | None = None
+    drift: DriftSettings | None = None
+    try:
+        fairness = _fairness(d["fairness"]) if "fairness" in d else None
+    except ForwardpassError as exc:
+        errors["fairness"] = exc.message
+    try:
+        if "drift" in d:
+            section = d["drift"]
+            drift = DriftSettings() if section is True or section == {} else (
+                DriftSettings.from_mapping(section)
+            )  # fmt: skip
+    except ForwardpassError as exc:
+        errors["drift"] = exc.message
+    return MonitoringSettings(
+        enable=enable, payload_sample=sample, fairness=fairness, drift=drift, errors=errors
+    )
+
+
+def drift_settings(parameters: Mapping[str, str]) -> DriftSettings | None:
+    """The model's drift settings, or None when it declares none; raises when they are broken
+    (``forwardpass monitor reference`` stops on what the server would only report)."""
+    settings = read_monitoring(parameters)
+    if settings is None:
+        return None
+    if "drift" in settings.errors:
+        raise InvalidModelConfig(settings.errors["drift"])
+    return settings.drift

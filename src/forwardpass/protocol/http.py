@@ -53,7 +53,11 @@ from forwardpass.protocol.documents import (
     trace_settings_document,
 )
 from forwardpass.protocol.generate import decode_generate, generate_document
-from forwardpass.protocol.monitor_routes import MONITOR_ACTIONS, monitor_route
+from forwardpass.protocol.monitor_routes import (
+    MONITOR_ACTIONS,
+    monitor_document,
+    monitor_route,
+)
 from forwardpass.protocol.shared_memory import SharedMemoryRegistry
 from forwardpass.repository import config_to_dict
 from forwardpass.repository.load_parameters import read_load_parameters
@@ -306,8 +310,11 @@ class HttpApp:
             return self._statistics(name, version)
         if action == "monitor":
             self._method(method, "GET")
-            return _json(self.engine.drift.report(*self.engine.version(name, version)))
+            return self._drift_monitor(name, version)
         raise NotFound(f"no route for {method} {request.path}")
+
+    async def _drift_monitor(self, name: str, version: str) -> HttpResponse:
+        return _json(await monitor_document(self.engine, name, version))
 
     async def _monitor(self, action: str, name: str, request: HttpRequest) -> HttpResponse:
         body = _decompress(request, self.max_request_bytes)

@@ -10,9 +10,9 @@ import pytest
 
 from forwardpass.errors import InvalidModelConfig
 from forwardpass.monitor.drift import DriftDetector, DriftMonitor, DriftRecord
-from forwardpass.monitor.drift_settings import DriftSettings
 from forwardpass.monitor.profile import Profile
 from forwardpass.monitor.reference import Reference
+from forwardpass.monitor.settings import DriftSettings
 
 NAMES = ("f0", "f1", "f2", "f3", "f4")
 
@@ -113,10 +113,12 @@ class _Profiler:
         return Profile({k: np.asarray(v) for k, v in inputs.items()})
 
 
-def _records(n: int, rng: np.random.Generator, per: int = 10) -> list[DriftRecord]:
+def _records(
+    n: int, rng: np.random.Generator, per: int = 10, shift: float = 0.0
+) -> list[DriftRecord]:
     out = []
     for _ in range(n // per):
-        p = _profile(per, rng)
+        p = _profile(per, rng, shift)
         out.append(DriftRecord("m", 1, p.features, {}))
     return out
 
@@ -165,19 +167,26 @@ def test_damaged_state_is_reported_not_raised(tmp_path: Path) -> None:
     assert monitor.state_error and "not restored" in monitor.state_error
 
 
-def test_a_monitor_that_raises_is_disabled(caplog: pytest.LogCaptureFixture) -> None:
+def test_a_monitor_that_raises_propagates_to_the_hub() -> None:
+    # The hub disables the drift sink for the model (tests/unit/monitor/test_drift_engine.py);
+    # the monitor itself only raises.
     settings = DriftSettings(window=20, step=10)
     profiler = _Profiler(fail_on=3)
     monitor = DriftMonitor("m", 1, settings, _reference(), profiler, None)
     rng = np.random.default_rng(8)
-    monitor.observe(_records(100, rng))
-    report = monitor.report()
-    assert not report["enabled"]
-    assert "RuntimeError: profiling broke" in report["error"]
-    assert "profiling broke" in caplog.text
-    calls = profiler.calls
-    monitor.observe(_records(20, rng))
-    assert profiler.calls == calls  # disabled: no more work
+    with pytest.raises(RuntimeError, match="profiling broke"):
+        monitor.observe(_records(100, rng))
+
+
+def test_observe_returns_the_alarm_transitions() -> None:
+    settings = DriftSettings(window=20, step=10)
+    monitor = DriftMonitor("m", 1, settings, _reference(), _Profiler(), None)
+    rng = np.random.default_rng(4)
+    assert monitor.observe(_records(60, rng)) == []  # no drift: the alarm never turned on
+    shifted = _records(60, rng, shift=3.0)
+    changes = monitor.observe(shifted)
+    assert [c.alarm for c in changes] == [True]
+    assert [c.alarm for c in monitor.observe(_records(60, rng))] == [False]  # and off again
 
 
 def test_report_shape() -> None:

@@ -46,11 +46,11 @@ def _request(rows: np.ndarray, name: str = "scored") -> InferRequest:
 async def _send(engine: Any, rows: np.ndarray, per: int = 1, name: str = "scored") -> None:
     for start in range(0, len(rows), per):
         await engine.infer(_request(rows[start : start + per], name))
-    await asyncio.get_running_loop().run_in_executor(None, engine.drift.flush)
+    await asyncio.get_running_loop().run_in_executor(None, engine.monitoring.hub.flush)
 
 
 def _report(engine: Any, name: str = "scored", version: str = "") -> dict[str, Any]:
-    return engine.drift.report(*engine.version(name, version))
+    return engine.monitoring.monitor_document(*engine.version(name, version))
 
 
 def test_cli_stores_the_reference(tmp_path: Path) -> None:
@@ -145,7 +145,7 @@ def test_settings_naming_absent_features_leave_the_model_serving(tmp_path: Path)
     async def body(engine: Any) -> None:
         response = await engine.infer(_request(np.zeros((1, 3))))
         assert {t.name for t in response.outputs} == {"probabilities", "label"}
-        await asyncio.get_running_loop().run_in_executor(None, engine.drift.flush)
+        await asyncio.get_running_loop().run_in_executor(None, engine.monitoring.hub.flush)
         report = _report(engine)
         assert not report["enabled"]
         assert "names feature(s) ['zz'] that model 'scored' does not have" in report["error"]
@@ -185,11 +185,12 @@ def test_missing_and_mismatched_reference(tmp_path: Path) -> None:
 
 def test_model_without_drift_monitoring(tmp_path: Path) -> None:
     root = tmp_path / "models"
-    write_scored(root, monitoring={"request_log": {"sample": 0.01}})
+    write_scored(root, monitoring={"payload_sample": 0.01})
 
     async def body(engine: Any) -> None:
         handle, _ = engine.version("scored")
-        assert not engine.drift.enabled(handle)
+        assert engine.monitoring.stages(handle) is None  # not watched: no request log either
+        assert not engine.monitoring.drift.declared("scored")
         with pytest.raises(InvalidArgument, match="has no drift monitoring configured"):
             _report(engine)
 
@@ -197,7 +198,7 @@ def test_model_without_drift_monitoring(tmp_path: Path) -> None:
 
 
 def test_monitoring_as_a_yaml_mapping(tmp_path: Path) -> None:
-    from forwardpass.monitor.drift_settings import drift_settings
+    from forwardpass.monitor.settings import drift_settings
     from forwardpass.repository import ModelRepository
 
     root = tmp_path / "models"
@@ -211,7 +212,7 @@ def test_monitoring_as_a_yaml_mapping(tmp_path: Path) -> None:
         "output: [{name: probabilities, data_type: TYPE_FP32, dims: [2]}]\n"
         "monitoring:\n  drift:\n    window: 30\n    correction: fdr\n"
     )
-    settings = drift_settings(ModelRepository(root).read("scored").config)
+    settings = drift_settings(ModelRepository(root).read("scored").config.parameters)
     assert settings is not None and settings.window == 30 and settings.correction == "fdr"
     (folder / "config.yaml").write_text(
         "backend: onnxruntime\nmonitoring: [1, 2]\n"
@@ -233,15 +234,18 @@ def test_a_failing_monitor_never_fails_a_request(
         raise ValueError("the profiler broke")
 
     async def body(engine: Any) -> None:
-        monitor = engine.drift.monitor(*engine.version("scored"))
+        engine.monitoring.watches(engine.handle("scored"))  # reads the model's declaration
+        monitor = engine.monitoring.drift.monitor("scored", 1)
         monitor.profiler.profile = broken
         for _ in range(5):
             response = await engine.infer(_request(np.ones((2, 3))))
             assert {t.name for t in response.outputs} == {"probabilities", "label"}
-        await asyncio.get_running_loop().run_in_executor(None, engine.drift.flush)
+        await asyncio.get_running_loop().run_in_executor(None, engine.monitoring.hub.flush)
         report = _report(engine)
         assert not report["enabled"]
         assert report["error"] == "drift monitor disabled: ValueError: the profiler broke"
+        assert report["disabled"] == {"drift": "ValueError: the profiler broke"}
+        assert "drift" not in report["sinks"]
 
     run_with_engine(root, body)
     assert "the profiler broke" in caplog.text
@@ -265,3 +269,70 @@ def test_malformed_monitoring_section_and_damaged_reference(tmp_path: Path) -> N
         assert "reference.npz does not match reference.json (sha256 differs)" in error
 
     run_with_engine(root, body)
+
+
+def test_cache_hits_are_logged_and_monitored(tmp_path: Path) -> None:
+    root = tmp_path / "models"
+    write_scored(root, monitoring={**DRIFT, "payload_sample": 1.0}, response_cache=True)
+    _reference(root)
+    rows = np.random.default_rng(3).normal(size=(10, 3))
+    log_path = tmp_path / "log.db"
+
+    async def body(engine: Any) -> None:
+        first = [await engine.infer(_request(rows[i : i + 1])) for i in range(10)]
+        again = [await engine.infer(_request(rows[i : i + 1])) for i in range(10)]
+        assert engine.cache.hits == 10
+        for a, b in zip(first, again, strict=True):
+            assert a.outputs[0].data.tolist() == b.outputs[0].data.tolist()
+        await asyncio.get_running_loop().run_in_executor(None, engine.monitoring.hub.flush)
+        report = _report(engine)
+        # The hits are requests too: the drift window counts them, with the profile of the
+        # request that filled the cache entry.
+        assert report["window"]["rows_seen"] == 20 and report["observed_requests"] == 20
+        assert report["cache_hits_unprofiled"] == 0
+        logged = engine.monitoring.log_rows("scored", None, 100)
+        assert len(logged) == 20 and [r["cached"] for r in logged] == [False] * 10 + [True] * 10
+        by_id = {r["id"]: r for r in logged}
+        for a, b in zip(first, again, strict=True):
+            original, hit = by_id[a.id]["payload"], by_id[b.id]["payload"]
+            assert hit["outputs"] == original["outputs"]  # the cached outputs are logged
+            assert hit["inputs"] == original["inputs"]
+
+    run_with_engine(root, body, request_log=str(log_path), response_cache_bytes=1 << 20)
+
+
+def test_drift_alarms_are_written_to_the_request_log(tmp_path: Path) -> None:
+    from forwardpass.cli.log import log as log_command
+
+    root = tmp_path / "models"
+    write_scored(root, monitoring=DRIFT)
+    _reference(root)
+    rng = np.random.default_rng(1)
+    log_path = tmp_path / "log.db"
+
+    async def body(engine: Any) -> None:
+        await _send(engine, rng.normal(size=(20, 3)), per=4)
+        assert engine.monitoring.log_rows("scored", None, 100, "events") == []
+        shifted = rng.normal(size=(40, 3))
+        shifted[:, 1] += 3.0
+        await _send(engine, shifted, per=4)
+        assert _report(engine)["alarm"]
+        events = engine.monitoring.log_rows("scored", None, 100, "events")
+        assert [e["kind"] for e in events] == ["drift_alarm"]
+        assert events[0]["version"] == "1" and "b" in events[0]["detail"]["features"]
+        assert events[0]["detail"]["p_value"]["b"] < 0.01
+        both = engine.monitoring.log_rows("scored", None, 1000, "all")
+        assert len(both) == 16 and both[-1]["kind"] in ("request", "drift_alarm")
+        assert [d["time"] for d in both] == sorted(d["time"] for d in both)
+        with pytest.raises(InvalidArgument, match="kind must be one of"):
+            engine.monitoring.log_rows("scored", None, 10, "alarms")
+
+    run_with_engine(root, body, request_log=str(log_path))
+    out = CliRunner().invoke(log_command, ["scored", "--request-log", str(log_path)])
+    assert out.exit_code == 0, out.output
+    alarm_lines = [line for line in out.output.splitlines() if "DRIFT_ALARM" in line]
+    assert len(alarm_lines) == 1 and "features=" in alarm_lines[0] and "b" in alarm_lines[0]
+    out = CliRunner().invoke(
+        log_command, ["scored", "--request-log", str(log_path), "--kind", "events", "--json"]
+    )
+    assert [json.loads(line)["kind"] for line in out.output.splitlines()] == ["drift_alarm"]

@@ -4,6 +4,7 @@ request, models opting out, and monitoring declarations the model does not match
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -156,11 +157,30 @@ def test_a_bad_monitoring_declaration_is_reported_and_the_model_serves(tmp_path:
             ' "window": 0}}',
             "'window' must be an integer >= 1",
         ),
+        ('{"drift": {"window": 20, "correction": "holm"}}', "must be bonferroni or fdr"),
+        ('{"drift": [1]}', "monitoring.drift must be a mapping"),
     ],
 )
 def test_monitoring_declaration_errors(value: str, message: str) -> None:
-    with pytest.raises(InvalidModelConfig, match=message):
-        read_monitoring({"monitoring": value})
+    # The section as a whole raises; a broken sub-section turns off that monitor only.
+    try:
+        settings = read_monitoring({"monitoring": value})
+    except InvalidModelConfig as exc:
+        assert re.search(message, exc.message)
+        return
+    assert settings is not None and len(settings.errors) == 1
+    ((section, error),) = settings.errors.items()
+    assert re.search(message, error) and settings.declares(section)
+    assert getattr(settings, section) is None
+
+
+def test_a_broken_sub_section_leaves_the_other_monitor() -> None:
+    settings = read_monitoring(
+        {"monitoring": '{"drift": {"window": 3}, "fairness": {"sensitive": "s",'
+         ' "prediction_output": "y", "positive_label": 1}}'}
+    )  # fmt: skip
+    assert settings is not None and settings.fairness is not None and settings.drift is None
+    assert settings.errors == {"drift": "monitoring.drift.window: must be at least 10 rows, got 3"}
 
 
 def test_monitoring_declaration_defaults() -> None:

@@ -171,3 +171,43 @@ def test_a_log_that_cannot_be_opened_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "notadb").write_text("this is not a database" * 100)
     with pytest.raises(InvalidArgument, match="cannot open it"):
         SqliteStore(tmp_path / "notadb")
+
+
+def test_two_writers_share_one_log(tmp_path: Path) -> None:
+    """``serve --workers N``: every worker's hub writes the same SQLite file. WAL with the
+    busy timeout serialises their transactions; no row is lost, none fails."""
+    import threading
+
+    from forwardpass.monitor.requestlog import EventRow, LogRow, SqliteStore, read_events
+
+    path = tmp_path / "shared.db"
+    stores = [SqliteStore(path), SqliteStore(path)]
+    errors: list[BaseException] = []
+    now = time.time()  # recent: the age retention keeps every row
+
+    def write(w: int) -> None:
+        try:
+            for batch in range(40):
+                rows = [
+                    LogRow(f"w{w}-{batch}-{i}", now + batch, "m", "1", "OK", "", 1.0, 0.0, 0.0,
+                           0.0, 0.0, 1)
+                    for i in range(25)
+                ]  # fmt: skip
+                stores[w].append(rows)
+                stores[w].append_events([EventRow(now + batch, "m", "1", "drift_alarm", "{}")])
+                stores[w].set_truth({f"w{w}-{batch}-0": 1})
+        except BaseException as exc:  # reported below, on the test's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(w,)) for w in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for store in stores:
+        store.close()
+    assert errors == []
+    rows = read_rows(path, "m", limit=10_000)
+    assert len(rows) == 2 * 40 * 25 and len({r.id for r in rows}) == len(rows)
+    assert sum(r.truth is not None for r in rows) == 80
+    assert len(read_events(path, "m", limit=1000)) == 80
