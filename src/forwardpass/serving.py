@@ -50,6 +50,9 @@ class Server:
         if peers is not None and metrics is not None:
             metrics = peers.metrics  # this worker's and its siblings', summed
         self.shared_memory = SharedMemoryRegistry() if config.allow_client_shm else None
+        if peers is not None and self.shared_memory is not None:
+            # Registrations apply to every worker and are journaled for restarted ones.
+            peers.shared_memory, self.shared_memory.cluster = self.shared_memory, peers
         self.app = HttpApp(
             self.engine,
             metrics,

@@ -5,7 +5,8 @@ Each worker listens on ``<run folder>/worker-<index>.sock`` (a private folder th
 made, mode 0700). A worker that gets a cluster-wide request on the public ports does it
 itself first (so a bad request fails exactly as on a single process and goes no further),
 then asks each sibling over its socket: statistics and metrics are gathered and summed,
-changes (load, unload, trace and log settings) are applied and recorded in the journal. A
+changes (load, unload, trace and log settings, system shared memory registrations) are applied
+and recorded in the journal. A
 restarted worker replays a sibling's journal before it listens, so it serves the same models
 with the same settings as the others. A sibling whose socket does not answer is down (being
 restarted) and skipped: it will replay the journal. Messages are small dataclasses pickled over
@@ -31,6 +32,7 @@ from forwardpass.errors import ForwardpassError, Unavailable
 if TYPE_CHECKING:
     from forwardpass.engine import Engine
     from forwardpass.monitor.logsettings import LogControl
+    from forwardpass.protocol.shared_memory import SharedMemoryRegistry
     from forwardpass.results import ModelStatistics
 
 __all__ = ["Call", "Peers", "Reply"]
@@ -40,8 +42,9 @@ log = logging.getLogger("forwardpass.cluster")
 #: Seconds a sibling may take over one control call; a model load may take long.
 CALL_TIMEOUT_S = 600.0
 _HEADER = struct.Struct("!Q")
-#: Journal operations; load and unload of a model replace that model's earlier entries.
-_CHANGES = ("load", "unload", "trace", "log")
+#: Journal operations; load and unload of a model replace that model's earlier entries, and
+#: the journal keeps the shared memory regions registered now (an unregister removes them).
+_CHANGES = ("load", "unload", "trace", "log", "shm_register", "shm_unregister")
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +99,8 @@ class Peers:
         self._engine: Engine | None = None
         self._logs: LogControl | None = None
         self._metrics: Callable[[], bytes] | None = None
+        #: This worker's system shared memory registry (``--allow-client-shm``), else None.
+        self.shared_memory: SharedMemoryRegistry | None = None
 
     def path(self, index: int) -> Path:
         return self.folder / f"worker-{index}.sock"
@@ -190,13 +195,29 @@ class Peers:
             if self._logs is None:
                 raise Unavailable("the server does not support dynamic logging")
             self._logs.update(*args)
+        elif op in ("shm_register", "shm_unregister"):
+            if self.shared_memory is None:
+                raise Unavailable(f"worker {self.index} has client shared memory disabled")
+            if op == "shm_register":
+                self.shared_memory.register(*args)
+            else:
+                self.shared_memory.unregister(*args)
         else:
             raise errors.InvalidArgument(f"unknown control operation {op!r}")
         self.record(call)
         return None
 
     def record(self, call: Call) -> None:
-        """Add a change to the journal (a model's load/unload replaces its earlier ones)."""
+        """Add a change to the journal (a model's load/unload replaces its earlier ones; an
+        unregister removes the region's registration, or every one, and is not kept)."""
+        if call.op == "shm_unregister":
+            name = call.args[0] if call.args else ""
+            self.journal = [
+                c
+                for c in self.journal
+                if not (c.op == "shm_register" and (not name or c.args[0] == name))
+            ]
+            return
         if call.op in ("load", "unload"):
             name = call.args[0]
             self.journal = [
@@ -313,6 +334,33 @@ class Peers:
             with contextlib.suppress(PeerDown, ForwardpassError):
                 (await self._call(index, unload)).unwrap()
         raise cls(f"model {name!r} was loaded by no worker: failed on {failed}")
+
+    async def share_region(self, name: str, key: str, offset: int, byte_size: int) -> None:
+        """This worker has just registered region ``name``: register it on every sibling,
+        all or none (:class:`~forwardpass.protocol.shared_memory.RegionCluster`).
+
+        If a sibling refuses (the key does not open there, or it already has a region of
+        that name), the siblings that registered it unregister it again, the journal forgets
+        it, and the first refusal's error is raised; the caller unregisters it here.
+        """
+        call = Call("shm_register", (name, key, offset, byte_size))
+        self.record(call)
+        replies = await self.ask(call)
+        failed = self._failures(replies)
+        if not failed:
+            return
+        undo = Call("shm_unregister", (name,))
+        self.record(undo)
+        for index in (i for i, r in replies.items() if not r.error):
+            with contextlib.suppress(PeerDown, ForwardpassError):
+                (await self._call(index, undo)).unwrap()
+        first = next(r for _, r in sorted(replies.items()) if r.error)
+        message = f"shared memory region '{name}' was registered by no worker: failed on {failed}"
+        Reply(error=first.error, message=message).unwrap()  # raises the sibling's error class
+
+    async def share_unregister(self, name: str) -> None:
+        """This worker has just unregistered ``name`` (every region when empty): so do all."""
+        await self.share(Call("shm_unregister", (name,)))
 
     @staticmethod
     def _failures(replies: dict[int, Reply]) -> str:

@@ -356,11 +356,13 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         return answer
 
     async def SystemSharedMemoryRegister(self, request: Any, context: Any) -> Any:
-        self._registry().register(request.name, request.key, request.offset, request.byte_size)
+        await self._registry().register_shared(
+            request.name, request.key, request.offset, request.byte_size
+        )
         return pb.SystemSharedMemoryRegisterResponse()
 
     async def SystemSharedMemoryUnregister(self, request: Any, context: Any) -> Any:
-        self._registry().unregister(request.name)
+        await self._registry().unregister_shared(request.name)
         return pb.SystemSharedMemoryUnregisterResponse()
 
     async def CudaSharedMemoryStatus(self, request: Any, context: Any) -> Any:

@@ -504,7 +504,7 @@ class HttpApp:
     # ------------------------------------------------------------------ /v2/systemsharedmemory
     def _shared_memory_route(
         self, method: str, rest: list[str], request: HttpRequest
-    ) -> HttpResponse:
+    ) -> HttpResponse | Awaitable[HttpResponse]:
         # [region/R/]status, region/R/register, [region/R/]unregister
         region = ""
         action = rest[0] if len(rest) == 1 else ""
@@ -527,11 +527,10 @@ class HttpApp:
             )
         self._method(method, "POST")
         if action == "unregister":
-            registry.unregister(region)
-            return _EMPTY_OK
+            return _answer_empty(registry.unregister_shared(region))
         key, offset, byte_size = _register_body(_parse_json(request.body, "register request"))
-        registry.register(region, key, offset, byte_size)
-        return _EMPTY_OK
+        # Awaited: under --workers N every sibling registers it too, or none does.
+        return _answer_empty(registry.register_shared(region, key, offset, byte_size))
 
     # ------------------------------------------------------------------ trace and logging
     def _trace_setting(
@@ -577,6 +576,11 @@ class HttpApp:
 
     def _server_metadata(self) -> HttpResponse:
         return _json(server_document("forwardpass", __version__, self.extensions))
+
+
+async def _answer_empty(change: Awaitable[None]) -> HttpResponse:
+    await change
+    return _EMPTY_OK
 
 
 def _register_body(body: dict[str, Any]) -> tuple[str, int, int]:

@@ -22,6 +22,15 @@ to unmap when the last view goes: never a dangling pointer.
 One hazard remains, as in Triton: a client that shrinks (``ftruncate``) an object the server
 has mapped makes reads past the new end fault. Client shared memory is therefore off unless
 the operator enables it (``--allow-client-shm``); it trusts the processes of the same host.
+
+Worker processes (``serve --workers N``). Each worker has its own registry, maps the object
+itself (it is a file every worker can open) and counts its own leases, so the zero-copy path
+stays inside one process. What the client sees is one registry: :meth:`register_shared` and
+:meth:`unregister_shared` make the change here and then on every sibling through
+:attr:`SharedMemoryRegistry.cluster` (a registration is all or none), and the siblings journal
+it, so a restarted worker maps the same regions; a status therefore answers the same from every
+worker. A restarted worker re-opens each key; one the client has unlinked since is lost to it
+(logged), as it would be to a restarted Triton.
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ import threading
 from dataclasses import dataclass
 from math import prod
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -40,7 +50,7 @@ from forwardpass.datatypes import DataType, serialize_bytes_tensor
 from forwardpass.errors import InvalidArgument, NotFound
 from forwardpass.protocol.binary import array_from_binary
 
-__all__ = ["RegionLeases", "RegionStatus", "SharedMemoryRegistry"]
+__all__ = ["RegionCluster", "RegionLeases", "RegionStatus", "SharedMemoryRegistry"]
 
 #: Where ``shm_open`` keeps POSIX shared memory objects on Linux.
 SHM_ROOT = Path("/dev/shm")
@@ -108,6 +118,16 @@ class _Region:
                 pass
 
 
+class RegionCluster(Protocol):
+    """The sibling workers' side of registration (:class:`forwardpass.cluster.peers.Peers`)."""
+
+    async def share_region(self, name: str, key: str, offset: int, byte_size: int) -> None:
+        """Register on every sibling, or (undoing the siblings that did) on none."""
+
+    async def share_unregister(self, name: str) -> None:
+        """Unregister ``name`` (every region when empty) on every sibling."""
+
+
 class SharedMemoryRegistry:
     """The registered system shared memory regions of one server. Thread-safe."""
 
@@ -115,6 +135,30 @@ class SharedMemoryRegistry:
         self._root = root
         self._regions: dict[str, _Region] = {}
         self._lock = threading.Lock()
+        #: The sibling workers under ``serve --workers N`` (set by the server), else ``None``.
+        self.cluster: RegionCluster | None = None
+
+    async def register_shared(self, name: str, key: str, offset: int, byte_size: int) -> None:
+        """The register API: :meth:`register` here, then on every sibling worker, all or none.
+
+        Checked and mapped here first, so a bad request fails as on a single process and goes
+        no further; if a sibling refuses, the region is unregistered here again and the
+        sibling's error answers.
+        """
+        self.register(name, key, offset, byte_size)
+        if self.cluster is None:
+            return
+        try:
+            await self.cluster.share_region(name, key, offset, byte_size)
+        except BaseException:
+            self.unregister(name)
+            raise
+
+    async def unregister_shared(self, name: str = "") -> None:
+        """The unregister API: :meth:`unregister` here, then on every sibling worker."""
+        self.unregister(name)
+        if self.cluster is not None:
+            await self.cluster.share_unregister(name)
 
     def register(self, name: str, key: str, offset: int, byte_size: int) -> None:
         """Map ``byte_size`` bytes at ``offset`` of the object ``key`` as region ``name``."""
