@@ -211,6 +211,15 @@ def test_embeddings_equal_the_triton_api_answer(client: Any, server: Any) -> Non
     np.testing.assert_allclose(decoded, floats.data[0].embedding, atol=1e-7)
 
 
+def test_more_texts_than_one_batch_keep_their_order(client: Any) -> None:
+    texts = [f"sentence number {i} is about {'cats' if i % 2 else 'stocks'}" for i in range(70)]
+    answer = client.embeddings.create(model=EMBEDDER, input=texts, encoding_format="float")
+    assert [d.index for d in answer.data] == list(range(70))  # 64 + 6: two requests
+    for i in (0, 63, 64, 69):
+        alone = client.embeddings.create(model=EMBEDDER, input=texts[i], encoding_format="float")
+        np.testing.assert_allclose(answer.data[i].embedding, alone.data[0].embedding, atol=1e-5)
+
+
 CHAT_ERRORS = [
     ({"n": 2}, "n=2 is not supported"),
     ({"max_tokens": 0}, "max_tokens must be at least 1"),

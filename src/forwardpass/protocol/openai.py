@@ -26,6 +26,7 @@ which is what OpenAI clients send); the restricted-API group is ``inference``.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import time
@@ -279,9 +280,14 @@ class OpenAiApi:
         embedder: _Embedder = self._served(call.model, "embedding", "embeddings")
         texts = list(call.texts)
         step = embedder.max_batch if embedder.batching and embedder.max_batch > 0 else len(texts)
-        vectors: list[np.ndarray] = []
-        for start in range(0, len(texts), step):
-            vectors.extend(await self._embed(call.model, embedder, texts[start : start + step]))
+        # Requests of at most max_batch_size texts, sent together: the batcher may merge them.
+        parts = await asyncio.gather(
+            *(
+                self._embed(call.model, embedder, texts[start : start + step])
+                for start in range(0, len(texts), step)
+            )
+        )
+        vectors = [vector for part in parts for vector in part]
         if call.dimensions is not None and call.dimensions != vectors[0].size:
             raise InvalidParameter(
                 "dimensions",
