@@ -170,3 +170,27 @@ def zoo_build(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], tuple
         return cache[name]
 
     return build
+
+
+@pytest.fixture(scope="session")
+def minilm_repository(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """A repository holding only ``all-minilm-l6-v2`` (the embedding model), built once and
+    kept in pytest's cache folder under a key of its recipe and importer, like SmolLM2's."""
+    import hashlib
+
+    from forwardpass.zoo import add, get_recipe, missing_modules
+
+    missing = missing_modules(get_recipe("all-minilm-l6-v2"))
+    if missing:
+        pytest.skip(f"all-minilm-l6-v2 needs {', '.join(missing)}")
+    sources = [ROOT / "src/forwardpass" / n for n in ("zoo/minilm.py", "importers/huggingface.py")]
+    key = hashlib.sha256(b"".join(p.read_bytes() for p in sources)).hexdigest()[:16]
+    cache = getattr(request.config, "cache", None)
+    repository = (
+        cache.mkdir(f"minilm-{key}") if cache is not None else tmp_path_factory.mktemp("zoo")
+    )
+    if not (repository / "all-minilm-l6-v2" / "ZOO.json").is_file():
+        add("all-minilm-l6-v2", repository, force=True)
+    return repository

@@ -9,6 +9,7 @@ Protocol adapters map the tree to wire status codes through exactly one table,
     ForwardpassError                      code        HTTP  gRPC
     ├── InvalidArgument                   INVALID     400   INVALID_ARGUMENT    bad request
     │   ├── PayloadTooLarge               INVALID     413   RESOURCE_EXHAUSTED  over the size limit
+    │   ├── InvalidParameter              INVALID     400   INVALID_ARGUMENT    a named field
     │   └── InvalidModelConfig            INVALID     400   INVALID_ARGUMENT    a wrong config
     ├── NotFound                          NOT_FOUND   404   NOT_FOUND           unknown model/route
     ├── Unavailable                       UNAVAILABLE 503   UNAVAILABLE         not ready, full
@@ -29,6 +30,7 @@ __all__ = [
     "InternalError",
     "InvalidArgument",
     "InvalidModelConfig",
+    "InvalidParameter",
     "NotFound",
     "PayloadTooLarge",
     "PermissionDenied",
@@ -59,6 +61,14 @@ class InvalidArgument(ForwardpassError):
 
 class PayloadTooLarge(InvalidArgument):
     """The request body exceeds the server's configured limit."""
+
+
+class InvalidParameter(InvalidArgument):
+    """One named field of the request is wrong (the OpenAI API reports it as ``param``)."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class InvalidModelConfig(InvalidArgument):

@@ -22,6 +22,7 @@ PUBLIC = [
     "InternalError",
     "InvalidArgument",
     "InvalidModelConfig",
+    "InvalidParameter",
     "ModelConfig",
     "ModelRepository",
     "ModelState",

@@ -69,8 +69,13 @@ class GenerationModel:
             raise InvalidArgument(f"model {self.name!r} has no chat template")
         import jinja2
 
-        template = jinja2.Environment(autoescape=False).from_string(self.chat_template)
-        return template.render(messages=messages, add_generation_prompt=True)
+        try:
+            template = jinja2.Environment(autoescape=False).from_string(self.chat_template)
+            return template.render(messages=messages, add_generation_prompt=True)
+        except jinja2.TemplateError as exc:  # e.g. the template's raise_exception on a role
+            raise InvalidArgument(
+                f"the chat template of model {self.name!r} refused the messages: {exc}"
+            ) from None
 
 
 def load_generation(

@@ -169,6 +169,10 @@ class HttpApp:
         #: The logging extension's target; None where the process's logging is not ours.
         self.logs = logs
         self.access = access if access is not None and access.active else None
+        # Imported here: the OpenAI routes build on this module's request and response.
+        from forwardpass.protocol.openai import OpenAiApi
+
+        self.openai = OpenAiApi(engine, self._allow, max_request_bytes)
 
     def _allow(self, group: str, request: HttpRequest) -> None:
         """Each route names its API group (Triton's); the access policy may refuse it."""
@@ -176,6 +180,8 @@ class HttpApp:
             self.access.check(group, request.headers)
 
     async def handle(self, request: HttpRequest) -> HttpResponse:
+        if request.path == "/v1" or request.path.startswith("/v1/"):
+            return await self.openai.handle(request)  # answers in OpenAI's error shape
         try:
             # Most routes answer at once; infer and the repository calls must be awaited.
             response = self._route(request)

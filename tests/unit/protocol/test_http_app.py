@@ -95,7 +95,7 @@ def test_unknown_routes_are_404(repo: Path) -> None:
     async def body(call: Call, engine: Engine) -> None:
         for method, path in [
             ("GET", "/"),
-            ("GET", "/v1/models"),
+            ("GET", "/v1x/models"),  # /v1 is the OpenAI API (protocol.openai)
             ("GET", "/v2/health"),
             ("GET", "/v2/health/sick"),
             ("GET", "/v2/models"),
