@@ -181,7 +181,9 @@ def test_statistics_say_unsupported(client: httpclient.InferenceServerClient) ->
 
 
 @pytest.mark.parametrize("client", ["own"], indirect=True)
-@pytest.mark.parametrize("route", ["monitor", "fairness", "log"])
+@pytest.mark.parametrize(
+    "route", ["models/add/monitor", "models/add/fairness", "models/add/log", "generate"]
+)
 def test_monitoring_routes_say_unsupported(
     client: httpclient.InferenceServerClient, ray_urls: dict[str, str], route: str
 ) -> None:
@@ -190,9 +192,29 @@ def test_monitoring_routes_say_unsupported(
     import urllib.request
 
     with pytest.raises(urllib.error.HTTPError) as caught:
-        urllib.request.urlopen(f"http://{ray_urls['own']}/v2/models/add/{route}", timeout=30)
+        if route == "generate":
+            request = urllib.request.Request(
+                f"http://{ray_urls['own']}/v2/models/add/generate", data=b'{"text_input": "x"}'
+            )
+        else:
+            request = urllib.request.Request(f"http://{ray_urls['own']}/v2/{route}")
+        urllib.request.urlopen(request, timeout=30)
     assert caught.value.code == 501
     assert "Ray" in caught.value.read().decode()
+
+
+@pytest.mark.parametrize("client", ["own"], indirect=True)
+def test_openai_api_says_unsupported(
+    client: httpclient.InferenceServerClient, ray_urls: dict[str, str]
+) -> None:
+    import json
+    import urllib.error
+    import urllib.request
+
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(f"http://{ray_urls['own']}/v1/models", timeout=30)
+    assert caught.value.code == 501
+    assert "Ray" in json.loads(caught.value.read())["error"]["message"]
 
 
 def _slow_infer(client: httpclient.InferenceServerClient) -> np.ndarray:

@@ -48,6 +48,7 @@ from forwardpass.errors import (
     InvalidParameter,
     NotFound,
     Unauthenticated,
+    Unsupported,
     http_status,
 )
 from forwardpass.generation.scheduler import GenerationStream, TokenEvent
@@ -135,6 +136,13 @@ class OpenAiApi:
 
     async def handle(self, request: HttpRequest) -> HttpResponse:
         try:
+            if not isinstance(self.engine, Engine):
+                # A front end that only routes (the Ray ingress) has no generation scheduler
+                # nor the models' processing to find embedding models with.
+                raise Unsupported(
+                    "the OpenAI API is not available on this front end (Ray): serve generation "
+                    "and embedding models with forwardpass serve"
+                )
             return await self._route(request)
         except ForwardpassError as exc:
             return self._error(exc)

@@ -122,6 +122,12 @@ class RayRouter:
             "replica is its own engine; serve the repository with forwardpass serve to monitor it"
         )
 
+    def generate(self, name: str, version: str, text: str, *args: Any, **kwargs: Any) -> Any:
+        raise Unsupported(
+            "text generation is not available on Ray: its scheduler keeps each sequence's "
+            "cache in one process; serve generation models with forwardpass serve"
+        )
+
     @property
     def drift(self) -> Any:
         raise Unsupported(
