@@ -156,3 +156,19 @@ def test_photo_views_are_seeded_normalised_and_split() -> None:
         photo_views(0)
     with pytest.raises(InvalidArgument, match="every"):
         split_photos(1)
+
+
+def test_prune_method_accepts_computed_padding_and_offers_expansions(
+    tiny: onnx.ModelProto, tmp_path: Path
+) -> None:
+    from forwardpass.optimize.methods import BuildContext
+    from forwardpass.optimize.methods.prune import PruneMethod
+    from forwardpass.optimize.target import Target
+
+    onnx.save(tiny, str(tmp_path / "model.onnx"))
+    config = type("Config", (), {"inputs": [object()], "outputs": [object()]})()
+    ctx = BuildContext(tmp_path / "model.onnx", config, Target.CPU, None, tmp_path)  # type: ignore[arg-type]
+    method = PruneMethod()
+    assert method.check(ctx) is None  # Shape/Slice/Pad chains fold away
+    names = [v.name for v in method.variants(ctx)]
+    assert "prune-expansion-40" in names
