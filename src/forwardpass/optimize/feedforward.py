@@ -19,7 +19,38 @@ import numpy as np
 if TYPE_CHECKING:
     import onnx
 
-__all__ = ["SUPPORTED_OPS", "FlopCount", "count_flops", "unsupported_ops"]
+__all__ = [
+    "SHAPE_OPS",
+    "SUPPORTED_OPS",
+    "FlopCount",
+    "count_flops",
+    "fold_shapes",
+    "unsupported_ops",
+]
+
+#: Operators of shape arithmetic (TF-style "same" padding computed from ``Shape``, a
+#: ``view(batch, -1)``) that :func:`fold_shapes` turns into constants.
+SHAPE_OPS = frozenset(
+    {
+        "Shape",
+        "Gather",
+        "Slice",
+        "Concat",
+        "Cast",
+        "ConstantOfShape",
+        "Unsqueeze",
+        "Squeeze",
+        "Transpose",
+        "Range",
+        "Equal",
+        "Where",
+        "Expand",
+        "Floor",
+        "Ceil",
+        "Max",
+        "Min",
+    }
+)
 
 #: ONNX operators the torch converter understands.
 SUPPORTED_OPS = frozenset(
@@ -48,6 +79,7 @@ SUPPORTED_OPS = frozenset(
         "Dropout",
         "Identity",
         "Constant",
+        "Pad",
     }
 )
 
@@ -59,6 +91,54 @@ def unsupported_ops(model: onnx.ModelProto) -> list[str]:
         for node in model.graph.node
     }
     return sorted(found - SUPPORTED_OPS)
+
+
+def fold_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with its shape arithmetic folded away, when it has any (else ``model`` itself).
+
+    Exporters write "same" padding as ``Shape → Slice → … → Pad`` chains computed at run time
+    from the spatial size. With the batch axis pinned to 1 every such chain is constant:
+    ONNX Runtime's basic optimizations fold it and merge the resulting constant ``Pad`` into
+    the next ``Conv``. Spatial sizes must be fixed in the graph (they usually are for images);
+    the folded graph then holds for any batch, since nothing left depends on it except a
+    ``Reshape`` to ``[1, -1]`` which the converter reads as ``[batch, -1]``.
+    """
+    import copy
+
+    import onnx
+    import onnxruntime as ort
+
+    if not any(n.op_type in SHAPE_OPS for n in model.graph.node):
+        return model
+    pinned = copy.deepcopy(model)
+    for value in (*pinned.graph.input, *pinned.graph.output):
+        dims = value.type.tensor_type.shape.dim
+        if dims and dims[0].dim_value <= 0:
+            dims[0].ClearField("dim_param")
+            dims[0].dim_value = 1
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory(prefix="forwardpass-fold-") as tmp:
+        path = Path(tmp) / "folded.onnx"
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        options.optimized_model_filepath = str(path)
+        options.log_severity_level = 3
+        ort.InferenceSession(
+            pinned.SerializeToString(), options, providers=["CPUExecutionProvider"]
+        )
+        folded = onnx.load(str(path))
+    # Give the folded graph the source's (dynamic) input/output declarations back.
+    for ours, theirs in (
+        (folded.graph.input, model.graph.input),
+        (folded.graph.output, model.graph.output),
+    ):
+        by_name = {v.name: v for v in theirs}
+        for value in ours:
+            if value.name in by_name:
+                value.CopyFrom(by_name[value.name])
+    return folded
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +169,7 @@ def count_flops(model: onnx.ModelProto) -> FlopCount:
     """
     import onnx
 
+    model = fold_shapes(model)  # computed padding hides the shapes from inference
     inferred = onnx.shape_inference.infer_shapes(model)
     shapes: dict[str, list[int]] = {}
     for value in (*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output):

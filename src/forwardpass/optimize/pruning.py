@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     import onnx
     import torch
 
-    from forwardpass.optimize.torch_graph import Dense, GraphModule
+    from forwardpass.optimize.torch_graph import Dense, GraphModule, Step
 
 __all__ = [
     "ChannelGroup",
@@ -56,13 +56,18 @@ __all__ = [
     "channel_groups",
     "prune_structured",
     "prune_unstructured",
+    "reconstruct",
 ]
 
-Score = Literal["l1", "sensitivity"]
+Score = Literal["l1", "sensitivity", "activation"]
+Layers = Literal["all", "expansion"]
 NO_SPEEDUP = "zeros the engine cannot exploit: no speed-up expected"
-_ELEMENTWISE = {"Relu", "LeakyRelu", "Sigmoid", "Tanh", "Clip", "Dropout", "Identity"}
+#: Channel c in, channel c out (Pad: zeros around each channel's map).
+_ELEMENTWISE = {"Relu", "LeakyRelu", "Sigmoid", "Tanh", "Clip", "Dropout", "Identity", "Pad"}
 _POOLS = {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool"}
 _MAX_RATIO = 0.95
+#: Positions a least-squares re-fit samples at most (XᵀX costs rows × channels²).
+_MAX_ROWS = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +82,15 @@ class PruneOptions:
     #: Keep channel counts multiples of this (CPU kernels work in blocks of 4, 8 or 16
     #: channels: 6 channels may cost what 8 do). 1 keeps exact counts.
     channel_multiple: int = 4
+    #: Which groups lose channels: ``all``, or ``expansion`` — only 1×1 convolutions feeding a
+    #: depthwise one (the expansion layers of inverted-residual blocks, where MobileNet-style
+    #: networks spend most of their FLOPs; stems, projections and heads stay whole).
+    layers: Layers = "all"
+    #: Samples whose activations re-fit each consumer after the cut (0: none), see
+    #: :func:`reconstruct`. Cheap (forward passes and one least-squares solve per layer).
+    reconstruct_samples: int = 0
+    #: Ridge term of that solve, relative to the mean diagonal of XᵀX.
+    ridge: float = 1e-3
 
 
 @dataclass(slots=True)
@@ -106,6 +120,8 @@ class PruneResult:
     kept_whole: dict[str, str] = field(default_factory=dict)
     losses: tuple[float, ...] = ()
     max_abs_diff: float = 0.0
+    #: Consumers re-fitted by least squares after the cut (see :func:`reconstruct`).
+    reconstructed: int = 0
 
     @property
     def reduction(self) -> float:
@@ -127,6 +143,8 @@ class PruneResult:
                 + ", ".join(f"{_short(k)} {a}→{b}" for k, (a, b) in self.channels.items())
             )
         notes += [f"kept whole: {_short(k)} ({why})" for k, why in self.kept_whole.items()]
+        if self.reconstructed:
+            notes.append(f"{self.reconstructed} layers re-fitted by least squares after the cut")
         if self.losses:
             notes.append(f"fine-tune loss {self.losses[0]:.4f} → {self.losses[-1]:.4f}")
         return notes
@@ -295,6 +313,38 @@ def _l1_scores(module: GraphModule, group: ChannelGroup) -> torch.Tensor:
     return score
 
 
+def _activation_scores(
+    module: GraphModule, groups: list[ChannelGroup], probe: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """Per group: mean |activation| reaching its consumers × the norm of their weights there.
+
+    A channel is worth what it contributes downstream: how large it is on real inputs, times
+    how much the next layer listens to it. Unlike the weights' L1 norm, this sees a channel
+    BatchNorm (folded into the weights) shifted to a near-constant output.
+    """
+    import torch
+
+    consumers: dict[str, list[tuple[ChannelGroup, int]]] = {}
+    for group in groups:
+        for key, block in group.consumers:
+            consumers.setdefault(key, []).append((group, block))
+    scores = {g.producer: torch.zeros(g.channels, dtype=torch.float64) for g in groups}
+    env = dict(zip(module.input_names, [probe], strict=True))
+    with torch.no_grad():
+        for step in module.steps:
+            args = [env[n] for n in step.inputs]
+            for group, block in consumers.get(step.layer or "", []):
+                x = args[0]
+                size = x.abs().mean(0)
+                size = size.reshape(size.shape[0], -1).mean(1) if size.dim() > 1 else size
+                weight = _dense(module, step.layer or "").weight.detach()
+                column = weight.transpose(0, 1).reshape(weight.shape[1], -1).norm(dim=1)
+                contribution = (size * column).double().reshape(group.channels, block).sum(1)
+                scores[group.producer] += contribution
+            env[step.output] = module._run(step, args)
+    return {k: v.float() for k, v in scores.items()}
+
+
 def _sensitivity_scores(
     module: GraphModule,
     group: ChannelGroup,
@@ -320,6 +370,111 @@ def _sensitivity_scores(
             for weight, cols, values in saved:
                 weight[:, cols] = values
     return scores
+
+
+def _expansions(
+    module: GraphModule, groups: list[ChannelGroup]
+) -> tuple[list[ChannelGroup], list[ChannelGroup]]:
+    """(expansion groups, the others) of ``groups``: see :attr:`PruneOptions.layers`."""
+    from forwardpass.optimize.torch_graph import Dense
+
+    chosen: list[ChannelGroup] = []
+    others: list[ChannelGroup] = []
+    for group in groups:
+        weight = _dense(module, group.producer).weight
+        depthwise = any(
+            isinstance(layer := module.layers[key], Dense) and layer.groups > 1
+            for key in group.passthrough
+        )
+        pointwise = all(int(k) == 1 for k in weight.shape[2:]) and weight.dim() > 2
+        (chosen if depthwise and pointwise else others).append(group)
+    return chosen, others
+
+
+def _refittable(module: GraphModule, step: Step) -> bool:
+    """Whether ``step`` is a Linear or an unpadded, unstrided, ungrouped 1×1 convolution."""
+    if step.op == "Linear":
+        return True
+    if step.op != "Conv" or not step.layer:
+        return False
+    layer = _dense(module, step.layer)
+    return (
+        layer.groups == 1
+        and all(int(k) == 1 for k in layer.weight.shape[2:])
+        and step.attrs.get("pad") is None
+        and not any(step.attrs.get("padding", []))
+        and all(s == 1 for s in step.attrs.get("strides", []))
+    )
+
+
+def _solve(layer: Dense, inputs: torch.Tensor, target: torch.Tensor, ridge: float) -> None:
+    """Set ``layer`` (1×1 conv or linear) to the least-squares map ``inputs → target``.
+
+    Ridge-regularised towards the layer's current (sliced original) weights, not towards
+    zero: where a few samples do not pin a weight down, it stays what training made it.
+    """
+    import torch
+
+    if inputs.dim() > 2:  # a few random positions of every sample (the same for each)
+        positions = inputs[0, 0].numel()
+        take = min(positions, max(1, _MAX_ROWS // len(inputs)))
+        index = torch.randperm(positions, generator=torch.Generator().manual_seed(0))[:take]
+        inputs, target = inputs.flatten(2)[:, :, index], target.flatten(2)[:, :, index]
+    x = inputs.movedim(1, -1).reshape(-1, inputs.shape[1]).double()
+    y = target.movedim(1, -1).reshape(-1, target.shape[1]).double()
+    x = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1)
+    old = layer.weight.detach().reshape(len(layer.weight), -1).double()
+    bias = layer.bias.detach().double() if layer.bias is not None else torch.zeros(len(old))
+    prior = torch.cat([old.T, bias.to(old.dtype)[None, :]])  # [in + 1, out]
+    gram = x.T @ x
+    strength = ridge * float(gram.diagonal().mean())
+    gram += torch.eye(len(gram), dtype=x.dtype) * strength
+    solution = torch.linalg.solve(gram, x.T @ y + strength * prior)
+    weight = solution[:-1].T.float().reshape(layer.weight.shape)
+    layer.weight = torch.nn.Parameter(weight.contiguous())
+    layer.bias = torch.nn.Parameter(solution[-1].float().contiguous())
+
+
+def reconstruct(
+    original: GraphModule,
+    pruned: GraphModule,
+    groups: list[ChannelGroup],
+    inputs: torch.Tensor,
+    ridge: float = 1e-3,
+) -> int:
+    """Re-fit the consumers of ``groups`` in ``pruned`` to reproduce ``original``; how many.
+
+    The layer after a cut (a projection in an inverted-residual block, a dense layer after a
+    pruned convolution) still weighs the surviving channels as if the removed ones were there.
+    Walking both networks together over ``inputs``, each such consumer that is a 1×1
+    convolution or a linear layer is solved by ridge least squares to map the *pruned*
+    network's activations onto the *original*'s outputs at that point (He et al., 2017,
+    "Channel pruning for accelerating very deep neural networks"); later layers then see the
+    errors of the earlier fits, not of the raw cut. Other consumers are left to the fine-tune.
+    """
+    import torch
+
+    wanted = {key for g in groups for key, block in g.consumers if block == 1}
+    last_use: dict[str, int] = {}
+    for index, step in enumerate(original.steps):
+        for name in step.inputs:
+            last_use[name] = index
+    env_o = dict(zip(original.input_names, [inputs], strict=True))
+    env_p = dict(env_o)
+    count = 0
+    with torch.no_grad():
+        for index, (ours, theirs) in enumerate(zip(pruned.steps, original.steps, strict=True)):
+            out_o = original._run(theirs, [env_o[n] for n in theirs.inputs])
+            args = [env_p[n] for n in ours.inputs]
+            if ours.layer in wanted and _refittable(pruned, ours):
+                _solve(_dense(pruned, ours.layer), args[0], out_o, ridge)
+                count += 1
+            env_o[theirs.output] = out_o
+            env_p[ours.output] = pruned._run(ours, args)
+            for name in [n for n in ours.inputs if last_use.get(n) == index]:
+                env_o.pop(name, None)
+                env_p.pop(name, None)
+    return count
 
 
 def _keeps(
@@ -419,6 +574,9 @@ def prune_structured(
         raise Unsupported(f"the torch conversion differs from ONNX Runtime by {diff:.2e}")
     module.record_shapes(torch.from_numpy(inputs[:1]))
     groups, whole = channel_groups(module)
+    if options.layers == "expansion":
+        groups, others = _expansions(module, groups)
+        whole.update({g.tensor: "not an expansion (1×1 conv into a depthwise one)" for g in others})
     if not groups:
         raise Unsupported(
             "no layer can lose channels: " + "; ".join(f"{k}: {v}" for k, v in whole.items())
@@ -429,7 +587,12 @@ def prune_structured(
     targets = teacher_targets(teacher, kind)
     module.logits = True
     order = {}
-    for g in groups:
+    if options.score == "activation":
+        found = _activation_scores(
+            module, groups, torch.from_numpy(inputs[: options.probe_samples])
+        )
+        order = {k: torch.argsort(v) for k, v in found.items()}
+    for g in groups if options.score != "activation" else ():
         if options.score == "sensitivity":
             probe = [torch.from_numpy(inputs[: options.probe_samples])]
             target = torch.from_numpy(targets[: options.probe_samples])
@@ -440,7 +603,15 @@ def prune_structured(
     pruned, keeps = _search(
         module, groups, order, options.flops_reduction, options.channel_multiple
     )
-    losses = fit(pruned, [inputs], targets, kind, options.fit, labels if classification else None)
+    refit = 0
+    if options.reconstruct_samples > 0:
+        sample = torch.from_numpy(inputs[: options.reconstruct_samples])
+        refit = reconstruct(module, pruned, groups, sample, options.ridge)
+    losses: list[float] = []
+    if options.fit.max_steps > 0:
+        losses = fit(
+            pruned, [inputs], targets, kind, options.fit, labels if classification else None
+        )
     pruned.logits = False
     dynamic = not any(d.dim_value > 0 for d in model.graph.input[0].type.tensor_type.shape.dim[:1])
     export(pruned, output, [inputs[:2]], [in_name], [out_name], dynamic_batch=dynamic)
@@ -461,6 +632,7 @@ def prune_structured(
         kept_whole=whole,
         losses=tuple(losses),
         max_abs_diff=after_diff,
+        reconstructed=refit,
     )
 
 

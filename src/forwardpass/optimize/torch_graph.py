@@ -27,7 +27,7 @@ from onnx import numpy_helper
 from torch import nn
 
 from forwardpass.errors import InvalidArgument, Unsupported
-from forwardpass.optimize.feedforward import SUPPORTED_OPS, unsupported_ops
+from forwardpass.optimize.feedforward import SUPPORTED_OPS, fold_shapes, unsupported_ops
 
 __all__ = ["Dense", "GraphModule", "Norm", "Step", "convert", "export", "verify"]
 
@@ -173,6 +173,8 @@ def _simple(op: str, a: dict[str, Any], x: torch.Tensor | None) -> torch.Tensor:
         return torch.clamp(x, a["min"], a["max"])
     if op in ("Dropout", "Identity"):
         return x
+    if op == "Pad":
+        return F.pad(x, a["pad"])
     if op == "MaxPool":
         pool = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[dims]
         return pool(x, a["kernel"], a["strides"], a["padding"], a["dilations"], a["ceil"])
@@ -300,6 +302,8 @@ class _Builder:
                 "min": None if lo is None else float(lo),
                 "max": None if hi is None else float(hi),
             }
+        elif op == "Pad":
+            step.attrs = {"pad": self.pad(node, attrs)}
         elif op == "LeakyRelu":
             step.attrs = {"alpha": float(attrs.get("alpha", 0.01))}
         elif op in ("Softmax", "LogSoftmax"):
@@ -307,6 +311,23 @@ class _Builder:
         elif op not in _ACTIVATIONS | {"GlobalAveragePool", "GlobalMaxPool", "Flatten"}:
             raise _unsupported(node, "not a feed-forward CNN/MLP operator")
         self.steps.append(step)
+
+    def pad(self, node: onnx.NodeProto, attrs: dict[str, Any]) -> list[int]:
+        """A constant zero ``Pad`` of the spatial axes, in ``F.pad``'s order (last axis first)."""
+        mode = attrs.get("mode", b"constant")
+        mode = mode.decode() if isinstance(mode, bytes) else mode
+        pads = self.consts.get(node.input[1]) if len(node.input) > 1 else None
+        value = self.consts.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        if mode != "constant" or pads is None or (len(node.input) > 3 and node.input[3]):
+            raise _unsupported(node, "only a constant zero Pad with constant pads is supported")
+        if value is not None and float(np.asarray(value).reshape(-1)[0]) != 0.0:
+            raise _unsupported(node, "only zero padding is supported")
+        widths = [int(p) for p in np.asarray(pads).reshape(-1)]
+        rank = len(widths) // 2
+        begin, end = widths[:rank], widths[rank:]
+        if any(begin[:2]) or any(end[:2]):
+            raise _unsupported(node, "padding of the batch or channel axis")
+        return [p for i in reversed(range(2, rank)) for p in (begin[i], end[i])]
 
     def add_gemm(self, node: onnx.NodeProto, attrs: dict[str, Any], step: Step, key: str) -> None:
         if attrs.get("transA", 0) or node.input[1] not in self.consts:
@@ -367,8 +388,10 @@ class _Builder:
 def convert(model: onnx.ModelProto) -> GraphModule:
     """``model`` as a :class:`GraphModule` with its weights (float32, eval mode).
 
+    Shape arithmetic (computed "same" padding) is folded first (:func:`.fold_shapes`).
     Raises :class:`Unsupported` naming the first operator (or operator form) it cannot take.
     """
+    model = fold_shapes(model)
     missing = unsupported_ops(model)
     if missing:
         raise Unsupported(

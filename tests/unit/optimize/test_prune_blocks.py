@@ -1,0 +1,174 @@
+"""Pruning inverted-residual networks: computed padding folded, expansions only, re-fit, photos."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from forwardpass.errors import InvalidArgument
+from forwardpass.optimize.feedforward import count_flops, fold_shapes, unsupported_ops
+from forwardpass.optimize.photos import available_photos, photo_views, split_photos
+from forwardpass.optimize.pruning import (
+    PruneOptions,
+    _search,
+    channel_groups,
+    prune_structured,
+    reconstruct,
+    run_onnx,
+)
+from forwardpass.optimize.training import FitSettings
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+F = torch.nn.functional
+
+
+def same_pad(x: torch.Tensor, kernel: int, stride: int) -> torch.Tensor:
+    """TF-style "same" padding computed from the input's size (as EfficientNet's port does)."""
+    h, w = x.shape[-2:]
+    ph = max((-(-h // stride) - 1) * stride + kernel - h, 0)
+    pw = max((-(-w // stride) - 1) * stride + kernel - w, 0)
+    return F.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2])
+
+
+class Block(nn.Module):
+    def __init__(self, channels: int, expand: int) -> None:
+        super().__init__()
+        wide = channels * expand
+        self.expand = nn.Conv2d(channels, wide, 1)
+        self.depthwise = nn.Conv2d(wide, wide, 3, groups=wide)
+        self.project = nn.Conv2d(wide, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu6(self.expand(x))
+        y = F.relu6(self.depthwise(same_pad(y, 3, 1)))
+        return x + self.project(y)
+
+
+class TinyNet(nn.Module):
+    """Stem (3×3, stride 2) → two inverted-residual blocks → 1×1 head → pool → linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Conv2d(3, 8, 3, stride=2)
+        self.blocks = nn.Sequential(Block(8, 4), Block(8, 4))
+        self.head = nn.Conv2d(8, 16, 1)
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu6(self.stem(same_pad(x, 3, 2)))
+        x = F.relu6(self.head(self.blocks(x)))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> onnx.ModelProto:
+    from forwardpass.importers.torch import quiet_export
+
+    torch.set_num_threads(1)
+    path = tmp_path_factory.mktemp("tiny") / "model.onnx"
+    quiet_export(
+        torch,
+        TinyNet().eval(),
+        (torch.zeros(2, 3, 32, 32),),
+        path,
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+    )
+    return onnx.load(str(path))
+
+
+def views(count: int, seed: int = 0) -> np.ndarray:
+    return photo_views(count, size=32, seed=seed)
+
+
+def test_computed_padding_is_folded_and_counted(tiny: onnx.ModelProto) -> None:
+    assert "Shape" in unsupported_ops(tiny)
+    folded = fold_shapes(tiny)
+    assert unsupported_ops(folded) == []
+    # Stem 8·27·16², blocks 2·(32·8 + 32·9 + 8·32)·16², head 16·8·16², fc 16·5.
+    macs = 8 * 27 * 256 + 2 * (256 + 288 + 256) * 256 + 128 * 256 + 80
+    assert count_flops(tiny).macs == macs  # counted through the folded graph
+    from forwardpass.optimize.torch_graph import convert, verify
+
+    x = views(4)
+    assert verify(tiny, convert(tiny), {"input": x}) <= 1e-4  # any batch, not just 1
+
+
+def test_expansion_layers_only_lose_channels(tiny: onnx.ModelProto, tmp_path: Path) -> None:
+    x = views(32)
+    options = PruneOptions(
+        flops_reduction=0.3,
+        score="activation",
+        fit=FitSettings(epochs=1, max_steps=2, batch_size=8),
+        channel_multiple=1,
+        layers="expansion",
+        reconstruct_samples=16,
+    )
+    result = prune_structured(tiny, tmp_path / "pruned.onnx", x, None, options)
+    assert result.reduction >= 0.3
+    assert len(result.channels) == 2 and all("expand" in k for k in result.channels)
+    assert all(after < before for before, after in result.channels.values())
+    why = {k.split("/")[1]: v for k, v in result.kept_whole.items() if "/" in k}
+    assert "not an expansion" in why["head"]  # prunable, but not an expansion
+    assert "skip connection" in why["stem"]
+    assert result.reconstructed == 2  # both projections re-fitted
+    out = run_onnx(tmp_path / "pruned.onnx", views(5, seed=3))  # dynamic batch kept
+    assert out.shape == (5, 5)
+
+
+def test_least_squares_refit_brings_the_pruned_net_closer(tiny: onnx.ModelProto) -> None:
+    from forwardpass.optimize.torch_graph import convert
+
+    module = convert(tiny)
+    x = torch.from_numpy(views(48))
+    module.record_shapes(x[:1])
+    groups, _ = channel_groups(module)
+    expansions = [g for g in groups if "expand" in g.tensor]
+    order = {g.producer: torch.arange(g.channels) for g in expansions}
+    pruned, _ = _search(module, expansions, order, 0.3)
+    held = torch.from_numpy(views(16, seed=9))
+    with torch.no_grad():
+        reference = module(held)
+        before = float(((pruned(held) - reference) ** 2).mean())
+        assert reconstruct(module, pruned, expansions, x[:32]) == 2
+        after = float(((pruned(held) - reference) ** 2).mean())
+    assert after < before / 2
+
+
+def test_photo_views_are_seeded_normalised_and_split() -> None:
+    names = available_photos()
+    assert {"chelsea", "coffee", "astronaut"} <= set(names)
+    a, b = photo_views(6, size=40, seed=1), photo_views(6, size=40, seed=1)
+    assert a.shape == (6, 3, 40, 40) and a.dtype == np.float32
+    assert np.array_equal(a, b) and not np.array_equal(a, photo_views(6, size=40, seed=2))
+    assert a.min() >= -127 / 128 - 1e-6 and a.max() <= 128 / 128 + 1e-6
+    train, held = split_photos()
+    assert held and not set(train) & set(held) and set(train) | set(held) == set(names)
+    with pytest.raises(InvalidArgument, match="no photo"):
+        photo_views(2, photos=["unicorn"])
+    with pytest.raises(InvalidArgument, match="count"):
+        photo_views(0)
+    with pytest.raises(InvalidArgument, match="every"):
+        split_photos(1)
+
+
+def test_prune_method_accepts_computed_padding_and_offers_expansions(
+    tiny: onnx.ModelProto, tmp_path: Path
+) -> None:
+    from forwardpass.optimize.methods import BuildContext
+    from forwardpass.optimize.methods.prune import PruneMethod
+    from forwardpass.optimize.target import Target
+
+    onnx.save(tiny, str(tmp_path / "model.onnx"))
+    config = type("Config", (), {"inputs": [object()], "outputs": [object()]})()
+    ctx = BuildContext(tmp_path / "model.onnx", config, Target.CPU, None, tmp_path)  # type: ignore[arg-type]
+    method = PruneMethod()
+    assert method.check(ctx) is None  # Shape/Slice/Pad chains fold away
+    names = [v.name for v in method.variants(ctx)]
+    assert "prune-expansion-40" in names
