@@ -12,12 +12,13 @@ from forwardpass.errors import InvalidArgument
 from forwardpass.optimize.methods.base import BuildContext, Method, MethodSkipped, Variant
 from forwardpass.optimize.methods.fp16 import BF16Method, FP16Method
 from forwardpass.optimize.methods.graph import GraphMethod
-from forwardpass.optimize.methods.int4 import Int4Method
+from forwardpass.optimize.methods.int4 import Int4Method, Int8WeightMethod
 from forwardpass.optimize.methods.int8 import Int8DynamicMethod, Int8StaticMethod
 from forwardpass.optimize.methods.prune import PruneMethod  # registration hook: pruning
 
 __all__ = [
     "DEFAULT_METHODS",
+    "GENERATION_METHODS",
     "METHODS",
     "BuildContext",
     "Method",
@@ -36,16 +37,22 @@ METHODS: dict[str, type[Method]] = {
         Int8DynamicMethod,
         Int8StaticMethod,
         Int4Method,
+        Int8WeightMethod,
         PruneMethod,  # registration hook: pruning (torch extra; trains, so opt-in)
     )
 }
-# Pruning fine-tunes a network: it runs only when --methods names it.
-DEFAULT_METHODS = tuple(n for n in METHODS if n != PruneMethod.name)
+# Pruning fine-tunes a network: it runs only when --methods names it. INT8 weight-only is
+# for generation models (their default set); others get it when --methods names it.
+DEFAULT_METHODS = tuple(n for n in METHODS if n not in (PruneMethod.name, Int8WeightMethod.name))
+#: What a generation model (config parameter ``generation``) tries by default.
+GENERATION_METHODS = (Int8WeightMethod.name, Int4Method.name)
 
 
-def resolve_methods(names: Sequence[str] | None) -> list[Method]:
-    """Instances of the named methods (all of them for ``None``), in :data:`METHODS` order."""
-    wanted = list(DEFAULT_METHODS if names is None else names)
+def resolve_methods(
+    names: Sequence[str] | None, default: Sequence[str] = DEFAULT_METHODS
+) -> list[Method]:
+    """Instances of the named methods (``default`` for ``None``), in :data:`METHODS` order."""
+    wanted = list(default if names is None else names)
     unknown = [n for n in wanted if n not in METHODS]
     if unknown:
         raise InvalidArgument(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
