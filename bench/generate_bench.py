@@ -1,7 +1,7 @@
 """Generation: greedy equality with transformers on 20 prompts, and decode throughput.
 
     python bench/generate_bench.py REPO [--prompts 20] [--new-tokens 48]
-                                        [--concurrency 1,8,16,32] [--window tight,full]
+                                        [--concurrency 1,8,16,32] [--window bucket,tight]
                                         [--core 0] [--version 1] [--baseline 1,8]
                                         [--skip-equality] [--json]
 
@@ -215,7 +215,7 @@ def main() -> None:
     parser.add_argument("--core", type=int, default=None)
     parser.add_argument("--version", type=int, default=1)
     parser.add_argument("--baseline", default="1,8", help="transformers batches; '' for none")
-    parser.add_argument("--window", default="tight,full")
+    parser.add_argument("--window", default="bucket,tight")
     parser.add_argument("--skip-equality", action="store_true")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
