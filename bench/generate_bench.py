@@ -1,7 +1,9 @@
 """Generation: greedy equality with transformers on 20 prompts, and decode throughput.
 
-    python bench/generate_bench.py REPO [--prompts 20] [--new-tokens 48] [--concurrency 1,8,16]
-                                        [--window tight,full] [--skip-equality] [--json]
+    python bench/generate_bench.py REPO [--prompts 20] [--new-tokens 48]
+                                        [--concurrency 1,8,16,32] [--window bucket,tight]
+                                        [--core 0] [--version 1] [--baseline 1,8]
+                                        [--skip-equality] [--json]
 
 REPO holds ``smollm2-135m-instruct`` (``forwardpass zoo add smollm2-135m-instruct``). The
 equality check runs each prompt through the generation scheduler (greedy, ``max_tokens`` =
@@ -9,7 +11,15 @@ equality check runs each prompt through the generation scheduler (greedy, ``max_
 ``generate(do_sample=False)`` on the same dequantized weights, and counts the prompts whose
 token ids are identical. The throughput part runs N concurrent sequences of ``--new-tokens``
 tokens (``ignore_eos``) per cache window mode and reports aggregate tokens/s and
-time-to-first-token p50/p99, in-process (no HTTP), on the scheduler as served.
+time-to-first-token p50/p99, in-process (no HTTP), on the scheduler as served, and the
+ratio of each level's tokens/s to concurrency 1's (the issue's target: c16 ≥ 4× c1).
+
+``--core N`` pins the whole process to one core (as ``taskset -c N``) with one onnxruntime
+and one torch thread, the issue's one-core figures. ``--baseline 1,8`` runs transformers'
+``generate`` on the same weights in the same run: batch 1 (one prompt after another) and
+naively batched (a batch of B prompts left-padded to the longest, one ``generate`` call),
+reporting decode tokens/s and time to first token (a ``max_new_tokens=1`` call) alike.
+``--version V`` benchmarks version V (an ``forwardpass optimize`` output) instead of 1.
 """
 
 from __future__ import annotations
@@ -39,11 +49,15 @@ TOPICS = [
 ]  # fmt: skip
 
 
-def load(repo: Path) -> GenerationModel:
+def load(repo: Path, version: int = 1, threads: int = 0) -> GenerationModel:
+    from dataclasses import replace
+
     entry = ModelRepository(repo).read(NAME)
     settings = GenerationSettings.from_config(entry.config)
     assert settings is not None
-    return load_generation(entry.config, entry.path, 1, settings)
+    if threads:
+        settings = replace(settings, intra_op_threads=threads)
+    return load_generation(entry.config, entry.path, version, settings)
 
 
 def prompts(model: GenerationModel, count: int) -> list[tuple[int, ...]]:
@@ -145,22 +159,82 @@ def throughput(
     return rows
 
 
+def transformers_baseline(model: GenerationModel, batches: list[int], new: int) -> list[Any]:
+    """transformers' greedy ``generate``: batch 1, and batches left-padded to the longest."""
+    import torch
+
+    from forwardpass.zoo.smollm2 import load_reference
+
+    reference, _ = load_reference()
+    pad = model.settings.stop_token_ids[0] if model.settings.stop_token_ids else 0
+    rows = []
+    for batch in batches:
+        ids = prompts(model, batch)
+        width = max(len(p) for p in ids)
+        tokens = torch.tensor([[pad] * (width - len(p)) + list(p) for p in ids])
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in ids])
+
+        def call(count: int, tokens: Any = tokens, mask: Any = mask) -> float:
+            began = time.perf_counter()
+            with torch.no_grad():
+                reference.generate(
+                    tokens, attention_mask=mask, max_new_tokens=count, min_new_tokens=count,
+                    do_sample=False, pad_token_id=pad,
+                )  # fmt: skip
+            return time.perf_counter() - began
+
+        first = call(1)
+        seconds = call(new)
+        rows.append({
+            "engine": "transformers", "batch": batch, "tokens_per_s": batch * new / seconds,
+            "decode_tokens_per_s": batch * (new - 1) / max(seconds - first, 1e-9),
+            "ttft_s": first,
+        })  # fmt: skip
+    return rows
+
+
+def pin(core: int) -> None:
+    """This process (and its threads from now on) on one core, one thread per runtime."""
+    import os
+
+    os.sched_setaffinity(0, {core})
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:
+        pass
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("repo", type=Path)
     parser.add_argument("--prompts", type=int, default=20)
     parser.add_argument("--new-tokens", type=int, default=48)
-    parser.add_argument("--concurrency", default="1,8,16")
-    parser.add_argument("--window", default="tight,full")
+    parser.add_argument("--concurrency", default="1,8,16,32")
+    parser.add_argument("--core", type=int, default=None)
+    parser.add_argument("--version", type=int, default=1)
+    parser.add_argument("--baseline", default="1,8", help="transformers batches; '' for none")
+    parser.add_argument("--window", default="bucket,tight")
     parser.add_argument("--skip-equality", action="store_true")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    model = load(args.repo)
-    report: dict[str, Any] = {}
+    if args.core is not None:
+        pin(args.core)
+    model = load(args.repo, args.version, 1 if args.core is not None else 0)
+    report: dict[str, Any] = {"version": args.version, "core": args.core}
     if not args.skip_equality:
         report["equality"] = equality(model, args.prompts, args.new_tokens)
     levels = [int(x) for x in args.concurrency.split(",") if x]
-    report["throughput"] = throughput(model, levels, args.new_tokens, args.window.split(","))
+    report["throughput"] = rows = throughput(model, levels, args.new_tokens, args.window.split(","))
+    for row in rows:
+        one = next(
+            (r for r in rows if r["window"] == row["window"] and r["concurrency"] == 1), None
+        )
+        row["vs_c1"] = row["tokens_per_s"] / one["tokens_per_s"] if one else None
+    batches = [int(x) for x in args.baseline.split(",") if x]
+    if batches:
+        report["transformers"] = transformers_baseline(model, batches, args.new_tokens)
     if args.json:
         print(json.dumps(report, indent=2))
         return
@@ -171,7 +245,12 @@ def main() -> None:
     for row in report["throughput"]:
         print(f"window {row['window']:5} concurrency {row['concurrency']:3}: "
               f"{row['tokens_per_s']:7.1f} tok/s  ttft p50 {row['ttft_p50_s'] * 1000:7.1f} ms  "
-              f"p99 {row['ttft_p99_s'] * 1000:7.1f} ms")  # fmt: skip
+              f"p99 {row['ttft_p99_s'] * 1000:7.1f} ms"
+              + (f"  {row['vs_c1']:.2f}x c1" if row["vs_c1"] else ""))  # fmt: skip
+    for row in report.get("transformers", []):
+        print(f"transformers batch {row['batch']:3}: {row['tokens_per_s']:7.1f} tok/s "
+              f"(decode {row['decode_tokens_per_s']:7.1f})  "
+              f"ttft {row['ttft_s'] * 1000:7.1f} ms")  # fmt: skip
 
 
 if __name__ == "__main__":

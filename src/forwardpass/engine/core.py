@@ -35,6 +35,7 @@ from forwardpass.errors import (
     Unsupported,
 )
 from forwardpass.generation.scheduler import GenerationStream
+from forwardpass.generation.tensors import generation_metadata
 from forwardpass.model_config import ModelConfig, TensorSpec
 from forwardpass.monitor.hub import Stages
 from forwardpass.monitor.monitoring import Monitoring
@@ -292,8 +293,11 @@ class Engine:
         return out
 
     def metadata(self, name: str, version: str = "") -> ModelMetadata:
-        handle, _ = self.version(name, version)
+        handle, loaded = self.version(name, version)
         config = handle.config
+        if loaded.generator is not None:  # the generate extension's view, not the decoder's
+            versions = tuple(str(v) for v in sorted(handle.versions))
+            return generation_metadata(name, versions, config.platform or config.backend)
         batch = (-1,) if config.batching else ()
 
         def tensor(spec: TensorSpec) -> TensorMetadata:

@@ -7,6 +7,14 @@ dense, ``[0, active)``: the running batch is then the leading ``active`` rows of
 a contiguous view the decoder binds without copying (``window="full"``). When a sequence
 leaves, the last slot's contents move into the hole once (:meth:`KVCache.release`).
 
+With ``window="bucket"`` the same memory is laid out narrower: each buffer is viewed as
+``[slots, kv_heads, width, head_dim]`` where ``width`` is the longest live sequence rounded
+up to :data:`BUCKET` positions (at most the context). The running batch is then still the
+leading rows of every buffer, contiguous, bound without a copy, while attention spans only
+``width`` positions instead of the whole context. When a sequence outgrows ``width`` (once
+every ``BUCKET`` tokens at most) or the longest sequences leave, the live slots are laid out
+again at the new width (:meth:`KVCache.fit`): one copy per bucket instead of one per step.
+
 The budget is counted in slots: ``slots_for`` turns a byte budget into how many sequences of
 the full context fit, and admission control (the scheduler) never hands out more; the
 buffers are allocated with ``np.zeros`` at load, so the memory a model may take is fixed and
@@ -20,7 +28,10 @@ import numpy as np
 from forwardpass.errors import InvalidModelConfig
 from forwardpass.zoo.decoder import DecoderShape
 
-__all__ = ["KVCache"]
+__all__ = ["BUCKET", "KVCache"]
+
+#: Positions the bucketed layout's width grows and shrinks by.
+BUCKET = 64
 
 
 class KVCache:
@@ -30,12 +41,38 @@ class KVCache:
         self.shape = shape
         self.context = context
         self.slots = slots
-        dims = (slots, shape.kv_heads, context, shape.head_dim)
+        size = slots * shape.kv_heads * context * shape.head_dim
+        self._flat = [np.zeros(size, np.float32) for _ in range(2 * shape.layers)]
+        #: Positions per slot in the current layout (the context unless :meth:`fit` changed it).
+        self.width = context
         #: In the decoder's input order: key_0, value_0, key_1, value_1, ...
-        self.buffers = [np.zeros(dims, np.float32) for _ in range(2 * shape.layers)]
+        self.buffers = self._views(context)
+        self.relayouts = 0
         #: Positions filled in each slot.
         self.lengths = np.zeros(slots, np.int64)
         self.active = 0
+
+    def _views(self, width: int) -> list[np.ndarray]:
+        shape = self.shape
+        count = self.slots * shape.kv_heads * width * shape.head_dim
+        dims = (self.slots, shape.kv_heads, width, shape.head_dim)
+        return [flat[:count].reshape(dims) for flat in self._flat]
+
+    def fit(self, needed: int) -> None:
+        """Lay the cache out ``BUCKET``-rounded wide enough for ``needed`` positions and for
+        every live sequence (the bucketed layout); a no-op while the width fits."""
+        longest = int(self.lengths[: self.active].max()) if self.active else 0
+        needed = max(needed, longest)
+        width = min(self.context, max(BUCKET, -(-needed // BUCKET) * BUCKET))
+        if width == self.width:
+            return
+        keep = min(longest, width)
+        live = [b[: self.active, :, :keep].copy() for b in self.buffers]
+        self.width = width
+        self.buffers = self._views(width)
+        for buffer, part in zip(self.buffers, live, strict=True):
+            buffer[: self.active, :, :keep] = part
+        self.relayouts += 1
 
     @staticmethod
     def slot_bytes(shape: DecoderShape, context: int) -> int:
@@ -94,8 +131,8 @@ class KVCache:
 
     def past(self, rows: int, window: int) -> list[np.ndarray]:
         """The first ``rows`` slots' caches, ``window`` positions long: views of the buffers
-        when ``window`` is the full context, else one contiguous copy per buffer."""
-        if window == self.context:
+        when ``window`` is the layout's width, else one contiguous copy per buffer."""
+        if window == self.width:
             return [buffer[:rows] for buffer in self.buffers]
         return [np.ascontiguousarray(buffer[:rows, :, :window]) for buffer in self.buffers]
 

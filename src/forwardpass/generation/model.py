@@ -27,7 +27,7 @@ from forwardpass.generation.settings import GenerationSettings
 from forwardpass.model_config import ModelConfig
 from forwardpass.zoo.decoder import DecoderShape
 
-__all__ = ["GenerationModel", "load_generation"]
+__all__ = ["GenerationModel", "decoder_shape", "load_generation"]
 
 
 @dataclass(slots=True)
@@ -102,7 +102,7 @@ def load_generation(
         session = ort.InferenceSession(str(path), options, providers=providers)
     except Exception as exc:
         raise InvalidModelConfig(f"onnxruntime cannot load {path.name}: {exc}") from exc
-    shape = _shape(session, config.name)
+    shape = decoder_shape(session, config.name)
     tokenizer = Tokenizer.from_file(str(tokenizer_path))
     template_path = folder / settings.chat_template
     template = template_path.read_text("utf-8") if template_path.is_file() else None
@@ -117,7 +117,7 @@ def load_generation(
     )
 
 
-def _shape(session: Any, name: str) -> DecoderShape:
+def decoder_shape(session: Any, name: str) -> DecoderShape:
     """The decoder shape read off the graph's tensors (and a check of its contract)."""
     inputs = {i.name: i for i in session.get_inputs()}
     outputs = {o.name: o for o in session.get_outputs()}

@@ -356,6 +356,8 @@ class GenerationScheduler:
             np.zeros(1, np.int64),
             [empty] * (2 * shape.layers),
         )
+        if self.settings.window == "bucket":
+            self.cache.fit(count)
         self.cache.write_prefill(sequence.slot, new)
         self.stats.prompt_tokens += count
         self.stats.prefill_seconds.observe(time.monotonic() - began)
@@ -365,7 +367,12 @@ class GenerationScheduler:
         rows = len(self._running)
         cache = self.cache
         lengths = cache.lengths[:rows].copy()
-        window = cache.context if self.settings.window == "full" else int(lengths.max())
+        mode = self.settings.window
+        if mode == "bucket":
+            cache.fit(int(lengths.max()) + 1)  # room for this step's token
+            window = cache.width
+        else:
+            window = cache.context if mode == "full" else int(lengths.max())
         ids = np.array([[s.last] for s in self._running], np.int64)
         try:
             logits, new = self.decoder.run(ids, lengths[:, None], lengths, cache.past(rows, window))

@@ -44,8 +44,10 @@ class GenerationSettings:
     prefills_per_step: int = 1
     #: ``"tight"``: bind the live prefix of the cache (copied into one batch array per step);
     #: ``"full"``: bind the preallocated buffers themselves (no copy; attention spans the
-    #: whole context, masked). See bench/generate_bench.py for which is faster where.
-    window: str = "tight"
+    #: whole context, masked); ``"bucket"``: the buffers laid out as wide as the longest live
+    #: sequence rounded up to 64 positions, bound without a copy (``generation.kvcache``).
+    #: See bench/generate_bench.py for which is faster where.
+    window: str = "bucket"
     #: Tokens that end a sequence (end-of-turn / end-of-text), besides a request's own.
     stop_token_ids: tuple[int, ...] = ()
     #: Files in the model folder.
@@ -123,7 +125,8 @@ class GenerationSettings:
                 f"model {model!r}: generation default_max_tokens must be between 1 and "
                 f"max_tokens_limit ({self.max_tokens_limit})"
             )
-        if self.window not in ("tight", "full"):
+        if self.window not in ("tight", "full", "bucket"):
             raise InvalidModelConfig(
-                f"model {model!r}: generation window must be 'tight' or 'full', got {self.window!r}"
+                f"model {model!r}: generation window must be 'tight', 'full' or 'bucket', "
+                f"got {self.window!r}"
             )

@@ -41,6 +41,7 @@ from forwardpass.optimize.data import (
     load_samples,
     synthesize,
 )
+from forwardpass.optimize.generation import GenerationEval, optimize_generation
 from forwardpass.optimize.measure import MeasureSettings, measure_all, open_session
 from forwardpass.optimize.methods import BuildContext, MethodSkipped, resolve_methods
 from forwardpass.optimize.openvino_model import write_openvino_model
@@ -80,6 +81,8 @@ class OptimizeOptions:
     calibration_samples: int = 256
     #: Where to save the report when no version is written (original kept, or a dry run).
     report_dir: Path | None = None
+    #: How a generation model's candidates are exercised (``optimize.generation``).
+    generation: GenerationEval = field(default_factory=GenerationEval)
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,7 +217,14 @@ def _first_line(exc: BaseException) -> str:
 
 def optimize(options: OptimizeOptions, progress: ProgressCallback | None = None) -> OptimizeResult:
     """Run the whole optimization (see the module docstring)."""
+    from forwardpass.generation.settings import GenerationSettings
+
     config, model_dir, version, source, labels = _source(options)
+    generation = GenerationSettings.from_config(config)
+    if generation is not None:  # judged on what it generates, through the decoder loop
+        return optimize_generation(
+            options, config, generation, model_dir, version, source, progress
+        )
     plan = plan_target(options.target)
     methods = resolve_methods(options.methods, options.target)
     data = _load_data(options, config, model_dir, labels)

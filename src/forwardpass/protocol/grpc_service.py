@@ -50,9 +50,11 @@ from forwardpass.protocol.grpc_codec import (
     server_metadata_message,
     statistics_message,
 )
+from forwardpass.protocol.grpc_generate import stream_generation
 from forwardpass.protocol.http import extensions
 from forwardpass.protocol.shared_memory import SharedMemoryRegistry
 from forwardpass.repository.load_parameters import read_load_parameters
+from forwardpass.types import InferResponse
 
 __all__ = ["GrpcServer", "InferenceServicer"]
 
@@ -269,8 +271,18 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                 model_name, model_version = message.model_name, message.model_version
                 empty_final = _take_bool(message, _EMPTY_FINAL)
                 request = decode_infer_request(message, leases)
-                handle, _ = self.engine.version(request.model_name, request.model_version)
-                decoupled = handle.config.decoupled
+                handle, loaded = self.engine.version(request.model_name, request.model_version)
+                decoupled = handle.config.decoupled or loaded.generator is not None
+                if loaded.generator is not None:  # one response per token chunk
+                    _pass_on(after, done)
+
+                    def put(item: InferResponse) -> None:
+                        response = encode_infer_response(item, request, leases)
+                        response.parameters[_FINAL].bool_param = item.final
+                        send(pb.ModelStreamInferResponse(infer_response=response))
+
+                    await stream_generation(self.engine, request, str(loaded.version), put)
+                    return
                 if not decoupled:
                     response = encode_infer_response(
                         await self.engine.infer(request), request, leases

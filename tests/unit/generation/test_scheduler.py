@@ -7,6 +7,7 @@ import asyncio
 import json
 from typing import Any
 
+import numpy as np
 import pytest
 
 from forwardpass.errors import InvalidArgument, Unavailable
@@ -83,16 +84,18 @@ def test_greedy_matches_transformers_generate(
 
 def test_continuous_batching_matches_each_alone(smollm2: Any, make_scheduler: Any) -> None:
     """Sequences of different lengths join while others run and leave early; each one's
-    tokens are the same as when it runs alone (tight and full cache windows)."""
+    tokens are the same as when it runs alone (tight, full and bucketed cache windows; the
+    first one outgrows a 64-position bucket, so the bucketed cache is laid out again)."""
     prompts = [chat(smollm2, q) for q in QUESTIONS]
-    lengths = [24, 6, 16, 10]
+    lengths = [48, 6, 16, 10]
     requests = [
         GenerationRequest(p, params(max_tokens=n, ignore_eos=True))
         for p, n in zip(prompts, lengths, strict=True)
     ]
-    alone_scheduler = make_scheduler(slots=1)
+    assert len(prompts[0]) + lengths[0] > 64
+    alone_scheduler = make_scheduler(slots=1, window="tight")
     alone = [asyncio.run(run_all(alone_scheduler, [r]))[0] for r in requests]
-    for window in ("tight", "full"):
+    for window in ("tight", "full", "bucket"):
         # Two slots for four requests: the later ones wait, then take freed slots.
         scheduler = make_scheduler(slots=2, window=window)
         together = asyncio.run(run_all(scheduler, requests, stagger=0.05))
@@ -101,6 +104,8 @@ def test_continuous_batching_matches_each_alone(smollm2: Any, make_scheduler: An
             assert b.text == a.text
         assert scheduler.stats.batch_size.count > 0
         assert scheduler.cache.active == 0
+        if window == "bucket":
+            assert scheduler.cache.relayouts >= 1
 
 
 def test_seeded_sampling_is_reproducible(smollm2: Any, make_scheduler: Any) -> None:
@@ -225,3 +230,33 @@ def test_prompt_over_the_context_is_refused(smollm2: Any, make_scheduler: Any) -
 def test_bad_sampling_parameters(given: dict[str, Any], message: str) -> None:
     with pytest.raises(InvalidArgument, match=message):
         params(**given)
+
+
+def test_bucketed_cache_keeps_the_live_positions() -> None:
+    """Growing and shrinking the bucketed layout keeps every live slot's positions."""
+    from forwardpass.generation.kvcache import BUCKET, KVCache
+    from forwardpass.zoo.decoder import DecoderShape
+
+    cache = KVCache(DecoderShape(1, 2, 4, 10), context=4 * BUCKET, slots=3)
+    cache.fit(1)
+    assert cache.width == BUCKET and cache.buffers[0].shape == (3, 2, BUCKET, 4)
+    rng = np.random.default_rng(0)
+    written = []
+    for count in (5, 40):
+        slot = cache.acquire()
+        assert slot is not None
+        new = [rng.standard_normal((1, 2, count, 4)).astype(np.float32) for _ in range(2)]
+        cache.write_prefill(slot, new)
+        written.append(new)
+    cache.fit(BUCKET + 1)
+    assert cache.width == 2 * BUCKET and cache.buffers[0][:2].flags.c_contiguous
+    for slot, new in enumerate(written):
+        count = new[0].shape[2]
+        for buffer, array in zip(cache.buffers, new, strict=True):
+            np.testing.assert_array_equal(buffer[slot, :, :count], array[0])
+    assert cache.past(2, cache.width)[0].base is not None  # a view, no copy
+    cache.release(1)  # the 40-position sequence leaves: the layout may shrink again
+    cache.fit(1)
+    assert cache.width == BUCKET
+    for buffer, array in zip(cache.buffers, written[0], strict=True):
+        np.testing.assert_array_equal(buffer[0, :, :5], array[0])
