@@ -85,6 +85,17 @@ class Monitoring:
         self._others += 1
         self._watched.clear()  # every model is read again: the new sink may watch it
 
+    def prepare(self, handle: ModelHandle) -> None:
+        """Read ``handle``'s monitoring declaration and build its versions' drift monitors
+        (reference, profiler, scipy) now, after a load, rather than on the hub's thread while
+        the first requests are served. Never raises: a problem is what ``/monitor`` reports."""
+        try:
+            if self.watches(handle) and self.drift.wants(handle.name):
+                for version in list(handle.versions):
+                    self.drift.monitor(handle.name, version)
+        except Exception:
+            log.exception("model %s: cannot prepare its monitors", handle.name)
+
     # ------------------------------------------------------------------ hot path
     def watches(self, handle: ModelHandle) -> bool:
         """Whether requests to ``handle``'s model are recorded (read again after a reload)."""
