@@ -196,15 +196,13 @@ class NumericBatch:
 def _bin_counts(values: np.ndarray, edges: np.ndarray, bins: np.ndarray) -> np.ndarray:
     """(features, 10) counts of each row of ``values`` (sorted) in its row's decile bins
     (``searchsorted(edges, v, side="right")``; ``bins`` marks each row's real bins)."""
-    k, width = edges.shape
-    counts = np.zeros((k, width + 1))
-    total = values.shape[1]
+    k, total = values.shape
+    below = np.empty(edges.shape, dtype=np.int64)  # values under each edge
     for i in range(k):
-        real = int(bins[i].sum()) - 1
-        # Values at or above each edge; bin j holds those at/above edge j-1 but not edge j.
-        above = total - np.searchsorted(values[i], edges[i, :real], side="left")
-        counts[i, : real + 1] = -np.diff(np.concatenate(([total], above, [0])))
-    return counts
+        below[i] = np.searchsorted(values[i], edges[i], side="left")
+    below[~bins[:, 1:]] = total  # padding: its bins stay empty, the last real one keeps all
+    bounds = np.concatenate([np.zeros((k, 1), np.int64), below, np.full((k, 1), total)], axis=1)
+    return np.diff(bounds, axis=1).astype(np.float64)
 
 
 def _cdf_cvm_inf(x: float) -> float:
