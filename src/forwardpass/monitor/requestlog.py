@@ -3,8 +3,8 @@
 :class:`RequestLog` is the sink the monitor hub feeds; it turns each :class:`Record` into a
 :class:`LogRow` (metadata always; the full inputs and outputs for a sampled fraction) and hands
 the rows to a :class:`LogStore`. :class:`SqliteStore` is the store: SQLite in WAL mode, one
-transaction per hub drain (every 50 ms under traffic), so a killed process loses at most the
-rows of the last drain — well under the second the issue allows. Retention runs at most every
+transaction per hub drain (every 0.25 s under traffic), so a killed process loses at most the
+rows of the last drain — under the second the issue allows. Retention runs at most every
 ``retention_every_s``: rows older than ``max_age_s`` go, then the oldest rows until the live
 pages fit in ``max_bytes`` (auto_vacuum=INCREMENTAL gives freed pages back to the file system).
 
