@@ -1,6 +1,7 @@
 """The cost of monitoring (issue #12): the tiny model's throughput at concurrency 32 with the
 request log and drift monitoring on (metadata for every request, 1 % payload sampling, every
-request profiled into the drift window) vs monitoring off, in the same run.
+request profiled into the drift window) vs monitoring off, in the same run; and (unless
+``--no-log-only``) the request log alone on the plain repository.
 
 The "on" server serves a copy of the repository whose tiny model declares
 ``monitoring: {drift: {...}, payload_sample: 0.01}``, with a reference profile built through
@@ -103,8 +104,8 @@ def monitored_repository(repo: Path, tmp: Path, sample: float, window: int, step
 
     monitored = tmp / "repo-monitored"
     shutil.copytree(repo / "tiny", monitored / "tiny")
-    # An evaluation tests all 66 features (64 inputs, the class and the top score; ~2 ms a
-    # feature on this model), so the cost follows evaluations per second = rate / step.
+    # An evaluation tests all 66 features (64 inputs, the class and the top score; a few ms
+    # for all of them, the numeric ones batched), so its cost follows rate / step.
     section = json.dumps({"drift": {"window": window, "step": step}, "payload_sample": sample})
     config = monitored / "tiny" / "config.pbtxt"
     config.write_text(
