@@ -145,6 +145,10 @@ class Engine:
             await self.table.load(name)
         except ForwardpassError as exc:
             log.error("model %s is UNAVAILABLE: %s", name, exc.message)
+            return
+        handle = self.table.get(name)
+        if handle is not None:  # its monitors are built now, not at its first requests
+            await asyncio.get_running_loop().run_in_executor(None, self.monitoring.prepare, handle)
 
     async def _poll_forever(self) -> None:
         while True:

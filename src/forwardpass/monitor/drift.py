@@ -59,6 +59,7 @@ from forwardpass.monitor.settings import DriftSettings
 from forwardpass.monitor.statistics import (
     CategoricalReference,
     MmdReference,
+    NumericBatch,
     NumericReference,
     chi2_test,
     cvm_test,
@@ -183,6 +184,17 @@ class DriftDetector:
                 self.refs[n] = CategoricalReference.of(values)
             else:
                 self.refs[n] = NumericReference.of(values)
+        #: Numeric features tested together (KS), by reference size: (names, batch).
+        self._batches: list[tuple[tuple[str, ...], NumericBatch]] = []
+        if settings.numeric_test == "ks":
+            by_size: dict[int, list[str]] = {}
+            for n in names:
+                ref = self.refs[n]
+                if isinstance(ref, NumericReference):
+                    by_size.setdefault(len(ref.values), []).append(n)
+            for group in by_size.values():
+                refs = [self.refs[n] for n in group]
+                self._batches.append((tuple(group), NumericBatch.of(refs)))  # type: ignore[arg-type]
         self.mmd: MmdReference | None = None
         if reference.embedding is not None and settings.embedding != "none":
             self.mmd = MmdReference.of(reference.embedding)
@@ -249,10 +261,20 @@ class DriftDetector:
         """Test the current window (which must be full) and keep the result."""
         results: list[tuple[str, str, float, float, float | None, float | None, float | None]]
         results = []
+        batched: dict[str, tuple[float, float, float, float]] = {}
+        for group, batch in self._batches:
+            d, p_ks, w_all, psi_all = batch.test(np.stack([self._buffers[n] for n in group]))
+            for i, name in enumerate(group):
+                batched[name] = (float(d[i]), float(p_ks[i]), float(w_all[i]), float(psi_all[i]))
         for name in self.names:
             ref = self.refs[name]
             values = self._buffers[name]
-            if isinstance(ref, CategoricalReference):
+            if name in batched:
+                d_ks, p_value, w, psi_value = batched[name]
+                assert isinstance(ref, NumericReference)
+                w_sd = w / ref.std if ref.std > 0 else None
+                results.append((name, "ks", d_ks, p_value, psi_value, w, w_sd))
+            elif isinstance(ref, CategoricalReference):
                 t = chi2_test(ref, values)
                 results.append((name, "chi2", t.statistic, t.p_value, psi(ref, values), None, None))
             else:

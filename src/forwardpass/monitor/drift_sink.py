@@ -266,29 +266,30 @@ class DriftSink:
 
 def _batched(monitor: Any, records: list[Record]) -> list[Any]:
     """The profiles of ``records``: for a batching model one profiler call over their rows
-    stacked together when every tensor has the same trailing shape and dtype (each request
-    counts as the rows it carried either way), else one call per request."""
+    stacked together when every tensor has the same trailing shape (each request counts as
+    the rows it carried either way), else one call per request."""
     import numpy as np
 
     sources = [(r.model_inputs or {}, r.model_outputs or {}, r.extra or {}) for r in records]
     if len(sources) > 1 and monitor.profiler.batching:
         stacked: list[dict[str, np.ndarray]] = []
         for i in range(3):
-            names = sources[0][i].keys()
+            first = sources[0][i]
+            names = first.keys()
             if any(s[i].keys() != names for s in sources):
                 break
             parts: dict[str, np.ndarray] = {}
-            for name in names:
-                arrays = [np.asarray(s[i][name]) for s in sources]
-                if i == 2:  # side data: one row per request, as the profiler reads it
-                    arrays = [a.reshape(-1, *a.shape[-1:]) for a in arrays]
-                if len({(a.shape[1:], a.dtype) for a in arrays}) != 1:
-                    break
-                parts[name] = np.concatenate(arrays)
-            else:
-                stacked.append(parts)
-                continue
-            break
+            try:
+                for name in names:
+                    arrays = [s[i][name] for s in sources]
+                    if i == 2:  # side data: one row per request, as the profiler reads it
+                        arrays = [np.reshape(a, (-1, *np.shape(a)[-1:])) for a in arrays]
+                    # A trailing shape that differs raises; the model's declared datatype
+                    # makes the dtypes alike (and a promotion would not change a feature).
+                    parts[name] = np.concatenate(arrays)
+            except ValueError:
+                break
+            stacked.append(parts)
         if len(stacked) == 3:
             return [monitor.profiler.profile(*stacked)]
     return [monitor.profiler.profile(*s) for s in sources]

@@ -76,6 +76,9 @@ class Monitoring:
         self._watched: dict[str, tuple[object, bool, bool]] = {}
         #: model → problems with its monitoring declaration.
         self.errors: dict[str, list[str]] = {}
+        #: Build drift monitors when a model loads (:meth:`prepare`); off for an engine that
+        #: only runs a model to profile it (``forwardpass monitor reference``).
+        self.prepare_on_load = True
         self._prefix = os.urandom(4).hex()
         self._ids = itertools.count(1)
 
@@ -84,6 +87,19 @@ class Monitoring:
         self.hub.sinks.append(sink)
         self._others += 1
         self._watched.clear()  # every model is read again: the new sink may watch it
+
+    def prepare(self, handle: ModelHandle) -> None:
+        """Read ``handle``'s monitoring declaration and build its versions' drift monitors
+        (reference, profiler, scipy) now, after a load, rather than on the hub's thread while
+        the first requests are served. Never raises: a problem is what ``/monitor`` reports."""
+        if not self.prepare_on_load:
+            return
+        try:
+            if self.watches(handle) and self.drift.wants(handle.name):
+                for version in list(handle.versions):
+                    self.drift.monitor(handle.name, version)
+        except Exception:
+            log.exception("model %s: cannot prepare its monitors", handle.name)
 
     # ------------------------------------------------------------------ hot path
     def watches(self, handle: ModelHandle) -> bool:

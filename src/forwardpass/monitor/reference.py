@@ -176,6 +176,7 @@ async def profile_data(
             model_repository=repository, model_control_mode="explicit", load_models=(model,)
         ),
     )
+    engine.monitoring.prepare_on_load = False  # the reference being built is not there yet
     await engine.start()
     try:
         handle = engine.handle(model)

@@ -14,6 +14,10 @@ values, and returns a :class:`TestResult` with its statistic and p-value:
 - :func:`mmd_test`: the unbiased squared maximum mean discrepancy with a mixture of Gaussian
   kernels (bandwidths fixed from the reference), its p-value from a permutation test.
 
+:class:`NumericBatch` runs the KS test, PSI and Wasserstein of many numeric features at once
+(one window evaluation of a 66-feature model in about a millisecond instead of ~100), with
+the same values as the one-feature functions.
+
 Effect sizes (no p-value): :func:`psi` (population stability index over reference deciles)
 and :func:`wasserstein` (the 1-D earth mover's distance, scipy's ``wasserstein_distance``).
 :func:`reject` corrects a family of p-values for multiplicity (Bonferroni or
@@ -30,6 +34,7 @@ import numpy as np
 __all__ = [
     "CategoricalReference",
     "MmdReference",
+    "NumericBatch",
     "NumericReference",
     "TestResult",
     "chi2_test",
@@ -119,6 +124,85 @@ def ks_test(reference: NumericReference, window: np.ndarray) -> TestResult:
     d = float(np.max(np.abs(cdf_x - cdf_y)))
     en = round(n * m / (n + m))
     return TestResult(d, _kstwo_sf(d, en))
+
+
+@dataclass(frozen=True, slots=True)
+class NumericBatch:
+    """Numeric features whose references have the same size, tested together on one window.
+
+    One evaluation merges each feature's sorted reference with its sorted window values (a
+    stable sort of two sorted runs is a linear merge), counts the reference and window values
+    at or below every merged value, and reads the KS statistic and the Wasserstein distance
+    off those counts for all features in a few array expressions; PSI bins the window at the
+    features' deciles in one comparison. The results equal :func:`ks_test`,
+    :func:`wasserstein` and :func:`psi` of each feature.
+    """
+
+    #: (features, n) sorted reference values.
+    values: np.ndarray
+    #: (features, 9) decile edges, padded with +inf where a feature has fewer distinct ones.
+    edges: np.ndarray
+    #: (features, 10) reference share of each decile bin (floored), and which bins exist.
+    ref_share: np.ndarray
+    bins: np.ndarray
+
+    @classmethod
+    def of(cls, references: list[NumericReference]) -> NumericBatch:
+        if not references or len({len(r.values) for r in references}) != 1:
+            raise ValueError("a batch needs references of one size")
+        # scipy.stats takes seconds to import (holding the GIL): pay it when the monitor is
+        # built, not at its first window, while requests are served.
+        from scipy.stats import kstwo  # noqa: F401
+
+        values = np.stack([r.values for r in references])
+        width = 9
+        edges = np.full((len(references), width), np.inf)
+        bins = np.zeros((len(references), width + 1), dtype=bool)
+        for i, r in enumerate(references):
+            edges[i, : len(r.edges)] = r.edges
+            bins[i, : len(r.edges) + 1] = True
+        counts = _bin_counts(values, edges, bins)  # reference values are sorted
+        share = np.maximum(counts / max(values.shape[1], 1), _PSI_EPS)
+        return cls(values, edges, share, bins)
+
+    def test(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """KS statistic, KS p-value, Wasserstein distance and PSI of each feature, for
+        ``windows`` of shape (features, m)."""
+        x = self.values
+        y = np.sort(np.asarray(windows, dtype=np.float64), axis=1)
+        (k, n), m = x.shape, y.shape[1]
+        merged = np.concatenate([x, y], axis=1)
+        order = np.argsort(merged, axis=1, kind="stable")
+        grid = np.take_along_axis(merged, order, axis=1)
+        # n·m·(F_x − F_y) after each merged value, in integers: x_below·m − y_below·n with
+        # y_below = position − x_below (int32 where it cannot overflow: several times faster).
+        wide = np.int64 if n * (n + m) >= 2**31 else np.int32
+        below_x = np.cumsum(order < n, axis=1, dtype=wide)
+        gap = np.abs(below_x * (n + m) - np.arange(1, n + m + 1, dtype=wide) * n)
+        # Tied values: the CDFs are read after the last of them (searchsorted side="right").
+        last = np.ones((k, n + m), dtype=bool)
+        last[:, :-1] = grid[:, 1:] != grid[:, :-1]
+        d = np.where(last, gap, 0).max(axis=1) / (n * m)
+        # Within a tie the step to the next value is 0, so unread CDFs there weigh nothing.
+        w = np.sum(gap[:, :-1] * np.diff(grid, axis=1), axis=1) / (n * m)
+        en = round(n * m / (n + m))
+        p = np.array([_kstwo_sf(float(v), en) for v in d])
+        share = np.maximum(_bin_counts(y, self.edges, self.bins) / max(m, 1), _PSI_EPS)
+        ref = self.ref_share
+        terms = np.where(self.bins, (share - ref) * np.log(share / ref), 0.0)
+        return d, p, w, terms.sum(axis=1)
+
+
+def _bin_counts(values: np.ndarray, edges: np.ndarray, bins: np.ndarray) -> np.ndarray:
+    """(features, 10) counts of each row of ``values`` (sorted) in its row's decile bins
+    (``searchsorted(edges, v, side="right")``; ``bins`` marks each row's real bins)."""
+    k, total = values.shape
+    below = np.empty(edges.shape, dtype=np.int64)  # values under each edge
+    for i in range(k):
+        below[i] = np.searchsorted(values[i], edges[i], side="left")
+    below[~bins[:, 1:]] = total  # padding: its bins stay empty, the last real one keeps all
+    bounds = np.concatenate([np.zeros((k, 1), np.int64), below, np.full((k, 1), total)], axis=1)
+    return np.diff(bounds, axis=1).astype(np.float64)
 
 
 def _cdf_cvm_inf(x: float) -> float:

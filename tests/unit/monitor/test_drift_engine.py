@@ -336,3 +336,30 @@ def test_drift_alarms_are_written_to_the_request_log(tmp_path: Path) -> None:
         log_command, ["scored", "--request-log", str(log_path), "--kind", "events", "--json"]
     )
     assert [json.loads(line)["kind"] for line in out.output.splitlines()] == ["drift_alarm"]
+
+
+def test_the_drift_monitor_is_built_when_the_model_loads(tmp_path: Path) -> None:
+    """The reference, profiler and scipy are loaded with the model, not on the monitor
+    hub's thread while the first requests are served."""
+    root = tmp_path / "models"
+    write_scored(root, monitoring=DRIFT)
+    _reference(root)
+
+    async def body(engine: Any) -> None:
+        slots = engine.monitoring.drift._slots
+        assert ("scored", 1) in slots and slots[("scored", 1)].monitor is not None
+        await _send(engine, np.zeros((3, 3)))
+        assert slots[("scored", 1)].monitor.observed == 3  # the same monitor, not rebuilt
+
+    run_with_engine(root, body)
+
+
+def test_a_model_without_a_reference_loads_and_reports_why(tmp_path: Path) -> None:
+    root = tmp_path / "models"
+    write_scored(root, monitoring=DRIFT)
+
+    async def body(engine: Any) -> None:
+        assert engine.handle("scored").versions
+        assert "no reference profile" in _report(engine)["error"]
+
+    run_with_engine(root, body)

@@ -9,6 +9,7 @@ from scipy import stats
 from forwardpass.monitor.statistics import (
     CategoricalReference,
     MmdReference,
+    NumericBatch,
     NumericReference,
     chi2_test,
     cvm_test,
@@ -32,6 +33,37 @@ def test_ks_matches_scipy(shift: float, discrete: bool) -> None:
     theirs = stats.ks_2samp(x, y, method="asymp")
     assert ours.statistic == pytest.approx(theirs.statistic, abs=1e-12)
     assert ours.p_value == pytest.approx(theirs.pvalue, rel=1e-9, abs=1e-15)
+
+
+@pytest.mark.parametrize("shift", [0.0, 0.3, 1.0])
+def test_batched_numeric_tests_equal_the_one_feature_functions(shift: float) -> None:
+    """All numeric features of a window at once: KS (statistic and p-value as scipy's),
+    Wasserstein and PSI as the per-feature functions, with ties, few distinct deciles, a
+    constant reference and an infinite value."""
+    rng = np.random.default_rng(5)
+    columns = [rng.normal(size=400) for _ in range(4)]
+    columns += [np.round(rng.normal(size=400)), rng.integers(0, 3, size=400) * 1.0, np.ones(400)]
+    refs = [NumericReference.of(c) for c in columns]
+    windows = np.stack(
+        [rng.normal(shift, 1.0, size=150) for _ in range(4)]
+        + [np.round(rng.normal(shift, 1.0, size=150)), rng.integers(0, 4, size=150) * 1.0]
+        + [np.r_[np.ones(149), np.inf]]
+    )
+    d, p, w, psi_values = NumericBatch.of(refs).test(windows)
+    for i, (ref, values) in enumerate(zip(refs, windows, strict=True)):
+        theirs = stats.ks_2samp(ref.values, values, method="asymp")
+        assert d[i] == pytest.approx(theirs.statistic, abs=1e-12)
+        assert p[i] == pytest.approx(theirs.pvalue, rel=1e-9, abs=1e-15)
+        one = ks_test(ref, values)
+        assert d[i] == pytest.approx(one.statistic, abs=1e-15)
+        assert p[i] == pytest.approx(one.p_value, rel=1e-12, abs=1e-15)
+        assert w[i] == pytest.approx(wasserstein(ref, values), rel=1e-12)
+        assert psi_values[i] == pytest.approx(psi(ref, values), rel=1e-12, abs=1e-15)
+
+
+def test_batched_numeric_tests_need_references_of_one_size() -> None:
+    with pytest.raises(ValueError, match="one size"):
+        NumericBatch.of([NumericReference.of(np.zeros(3)), NumericReference.of(np.zeros(4))])
 
 
 @pytest.mark.parametrize("shift", [0.0, 0.3, 1.0])

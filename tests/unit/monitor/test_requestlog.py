@@ -211,3 +211,25 @@ def test_two_writers_share_one_log(tmp_path: Path) -> None:
     assert len(rows) == 2 * 40 * 25 and len({r.id for r in rows}) == len(rows)
     assert sum(r.truth is not None for r in rows) == 80
     assert len(read_events(path, "m", limit=1000)) == 80
+
+
+def test_the_id_index_is_built_at_the_first_feedback(tmp_path: Path) -> None:
+    """Appends do not maintain an index by id until ground truth arrives (the only lookup
+    by id); then the truth lands on the right row and the index stays."""
+    path = tmp_path / "log.db"
+    store = SqliteStore(path)
+    store.append(RequestLog(store, sample=0.0).rows([_record(f"r{i}") for i in range(50)]))
+
+    def indexes() -> set[str]:
+        db = sqlite3.connect(path)
+        try:
+            return {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+        finally:
+            db.close()
+
+    assert "requests_id" not in indexes()
+    store.set_truth({"r7": 1})
+    assert "requests_id" in indexes()
+    rows = {r.id: r.truth for r in read_rows(path, "m", limit=100)}
+    assert rows["r7"] == "1" and rows["r8"] is None
+    store.close()
