@@ -206,9 +206,9 @@ class DriftDetector:
         size = settings.window
         self._buffers: dict[str, np.ndarray] = {}
         for n in names:
-            ref = reference.features[n]
+            column = reference.features[n]
             # Strings in an object buffer: a fixed-width one would cut longer new values.
-            dtype = object if ref.dtype.kind in "USO" else ref.dtype
+            dtype = object if column.dtype.kind in "USO" else column.dtype
             self._buffers[n] = np.zeros(size, dtype=dtype)
         self._embedding: np.ndarray | None = None
         if self.mmd is not None:

@@ -80,7 +80,7 @@ class LogRow(NamedTuple):
 
     def document(self) -> dict[str, Any]:
         """The row as JSON-ready values (payload and truth parsed)."""
-        d = dict(zip(_COLUMNS, self, strict=True))
+        d: dict[str, Any] = dict(zip(_COLUMNS, self, strict=True))
         for key in ("payload", "truth"):
             if d[key] is not None:
                 d[key] = orjson.loads(d[key])
