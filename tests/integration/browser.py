@@ -56,7 +56,7 @@ def start_chrome() -> Any:
         pytest.skip(f"Chromium does not start headless here: {exc}")
 
 
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 15.0) -> T:
+def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 30.0) -> T:
     """Poll ``probe`` until it returns something truthy; fail with ``what`` after ``timeout``."""
     import time
 
