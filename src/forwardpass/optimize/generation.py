@@ -271,11 +271,10 @@ def optimize_generation(
 
     from forwardpass.optimize.candidates import io_mismatch
     from forwardpass.optimize.methods import MethodSkipped
-    from forwardpass.optimize.optimizer import OptimizeResult, _first_line
-    from forwardpass.optimize.report import Report, report_files, save_report
+    from forwardpass.optimize.optimizer import OptimizeResult, _first_line, promote
+    from forwardpass.optimize.report import Report, save_report
     from forwardpass.optimize.selection import select
     from forwardpass.optimize.target import plan_target
-    from forwardpass.optimize.version import next_version, write_version
 
     if options.calibration is not None or options.labels is not None:
         raise InvalidArgument(
@@ -404,19 +403,6 @@ def optimize_generation(
             versions={"onnxruntime": onnxruntime.__version__},
         )
         if selection.promoted and not options.dry_run:
-            chosen = next(c for c in results if c.name == selection.chosen)
-            assert chosen.path is not None and chosen.within_budget
-            report.version = number = next_version(model_dir)
-            written = write_version(
-                model_dir,
-                number,
-                chosen.path,
-                report_files(report),
-                model_filename=config.default_model_filename,
-            )
-            reports = tuple(
-                sorted(p for p in written.iterdir() if p.name.startswith("optimization"))
-            )
-            return OptimizeResult(report, written, reports)
+            return promote(report, results, model_dir, config)
     paths = tuple(save_report(report, options.report_dir)) if options.report_dir else ()
     return OptimizeResult(report, None, paths)

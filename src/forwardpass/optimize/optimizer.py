@@ -368,25 +368,28 @@ def optimize(options: OptimizeOptions, progress: ProgressCallback | None = None)
             versions=_versions(results),
         )
         if selection.promoted and not options.dry_run:
-            chosen = next(c for c in results if c.name == selection.chosen)
-            assert chosen.path is not None and chosen.within_budget
-            if chosen.path.suffix == ".xml":
-                written = write_openvino_model(model_dir, config, chosen, report, report_files)
-                reports = tuple(
-                    sorted(p for p in written.iterdir() if p.name.startswith("optimization"))
-                )
-                return OptimizeResult(report, written, reports)
-            report.version = options_version = next_version(model_dir)
-            written = write_version(
-                model_dir,
-                options_version,
-                chosen.path,
-                report_files(report),
-                model_filename=config.default_model_filename,
-            )
-            reports = tuple(
-                sorted(p for p in written.iterdir() if p.name.startswith("optimization"))
-            )
-            return OptimizeResult(report, written, reports)
+            return promote(report, results, model_dir, config)
     paths = tuple(save_report(report, options.report_dir)) if options.report_dir else ()
     return OptimizeResult(report, None, paths)
+
+
+def promote(
+    report: Report, results: list[CandidateResult], model_dir: Path, config: ModelConfig
+) -> OptimizeResult:
+    """Write the chosen candidate (still in its work folder) as the model's next version, or
+    as the OpenVINO model beside it, with the report files inside."""
+    chosen = next(c for c in results if c.name == report.selection.chosen)
+    assert chosen.path is not None and chosen.within_budget
+    if chosen.path.suffix == ".xml":
+        written = write_openvino_model(model_dir, config, chosen, report, report_files)
+    else:
+        report.version = number = next_version(model_dir)
+        written = write_version(
+            model_dir,
+            number,
+            chosen.path,
+            report_files(report),
+            model_filename=config.default_model_filename,
+        )
+    reports = tuple(sorted(p for p in written.iterdir() if p.name.startswith("optimization")))
+    return OptimizeResult(report, written, reports)
