@@ -218,6 +218,22 @@ def build_zoo_model(
     return repository
 
 
+def one_thread_repository(repository: Path, model: str) -> Path:
+    """``repository`` (given with ``--model-repository``), refused unless ``model`` runs on one
+    intra-op thread as :func:`build_zoo_model` writes it: without that parameter ONNX Runtime
+    sizes its pool to the machine and pins its own threads, escaping the server's core, and
+    served throughput would be compared with a one-thread bare loop on a different footing."""
+    from forwardpass.repository import ModelRepository
+
+    threads = ModelRepository(repository).read(model).config.parameters.get("intra_op_thread_count")
+    if threads != "1":
+        raise SystemExit(
+            f"{repository / model}: intra_op_thread_count is {threads!r}, not '1'; build the"
+            " repository with bench/common.py's build_zoo_model (or let the bench build it)"
+        )
+    return repository
+
+
 def model_processing(repository: Path, model: str) -> Any:
     """The declared processing of ``model``, as the server builds it."""
     from forwardpass.processing.spec import build_processing

@@ -24,7 +24,14 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import build_zoo_model, closed_loop, forwardpass_server, http_request, serving
+from common import (  # a script beside its helpers, not a package
+    build_zoo_model,
+    closed_loop,
+    forwardpass_server,
+    http_request,
+    one_thread_repository,
+    serving,
+)
 
 MODEL = "movielens-recommender"
 
@@ -75,7 +82,11 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        repository = args.model_repository or build_zoo_model(Path(tmp) / "models", MODEL)
+        repository = (
+            one_thread_repository(args.model_repository, MODEL)
+            if args.model_repository
+            else build_zoo_model(Path(tmp) / "models", MODEL)
+        )
         user_ids = (repository / MODEL / "users.txt").read_text().splitlines()[:-1]
         cmd = forwardpass_server(repository, args.port)
         with serving(cmd, f"http://127.0.0.1:{args.port}/v2/models/{MODEL}/ready"):

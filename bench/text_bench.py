@@ -35,6 +35,7 @@ from common import (  # a script beside its helpers, not a package
     forwardpass_server,
     http_request,
     model_processing,
+    one_thread_repository,
     run_role,
     serving,
 )
@@ -159,7 +160,11 @@ def main() -> int:
         return 0
     results: dict[str, Any] = {"cpu_count": os.cpu_count()}
     with tempfile.TemporaryDirectory() as tmp:
-        repository = args.model_repository or build(Path(tmp) / "repo")
+        repository = (
+            one_thread_repository(args.model_repository, MODEL)
+            if args.model_repository
+            else build(Path(tmp) / "repo")
+        )
         bare = run_role(HERE, SERVER_CORE, "bare", str(repository), args.batch, "4")
         references = Path(tmp) / "references.json"
         references.write_text(json.dumps(bare.pop("references")))

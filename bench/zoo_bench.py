@@ -49,6 +49,7 @@ from common import (  # a script beside its helpers, not a package
     forwardpass_server,
     http_request,
     model_processing,
+    one_thread_repository,
     run_role,
     serving,
 )
@@ -213,7 +214,11 @@ def main() -> int:
         return _dispatch(args.role)
     results: dict[str, Any] = {"cpu_count": os.cpu_count()}
     with tempfile.TemporaryDirectory() as tmp:
-        repository = args.model_repository or build(Path(tmp) / "repo", args.decoder)
+        repository = (
+            one_thread_repository(args.model_repository, MODEL)
+            if args.model_repository
+            else build(Path(tmp) / "repo", args.decoder)
+        )
         results["decoder"] = args.decoder
         seconds = str(max(3.0, args.duration / 3))
         results["bare"] = run_role(HERE, SERVER_CORE, "bare", str(repository), args.batch, seconds)
