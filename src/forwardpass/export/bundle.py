@@ -25,6 +25,7 @@ import numpy as np
 from forwardpass.errors import InternalError, InvalidArgument, Unsupported
 from forwardpass.export.conversion import STANDARD_DOMAINS, convert
 from forwardpass.export.manifest import Manifest, run_runner
+from forwardpass.export.runner import TextStep, wordpiece_problems
 from forwardpass.export.samples import image_inputs, request_arrays, write_samples
 from forwardpass.export.target import ANY, Target, require_runtime
 from forwardpass.export.verification import differences
@@ -34,7 +35,7 @@ from forwardpass.repository import ModelRepository
 __all__ = ["ExportOptions", "ExportResult", "export_bundle", "unsupported_processing"]
 
 #: Runner features (kept in step with runner.py's INPUT_KINDS and OUTPUT_STEPS).
-_INPUT_KINDS = frozenset({"image"})
+_INPUT_KINDS = frozenset({"image", "text"})
 _OUTPUT_STEPS = frozenset(
     {"softmax", "sigmoid", "l2_normalize", "mean_pool", "argmax", "label", "topk", "threshold"}
 )
@@ -62,12 +63,20 @@ class ExportResult:
     manifest: Manifest
 
 
-def unsupported_processing(declaration: dict[str, Any] | None) -> list[str]:
-    """The declared processing steps the runner does not implement."""
+def unsupported_processing(
+    declaration: dict[str, Any] | None, model_dir: Path | None = None
+) -> list[str]:
+    """The declared processing steps the runner does not implement (a text input's tokenizer
+    file is read from ``model_dir``)."""
     missing: list[str] = []
     for item in (declaration or {}).get("inputs", []):
         if item.get("kind") not in _INPUT_KINDS:
             missing.append(f"input {item.get('name', item.get('kind'))!r}: kind {item.get('kind')}")
+        elif item.get("kind") == "text":
+            missing.extend(
+                f"input {item.get('name')!r}: {problem}"
+                for problem in _tokenizer_problems(item, model_dir)
+            )
         elif str(item.get("decoder", "pil")).lower() != "pil":
             missing.append(f"input {item.get('name')!r}: decoder {item.get('decoder')}")
     for item in (declaration or {}).get("outputs", []):
@@ -80,6 +89,17 @@ def unsupported_processing(declaration: dict[str, Any] | None) -> list[str]:
     return missing
 
 
+def _tokenizer_problems(item: dict[str, Any], model_dir: Path | None) -> list[str]:
+    if model_dir is None:
+        return ["tokenizer not checked"]
+    file = model_dir / str(item.get("tokenizer", "tokenizer.json"))
+    try:
+        document = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        return [f"tokenizer {file.name}: {exc}"]
+    return [f"tokenizer {p}" for p in wordpiece_problems(document)]
+
+
 def _tensor(spec: TensorSpec) -> dict[str, Any]:
     return {"name": spec.name, "datatype": spec.datatype.value, "dims": list(spec.dims)}
 
@@ -88,7 +108,11 @@ def _client_inputs(config: ModelConfig, declaration: dict[str, Any] | None) -> l
     from forwardpass.datatypes import DataType
 
     declared = (declaration or {}).get("inputs", [])
-    targeted = {str(i.get("to")) for i in declared}
+    targeted = {str(i.get("to")) for i in declared if i.get("kind") != "text"}
+    for item in declared:
+        if item.get("kind") == "text":  # a text input feeds the roles the model has
+            roles = dict(item.get("targets") or {})
+            targeted.update(str(roles.get(r, r)) for r in TextStep.ROLES)
     kept = [s for s in config.inputs if s.name not in targeted]
     raw = [TensorSpec(name=str(i["name"]), datatype=DataType.BYTES, dims=(1,)) for i in declared]
     return kept + raw
@@ -114,7 +138,7 @@ def export_bundle(options: ExportOptions) -> ExportResult:
     if not onnx_model.is_file():
         raise InvalidArgument(f"model {options.model!r} version {version} has no {onnx_model.name}")
     declaration = read_declaration(config)
-    missing = unsupported_processing(declaration)
+    missing = unsupported_processing(declaration, entry.path)
     if missing and not options.raw:
         raise Unsupported(
             f"the edge runner does not implement these processing steps of {options.model!r}: "
@@ -200,6 +224,10 @@ def _build(
             json.dumps(declaration, indent=2) + "\n", encoding="utf-8"
         )
     shutil.copyfile(Path(__file__).with_name("runner.py"), staging / "runner.py")
+    for item in (declaration or {}).get("inputs", []):
+        if item.get("kind") == "text":
+            name = str(item.get("tokenizer", "tokenizer.json"))
+            shutil.copyfile(onnx_model.parent.parent / name, staging / name)
 
     client = _client_inputs(config, declaration)
     samples = write_samples(config, onnx_model.parent.parent, client, declaration, scratch)

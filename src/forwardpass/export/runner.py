@@ -17,10 +17,13 @@ or from the command line (one JSON line per input; ``--repeat N`` times N more r
 Inputs: an image file (for an image input, raw or declared by the processing), ``.npy`` (one
 tensor), or ``.json`` (an object of input name → nested list). The processing steps it applies
 are the server's: image decoding (Pillow), resize (shorter side, size, letterbox), centre crop,
-scale / mean / std, colour order, invert and layout; output steps softmax, sigmoid,
-l2_normalize, mean_pool, argmax, label, topk and threshold. A bundle whose model declares other
-steps (text, tabular or audio inputs, CTC or NMS decoding) is written only with ``--raw``: its
-runner then takes and returns the model's own tensors.
+scale / mean / std, colour order, invert and layout; text inputs whose ``tokenizer.json`` is a
+BERT WordPiece tokenizer (BERT normalizer and pre-tokenizer, WordPiece model, ``[CLS] A [SEP]``
+template), tokenized here in plain Python exactly as the ``tokenizers`` library does it; output
+steps softmax, sigmoid, l2_normalize, mean_pool, argmax, label, topk and threshold. A bundle
+whose model declares other steps (other tokenizers, tabular or audio inputs, CTC or NMS
+decoding) is written only with ``--raw``: its runner then takes and returns the model's own
+tensors.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import json
 import math
 import sys
 import time
+import unicodedata
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -59,7 +63,7 @@ _IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", "
 OUTPUT_STEPS = frozenset(
     {"softmax", "sigmoid", "l2_normalize", "mean_pool", "argmax", "label", "topk", "threshold"}
 )
-INPUT_KINDS = frozenset({"image"})
+INPUT_KINDS = frozenset({"image", "text"})
 
 
 class BundleError(Exception):
@@ -259,6 +263,273 @@ class ImageStep:
         return img
 
 
+# --------------------------------------------------------------------------- text
+#: CJK ideograph blocks BERT's normalizer surrounds with spaces.
+_CJK = (
+    (0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0x2A700, 0x2B73F),
+    (0x2B740, 0x2B81F), (0x2B820, 0x2CEAF), (0xF900, 0xFAFF), (0x2F800, 0x2FA1F),
+)  # fmt: skip
+#: Classes the clean-up drops (unassigned characters stay, as in the library).
+_CONTROL = frozenset({"Cc", "Cf", "Co", "Cs"})
+#: Unicode's White_Space property (what ``char::is_whitespace`` tests in the tokenizers library).
+_WHITESPACE = frozenset(
+    "\t\n\v\f\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007"
+    "\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+)
+
+
+def wordpiece_problems(tokenizer: Mapping[str, Any]) -> list[str]:
+    """What in a ``tokenizer.json`` document this runner's WordPiece tokenizer does not do."""
+    problems = []
+    normalizer = tokenizer.get("normalizer") or {}
+    if normalizer.get("type") != "BertNormalizer":
+        problems.append(f"normalizer {normalizer.get('type')!r} (BertNormalizer only)")
+    pre = tokenizer.get("pre_tokenizer") or {}
+    if pre.get("type") != "BertPreTokenizer":
+        problems.append(f"pre-tokenizer {pre.get('type')!r} (BertPreTokenizer only)")
+    model = tokenizer.get("model") or {}
+    if model.get("type") != "WordPiece":
+        problems.append(f"model {model.get('type')!r} (WordPiece only)")
+    post = tokenizer.get("post_processor") or {}
+    if post.get("type") not in ("TemplateProcessing", "BertProcessing"):
+        problems.append(f"post-processor {post.get('type')!r}")
+    elif post.get("type") == "TemplateProcessing":
+        pieces = post.get("single") or []
+        if sum(1 for piece in pieces if "Sequence" in piece) != 1:
+            problems.append("a template without exactly one sequence")
+    for token in tokenizer.get("added_tokens") or []:
+        if token.get("normalized") or token.get("lstrip") or token.get("rstrip"):
+            problems.append(f"added token {token.get('content')!r} with normalized/strip options")
+        elif token.get("single_word"):
+            problems.append(f"added token {token.get('content')!r} with single_word")
+    return problems
+
+
+class WordPiece:
+    """A BERT tokenizer.json in plain Python: text → token ids and type ids, with special tokens.
+
+    The steps and their order are the ``tokenizers`` library's: added tokens split out of the
+    raw text; clean-up (NUL, U+FFFD and control characters dropped, whitespace made a space),
+    spaces around CJK ideographs, accents stripped (NFD, marks dropped) when asked or when
+    lowercasing without a choice, lowercase; split on whitespace and around punctuation;
+    greedy longest-match WordPiece with the continuing prefix; truncation to ``max_length``
+    counting the special tokens; the template's special tokens around the sequence.
+    Character classes come from Python's ``unicodedata``; the library's tables are of another
+    Unicode version, so a character whose class changed between the two may be treated apart.
+    """
+
+    def __init__(self, tokenizer: Mapping[str, Any]) -> None:
+        problems = wordpiece_problems(tokenizer)
+        if problems:
+            raise BundleError(f"tokenizer: not a BERT WordPiece tokenizer: {'; '.join(problems)}")
+        normalizer = tokenizer["normalizer"]
+        self.clean = bool(normalizer.get("clean_text", True))
+        self.cjk = bool(normalizer.get("handle_chinese_chars", True))
+        self.lowercase = bool(normalizer.get("lowercase", True))
+        strip = normalizer.get("strip_accents")
+        self.strip_accents = self.lowercase if strip is None else bool(strip)
+        model = tokenizer["model"]
+        self.vocab: dict[str, int] = dict(model["vocab"])
+        self.unk = str(model.get("unk_token", "[UNK]"))
+        self.prefix = str(model.get("continuing_subword_prefix", "##"))
+        self.max_chars = int(model.get("max_input_chars_per_word", 100))
+        self.added = sorted(
+            ((str(t["content"]), int(t["id"])) for t in tokenizer.get("added_tokens") or []),
+            key=lambda item: -len(item[0]),
+        )
+        post = tokenizer["post_processor"]
+        self.before: list[tuple[int, int]] = []
+        self.after: list[tuple[int, int]] = []
+        self.type_id = 0
+        if post["type"] == "BertProcessing":
+            self.before = [(int(post["cls"][1]), 0)]
+            self.after = [(int(post["sep"][1]), 0)]
+        else:
+            specials = post.get("special_tokens") or {}
+            side = self.before
+            for piece in post["single"]:
+                if "Sequence" in piece:
+                    self.type_id = int(piece["Sequence"].get("type_id", 0))
+                    side = self.after
+                    continue
+                special = piece["SpecialToken"]
+                for token_id in specials[special["id"]]["ids"]:
+                    side.append((int(token_id), int(special.get("type_id", 0))))
+
+    # -- normalization and pre-tokenization
+    def _normalize(self, text: str) -> str:
+        chars: list[str] = []
+        for c in text:
+            if self.clean:
+                # The library drops NUL, U+FFFD and control characters (but tab, newline and
+                # carriage return) first, then makes every remaining whitespace a space.
+                if c in ("\x00", "\ufffd") or (
+                    c not in "\t\n\r" and unicodedata.category(c) in _CONTROL
+                ):
+                    continue
+                if c in _WHITESPACE:
+                    chars.append(" ")
+                    continue
+            if self.cjk and any(lo <= ord(c) <= hi for lo, hi in _CJK):
+                chars.extend((" ", c, " "))
+            else:
+                chars.append(c)
+        out = "".join(chars)
+        if self.strip_accents:
+            out = "".join(
+                c for c in unicodedata.normalize("NFD", out) if unicodedata.category(c) != "Mn"
+            )
+        # Character by character, as the library lowercases (no final-sigma rule).
+        return "".join(c.lower() for c in out) if self.lowercase else out
+
+    @staticmethod
+    def _words(text: str) -> list[str]:
+        words: list[str] = []
+        current: list[str] = []
+        for c in text:
+            if c in _WHITESPACE:
+                if current:
+                    words.append("".join(current))
+                    current = []
+            elif unicodedata.category(c)[0] == "P" or (
+                c.isascii() and not c.isalnum() and c.isprintable()
+            ):
+                if current:
+                    words.append("".join(current))
+                    current = []
+                words.append(c)
+            else:
+                current.append(c)
+        if current:
+            words.append("".join(current))
+        return words
+
+    def _pieces(self, word: str) -> list[int]:
+        if len(word) > self.max_chars:
+            return [self.vocab[self.unk]]
+        ids: list[int] = []
+        start = 0
+        while start < len(word):
+            end = len(word)
+            found = None
+            while start < end:
+                piece = word[start:end] if start == 0 else self.prefix + word[start:end]
+                if piece in self.vocab:
+                    found = self.vocab[piece]
+                    break
+                end -= 1
+            if found is None:
+                return [self.vocab[self.unk]]
+            ids.append(found)
+            start = end
+        return ids
+
+    def _segments(self, text: str) -> list[tuple[str, int | None]]:
+        """The raw text cut around the added tokens (each an id), the rest left as text."""
+        segments: list[tuple[str, int | None]] = [(text, None)]
+        for content, token_id in self.added:
+            cut: list[tuple[str, int | None]] = []
+            for piece, known in segments:
+                if known is not None or content not in piece:
+                    cut.append((piece, known))
+                    continue
+                parts = piece.split(content)
+                for i, part in enumerate(parts):
+                    if i:
+                        cut.append((content, token_id))
+                    if part:
+                        cut.append((part, None))
+            segments = cut
+        return segments
+
+    def encode(self, text: str, max_length: int | None) -> tuple[list[int], list[int]]:
+        """Token ids and type ids of ``text`` (special tokens included, truncated to
+        ``max_length`` when given)."""
+        ids: list[int] = []
+        for piece, known in self._segments(text):
+            if known is not None:
+                ids.append(known)
+                continue
+            for word in self._words(self._normalize(piece)):
+                ids.extend(self._pieces(word))
+        if max_length is not None:
+            ids = ids[: max(0, max_length - len(self.before) - len(self.after))]
+        tokens = [*self.before, *((i, self.type_id) for i in ids), *self.after]
+        return [t for t, _ in tokens], [k for _, k in tokens]
+
+
+class TextStep:
+    """A declared ``kind: text`` input: strings → input_ids / attention_mask / token_type_ids,
+    padded as the server pads them (to the longest text, rounded up to ``pad_to_multiple_of``)."""
+
+    ROLES = ("input_ids", "attention_mask", "token_type_ids")
+
+    def __init__(
+        self, options: Mapping[str, Any], inputs: Mapping[str, Mapping[str, Any]], folder: Path
+    ) -> None:
+        opts = dict(options)
+        self.name = str(opts.pop("name"))
+        opts.pop("kind", None)
+        opts.pop("to", None)
+        file = folder / str(opts.pop("tokenizer", "tokenizer.json"))
+        try:
+            self.tokenizer = WordPiece(json.loads(file.read_text(encoding="utf-8")))
+        except (OSError, ValueError) as exc:
+            raise BundleError(f"text input {self.name!r}: {file.name}: {exc}") from None
+        self.max_length = int(opts.pop("max_length", 256))
+        self.truncation = bool(opts.pop("truncation", True))
+        self.max_bytes = int(opts.pop("max_bytes", 65536))
+        self.multiple = max(1, int(opts.pop("pad_to_multiple_of", 16)))
+        targets = {str(k): str(v) for k, v in dict(opts.pop("targets", {})).items()}
+        if opts:
+            raise BundleError(f"text input {self.name!r}: options this runner lacks: {opts}")
+        self.roles = {
+            role: targets.get(role, role)
+            for role in self.ROLES
+            if targets.get(role, role) in inputs
+        }
+        self.dtypes = {role: _NUMPY[inputs[t]["datatype"]] for role, t in self.roles.items()}
+        self.targets = tuple(self.roles.values())
+
+    def __call__(self, items: Sequence[Any]) -> dict[str, Any]:
+        encoded = []
+        for i, item in enumerate(items):
+            raw = item if isinstance(item, bytes | bytearray) else str(item).encode()
+            if len(raw) > self.max_bytes:
+                raise BundleError(
+                    f"input {self.name!r}[{i}]: text is {len(raw)} bytes, over the "
+                    f"{self.max_bytes}-byte limit"
+                )
+            try:
+                text = bytes(raw).decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise BundleError(f"input {self.name!r}[{i}]: text is not UTF-8: {exc}") from None
+            if not text.strip():
+                raise BundleError(f"input {self.name!r}[{i}]: text is empty")
+            encoded.append(
+                self.tokenizer.encode(text, self.max_length if self.truncation else None)
+            )
+        longest = max(len(ids) for ids, _ in encoded)
+        if not self.truncation and longest > self.max_length:
+            raise BundleError(
+                f"input {self.name!r}: a text has {longest} tokens, over max_length "
+                f"{self.max_length}"
+            )
+        width = min(-(-longest // self.multiple) * self.multiple, max(self.max_length, longest))
+        out: dict[str, Any] = {}
+        for role, target in self.roles.items():
+            array: Any = np.zeros((len(encoded), width), dtype=self.dtypes[role])
+            for r, (ids, types) in enumerate(encoded):
+                values = (
+                    ids
+                    if role == "input_ids"
+                    else ([1] * len(ids) if role == "attention_mask" else types)
+                )
+                array[r, : len(values)] = values
+            out[target] = array
+        return out
+
+
 # --------------------------------------------------------------------------- outputs
 def _softmax(x: Any) -> Any:
     z = x.astype(np.float32) - x.max(axis=-1, keepdims=True)
@@ -362,18 +633,24 @@ class Bundle:
             for name, path in (spec.get("labels") or {}).items()
         }
         declaration = spec.get("processing") or {}
-        self.image_steps = []
+        self.image_steps: list[ImageStep] = []
+        self.text_steps: list[TextStep] = []
         for item in declaration.get("inputs", []):
             if item.get("kind") not in INPUT_KINDS:
                 raise BundleError(f"input kind {item.get('kind')!r} is not in this runner")
-            self.image_steps.append(ImageStep(item, self.inputs[str(item["to"])]))
+            if item.get("kind") == "text":
+                self.text_steps.append(TextStep(item, self.inputs, self.folder))
+            else:
+                self.image_steps.append(ImageStep(item, self.inputs[str(item["to"])]))
         self.output_steps = [
             OutputSteps(item, labels.get(str(item["from"]), ()))
             for item in declaration.get("outputs", [])
         ]
         targeted = {s.target for s in self.image_steps}
+        targeted.update(t for s in self.text_steps for t in s.targets)
         self.client_inputs = [n for n in self.inputs if n not in targeted] + [
-            s.name for s in self.image_steps
+            *(s.name for s in self.image_steps),
+            *(s.name for s in self.text_steps),
         ]
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(threads or spec.get("threads") or 1)
@@ -415,8 +692,11 @@ class Bundle:
             )
         arrays: dict[str, Any] = {}
         steps = {s.name: s for s in self.image_steps}
+        texts = {s.name: s for s in self.text_steps}
         for name, value in inputs.items():
-            if name in steps:
+            if name in texts:
+                arrays.update(texts[name](list(np.asarray(value, dtype=object).reshape(-1))))
+            elif name in steps:
                 items = value if isinstance(value, list | tuple) else [value]
                 if isinstance(value, np.ndarray):
                     items = list(value.reshape(-1))

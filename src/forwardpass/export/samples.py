@@ -26,6 +26,15 @@ __all__ = ["Sample", "image_inputs", "request_arrays", "write_samples"]
 
 #: At most this many samples of each source.
 LIMIT = 4
+#: Texts of the samples generated for a declared text input: accents, CJK, punctuation, an
+#: added token, a batch of two lengths (padding) and one past any usual ``max_length``
+#: (truncation), so a bundle's tokenizer is checked where tokenizers differ.
+TEXTS: tuple[tuple[str, ...], ...] = (
+    ("A man is playing a guitar on the street.",),
+    ("Café déjà vu: naïve résumés — ½ price! 東京は日本の首都です。", "Short one [SEP] here"),
+    ("e-mail test@example.com, call +1 (555) 010-9999; 3.14159 ≈ π… ok?!",),
+    (" ".join(["Inference servers answer predictions on new data quickly."] * 60),),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +112,15 @@ def write_samples(
             target = into / f"warmup-{len(samples)}.json"
             target.write_text(json.dumps({k: v.tolist() for k, v in arrays.items()}))
             samples.append(Sample(target, "warmup"))
+    texts = [
+        str(i.get("name")) for i in (declaration or {}).get("inputs", []) if i.get("kind") == "text"
+    ]
+    if not samples and texts and len(client_inputs) == len(texts):
+        for rows in TEXTS:
+            target = into / f"generated-{len(samples)}.json"
+            column = [[text] for text in rows] if config.batching else list(rows)
+            target.write_text(json.dumps({name: column for name in texts}, ensure_ascii=False))
+            samples.append(Sample(target, "generated"))
     if not samples:
         for _ in range(2):
             if len(client_inputs) == 1 and images:
