@@ -2,20 +2,29 @@
 
 Usage::
 
-    python bench/edge_bench.py [--model digits] [--model-repository DIR] [--runs 3] [--json]
+    python bench/edge_bench.py [--model digits] [--model-repository DIR] [--version V]
+                               [--runs 3] [--json]
 
-It exports MODEL (``forwardpass export --edge``) into a temporary folder, then, ``--runs``
-times each: starts the bundle's runner in a fresh interpreter (``python -I``, clean
-environment, forwardpass unimportable) on the model's samples, and starts ``forwardpass
-serve`` on the same repository and sends the first sample over HTTP. Cold start is process
-start to the first answer; peak memory is the process's maximum resident set, measured from a
-small interpreter that started it. The answers must agree (against the served model).
+It exports MODEL (``forwardpass export --edge``, version V or the latest) into a temporary
+folder, then, ``--runs`` times each: starts the bundle's runner in a fresh interpreter
+(``python -I``, clean environment, forwardpass unimportable) on the export's own sample inputs
+(the model's ``samples/`` pictures, warm-up samples, or generated pictures and texts), and
+starts ``forwardpass serve`` on a repository holding only that model and version and sends the
+first sample over HTTP (JSON; pictures as BYTES in the binary tensor extension). Cold start is
+process start to the first answer; peak memory is the process's maximum resident set, measured
+from a small interpreter that started it. The answers must agree (the export's comparison:
+floats within 1e-4 relative, strings and integers exactly).
+
+Issue #15's targets for EfficientNet-Lite0 INT8 (``forwardpass optimize efficientnet-lite0
+--target edge --methods int8-static``, then ``--version`` of what it wrote): bundle cold start
+≤ ⅓ and peak memory ≤ ½ of the server's.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import socket
 import statistics
 import sys
@@ -27,8 +36,12 @@ import numpy as np
 
 import forwardpass
 from forwardpass.export import TARGETS, ExportOptions, export_bundle
+from forwardpass.export.bundle import client_inputs
 from forwardpass.export.manifest import measure_process, run_runner
-from forwardpass.export.samples import image_inputs, request_arrays
+from forwardpass.export.samples import image_inputs, request_arrays, write_samples
+from forwardpass.export.verification import differences
+from forwardpass.model_config import ModelConfig
+from forwardpass.processing.spec import read_declaration
 from forwardpass.repository import ModelRepository
 
 
@@ -39,21 +52,71 @@ def _free_port() -> int:
         return port
 
 
-def _v2_body(arrays: dict[str, np.ndarray]) -> bytes:
-    inputs = []
+def v2_request(arrays: dict[str, np.ndarray], config: ModelConfig) -> tuple[bytes, dict[str, str]]:
+    """One inference request for ``arrays``: JSON, with BYTES that are not UTF-8 text (pictures)
+    in the binary tensor extension."""
+    specs = {s.name: s for s in config.inputs}
+    inputs, blobs = [], []
     for name, a in arrays.items():
+        entry: dict[str, Any] = {"name": name, "shape": list(a.shape)}
         if a.dtype == object:
-            raise SystemExit(
-                "this benchmark sends tensors as JSON; pick a model with tensor inputs"
-            )
-        inputs.append(
-            {"name": name, "shape": list(a.shape), "datatype": "FP32", "data": a.ravel().tolist()}
+            items = [x if isinstance(x, bytes) else str(x).encode() for x in a.reshape(-1)]
+            entry["datatype"] = "BYTES"
+            try:
+                entry["data"] = [x.decode("utf-8") for x in items]
+            except UnicodeDecodeError:
+                blob = b"".join(len(x).to_bytes(4, "little") + x for x in items)
+                entry["parameters"] = {"binary_data_size": len(blob)}
+                blobs.append(blob)
+        else:
+            spec = specs.get(name)
+            entry["datatype"] = spec.datatype.value if spec else "FP32"
+            entry["data"] = a.ravel().tolist()
+        inputs.append(entry)
+    header = json.dumps({"inputs": inputs}).encode()
+    if not blobs:
+        return header, {"Content-Type": "application/json"}
+    headers = {
+        "Content-Type": "application/octet-stream",
+        "Inference-Header-Content-Length": str(len(header)),
+    }
+    return header + b"".join(blobs), headers
+
+
+def served_arrays(answer: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The JSON answer's outputs as arrays, as the export compares them."""
+    out = {}
+    for o in answer["outputs"]:
+        dtype = (
+            object
+            if o["datatype"] == "BYTES"
+            else np.dtype(o["datatype"].lower().replace("fp", "float"))
         )
-    return json.dumps({"inputs": inputs}).encode()
+        out[o["name"]] = np.asarray(o["data"], dtype=dtype).reshape(o["shape"])
+    return out
 
 
-def serve_once(repository: Path, model: str, body: bytes, scratch: Path) -> dict[str, Any]:
-    """``forwardpass serve`` from a fresh interpreter until it answers ``body``."""
+def single_model_repository(repository: Path, model: str, version: int, into: Path) -> Path:
+    """A copy of ``repository`` holding only ``model`` with only ``version``, so the server
+    loads what the bundle holds and nothing else (a copy: the server refuses links that lead
+    outside the model's folder)."""
+    source = repository / model
+    folder = into / model
+    folder.mkdir(parents=True)
+    for item in source.iterdir():
+        if item.is_dir() and item.name.isdigit() and item.name != str(version):
+            continue
+        if item.is_dir():
+            shutil.copytree(item, folder / item.name)
+        else:
+            shutil.copyfile(item, folder / item.name)
+    return into
+
+
+def serve_once(
+    repository: Path, model: str, request: tuple[bytes, dict[str, str]], scratch: Path
+) -> dict[str, Any]:
+    """``forwardpass serve`` from a fresh interpreter until it answers ``request``."""
     port = _free_port()
     # The measurer starts processes in a clean environment: point this one at the
     # forwardpass being benchmarked.
@@ -63,9 +126,10 @@ def serve_once(repository: Path, model: str, body: bytes, scratch: Path) -> dict
         "--model-repository", str(repository),
         "--http-port", str(port), "--no-grpc", "--log-level", "WARNING",
     ]  # fmt: skip
-    (scratch / "body.json").write_bytes(body)
+    body, headers = request
+    (scratch / "body.bin").write_bytes(body)
     url = f"http://127.0.0.1:{port}/v2/models/{model}/infer"
-    report = measure_process(command, scratch, url, scratch / "body.json")
+    report = measure_process(command, scratch, url, scratch / "body.bin", headers)
     if not report["out"]:
         raise SystemExit(f"forwardpass serve did not answer: {report['stderr'][-500:]}")
     return {
@@ -81,58 +145,76 @@ def main() -> None:
     parser.add_argument(
         "--model-repository", type=Path, default=Path(forwardpass.__file__).parent / "models"
     )
+    parser.add_argument("--version", type=int, default=None, help="default: the latest")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as scratch:
-        folder = Path(scratch) / "bundle"
+    entry = ModelRepository(args.model_repository).read(args.model)
+    version = args.version if args.version is not None else entry.versions[-1]
+    config = entry.config
+    with tempfile.TemporaryDirectory() as scratch_dir:
+        scratch = Path(scratch_dir)
+        folder = scratch / "bundle"
         result = export_bundle(
             ExportOptions(
-                args.model, args.model_repository, target=TARGETS["x86_64"], output=folder,
-                repeat=5,
+                args.model, args.model_repository, version=version, target=TARGETS["x86_64"],
+                output=folder, repeat=5,
             )
         )  # fmt: skip
-        config = ModelRepository(args.model_repository).read(args.model).config
-        samples_dir = args.model_repository / args.model / "samples"
-        images = image_inputs(config, None)
-        paths = sorted(samples_dir.glob("*.png"))[:4] if samples_dir.is_dir() else []
-        if not paths:
-            raise SystemExit(f"{args.model} has no samples/ pictures to send")
+        declaration = read_declaration(config)
+        samples = write_samples(
+            config, entry.path, client_inputs(config, declaration), declaration, scratch / "in"
+        )
+        paths = [s.path for s in samples]
         specs = {s.name: s for s in config.inputs}
-        bodies = [_v2_body(request_arrays(p, config, specs, images)) for p in paths]
+        specs.update({s.name: s for s in client_inputs(config, declaration)})
+        images = image_inputs(config, declaration)
+        request = v2_request(request_arrays(paths[0], config, specs, images), config)
+        served_repo = single_model_repository(
+            args.model_repository, args.model, version, scratch / "repo"
+        )
         edge, served = [], []
         for _ in range(args.runs):
             edge.append(run_runner(folder / "runner.py", paths, repeat=0))
-            served.append(serve_once(args.model_repository, args.model, bodies[0], Path(scratch)))
-        mismatches = 0
-        for bundle_answer, server_answer in [(edge[0].answers[0], served[0]["answer"])]:
-            out = server_answer["outputs"][0]
-            got = np.asarray(bundle_answer["outputs"][out["name"]], dtype=np.float64).ravel()
-            if not np.allclose(got, np.asarray(out["data"]), rtol=1e-4, atol=1e-5):
-                mismatches += 1
+            served.append(serve_once(served_repo, args.model, request, scratch))
+        problems = differences(served_arrays(served[0]["answer"]), edge[0].answers[0]["outputs"])
         report = {
             "model": args.model,
+            "version": version,
             "runs": args.runs,
+            "samples": [f"{s.path.name} ({s.source})" for s in samples],
             "bundle_bytes": sum(result.manifest.files.values()),
             "bundle": {
                 "cold_start_s": statistics.median(r.measurement.cold_start_s for r in edge),
                 "peak_rss_mib": statistics.median(r.measurement.peak_rss_mib for r in edge),
+                "latency_p50_ms": result.manifest.measured_on_build_machine.latency_p50_ms,
             },
             "serve": {
                 "cold_start_s": statistics.median(s["cold_start_s"] for s in served),
                 "peak_rss_mib": statistics.median(s["peak_rss_mib"] for s in served),
             },
-            "same_answers": mismatches == 0,
+            "same_answers": not problems,
+            "differences": problems,
         }
+    b, v = report["bundle"], report["serve"]
+    report["cold_start_ratio"] = b["cold_start_s"] / v["cold_start_s"]
+    report["memory_ratio"] = b["peak_rss_mib"] / v["peak_rss_mib"]
     if args.json:
         print(json.dumps(report, indent=2))
-        return
-    for what in ("bundle", "serve"):
-        r = report[what]
-        print(f"{what:7s} cold start {r['cold_start_s'] * 1000:7.0f} ms   "
-              f"peak RSS {r['peak_rss_mib']:6.0f} MiB")  # fmt: skip
-    print(f"bundle {report['bundle_bytes'] / 1024:.0f} KiB; same answers: {report['same_answers']}")
-    if mismatches:
+    else:
+        print(f"{args.model} version {version}, {args.runs} runs each, medians:")
+        for what in ("bundle", "serve"):
+            r = report[what]
+            print(f"  {what:7s} cold start {r['cold_start_s'] * 1000:7.0f} ms   "
+                  f"peak RSS {r['peak_rss_mib']:6.0f} MiB")  # fmt: skip
+        print(
+            f"  bundle/serve: cold start {report['cold_start_ratio']:.2f} (target <= 0.33), "
+            f"memory {report['memory_ratio']:.2f} (target <= 0.5)"
+        )
+        print(f"  bundle {report['bundle_bytes'] / 1024:.0f} KiB; same answers: {not problems}")
+        for problem in problems:
+            print(f"  differs: {problem}")
+    if problems:
         sys.exit(1)
 
 

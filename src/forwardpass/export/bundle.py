@@ -32,7 +32,13 @@ from forwardpass.export.verification import differences
 from forwardpass.model_config import ModelConfig, TensorSpec
 from forwardpass.repository import ModelRepository
 
-__all__ = ["ExportOptions", "ExportResult", "export_bundle", "unsupported_processing"]
+__all__ = [
+    "ExportOptions",
+    "ExportResult",
+    "client_inputs",
+    "export_bundle",
+    "unsupported_processing",
+]
 
 #: Runner features (kept in step with runner.py's INPUT_KINDS and OUTPUT_STEPS).
 _INPUT_KINDS = frozenset({"image", "text"})
@@ -104,7 +110,7 @@ def _tensor(spec: TensorSpec) -> dict[str, Any]:
     return {"name": spec.name, "datatype": spec.datatype.value, "dims": list(spec.dims)}
 
 
-def _client_inputs(config: ModelConfig, declaration: dict[str, Any] | None) -> list[TensorSpec]:
+def client_inputs(config: ModelConfig, declaration: dict[str, Any] | None) -> list[TensorSpec]:
     from forwardpass.datatypes import DataType
 
     declared = (declaration or {}).get("inputs", [])
@@ -229,7 +235,7 @@ def _build(
             name = str(item.get("tokenizer", "tokenizer.json"))
             shutil.copyfile(onnx_model.parent.parent / name, staging / name)
 
-    client = _client_inputs(config, declaration)
+    client = client_inputs(config, declaration)
     samples = write_samples(config, onnx_model.parent.parent, client, declaration, scratch)
     paths = [s.path for s in samples]
     if options.raw:

@@ -67,6 +67,7 @@ def launch_command(runner: Path, *args: str) -> list[str]:
 _MEASURE = r"""
 import json, resource, subprocess, sys, time, urllib.request
 command, url, body = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
+headers = json.loads(sys.argv[4]) if len(sys.argv) > 4 else {}
 start = time.perf_counter()
 process = subprocess.Popen(command, stdout=subprocess.PIPE if not url else subprocess.DEVNULL,
                            stderr=sys.stderr)
@@ -75,7 +76,8 @@ if url:
     data = open(body, "rb").read()
     while True:
         try:
-            with urllib.request.urlopen(urllib.request.Request(url, data=data), timeout=5) as r:
+            request = urllib.request.Request(url, data=data, headers=headers)
+            with urllib.request.urlopen(request, timeout=5) as r:
                 out = r.read()
             break
         except OSError:
@@ -95,14 +97,27 @@ print(json.dumps({"cold": cold, "maxrss": peak, "code": code, "out": out.decode(
 
 
 def measure_process(
-    command: list[str], cwd: Path, url: str = "", body: Path | None = None
+    command: list[str],
+    cwd: Path,
+    url: str = "",
+    body: Path | None = None,
+    headers: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Start ``command`` from a small interpreter; its cold start (to the first stdout line,
-    or to the first answer from ``url`` to a POST of ``body``), peak RSS (MiB, the
-    ``RUSAGE_CHILDREN`` ru_maxrss of the measurer) and output."""
+    or to the first answer from ``url`` to a POST of ``body`` with ``headers``), peak RSS (MiB,
+    the ``RUSAGE_CHILDREN`` ru_maxrss of the measurer) and output."""
     with tempfile.TemporaryFile() as stderr:
         done = subprocess.run(
-            [sys.executable, "-I", "-c", _MEASURE, json.dumps(command), url, str(body or "")],
+            [
+                sys.executable,
+                "-I",
+                "-c",
+                _MEASURE,
+                json.dumps(command),
+                url,
+                str(body or ""),
+                json.dumps(headers or {}),
+            ],
             stdout=subprocess.PIPE,
             stderr=stderr,
             env=clean_environment(),
