@@ -144,6 +144,52 @@ def test_an_objective_below_the_batch_overhead_never_waits() -> None:
     assert asyncio.run(main()) == [1, 7, 1, 7, 1, 7]
 
 
+class Bending(Costly):
+    """Up to ``knee`` rows cost ``fixed + per_row·rows``; past it every row costs
+    ``slow_row``: a working set that leaves the cache."""
+
+    def __init__(self, fixed: float, knee: int, slow_row: float) -> None:
+        super().__init__(fixed)
+        self.knee = knee
+        self.slow_row = slow_row
+
+    def __call__(self, instance: int, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        x = inputs["x"]
+        rows = x.shape[0]
+        with self.lock:
+            self.batches.append(rows)
+        cost = self.fixed + self.per_row * rows if rows <= self.knee else self.slow_row * rows
+        time.sleep(cost)
+        return {"y": x * 2}
+
+
+def test_a_model_slower_per_row_past_a_size_is_capped_there() -> None:
+    async def main() -> tuple[list[int], int]:
+        # 4 rows: 24 ms (6 ms a row); 8 rows: 80 ms (10 ms a row).
+        run = Bending(fixed=0.020, knee=4, slow_row=0.010)
+        batcher = make(run)
+        stop = time.perf_counter() + 2.0
+
+        async def client(k: int) -> None:  # a closed loop of max_batch_size clients
+            i = 0
+            while time.perf_counter() < stop:
+                out, _q, _c = await batcher.submit(row(1000 * k + i))
+                assert np.all(out["y"] == 2 * (1000 * k + i))
+                i += 1
+
+        await asyncio.gather(*(client(k) for k in range(8)))
+        assert batcher.adaptive is not None
+        cap = batcher.adaptive.view().batch_cap
+        await batcher.close()
+        return run.batches, cap
+
+    batches, cap = asyncio.run(main())
+    assert cap == 4, batches
+    # Once learned, batches hold at most 4 rows, but for the rare probe of 8.
+    late = batches[len(batches) // 2 :]
+    assert sum(b > 4 for b in late) <= 2 and late.count(4) >= len(late) - 3, batches
+
+
 def test_inline_lone_requests_stay_inline_under_adaptive() -> None:
     async def main() -> None:
         calls: list[int] = []
