@@ -32,22 +32,20 @@ row-time (``r`` rows per request) and saves one batch overhead ``a`` plus what w
 * and, with ``max_latency_ms``, the point where the oldest request's wait plus the batch's
   expected service time would pass the objective (when it cannot be met at all, at once).
 
-**How large** a batch may grow is learned too, because a line cannot see a model whose
-rows get slower past some size (a working set that leaves the cache: the bench's compute model
+**How large** a batch may grow is learned too, because a line cannot see a model whose rows
+get slower past some size (a working set that leaves the cache: the bench's compute model
 serves more rows/s at 16 than at 32). The policy measures the compute time per row of batches
-of exactly the sizes of a ladder (powers of two below ``max_batch_size``, and
+of exactly the sizes of a ladder (powers of two below ``max_batch_size``, then
 ``max_batch_size``) and caps every batch at the largest measured size whose rows/s is within
 ``MARGIN`` of the best (ties go to the larger batch: a batch also costs the server outside
-the compute, unseen here), where a larger size was measured slower; while none was, the cap
-is ``max_batch_size``. To find and follow the best size it probes the cap's neighbours on
-the ladder: one batch in ``PROBE_EVERY`` is limited to the next size down, or may grow to
-the next size up, alternately (a probe up holds for the rows to fill it while arrivals come,
-briefly), once batches of the cap itself were measured (a neighbour not
-yet measured twice is tried every other batch, up to ``_EAGER_TRIES`` times; a size's first
-batch is not counted, it pays for warm-up). In
-a closed loop of as many clients as the batch, a cap of half the clients also keeps the
-instance busy: one half computes while the other's answers go out and its next requests
-come in.
+its compute, unseen here) where a larger size measured slower; while none did, the cap is
+``max_batch_size``. To find and follow the best size it probes the cap's neighbours on the
+ladder once the cap itself is measured: one batch in ``PROBE_EVERY`` is limited to the next
+size down or may grow to the next size up, alternately (a probe up holds for its rows while
+arrivals come, briefly). A neighbour not yet measured is tried every other batch, up to
+``_EAGER_TRIES`` times; a size's first batch is not counted (it pays for warm-up). In a closed
+loop of twice the cap's clients the cap also keeps the instance busy: one half computes while
+the other's answers go out and its next requests come in.
 
 A lone request at a low rate goes at once (its gap is longer than the overhead), a busy model
 fills its batches up to the next preferred size or ``max_batch_size``, and until both estimates
