@@ -42,10 +42,12 @@ its compute, unseen here) where a larger size measured slower; while none did, t
 ``max_batch_size``. To find and follow the best size it probes the cap's neighbours on the
 ladder once the cap itself is measured: one batch in ``PROBE_EVERY`` is limited to the next
 size down or may grow to the next size up, alternately (a probe up holds for its rows while
-arrivals come, briefly). A neighbour not yet measured is tried every other batch, up to
-``_EAGER_TRIES`` times; a size's first batch is not counted (it pays for warm-up). In a closed
-loop of twice the cap's clients the cap also keeps the instance busy: one half computes while
-the other's answers go out and its next requests come in.
+arrivals come, briefly). While the load does not fill the cap (``max_batch_size`` far above
+the clients), the probes go below the largest size it did fill. A neighbour not yet measured
+is tried every other batch, up to ``_EAGER_TRIES`` times; a size's first batch is not counted
+(it pays for warm-up). In a closed loop of twice the cap's clients the cap also keeps the
+instance busy: one half computes while the other's answers go out and its next requests come
+in.
 
 A lone request at a low rate goes at once (its gap is longer than the overhead), a busy model
 fills its batches up to the next preferred size or ``max_batch_size``, and until both estimates
@@ -284,11 +286,19 @@ class AdaptivePolicy:
         """The rows the next batch may take: the learned cap, or on a probe the next ladder
         size down or up (0 where the policy knows no ``max_batch_size``)."""
         self._probing = 0
-        if not self._ladder or not self._rates[self._cap].measured:
-            return self._cap  # probes compare with the cap: first the cap is measured
-        at = self._ladder.index(self._cap) if self._cap in self._ladder else len(self._ladder) - 1
+        if not self._ladder:
+            return self._cap
+        at = self._ladder.index(self._cap)
+        if self._rates[self._cap].measured:
+            neighbours = [self._ladder[i] for i in (at - 1, at + 1) if 0 <= i < len(self._ladder)]
+        else:
+            # The load has not filled the cap: probes compare with the largest size it did
+            # fill, and only below it (a size above is one the load does not reach).
+            reached = [i for i in range(at) if self._rates[self._ladder[i]].measured]
+            if not reached or reached[-1] == 0:
+                return self._cap
+            neighbours = [self._ladder[reached[-1] - 1]]
         k = self._batches
-        neighbours = [self._ladder[i] for i in (at - 1, at + 1) if 0 <= i < len(self._ladder)]
         for size in neighbours:
             rate = self._rates[size]
             if not rate.measured and rate.tries < _EAGER_TRIES and k % 2:

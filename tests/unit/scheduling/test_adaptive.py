@@ -358,13 +358,27 @@ def test_a_probe_up_holds_for_its_rows_even_with_no_overhead_to_save() -> None:
     assert hold(policy, now, 16, target=16) == 0
 
 
-def test_nothing_is_capped_or_probed_before_the_cap_is_measured() -> None:
+def test_nothing_is_capped_or_probed_before_a_size_is_measured() -> None:
     policy, _ = learned(50 * US)  # sizes 1, 4, 16 served; max_batch_size unknown
     assert policy.batch_limit() == 0
     policy = AdaptivePolicy(AdaptiveSettings(), 0, 8)
-    for rows in (1, 4, 1, 4, 1, 4):
+    for rows in (1, 3, 1, 3):  # size 1 measured, but nothing below it to probe
         policy.served(rows, (10 + rows) * MS)
     assert [policy.batch_limit() for _ in range(3)] == [8, 8, 8]
+
+
+def test_a_load_below_the_max_probes_under_the_largest_size_it_fills() -> None:
+    # max_batch_size 256, 32 clients: batches of 32, never 256. The probes try 16 below it
+    # and, 16 serving more rows/s, cap there; 64 and up are never tried.
+    policy = curve({1: 12.0, 32: 3.2}, max_batch_size=256)
+    assert policy.view().batch_cap == 256
+    seen = limits(policy, 2 * PROBE_EVERY, {8: 3.0, 16: 2.9, 32: 3.2}, rows=32)
+    assert 16 in seen and max(seen) == 256
+    assert policy.view().batch_cap == 16
+    # Without that bend the cap stays the max and a probe of 16 comes once in PROBE_EVERY.
+    policy = curve({1: 12.0, 16: 3.2, 32: 2.9}, max_batch_size=256)
+    seen = limits(policy, 2 * PROBE_EVERY, {16: 3.2, 32: 2.9}, rows=32)
+    assert seen.count(16) == 2 and policy.view().batch_cap == 256
 
 
 # ---------------------------------------------------------------------------- parameters

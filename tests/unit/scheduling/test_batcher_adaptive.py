@@ -108,8 +108,10 @@ def test_a_busy_model_fills_its_batches_where_triton_without_delay_splits_them()
     # With no delay, the first request of a burst leaves alone and the rest follow together.
     assert seen["triton"][-4:] == [1, 7, 1, 7]
     # Adaptive learns that the next request comes far sooner than a batch's 60 ms overhead:
-    # once learned, each burst leaves as one full batch.
-    assert seen["adaptive"][-2:] == [8, 8], seen["adaptive"]
+    # once learned, each burst leaves as one full batch, or (measuring the size below the
+    # cap, once 8 is measured) as a probe's two batches of 4.
+    last = seen["adaptive"]
+    assert last[-2:] in ([8, 8], [4, 4]) or last[-3:] in ([8, 4, 4], [4, 4, 8]), last
     assert len(seen["adaptive"]) < len(seen["triton"])
 
 
