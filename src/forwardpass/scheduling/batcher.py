@@ -425,7 +425,7 @@ class Batcher:
         if blocked or rows >= largest or expired:
             return _Plan(count=count)
         if self.adaptive is not None:
-            target = next((size for size in preferred if size > rows), cap)
+            target = min(next((size for size in preferred if size > rows), cap), cap)
             hold = self.adaptive.hold_ns(
                 now_ns=now_ns,
                 rows=rows,

@@ -11,7 +11,7 @@ import numpy as np
 
 from forwardpass.model_config import DynamicBatching
 from forwardpass.scheduling.adaptive import AdaptiveSettings
-from forwardpass.scheduling.batcher import Batcher, BatcherPolicy
+from forwardpass.scheduling.batcher import Batcher, BatcherPolicy, Pending
 
 #: How late a batch may leave (event-loop and thread hand-off jitter on a busy machine).
 LATE = 0.06
@@ -190,6 +190,34 @@ def test_a_model_slower_per_row_past_a_size_is_capped_there() -> None:
     # Once learned, batches hold at most 4 rows, but for the rare probe of 8.
     late = batches[len(batches) // 2 :]
     assert sum(b > 4 for b in late) <= 2 and late.count(4) >= len(late) - 3, batches
+
+
+def test_the_plan_takes_no_more_than_the_learned_cap() -> None:
+    # Deterministic: the policy is taught a curve that bends past 4 rows, then the plan is
+    # asked about 8 queued requests (no loop running, no clock).
+    async def main() -> None:
+        policy = BatcherPolicy.from_config(
+            8, DynamicBatching(preferred_batch_size=(6,)), 1, 1000, adaptive=AdaptiveSettings()
+        )
+        batcher = Batcher(lambda i, x: x, policy, ThreadPoolExecutor(max_workers=1), name="m")
+        assert batcher.adaptive is not None
+        for _ in range(3):
+            batcher.adaptive.served(4, 4 * 3_000_000)
+            batcher.adaptive.served(8, 8 * 4_000_000)
+        assert batcher.adaptive.view().batch_cap == 4
+        loop = asyncio.get_running_loop()
+        for i in range(8):
+            inputs = row(i)
+            batcher._queues[0].append(
+                Pending(inputs, 1, policy.layout.signature(inputs, True), loop.create_future())
+            )
+            batcher._queued += 1
+        while batcher.adaptive.batch_limit() != 4:  # not a probe's batch
+            batcher.adaptive.served(4, 4 * 3_000_000)
+        # The cap plays max_batch_size's part, below the preferred size 6 as well.
+        assert batcher._plan(10**12).count == 4
+
+    asyncio.run(main())
 
 
 def test_inline_lone_requests_stay_inline_under_adaptive() -> None:
