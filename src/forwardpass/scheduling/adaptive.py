@@ -83,7 +83,10 @@ _MIN_GAP_NS = 1_000
 #: Weight of a new observation of a ladder size's time per row (they come rarely).
 RATE_ALPHA = 1 / 4
 #: Sizes whose rows/s is within this share of the best count as the best (the larger wins).
-MARGIN = 0.02
+#: Small: the measurement already favours the larger size where the server shares the core
+#: with the compute (a batch that alternates with another is measured while the loop reads
+#: the other's requests, a batch of every client while nothing arrives).
+MARGIN = 0.01
 #: One batch in this many probes a neighbouring ladder size of the cap.
 PROBE_EVERY = 16
 #: A neighbour not yet measured is probed every other batch, this many times at most.
