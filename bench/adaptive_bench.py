@@ -12,7 +12,14 @@ the models of bench/models.py, one server pinned to core 0, the load on core 1:
     python bench/adaptive_bench.py [--duration 5] [--json out.json] [--check]
 
 ``--check`` exits 1 when a target is missed. The server's learned estimates (the
-``forwardpass_adaptive_*`` gauges) are printed after the loads.
+``forwardpass_adaptive_*`` gauges, the batch cap among them) are printed after the loads,
+with the bare session's rows/s by batch size and the batch sizes each compute model ran.
+
+Where (b)'s missing share goes: the same core parses HTTP and computes, so the server's
+per-request cost is compute lost. The tiny model without batching at concurrency 32 bounds
+that cost (``1 / throughput`` per request, its few microseconds of compute included);
+``overhead × compute rate`` is the server's share, what remains below 100 % the batcher's
+(batch sizes off the best, idle instance, merge/split).
 """
 
 from __future__ import annotations
@@ -57,6 +64,16 @@ def variant(repo: Path, source: str, name: str, batching: str) -> None:
     (repo / name / "config.pbtxt").write_text(config.replace("dynamic_batching { }\n", batching))
 
 
+def batch_sizes(url: str, model: str) -> dict[int, int]:
+    """How many batches of each size ``model`` ran (the statistics API's batch_stats)."""
+    with urllib.request.urlopen(f"{url}/v2/models/{model}/stats", timeout=10) as answer:
+        [entry] = json.load(answer)["model_stats"]
+    return {
+        int(b["batch_size"]): int(b["compute_infer"]["count"])
+        for b in sorted(entry["batch_stats"], key=lambda b: int(b["batch_size"]))
+    }
+
+
 def learned(url: str) -> list[str]:
     with urllib.request.urlopen(url + "/metrics", timeout=10) as answer:
         text = answer.read().decode()
@@ -80,7 +97,9 @@ def main() -> int:
         variant(repo, "tiny", "tiny_adaptive", ADAPTIVE)
         variant(repo, "tiny", "tiny_delay", TRITON_DELAY)
         variant(repo, "compute", "compute_adaptive", ADAPTIVE)
-        r["raw_compute"] = raw_session(repo / "compute/1/model.onnx", "1,8,16,32", args.raw_seconds)
+        r["raw_compute"] = raw_session(
+            repo / "compute/1/model.onnx", "1,4,8,16,24,32", args.raw_seconds
+        )
 
         url = f"http://127.0.0.1:{PORT}"
         with serving(forwardpass_server(repo, PORT), url + "/v2/health/ready"):
@@ -88,9 +107,11 @@ def main() -> int:
             r["tiny_adaptive"] = bench_load(url, "tiny_adaptive", "1", d)
             r["tiny_delay0"] = bench_load(url, "tiny", "1", d)
             r["tiny_delay"] = bench_load(url, "tiny_delay", "1", d)
+            r["tiny_nobatch_c32"] = bench_load(url, "tiny_nobatch", "32", d)
             r["compute_adaptive"] = bench_load(url, "compute_adaptive", "32", d)
             r["compute_delay0"] = bench_load(url, "compute", "32", d)
             r["learned"] = learned(url)
+            r["batches"] = {m: batch_sizes(url, m) for m in ("compute_adaptive", "compute")}
 
     ok = report(r)
     if args.json:
@@ -109,6 +130,8 @@ def report(r: dict[str, Any]) -> bool:
     best_raw = float(best["samples_per_s"])
     lone, nobatch = p50("tiny_adaptive"), p50("tiny_nobatch")
     share = tput("compute_adaptive") / best_raw
+    overhead_s = 1 / tput("tiny_nobatch_c32")
+    server_share = overhead_s * tput("compute_adaptive")
     rows = [
         ("tiny c1 p50, adaptive (ms)", f"{lone:.3f}", f"no batching {nobatch:.3f} ms"),
         ("tiny c1 p50, Triton delay 0 (ms)", f"{p50('tiny_delay0'):.3f}", "the batcher's own cost"),
@@ -123,6 +146,16 @@ def report(r: dict[str, Any]) -> bool:
             f"{tput('compute_delay0'):,.1f}",
             f"{tput('compute_delay0') / best_raw:.1%} of bare best batch",
         ),
+        (
+            "server cost per request (us)",
+            f"{overhead_s * 1e6:,.1f}",
+            f"1 / tiny no-batching c32 ({tput('tiny_nobatch_c32'):,.0f}/s)",
+        ),
+        (
+            "  its share of adaptive's compute core",
+            f"{server_share:.1%}",
+            f"the batcher's: {1 - share - server_share:.1%} (what is left below 100 %)",
+        ),
     ]
     width = max(len(a) for a, _, _ in rows)
     for name, value, note in rows:
@@ -133,6 +166,10 @@ def report(r: dict[str, Any]) -> bool:
     }
     for name, met in targets.items():
         print(f"{'met' if met else 'MISSED':>6}  {name}")
+    curve = ", ".join(f"{x['batch']}: {float(x['samples_per_s']):,.1f}" for x in r["raw_compute"])
+    print(f"  bare compute rows/s by batch: {curve}")
+    for model, sizes in r["batches"].items():
+        print(f"  {model} batches by size: " + ", ".join(f"{k}x{n}" for k, n in sizes.items()))
     for line in r["learned"]:
         print("  " + line)
     return all(targets.values())

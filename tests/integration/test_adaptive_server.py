@@ -90,3 +90,8 @@ def test_adaptive_parameter_on_a_real_server(start_server: Any, tmp_path: Path) 
     assert rates and float(rates[0].split()[-1]) > 0
     assert 'forwardpass_adaptive_wait_seconds{model="echo_yaml",version="1"}' in metrics
     assert 'forwardpass_adaptive_arrival_rate{model="bad_name"' not in metrics
+    # Nothing measured slower than a full batch: the cap is max_batch_size.
+    caps = [
+        line for line in metrics.splitlines() if line.startswith("forwardpass_adaptive_batch_cap")
+    ]
+    assert caps and all(float(line.split()[-1]) == 8 for line in caps), caps

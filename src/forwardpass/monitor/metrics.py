@@ -97,6 +97,7 @@ class EngineCollector:
                 ("batch_fixed_seconds", "Estimated fixed cost of a batch, whatever its size"),
                 ("batch_row_seconds", "Estimated cost of each row of a batch"),
                 ("wait_seconds", "The last wait chosen for an idle instance (0: sent at once)"),
+                ("batch_cap", "Rows a batch may take: the size measured to serve most rows/s"),
             )
         }
         for handle in self.engine.models():
@@ -119,6 +120,7 @@ class EngineCollector:
                     adaptive["batch_fixed_seconds"].add_metric(labels, view.batch_fixed_s)
                     adaptive["batch_row_seconds"].add_metric(labels, view.batch_per_row_s)
                     adaptive["wait_seconds"].add_metric(labels, view.last_wait_s)
+                    adaptive["batch_cap"].add_metric(labels, view.batch_cap)
                 _add(request, labels, stats.request_latency)
                 _add(queue, labels, stats.queue_latency)
                 _add(compute, labels, stats.compute_latency)

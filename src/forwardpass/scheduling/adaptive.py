@@ -32,6 +32,23 @@ row-time (``r`` rows per request) and saves one batch overhead ``a`` plus what w
 * and, with ``max_latency_ms``, the point where the oldest request's wait plus the batch's
   expected service time would pass the objective (when it cannot be met at all, at once).
 
+**How large** a batch may grow is learned too, because a line cannot see a model whose rows
+get slower past some size (a working set that leaves the cache: the bench's compute model
+serves more rows/s at 16 than at 32). The policy measures the compute time per row of batches
+of exactly the sizes of a ladder (powers of two below ``max_batch_size``, then
+``max_batch_size``) and caps every batch at the largest measured size whose rows/s is within
+``MARGIN`` of the best (ties go to the larger batch: a batch also costs the server outside
+its compute, unseen here) where a larger size measured slower; while none did, the cap is
+``max_batch_size``. To find and follow the best size it probes the cap's neighbours on the
+ladder once the cap itself is measured: one batch in ``PROBE_EVERY`` is limited to the next
+size down or may grow to the next size up, alternately (a probe up holds for its rows while
+arrivals come, briefly). While the load does not fill the cap (``max_batch_size`` far above
+the clients), the probes go below the largest size it did fill. A neighbour not yet measured
+is tried every other batch, up to ``_EAGER_TRIES`` times; a size's first batch is not counted
+(it pays for warm-up). In a closed loop of twice the cap's clients the cap also keeps the
+instance busy: one half computes while the other's answers go out and its next requests come
+in.
+
 A lone request at a low rate goes at once (its gap is longer than the overhead), a busy model
 fills its batches up to the next preferred size or ``max_batch_size``, and until both estimates
 exist (fewer than two gaps, or batches of one size class only) nothing waits, as Triton with
@@ -51,6 +68,7 @@ __all__ = [
     "AdaptivePolicy",
     "AdaptiveSettings",
     "AdaptiveView",
+    "ladder",
     "read_adaptive",
 ]
 
@@ -62,6 +80,17 @@ SILENCE = 3.0
 _EXP_GAMMA = math.exp(0.5772156649015329)
 #: Gaps shorter than this (ns) count as this: requests delivered together.
 _MIN_GAP_NS = 1_000
+#: Weight of a new observation of a ladder size's time per row (they come rarely).
+RATE_ALPHA = 1 / 4
+#: Sizes whose rows/s is within this share of the best count as the best (the larger wins).
+#: Small: the measurement already favours the larger size where the server shares the core
+#: with the compute (a batch that alternates with another is measured while the loop reads
+#: the other's requests, a batch of every client while nothing arrives).
+MARGIN = 0.01
+#: One batch in this many probes a neighbouring ladder size of the cap.
+PROBE_EVERY = 16
+#: A neighbour not yet measured is probed every other batch, this many times at most.
+_EAGER_TRIES = 8
 
 _POLICIES = ("adaptive", "triton")
 
@@ -131,6 +160,8 @@ class AdaptiveView:
     batch_per_row_s: float
     #: The last wait it chose for an idle instance (0: it sent at once).
     last_wait_s: float
+    #: The rows a batch may take (``max_batch_size`` until a larger size measured slower).
+    batch_cap: int = 0
 
 
 class _SizeClass:
@@ -141,12 +172,53 @@ class _SizeClass:
         self.ns = ns
 
 
-class AdaptivePolicy:
-    """Learns arrivals and service times; says how long an idle instance holds its batch."""
+class _Rate:
+    """Compute time per row of the batches of one ladder size."""
 
-    def __init__(self, settings: AdaptiveSettings, max_queue_delay_ns: int = 0) -> None:
+    __slots__ = ("ns_per_row", "samples", "tries")
+
+    def __init__(self) -> None:
+        self.ns_per_row = 0.0
+        #: Batches of exactly this size served (the first is not in ``ns_per_row``).
+        self.samples = 0
+        #: Batches planned as probes of this size.
+        self.tries = 0
+
+    @property
+    def measured(self) -> bool:
+        return self.samples >= 2
+
+
+def ladder(max_batch_size: int) -> tuple[int, ...]:
+    """The batch sizes whose throughput is measured: powers of two below ``max_batch_size``,
+    then ``max_batch_size``."""
+    if max_batch_size <= 0:
+        return ()
+    sizes = []
+    size = 1
+    while size < max_batch_size:
+        sizes.append(size)
+        size *= 2
+    return (*sizes, max_batch_size)
+
+
+class AdaptivePolicy:
+    """Learns arrivals and service times; says how long an idle instance holds its batch and
+    how many rows it may take."""
+
+    def __init__(
+        self, settings: AdaptiveSettings, max_queue_delay_ns: int = 0, max_batch_size: int = 0
+    ) -> None:
         self.settings = settings
         self.max_queue_delay_ns = max_queue_delay_ns
+        self.max_batch_size = max_batch_size
+        self._ladder = ladder(max_batch_size)
+        self._rates = {size: _Rate() for size in self._ladder}
+        #: The learned cap (see the module docstring), and the batches served so far.
+        self._cap = max_batch_size
+        self._batches = 0
+        #: The size the last :meth:`batch_limit` probed (0: none), counted when served.
+        self._probing = 0
         self._last_arrival = 0
         self._log_gap: float | None = None
         self._rows = 1.0
@@ -189,6 +261,57 @@ class AdaptivePolicy:
             size.rows += (rows - size.rows) * ALPHA
             size.ns += (compute_ns - size.ns) * ALPHA
         self._fit = self._line()
+        self._batches += 1
+        if self._probing:
+            self._rates[self._probing].tries += 1
+            self._probing = 0
+        rate = self._rates.get(rows)
+        if rate is not None and rows > 0:
+            rate.samples += 1
+            per_row = compute_ns / rows
+            if rate.samples == 2:
+                rate.ns_per_row = per_row
+            elif rate.samples > 2:
+                rate.ns_per_row += (per_row - rate.ns_per_row) * RATE_ALPHA
+            if rate.measured:
+                self._cap = self._best_cap()
+
+    def _best_cap(self) -> int:
+        """The largest measured ladder size within ``MARGIN`` of the best rows/s, or
+        ``max_batch_size`` where that is the largest size measured."""
+        measured = [size for size in self._ladder if self._rates[size].measured]
+        fastest = min(self._rates[size].ns_per_row for size in measured)
+        good = [s for s in measured if self._rates[s].ns_per_row * (1 - MARGIN) <= fastest]
+        chosen = good[-1]
+        return self.max_batch_size if chosen == measured[-1] else chosen
+
+    def batch_limit(self) -> int:
+        """The rows the next batch may take: the learned cap, or on a probe the next ladder
+        size down or up (0 where the policy knows no ``max_batch_size``)."""
+        self._probing = 0
+        if not self._ladder:
+            return self._cap
+        at = self._ladder.index(self._cap)
+        if self._rates[self._cap].measured:
+            neighbours = [self._ladder[i] for i in (at - 1, at + 1) if 0 <= i < len(self._ladder)]
+        else:
+            # The load has not filled the cap: probes compare with the largest size it did
+            # fill, and only below it (a size above is one the load does not reach).
+            reached = [i for i in range(at) if self._rates[self._ladder[i]].measured]
+            if not reached or reached[-1] == 0:
+                return self._cap
+            neighbours = [self._ladder[reached[-1] - 1]]
+        k = self._batches
+        for size in neighbours:
+            rate = self._rates[size]
+            if not rate.measured and rate.tries < _EAGER_TRIES and k % 2:
+                self._probing = size
+                return size
+        if neighbours and k % PROBE_EVERY == PROBE_EVERY - 1:
+            size = neighbours[(k // PROBE_EVERY) % len(neighbours)]
+            self._probing = size
+            return size
+        return self._cap
 
     def _line(self) -> tuple[float, float] | None:
         """Least squares ``a + b·n`` through the size classes; ``None`` with fewer than two."""
@@ -237,6 +360,7 @@ class AdaptivePolicy:
             batch_fixed_s=a / 1e9,
             batch_per_row_s=b / 1e9,
             last_wait_s=self.last_wait_ns / 1e9,
+            batch_cap=self._cap,
         )
 
     # ------------------------------------------------------------------ decision
@@ -260,7 +384,12 @@ class AdaptivePolicy:
         a, b = self._fit
         start = max(oldest, free_since)
         held = max(0, now - start)
-        if rows * gap / max(self._rows, 1.0) >= a + held:
+        # A probe of the size above the cap holds to measure it, not to save overhead: it
+        # waits for arrivals while they come, at most a tenth of a capped batch's time (one
+        # batch in 2·PROBE_EVERY: well under 1 % of the instance's time).
+        probe = self._probing > self._cap and rows >= self._cap
+        bound = max(a, 0.1 * (a + b * self._cap)) if probe else a
+        if not probe and rows * gap / max(self._rows, 1.0) >= a + held:
             return 0  # the next request is expected later than it would save
         # Silence counts from the last arrival or from when the instance became free, if
         # later: the requests it just answered are only now going back to their clients,
@@ -269,7 +398,7 @@ class AdaptivePolicy:
         if free_since > self._last_arrival:
             back = self.return_ns() or 0.0
             quiet = free_since + max(SILENCE * gap, SILENCE * back)
-        deadline = min(start + a, quiet)
+        deadline = min(start + bound, quiet)
         if self.max_queue_delay_ns:
             deadline = min(deadline, oldest + self.max_queue_delay_ns)
         objective = self.settings.max_latency_ns

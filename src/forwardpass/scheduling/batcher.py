@@ -21,8 +21,10 @@ With ``parameters { key: "batching" value: { string_value: "adaptive" } }`` the 
 rules change (see :mod:`forwardpass.scheduling.adaptive`): a free instance holds what is
 queued only while the policy expects the wait to pay off, up to the next preferred size or
 ``max_batch_size``, capped by ``max_queue_delay_microseconds`` where set (0 means no cap, not
-"never wait") and by the latency objective ``max_latency_ms``. The other rules, and every
-guarantee below, are unchanged.
+"never wait") and by the latency objective ``max_latency_ms``; and a batch takes at most the
+rows the policy allows (the size it measured to serve the most rows/s, or a probe of a
+neighbouring size), which plays ``max_batch_size``'s part in the rules. The other rules, and
+every guarantee below, are unchanged.
 
 Guarantees: every submitted request gets exactly one result or one error. A failure in one
 request's data never fails the requests batched with it: a batch whose backend call fails
@@ -265,7 +267,7 @@ class Batcher:
         self._per_batch = 1.0
         #: Adaptive batching's estimates and decisions; ``None``: Triton's rules.
         self.adaptive: AdaptivePolicy | None = (
-            AdaptivePolicy(policy.adaptive, policy.max_queue_delay_ns)
+            AdaptivePolicy(policy.adaptive, policy.max_queue_delay_ns, policy.max_batch_size)
             if policy.adaptive is not None and policy.merge
             else None
         )
@@ -392,7 +394,9 @@ class Batcher:
             return _Plan(count=1)
         preferred = policy.preferred_batch_sizes
         cap = policy.max_batch_size
-        largest = preferred[-1] if preferred else cap
+        if self.adaptive is not None:
+            cap = self.adaptive.batch_limit() or cap
+        largest = min(preferred[-1], cap) if preferred else cap
         rows = count = best = 0
         oldest = now_ns
         blocked = False
@@ -421,7 +425,7 @@ class Batcher:
         if blocked or rows >= largest or expired:
             return _Plan(count=count)
         if self.adaptive is not None:
-            target = next((size for size in preferred if size > rows), cap)
+            target = min(next((size for size in preferred if size > rows), cap), cap)
             hold = self.adaptive.hold_ns(
                 now_ns=now_ns,
                 rows=rows,

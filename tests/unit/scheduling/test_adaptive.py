@@ -8,9 +8,12 @@ import pytest
 
 from forwardpass.errors import InvalidModelConfig
 from forwardpass.scheduling.adaptive import (
+    MARGIN,
+    PROBE_EVERY,
     SILENCE,
     AdaptivePolicy,
     AdaptiveSettings,
+    ladder,
     read_adaptive,
 )
 
@@ -221,6 +224,161 @@ def test_max_queue_delay_caps_the_wait() -> None:
     policy, now = learned(50 * US, delay_ns=100 * US)
     oldest = now - 60 * US
     assert hold(policy, now, 3, oldest=oldest, free_since=oldest) == pytest.approx(40 * US, abs=1)
+
+
+# ---------------------------------------------------------------------------- batch cap
+
+
+def curve(per_row_ms: dict[int, float], max_batch_size: int = 32) -> AdaptivePolicy:
+    """A policy that has served each size of ``per_row_ms`` three times (the first of each
+    is warm-up) at that many ms per row, and seen a busy arrival rate."""
+    policy = AdaptivePolicy(AdaptiveSettings(), 0, max_batch_size)
+    for _ in range(3):
+        for rows, ms in per_row_ms.items():
+            policy.served(rows, round(rows * ms * MS))
+    now = 0
+    for _ in range(20):
+        now += 50 * US
+        policy.arrived(now)
+    return policy
+
+
+def limits(
+    policy: AdaptivePolicy, batches: int, per_row_ms: dict[int, float], rows: int = 0
+) -> list[int]:
+    """The limit of each of the next ``batches`` batches, each then served at that many rows
+    (or ``rows``, where the load cannot fill more) at ``per_row_ms`` of its size."""
+    seen = []
+    for _ in range(batches):
+        limit = policy.batch_limit()
+        seen.append(limit)
+        served = min(limit, rows) if rows else limit
+        policy.served(served, round(served * per_row_ms[served] * MS))
+    return seen
+
+
+def test_the_ladder_is_powers_of_two_then_the_max() -> None:
+    assert ladder(32) == (1, 2, 4, 8, 16, 32)
+    assert ladder(24) == (1, 2, 4, 8, 16, 24)
+    assert ladder(1) == (1,)
+    assert ladder(0) == ()
+
+
+def test_a_throughput_curve_that_bends_caps_the_batch() -> None:
+    # 16 rows at 2.9 ms each, 32 at 3.2 ms each: the line through them would say "grow",
+    # the measured rows/s says 16.
+    policy = curve({1: 12.0, 8: 3.0, 16: 2.9, 32: 3.2})
+    assert policy.view().batch_cap == 16
+    assert policy.batch_limit() == 16
+
+
+def test_without_a_slower_larger_size_the_cap_is_the_max() -> None:
+    policy = curve({1: 12.0, 4: 4.0, 16: 3.0}, max_batch_size=32)
+    assert policy.view().batch_cap == 32  # 16 is the largest measured: nothing says stop
+    policy = curve({1: 12.0, 16: 3.0, 32: 2.9})
+    assert policy.view().batch_cap == 32
+
+
+def test_sizes_within_the_margin_go_to_the_larger_batch() -> None:
+    policy = curve({16: 3.0, 32: 3.0 / (1 - MARGIN / 2)})
+    assert policy.view().batch_cap == 32
+    policy = curve({16: 3.0, 32: 3.0 / (1 - 2 * MARGIN)})
+    assert policy.view().batch_cap == 16
+
+
+def test_a_batch_sizes_first_run_is_warm_up() -> None:
+    policy = AdaptivePolicy(AdaptiveSettings(), 0, 32)
+    policy.served(16, 16 * 3 * MS)
+    policy.served(16, 16 * 3 * MS)
+    policy.served(32, 32 * 30 * MS)  # the first run at a new shape: allocation, not speed
+    assert policy.view().batch_cap == 32
+    policy.served(32, 32 * 3 * MS)
+    assert policy.view().batch_cap == 32
+    policy.served(32, 32 * 4 * MS)
+    assert policy.view().batch_cap == 16
+
+
+def test_probes_measure_the_next_size_down_then_rarely() -> None:
+    policy = curve({1: 12.0, 32: 3.0})
+    assert policy.view().batch_cap == 32
+    # 16 is not measured: every other batch is limited to it, until it is (twice).
+    seen = limits(policy, 4, {16: 3.5, 32: 3.0})
+    assert sorted(seen) == [16, 16, 32, 32]
+    assert policy._rates[16].measured
+    # 16 measured slower: the cap stays 32 and 16 is tried once in PROBE_EVERY batches.
+    seen = limits(policy, 4 * PROBE_EVERY, {16: 3.5, 32: 3.0})
+    assert seen.count(16) == 4 and seen.count(32) == 4 * PROBE_EVERY - 4
+    assert policy.view().batch_cap == 32
+
+
+def test_a_probe_finds_the_better_size_below() -> None:
+    policy = curve({1: 12.0, 32: 3.2})
+    limits(policy, 4, {16: 2.9, 32: 3.2})
+    assert policy.view().batch_cap == 16
+    # Then 8 (unmeasured, below the new cap) is tried, found slower, and 16 stays.
+    seen = limits(policy, 2 * PROBE_EVERY, {8: 3.3, 16: 2.9, 32: 3.2})
+    assert policy.view().batch_cap == 16
+    assert seen.count(16) > 2 * PROBE_EVERY - 5
+
+
+def test_probes_follow_a_model_that_changes() -> None:
+    policy = curve({8: 3.1, 16: 2.9, 32: 3.2})
+    assert policy.view().batch_cap == 16
+    # Probes of 8 and 32 alternate, one batch in PROBE_EVERY each way.
+    seen = limits(policy, 2 * PROBE_EVERY, {8: 3.1, 16: 2.9, 32: 3.2})
+    assert seen.count(8) == 1 and seen.count(32) == 1 and seen.count(16) == 2 * PROBE_EVERY - 2
+    # Batches of 32 get faster per row (another load left the cache): the probes see it.
+    limits(policy, 4 * PROBE_EVERY, {8: 3.1, 16: 2.9, 32: 2.0})
+    assert policy.view().batch_cap == 32
+
+
+def test_a_load_that_cannot_fill_the_probe_measures_nothing_new() -> None:
+    policy = curve({8: 3.1, 16: 2.9, 32: 3.2})
+    limits(policy, 4 * PROBE_EVERY, {8: 3.1, 16: 2.9}, rows=16)
+    assert policy.view().batch_cap == 16
+    assert policy._rates[32].samples == 3  # only the curve's three
+
+
+def test_a_probe_up_holds_for_its_rows_even_with_no_overhead_to_save() -> None:
+    # A line with no fixed cost says holding never pays; the probe of 32 holds anyway (the
+    # line is what it checks), while arrivals come, for at most a tenth of a batch of 16.
+    policy = curve({1: 3.0, 8: 3.0, 16: 2.9, 32: 3.2})
+    assert policy.view().batch_cap == 16 and policy.view().batch_fixed_s == 0
+    while policy.batch_limit() != 32:
+        policy.served(16, round(16 * 2.9 * MS))
+    now = policy._last_arrival
+    wait = hold(policy, now, 16, oldest=now - 20 * US, free_since=now - 20 * US)
+    assert wait == pytest.approx(SILENCE * policy.gap_ns(), abs=1)  # type: ignore[operator]
+    # Arrivals still coming: it holds 4 ms, not 6 (a tenth of 16 rows at ~3.1 ms a row).
+    policy.arrived(now + 4 * MS)
+    assert hold(policy, now + 4 * MS, 16, oldest=now, free_since=now) > 0
+    policy.arrived(now + 6 * MS)
+    assert hold(policy, now + 6 * MS, 16, oldest=now, free_since=now) == 0
+    policy.served(16, round(16 * 2.9 * MS))  # the probe did not fill: the cap holds again
+    assert hold(policy, now, 16, target=16) == 0
+
+
+def test_nothing_is_capped_or_probed_before_a_size_is_measured() -> None:
+    policy, _ = learned(50 * US)  # sizes 1, 4, 16 served; max_batch_size unknown
+    assert policy.batch_limit() == 0
+    policy = AdaptivePolicy(AdaptiveSettings(), 0, 8)
+    for rows in (1, 3, 1, 3):  # size 1 measured, but nothing below it to probe
+        policy.served(rows, (10 + rows) * MS)
+    assert [policy.batch_limit() for _ in range(3)] == [8, 8, 8]
+
+
+def test_a_load_below_the_max_probes_under_the_largest_size_it_fills() -> None:
+    # max_batch_size 256, 32 clients: batches of 32, never 256. The probes try 16 below it
+    # and, 16 serving more rows/s, cap there; 64 and up are never tried.
+    policy = curve({1: 12.0, 32: 3.2}, max_batch_size=256)
+    assert policy.view().batch_cap == 256
+    seen = limits(policy, 2 * PROBE_EVERY, {8: 3.0, 16: 2.9, 32: 3.2}, rows=32)
+    assert 16 in seen and max(seen) == 256
+    assert policy.view().batch_cap == 16
+    # Without that bend the cap stays the max and a probe of 16 comes once in PROBE_EVERY.
+    policy = curve({1: 12.0, 16: 3.2, 32: 2.9}, max_batch_size=256)
+    seen = limits(policy, 2 * PROBE_EVERY, {16: 3.2, 32: 2.9}, rows=32)
+    assert seen.count(16) == 2 and policy.view().batch_cap == 256
 
 
 # ---------------------------------------------------------------------------- parameters
