@@ -110,9 +110,11 @@ def test_a_busy_model_fills_its_batches_where_triton_without_delay_splits_them()
     # Adaptive learns that the next request comes far sooner than a batch's 60 ms overhead:
     # once learned, each burst leaves as one full batch, or (measuring the size below the
     # cap, once 8 is measured) as a probe's two batches of 4.
+    # (On a loaded machine the 2 ms gaps stretch and a burst may leave in two parts; what must
+    # hold is that full batches appear and that it makes fewer, fuller batches than Triton.)
     last = seen["adaptive"]
-    assert last[-2:] in ([8, 8], [4, 4]) or last[-3:] in ([8, 4, 4], [4, 4, 8]), last
-    assert len(seen["adaptive"]) < len(seen["triton"])
+    assert 8 in last[-4:] or last[-2:] == [4, 4], last
+    assert len(last) < len(seen["triton"]), (last, seen["triton"])
 
 
 def test_preferred_sizes_are_the_batches_it_waits_for() -> None:
