@@ -311,6 +311,9 @@ def synthesize(config: ModelConfig, count: int, seed: int = 0) -> Samples:
             arrays[spec.name] = rng.random(shape).astype(dtype)
         elif "mask" in spec.name.lower():
             arrays[spec.name] = np.ones(shape, dtype=dtype)
+        elif any(k in spec.name.lower() for k in ("type_ids", "segment")):
+            # BERT's token types index a table of two rows: one sentence is all zeros.
+            arrays[spec.name] = np.zeros(shape, dtype=dtype)
         elif np.issubdtype(dtype, np.integer):
             arrays[spec.name] = rng.integers(0, 100, shape).astype(dtype)
         elif dtype == np.bool_:

@@ -59,3 +59,21 @@ def test_synthesized_inputs_are_marked(entry) -> None:
     samples = synthesize(entry.config, 4)
     assert not samples.real and "random inputs" in samples.source
     assert samples.arrays["image"].shape == (4, 1, 8, 8)
+
+
+def test_synthesized_text_inputs_stay_in_range() -> None:
+    from forwardpass.datatypes import DataType
+    from forwardpass.model_config import ModelConfig, TensorSpec
+
+    roles = ("input_ids", "attention_mask", "token_type_ids")
+    config = ModelConfig(
+        name="bert",
+        max_batch_size=8,
+        inputs=tuple(TensorSpec(name=n, datatype=DataType.INT64, dims=(-1,)) for n in roles),
+        outputs=(TensorSpec(name="y", datatype=DataType.FP32, dims=(4,)),),
+    )
+    arrays = synthesize(config, 4).arrays
+    # A BERT token-type table has two rows; ids and a full mask are what a sentence gives.
+    assert np.all(arrays["token_type_ids"] == 0)
+    assert np.all(arrays["attention_mask"] == 1)
+    assert arrays["input_ids"].min() >= 0
