@@ -194,3 +194,46 @@ def minilm_repository(
     if not (repository / "all-minilm-l6-v2" / "ZOO.json").is_file():
         add("all-minilm-l6-v2", repository, force=True)
     return repository
+
+
+# mypy on the package takes minutes from a cold cache (it reads torch's, transformers' and
+# ray's annotations): it is started as soon as collection finds its test, one process beside
+# the suite, and the test waits for its answer. Same command, same checks, off the critical path.
+MYPY_COMMAND = ("mypy", "src/forwardpass")
+_MYPY = pytest.StashKey[tuple[subprocess.Popen[bytes], Path]]()
+
+
+def _start_mypy(config: pytest.Config) -> tuple[subprocess.Popen[bytes], Path]:
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(
+        prefix="forwardpass-mypy-", suffix=".log", delete=False
+    ) as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", *MYPY_COMMAND], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT
+        )
+    config.stash[_MYPY] = (proc, Path(out.name))
+    return config.stash[_MYPY]
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    if any(item.name == "test_mypy_on_the_package" for item in session.items):
+        _start_mypy(session.config)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    started = config.stash.get(_MYPY, None)
+    if started is not None:
+        proc, log = started
+        if proc.poll() is None:  # the session stopped early (-x, Ctrl-C)
+            proc.kill()
+        proc.wait()
+        log.unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="session")
+def mypy_result(pytestconfig: pytest.Config) -> tuple[int, str]:
+    """(exit status, output) of ``mypy src/forwardpass``, started at collection."""
+    proc, log = pytestconfig.stash.get(_MYPY, None) or _start_mypy(pytestconfig)
+    returncode = proc.wait()
+    return returncode, log.read_text("utf-8", errors="replace")
