@@ -142,8 +142,28 @@ def smollm2_repository(
         cache.mkdir(f"smollm2-{key}") if cache is not None else tmp_path_factory.mktemp("zoo")
     )
     if not (repository / "smollm2-135m-instruct" / "ZOO.json").is_file():
-        add("smollm2-135m-instruct", repository, force=True)
+        # The build's transformers model is the session's reference (loading it from the
+        # GGUF takes minutes on two cores): the recipe gets it instead of loading its own.
+        import forwardpass.zoo.smollm2 as recipe
+
+        reference = request.getfixturevalue("smollm2_reference")
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(recipe, "load_reference", lambda: reference)
+            add("smollm2-135m-instruct", repository, force=True)
     return repository
+
+
+@pytest.fixture(scope="session")
+def smollm2_reference() -> tuple[Any, Any]:
+    """transformers' float32 SmolLM2 and its tokenizer from the GGUF, loaded once per session:
+    the export's reference when ``smollm2_repository`` builds, and the tests' greedy one."""
+    from forwardpass.zoo import get_recipe, missing_modules
+    from forwardpass.zoo.smollm2 import load_reference
+
+    missing = missing_modules(get_recipe("smollm2-135m-instruct"))
+    if missing:
+        pytest.skip(f"smollm2-135m-instruct needs {', '.join(missing)}")
+    return load_reference()
 
 
 @pytest.fixture(scope="session")
