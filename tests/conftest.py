@@ -142,8 +142,28 @@ def smollm2_repository(
         cache.mkdir(f"smollm2-{key}") if cache is not None else tmp_path_factory.mktemp("zoo")
     )
     if not (repository / "smollm2-135m-instruct" / "ZOO.json").is_file():
-        add("smollm2-135m-instruct", repository, force=True)
+        # The build's transformers model is the session's reference (loading it from the
+        # GGUF takes minutes on two cores): the recipe gets it instead of loading its own.
+        import forwardpass.zoo.smollm2 as recipe
+
+        reference = request.getfixturevalue("smollm2_reference")
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(recipe, "load_reference", lambda: reference)
+            add("smollm2-135m-instruct", repository, force=True)
     return repository
+
+
+@pytest.fixture(scope="session")
+def smollm2_reference() -> tuple[Any, Any]:
+    """transformers' float32 SmolLM2 and its tokenizer from the GGUF, loaded once per session:
+    the export's reference when ``smollm2_repository`` builds, and the tests' greedy one."""
+    from forwardpass.zoo import get_recipe, missing_modules
+    from forwardpass.zoo.smollm2 import load_reference
+
+    missing = missing_modules(get_recipe("smollm2-135m-instruct"))
+    if missing:
+        pytest.skip(f"smollm2-135m-instruct needs {', '.join(missing)}")
+    return load_reference()
 
 
 @pytest.fixture(scope="session")
@@ -194,3 +214,46 @@ def minilm_repository(
     if not (repository / "all-minilm-l6-v2" / "ZOO.json").is_file():
         add("all-minilm-l6-v2", repository, force=True)
     return repository
+
+
+# mypy on the package takes minutes from a cold cache (it reads torch's, transformers' and
+# ray's annotations): it is started as soon as collection finds its test, one process beside
+# the suite, and the test waits for its answer. Same command, same checks, off the critical path.
+MYPY_COMMAND = ("mypy", "src/forwardpass")
+_MYPY = pytest.StashKey[tuple[subprocess.Popen[bytes], Path]]()
+
+
+def _start_mypy(config: pytest.Config) -> tuple[subprocess.Popen[bytes], Path]:
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(
+        prefix="forwardpass-mypy-", suffix=".log", delete=False
+    ) as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", *MYPY_COMMAND], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT
+        )
+    config.stash[_MYPY] = (proc, Path(out.name))
+    return config.stash[_MYPY]
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    if any(item.name == "test_mypy_on_the_package" for item in session.items):
+        _start_mypy(session.config)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    started = config.stash.get(_MYPY, None)
+    if started is not None:
+        proc, log = started
+        if proc.poll() is None:  # the session stopped early (-x, Ctrl-C)
+            proc.kill()
+        proc.wait()
+        log.unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="session")
+def mypy_result(pytestconfig: pytest.Config) -> tuple[int, str]:
+    """(exit status, output) of ``mypy src/forwardpass``, started at collection."""
+    proc, log = pytestconfig.stash.get(_MYPY, None) or _start_mypy(pytestconfig)
+    returncode = proc.wait()
+    return returncode, log.read_text("utf-8", errors="replace")

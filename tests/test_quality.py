@@ -29,6 +29,8 @@ def test_ruff_format() -> None:
 
 
 @pytest.mark.slow
-def test_mypy_on_the_package() -> None:
-    result = run("mypy", "src/forwardpass")
-    assert result.returncode == 0, result.stdout + result.stderr
+def test_mypy_on_the_package(mypy_result: tuple[int, str]) -> None:
+    """``mypy src/forwardpass``: started in the background when collection ends (see
+    tests/conftest.py), so its minutes of a cold cache overlap the other tests."""
+    returncode, output = mypy_result
+    assert returncode == 0, output

@@ -39,14 +39,19 @@ def _source_key() -> str:
 
 
 @pytest.fixture(scope="session")
-def repository(request: pytest.FixtureRequest) -> Path:
+def repository(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     if shutil.which("espeak-ng") is None:
         pytest.skip("espeak-ng is not installed (apt-get install -y espeak-ng)")
     from forwardpass.zoo import add, get_recipe
 
     for module in get_recipe(NAME).modules:
         pytest.importorskip(module, reason=f"zoo model {NAME} needs {module}")
-    cached = Path(request.config.cache.mkdir(f"speech-digits-{_source_key()}"))
+    cache = getattr(request.config, "cache", None)  # None under -p no:cacheprovider
+    cached = (
+        Path(cache.mkdir(f"speech-digits-{_source_key()}"))
+        if cache is not None
+        else tmp_path_factory.mktemp("speech-digits")
+    )
     if not (cached / NAME / "1" / "model.onnx").is_file():
         add(NAME, cached, force=True)
     return cached

@@ -34,11 +34,10 @@ def smollm2(smollm2_repository: Path) -> Loaded:
 
 
 @pytest.fixture(scope="session")
-def reference() -> tuple[Any, Any]:
-    """transformers' model and tokenizer on the same dequantized weights."""
-    from forwardpass.zoo.smollm2 import load_reference
-
-    return load_reference()
+def reference(smollm2_reference: tuple[Any, Any]) -> tuple[Any, Any]:
+    """transformers' model and tokenizer on the same dequantized weights (the session's one,
+    which also built the export when no cached build was there)."""
+    return smollm2_reference
 
 
 @pytest.fixture

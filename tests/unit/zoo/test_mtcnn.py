@@ -83,6 +83,22 @@ def repository(zoo_build: Callable[[str], Built]) -> Path:
     return zoo_build("mtcnn")[0]
 
 
+Detection = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+@pytest.fixture(scope="module")
+def theirs(reference: ModuleType) -> dict[str, Detection]:
+    """facenet-pytorch's (boxes, scores, landmarks) on every photo, computed once."""
+    detector = reference.load_mtcnn()
+    return {name: reference.detect(detector, pixels) for name, pixels in photos().items()}
+
+
+@pytest.fixture(scope="module")
+def ours(repository: Path) -> dict[str, dict[str, np.ndarray]]:
+    """The served ensemble's outputs on every photo, one engine for all of them."""
+    return detect_all(repository, {name: png(p) for name, p in photos().items()})
+
+
 def detect_all(repository: Path, pictures: dict[str, bytes]) -> dict[str, dict[str, np.ndarray]]:
     async def body(engine: Any) -> dict[str, dict[str, np.ndarray]]:
         found = {}
@@ -151,11 +167,10 @@ def test_p_net_on_the_canvas_is_p_net_on_each_level(repository: Path) -> None:
 
 
 def test_finds_the_astronauts_face_where_facenet_pytorch_does(
-    repository: Path, reference: ModuleType
+    ours: dict[str, dict[str, np.ndarray]], theirs: dict[str, Detection]
 ) -> None:
-    astronaut = data.astronaut()
-    found = detect_all(repository, {"astronaut": png(astronaut)})["astronaut"]
-    want_boxes, want_scores, want_points = reference.detect(reference.load_mtcnn(), astronaut)
+    found = ours["astronaut"]
+    want_boxes, want_scores, want_points = theirs["astronaut"]
     assert found["boxes"].shape == (1, 4) == want_boxes.shape
     np.testing.assert_allclose(found["boxes"], want_boxes, atol=2)
     np.testing.assert_allclose(found["scores"], want_scores, atol=1e-3)
@@ -167,14 +182,12 @@ def test_finds_the_astronauts_face_where_facenet_pytorch_does(
 
 
 def test_agrees_with_facenet_pytorch_on_more_photos(
-    repository: Path, reference: ModuleType
+    ours: dict[str, dict[str, np.ndarray]], theirs: dict[str, Detection]
 ) -> None:
-    pictures = photos()
-    found = detect_all(repository, {name: png(p) for name, p in pictures.items()})
-    detector = reference.load_mtcnn()
+    found = ours
     report = []
-    for name, pixels in pictures.items():
-        want, _, _ = reference.detect(detector, pixels)
+    for name in photos():
+        want, _, _ = theirs[name]
         got = found[name]["boxes"]
         best = iou(got, want).max(axis=1) if len(got) and len(want) else np.zeros(len(got))
         report.append(f"{name}: {len(got)} vs {len(want)} faces, IoU {np.round(best, 3).tolist()}")
