@@ -179,11 +179,23 @@ class SqliteStore:
         # 16 MiB of page cache (2 by default): the indexes' pages stay in memory while rows
         # are appended (a third less CPU per row at a few thousand rows a second).
         self._db.execute("PRAGMA cache_size=-16384")
+        # The schema is made (or upgraded) in one write transaction: the workers of
+        # ``serve --workers N`` open the same log at once, and two that both saw an old table
+        # would both add its new column (the second failing with "duplicate column").
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._schema()
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def _schema(self) -> None:
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS requests (id TEXT, time REAL, model TEXT, version TEXT,"
             " status TEXT, error TEXT, total_us REAL, queue_us REAL, compute_us REAL,"
             " preprocess_us REAL, postprocess_us REAL, batch_size INTEGER, payload TEXT,"
-            " truth TEXT)"
+            " truth TEXT, cached INTEGER DEFAULT 0)"
         )
         columns = {r[1] for r in self._db.execute("PRAGMA table_info(requests)")}
         if "cached" not in columns:  # a log written before the column existed

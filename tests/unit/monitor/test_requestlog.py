@@ -233,3 +233,35 @@ def test_the_id_index_is_built_at_the_first_feedback(tmp_path: Path) -> None:
     rows = {r.id: r.truth for r in read_rows(path, "m", limit=100)}
     assert rows["r7"] == "1" and rows["r8"] is None
     store.close()
+
+
+def test_workers_opening_an_old_log_at_once_upgrade_it_once(tmp_path: Path) -> None:
+    """``serve --workers N`` opens one log from N processes at once: the schema upgrade of a
+    log written before the ``cached`` column is one transaction, not a race to add it."""
+    import multiprocessing
+    import sqlite3
+
+    for attempt in range(3):
+        path = tmp_path / f"requests-{attempt}.db"
+        old = sqlite3.connect(path)
+        old.execute(
+            "CREATE TABLE requests (id TEXT, time REAL, model TEXT, version TEXT, status TEXT,"
+            " error TEXT, total_us REAL, queue_us REAL, compute_us REAL, preprocess_us REAL,"
+            " postprocess_us REAL, batch_size INTEGER, payload TEXT, truth TEXT)"
+        )
+        old.commit()
+        old.close()
+        context = multiprocessing.get_context("spawn")
+        with context.Pool(4) as pool:
+            errors = pool.map(_open_store, [str(path)] * 4)
+        assert errors == [None] * 4
+        columns = [r[1] for r in sqlite3.connect(path).execute("PRAGMA table_info(requests)")]
+        assert columns.count("cached") == 1
+
+
+def _open_store(path: str) -> str | None:
+    try:
+        SqliteStore(path).close()
+    except Exception as exc:  # the test reports what failed, in which process
+        return f"{type(exc).__name__}: {exc}"
+    return None
