@@ -311,6 +311,8 @@ def synthesize(config: ModelConfig, count: int, seed: int = 0) -> Samples:
             arrays[spec.name] = rng.random(shape).astype(dtype)
         elif "mask" in spec.name.lower():
             arrays[spec.name] = np.ones(shape, dtype=dtype)
+        elif "token_type" in spec.name.lower():  # segment ids: BERT knows 0 and 1 only
+            arrays[spec.name] = np.zeros(shape, dtype=dtype)
         elif np.issubdtype(dtype, np.integer):
             arrays[spec.name] = rng.integers(0, 100, shape).astype(dtype)
         elif dtype == np.bool_:

@@ -112,8 +112,26 @@ def read_encoder(model: onnx.ModelProto) -> EncoderWeights:
             "(no ReduceSum/ReduceL2/Erf in the graph)"
         )
 
+    # The exporter shares equal weights (fresh LayerNorms are all ones) through Identity.
+    alias = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "Identity"}
+    consts = {
+        n.output[0]: numpy_helper.to_array(n.attribute[0].t)
+        for n in graph.node
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"
+    }
+
+    def resolve(name: str) -> str:
+        for _ in range(len(alias) + 1):
+            if name not in alias:
+                break
+            name = alias[name]
+        return name
+
+    def known(name: str) -> bool:
+        return resolve(name) in inits
+
     def array(name: str) -> np.ndarray:
-        return numpy_helper.to_array(inits[name]).astype(np.float32)
+        return numpy_helper.to_array(inits[resolve(name)]).astype(np.float32)
 
     def by_suffix(suffix: str) -> np.ndarray:
         found = [n for n in inits if n.endswith(suffix)]
@@ -135,11 +153,6 @@ def read_encoder(model: onnx.ModelProto) -> EncoderWeights:
     layers: dict[int, dict[str, np.ndarray]] = {}
     eps: set[float] = set()
     head_dims: set[int] = set()
-    consts = {
-        n.output[0]: numpy_helper.to_array(n.attribute[0].t)
-        for n in graph.node
-        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"
-    }
     for node in graph.node:
         match = _LAYER.search(_path(node.name))
         if match is None:
@@ -147,7 +160,7 @@ def read_encoder(model: onnx.ModelProto) -> EncoderWeights:
         layer = layers.setdefault(int(match.group(1)), {})
         local = match.group(2)
         if node.op_type in ("MatMul", "Add") and local in _LINEARS:
-            found = [x for x in node.input if x in inits]
+            found = [x for x in node.input if known(x)]
             if len(found) == 1:
                 kind = "weight" if node.op_type == "MatMul" else "bias"
                 layer[f"{local}.{kind}"] = array(found[0])
