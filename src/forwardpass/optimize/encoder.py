@@ -314,11 +314,11 @@ class _Stack(nn.Module):
 
 def _params(module: nn.Module, prefix: str) -> dict[str, np.ndarray]:
     """``module``'s parameters under ``prefix`` as numpy, linear weights as ``[in, out]``."""
+    linear = {f"{n}.weight" for n, m in module.named_modules() if isinstance(m, nn.Linear)}
     out: dict[str, np.ndarray] = {}
     for name, param in module.named_parameters():
         value = param.detach().numpy().copy()
-        is_linear = name.endswith(".weight") and value.ndim == 2
-        out[f"{prefix}{name}"] = value.T.copy() if is_linear else value
+        out[f"{prefix}{name}"] = value.T.copy() if name in linear else value
     return out
 
 

@@ -29,6 +29,7 @@ from forwardpass.optimize.encoder_distill import (  # noqa: E402
     EncoderDistillSettings,
     agreement,
     distill_encoder,
+    pick_layers,
     tokenize,
 )
 
@@ -143,6 +144,24 @@ def test_student_keeps_chosen_layers_exports_the_same_io_and_reads_back(
     assert verify_encoder(path, student, _feeds(5, 19, seed=1)) < 1e-5  # other batch, length
     again = read_encoder(onnx.load(str(path)))
     assert (len(again.layers), again.intermediate(0)) == (2, 16)
+    # The torch module hands back the weights it was built from.
+    back = student.weights()
+    np.testing.assert_array_equal(back.embeddings["word"], small.embeddings["word"])
+    for key, value in small.layers[1].items():
+        np.testing.assert_array_equal(back.layers[1][key], value)
+
+
+def test_pick_layers_prefers_the_subset_closest_to_the_teacher(encoder_repo: Path) -> None:
+    from forwardpass.repository import ModelRepository
+
+    entry = ModelRepository(encoder_repo).read(NAME)
+    teacher = SentenceEncoder(read_encoder(onnx.load(str(_teacher(encoder_repo))))).eval()
+    batch = tokenize(entry.config, entry.path)(_PROSE)
+    assert pick_layers(teacher, 4, batch) == ((0, 1, 2, 3), pytest.approx(1.0, abs=1e-5))
+    layers, cosine = pick_layers(teacher, 2, batch)
+    assert layers[-1] == 3 and len(layers) == 2 and cosine < 1
+    with pytest.raises(InvalidArgument, match="a student of 5 layers"):
+        pick_layers(teacher, 5, batch)
 
 
 def test_shrink_rejects_bad_layer_choices(encoder_repo: Path) -> None:
@@ -196,7 +215,7 @@ def test_distills_a_student_on_the_model_s_own_tokenizer(
     result = distill_encoder(
         _teacher(encoder_repo), entry.config, entry.path, out, settings, corpus.train, corpus.test
     )
-    assert result.student == "2 layers (teacher's [0, 2])"
+    assert result.student.startswith("2 layers (teacher's [") and ", 3], picked" in result.student
     assert len(result.losses) == 4 and all(np.isfinite(result.losses))
     assert io_mismatch(_teacher(encoder_repo), out) is None
     assert -1 <= result.agreement.cosine_min <= result.agreement.cosine_mean <= 1

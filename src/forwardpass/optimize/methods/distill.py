@@ -1,7 +1,9 @@
 """Distillation as an ``optimize`` method: a shallower sentence encoder (extra ``torch``).
 
 For a BERT-family sentence encoder with declared text processing (the zoo's
-``all-minilm-l6-v2``), the student keeps every other layer of the teacher and learns its
+``all-minilm-l6-v2``), the student keeps half the teacher's layers (the subset that agrees best
+with the teacher before training, :func:`~forwardpass.optimize.encoder_distill.pick_layers`)
+and learns its
 pooled, normalised embeddings on sentences from the installed packages' docstrings and texts
 (:mod:`~forwardpass.optimize.encoder_distill`, :mod:`~forwardpass.optimize.corpus`). Variants:
 the student as it is, and the student with dynamic INT8 (the chain ``--target edge`` would
@@ -35,10 +37,14 @@ class DistillMethod(Method):
 
     def variants(self, ctx: BuildContext) -> tuple[Variant, ...]:
         return (
-            Variant("distill-half", "every other layer, distilled on installed text", {}),
+            Variant(
+                "distill-half",
+                "half the layers (the subset closest to the teacher), distilled on installed text",
+                {},
+            ),
             Variant(
                 "distill-half-int8",
-                "every other layer, distilled, then dynamic INT8 (per-tensor)",
+                "half the layers, distilled, then dynamic INT8 (per-tensor)",
                 {"int8": True},
             ),
         )
@@ -55,7 +61,7 @@ class DistillMethod(Method):
         except Unsupported as exc:
             return f"distillation takes a BERT sentence encoder: {exc.message}"
         if len(weights.layers) < 2:
-            return "the encoder has one layer: nothing to halve"
+            return "the encoder has one layer: nothing to keep half of"
         inputs = (read_declaration(ctx.config) or {}).get("inputs", [])
         if not any(i.get("kind") == "text" for i in inputs if isinstance(i, dict)):
             return (
