@@ -180,8 +180,8 @@ def read_encoder(model: onnx.ModelProto) -> EncoderWeights:
     ordered = [layers[i] for i in sorted(layers)]
     if sorted(layers) != list(range(len(layers))):
         raise Unsupported(f"encoder layers {sorted(layers)} are not numbered 0..N-1")
-    for i, found in enumerate(ordered):
-        lacking = sorted(wanted - set(found))
+    for i, layer_weights in enumerate(ordered):
+        lacking = sorted(wanted - set(layer_weights))
         if lacking:
             raise Unsupported(f"encoder layer {i} lacks {', '.join(lacking)}")
     if len(head_dims) != 1:
