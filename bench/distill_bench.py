@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layers", default=None, help="teacher layers, e.g. 0,2,4")
     parser.add_argument("--intermediate", type=int, default=None)
     parser.add_argument("--hidden-weight", type=float, default=0.0)
-    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--sentences", type=int, default=20000)
     parser.add_argument("--test-sentences", type=int, default=1000)

@@ -58,12 +58,12 @@ class EncoderDistillSettings:
     intermediate: int | None = None
     steps: int = 400
     batch_size: int = 32
-    learning_rate: float = 1e-4
+    learning_rate: float = 3e-4
     warmup: float = 0.06
     mse_weight: float = 1.0
     hidden_weight: float = 0.0
     #: Training sentences are truncated to this many tokens (serving truncates as declared).
-    max_tokens: int = 128
+    max_tokens: int = 64
     sentences: int = 20000
     test_sentences: int = 1000
     seed: int = 0
