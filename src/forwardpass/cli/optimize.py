@@ -53,8 +53,14 @@ _MEASURE = "forwardpass.optimize.measure:MeasureSettings"
 @click.option(
     "--methods",
     default=None,
-    help="Comma-separated: graph,fp16,bf16,int8-dynamic,int8-static,int4,prune "
-    "(default: all but prune, which trains and needs torch).",
+    help="Comma-separated: graph,fp16,bf16,int8-dynamic,int8-static,int4,prune,distill "
+    "(default: all but prune and distill, which train and need torch).",
+)
+@click.option(
+    "--steps",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Training steps for the methods that train (distill; default: the method's).",
 )
 @click.option(
     "--task",
@@ -104,6 +110,7 @@ def optimize(
     threads: int | None,
     batch_sizes: str | None,
     min_gain: float | None,
+    steps: int | None,
 ) -> None:
     """Try graph optimization, FP16, INT8 and INT4 on MODEL; keep the fastest within budget.
 
@@ -150,6 +157,7 @@ def optimize(
             task=task,
             min_gain=min_gain,
             report_dir=report_dir,
+            steps=steps,
         ),
     )
     console = make_console(stderr=as_json)

@@ -79,6 +79,8 @@ class OptimizeOptions:
     min_gain: float = 0.05
     max_samples: int = 2000
     calibration_samples: int = 256
+    #: Training steps for the methods that train (distill); ``None``: the method's default.
+    steps: int | None = None
     #: Where to save the report when no version is written (original kept, or a dry run).
     report_dir: Path | None = None
     #: How a generation model's candidates are exercised (``optimize.generation``).
@@ -234,7 +236,9 @@ def optimize(options: OptimizeOptions, progress: ProgressCallback | None = None)
 
     with tempfile.TemporaryDirectory(prefix="forwardpass-optimize-") as tmp:
         workdir = Path(tmp)
-        ctx = BuildContext(source, config, options.target, data.calibration, workdir)
+        ctx = BuildContext(
+            source, config, options.target, data.calibration, workdir, steps=options.steps
+        )
         plans: list[tuple[CandidateResult, Callable[[Path], list[str]] | None]] = [
             (
                 CandidateResult(

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from forwardpass.errors import InvalidArgument
 from forwardpass.optimize.methods.base import BuildContext, Method, MethodSkipped, Variant
+from forwardpass.optimize.methods.distill import DistillMethod
 from forwardpass.optimize.methods.fp16 import BF16Method, FP16Method
 from forwardpass.optimize.methods.graph import GraphMethod
 from forwardpass.optimize.methods.int4 import Int4Method, Int8WeightMethod
@@ -42,6 +43,7 @@ METHODS: dict[str, type[Method]] = {
         Int8WeightMethod,
         OpenVinoMethod,
         PruneMethod,  # registration hook: pruning (torch extra; trains, so opt-in)
+        DistillMethod,  # sentence encoders: a shallower student (torch extra; trains, opt-in)
     )
 }
 # Pruning fine-tunes a network: it runs only when --methods names it. OpenVINO builds for
@@ -49,7 +51,9 @@ METHODS: dict[str, type[Method]] = {
 # timed on OpenVINO too, which --methods may still ask for). INT8 weight-only is for
 # generation models (their default set); others get it when --methods names it.
 DEFAULT_METHODS = tuple(
-    n for n in METHODS if n not in (PruneMethod.name, OpenVinoMethod.name, Int8WeightMethod.name)
+    n
+    for n in METHODS
+    if n not in (PruneMethod.name, DistillMethod.name, OpenVinoMethod.name, Int8WeightMethod.name)
 )
 OPENVINO_METHODS = (OpenVinoMethod.name,)
 #: What a generation model (config parameter ``generation``) tries by default.

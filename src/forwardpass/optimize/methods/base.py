@@ -52,6 +52,8 @@ class BuildContext:
     calibration: Samples | None
     #: Where the method writes its file(s); one folder per variant.
     workdir: Path
+    #: Training steps for the methods that train (``--steps``); ``None``: their default.
+    steps: int | None = None
     _model: onnx.ModelProto | None = None
 
     @property
