@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             add(MODEL, repository)
         source = repository / MODEL / "1" / "model.onnx"
         train_photos, held_photos = split_photos()
-        train = photo_views(args.views, photos=train_photos, seed=args.seed)
+        train = photo_views(args.views, photos=train_photos, seed=args.seed, mix=args.mix)
         new_views = photo_views(args.eval_views, photos=train_photos, seed=args.seed + 1)
         unseen = photo_views(args.eval_views, photos=held_photos, seed=args.seed + 2)
         options = PruneOptions(
@@ -112,8 +112,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             ),
             probe_samples=min(64, args.views),
             channel_multiple=args.channel_multiple,
-            layers="expansion",
+            layers=args.layers,
             reconstruct_samples=min(args.reconstruct, args.views),
+            speedup=args.speedup,
+            sensitivity_samples=args.sensitivity_views,
+            ridge=args.ridge,
         )
         pruned = work / "pruned.onnx"
         start = time.perf_counter()
@@ -153,6 +156,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model-repository", type=Path)
     parser.add_argument("--reduction", type=float, default=0.4)
+    parser.add_argument(
+        "--speedup",
+        type=float,
+        default=0.0,
+        help="allocate by sensitivity to this predicted speed-up (0: uniform, --reduction)",
+    )
+    parser.add_argument("--sensitivity-views", type=int, default=64)
+    parser.add_argument("--ridge", type=float, default=1e-3, help="least-squares ridge term")
+    parser.add_argument("--mix", type=float, default=0.0, help="share of mixed training views")
+    parser.add_argument("--layers", choices=("all", "expansion"), default="expansion")
     parser.add_argument(
         "--score", choices=("l1", "activation", "sensitivity"), default="activation"
     )
