@@ -173,6 +173,7 @@ def test_prune_method_accepts_computed_padding_and_offers_expansions(
     assert method.check(ctx) is None  # Shape/Slice/Pad chains fold away
     names = [v.name for v in method.variants(ctx)]
     assert "prune-expansion-40" in names
+    assert {"prune-latency-130", "prune-latency-130-int8"} <= set(names)
 
 
 @pytest.fixture(scope="module")
@@ -272,3 +273,38 @@ def test_photo_views_mix_photos_of_the_same_set() -> None:
     assert np.array_equal(photo_views(8, size=32, seed=3), photo_views(8, size=32, seed=3, mix=0))
     with pytest.raises(InvalidArgument, match="mix"):
         photo_views(2, mix=1.5)
+
+
+def test_prune_latency_variant_chains_with_int8(
+    tiny: onnx.ModelProto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from types import SimpleNamespace
+
+    from forwardpass.optimize.data import Samples
+    from forwardpass.optimize.methods import BuildContext
+    from forwardpass.optimize.methods import prune as prune_method
+    from forwardpass.optimize.target import Target
+
+    # The toy's prunable layers are a sliver of its ONNX Runtime time (see above): ask for
+    # a speed-up it can give, through the variant's own options.
+    monkeypatch.setattr(prune_method, "_SPEEDUP", 1.002)
+    monkeypatch.setattr(prune_method, "_SENSITIVITY_VIEWS", 16)
+    monkeypatch.setattr(prune_method, "_RECONSTRUCT_VIEWS", 16)
+    onnx.save(tiny, str(tmp_path / "model.onnx"))
+    config = SimpleNamespace(
+        inputs=[SimpleNamespace(name="input")], outputs=[object()], batching=True
+    )
+    calibration = Samples({"input": views(32)}, "photos")
+    ctx = BuildContext(tmp_path / "model.onnx", config, Target.CPU, calibration, tmp_path)  # type: ignore[arg-type]
+    method = prune_method.PruneMethod()
+    variant = next(v for v in method.variants(ctx) if v.name == "prune-latency-130-int8")
+    folder = tmp_path / variant.name
+    folder.mkdir()
+    notes = method.build(ctx, variant, folder / "model.onnx")
+    assert any("allocated by sensitivity" in n for n in notes)
+    assert any("static INT8" in n for n in notes) and any("calibrated on 32" in n for n in notes)
+    ops = {n.op_type for n in onnx.load(str(folder / "model.onnx")).graph.node}
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    pruned = onnx.load(str(folder / "pruned.onnx"))
+    assert count_flops(pruned).flops < count_flops(tiny).flops  # the INT8 model is the pruned one
+    assert run_onnx(folder / "model.onnx", views(2, seed=8)).shape == (2, 5)

@@ -147,4 +147,4 @@ def _quantized(ctx: BuildContext, pruned: Path, output: Path) -> list[str]:
     workdir = output.parent / "int8"
     workdir.mkdir(exist_ok=True)
     chained = replace(ctx, source=pruned, workdir=workdir, _model=None)
-    return [f"then {variant.description}", *method.build(chained, variant, output)]
+    return [f"then static INT8: {variant.description}", *method.build(chained, variant, output)]
