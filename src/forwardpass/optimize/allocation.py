@@ -170,7 +170,8 @@ def group_sensitivity(
     ``module`` must answer logits (``module.logits``); ``order`` ranks each group's channels,
     weakest first. The consumer of a cut is re-fitted on ``fit_inputs`` only, and the KL and
     agreement are measured on ``eval_inputs`` only: a layer fitted on the views it is judged
-    on (a 1280-input dense layer on 32 views) would look lossless.
+    on (a 1280-input dense layer on 32 views) would look lossless. A group whose channels
+    feed more than one consumer is not tried, and :func:`allocate` leaves it whole.
     """
     import torch
     import torch.nn.functional as F

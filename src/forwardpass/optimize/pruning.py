@@ -13,7 +13,9 @@ engine:
 3. channels are ranked by L1 norm of their weights (times |γ/σ| of a following BatchNorm), or
    by *sensitivity*: how much the outputs move, on a few batches, when the channel is masked;
 4. the same fraction of the lowest-ranked channels is removed from every group, that fraction
-   found by bisection so the Conv/Gemm/MatMul FLOPs fall by at least the target;
+   found by bisection so the Conv/Gemm/MatMul FLOPs fall by at least the target — or, with
+   ``speedup``, each group loses what it can best afford: its sensitivity measured alone, its
+   cost in ONNX Runtime's kernel times, allocated greedily (:mod:`.allocation`);
 5. a short fine-tune by distillation from the original's outputs (:mod:`.training`; labels,
    when given, add a cross-entropy term); export (opset 17, dynamic batch) and a check
    against ONNX Runtime.
