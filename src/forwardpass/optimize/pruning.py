@@ -17,8 +17,8 @@ engine:
    ``speedup``, each group loses what it can best afford: its sensitivity measured alone, its
    cost in ONNX Runtime's kernel times, allocated greedily (:mod:`.allocation`);
 5. a short fine-tune by distillation from the original's outputs (:mod:`.training`; labels,
-   when given, add a cross-entropy term); export (opset 17, dynamic batch) and a check
-   against ONNX Runtime.
+   when given, add a cross-entropy term); export (opset 17, dynamic batch), uneven pads
+   folded back into the convolutions (:mod:`.padfold`) and a check against ONNX Runtime.
 
 Unstructured pruning (:func:`prune_unstructured`, no torch) zeroes the smallest weights. ONNX
 Runtime multiplies zeros like any number: the file compresses better, but no speed-up is
@@ -134,6 +134,8 @@ class PruneResult:
     reconstructed: int = 0
     #: Speed-up the kernel-time model predicted for the plan (0: allocation by FLOPs).
     predicted_speedup: float = 0.0
+    #: Pad nodes of the export folded back into their convolutions.
+    pads_folded: int = 0
 
     @property
     def reduction(self) -> float:
@@ -160,6 +162,8 @@ class PruneResult:
                 f"channels allocated by sensitivity per unit of ONNX Runtime kernel time: "
                 f"{self.predicted_speedup:.2f}× predicted at batch 1, one thread"
             )
+        if self.pads_folded:
+            notes.append(f"{self.pads_folded} Pad nodes of the export folded into their Convs")
         if self.reconstructed:
             notes.append(f"{self.reconstructed} layers re-fitted by least squares after the cut")
         if self.losses:
@@ -650,6 +654,9 @@ def prune_structured(
     pruned.logits = False
     dynamic = not any(d.dim_value > 0 for d in model.graph.input[0].type.tensor_type.shape.dim[:1])
     export(pruned, output, [inputs[:2]], [in_name], [out_name], dynamic_batch=dynamic)
+    from forwardpass.optimize.padfold import fold_pads
+
+    folded = fold_pads(output)  # uneven "same" pads back into the Convs (see padfold.py)
     import onnx
 
     written = onnx.load(str(output))
@@ -669,6 +676,7 @@ def prune_structured(
         max_abs_diff=after_diff,
         reconstructed=refit,
         predicted_speedup=predicted,
+        pads_folded=folded,
     )
 
 

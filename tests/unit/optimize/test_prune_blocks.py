@@ -308,3 +308,24 @@ def test_prune_latency_variant_chains_with_int8(
     pruned = onnx.load(str(folder / "pruned.onnx"))
     assert count_flops(pruned).flops < count_flops(tiny).flops  # the INT8 model is the pruned one
     assert run_onnx(folder / "model.onnx", views(2, seed=8)).shape == (2, 5)
+
+
+def test_uneven_pads_of_the_export_fold_into_the_convolutions(
+    tiny: onnx.ModelProto, tmp_path: Path
+) -> None:
+    from forwardpass.optimize.padfold import fold_pads
+    from forwardpass.optimize.torch_graph import convert, export
+
+    module = convert(tiny)
+    x = views(4)
+    module.record_shapes(torch.from_numpy(x[:1]))
+    path = tmp_path / "reexported.onnx"
+    export(module, path, [x[:2]], ["input"], ["logits"])
+    before = run_onnx(path, x)
+    pads = sum(n.op_type == "Pad" for n in onnx.load(str(path)).graph.node)
+    assert pads >= 1  # torch writes the stem's uneven "same" pad as a Pad node
+    assert fold_pads(path) == pads
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert "Pad" not in ops and "Conv" in ops
+    assert np.allclose(run_onnx(path, x), before, atol=1e-5)
+    assert fold_pads(path) == 0  # nothing left to fold; the file is left as it is
