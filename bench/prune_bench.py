@@ -73,6 +73,33 @@ def latencies(paths: dict[str, Path], sample: np.ndarray, iterations: int) -> di
     }
 
 
+def kernel_ms(path: Path, sample: np.ndarray, runs: int = 20) -> float:
+    """Sum over nodes of each node's fastest kernel time (ms) in ONNX Runtime's profile.
+
+    Batch 1, one thread. Other processes only ever add time, so on a loaded machine this is
+    a steadier comparison than wall-clock percentiles (it leaves out time between kernels).
+    """
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory(prefix="forwardpass-profile-") as tmp:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(tmp) / "profile")
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        for _ in range(runs):
+            session.run(None, {"input": sample[:1]})
+        events = json.loads(Path(session.end_profiling()).read_text())
+    fastest: dict[str, float] = {}
+    for event in events:
+        name = event.get("name", "")
+        if event.get("cat") == "Node" and name.endswith("_kernel_time"):
+            fastest[name] = min(fastest.get(name, float("inf")), float(event["dur"]))
+    return sum(fastest.values()) / 1000
+
+
 def agreement(original: np.ndarray, pruned: np.ndarray) -> float:
     return float(np.mean(original.argmax(1) == pruned.argmax(1)))
 
@@ -96,7 +123,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             add(MODEL, repository)
         source = repository / MODEL / "1" / "model.onnx"
         train_photos, held_photos = split_photos()
-        train = photo_views(args.views, photos=train_photos, seed=args.seed)
+        train = photo_views(args.views, photos=train_photos, seed=args.seed, mix=args.mix)
         new_views = photo_views(args.eval_views, photos=train_photos, seed=args.seed + 1)
         unseen = photo_views(args.eval_views, photos=held_photos, seed=args.seed + 2)
         options = PruneOptions(
@@ -112,8 +139,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             ),
             probe_samples=min(64, args.views),
             channel_multiple=args.channel_multiple,
-            layers="expansion",
+            layers=args.layers,
             reconstruct_samples=min(args.reconstruct, args.views),
+            speedup=args.speedup,
+            sensitivity_samples=args.sensitivity_views,
+            ridge=args.ridge,
         )
         pruned = work / "pruned.onnx"
         start = time.perf_counter()
@@ -124,6 +154,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for name, x in (("new_views", new_views), ("unseen_photos", unseen))
         }
         timing = latencies({"original": source, "pruned": pruned}, unseen, args.iterations)
+        kernels = {"original": kernel_ms(source, unseen), "pruned": kernel_ms(pruned, unseen)}
         return {
             "model": MODEL,
             "flops": {
@@ -135,6 +166,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "size_bytes": {"original": source.stat().st_size, "pruned": pruned.stat().st_size},
             "latency_batch1_1thread": timing,
             "speedup": timing["original"]["p50_ms"] / timing["pruned"]["p50_ms"],
+            "kernel_ms": kernels,
+            "kernel_speedup": kernels["original"] / kernels["pruned"],
+            "predicted_speedup": result.predicted_speedup,
             "top1_agreement": {k: agreement(*v) for k, v in answers.items()},
             "training": {
                 "seconds": seconds,
@@ -153,6 +187,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model-repository", type=Path)
     parser.add_argument("--reduction", type=float, default=0.4)
+    parser.add_argument(
+        "--speedup",
+        type=float,
+        default=0.0,
+        help="allocate by sensitivity to this predicted speed-up (0: uniform, --reduction)",
+    )
+    parser.add_argument("--sensitivity-views", type=int, default=64)
+    parser.add_argument("--ridge", type=float, default=1e-3, help="least-squares ridge term")
+    parser.add_argument("--mix", type=float, default=0.0, help="share of mixed training views")
+    parser.add_argument("--layers", choices=("all", "expansion"), default="expansion")
     parser.add_argument(
         "--score", choices=("l1", "activation", "sensitivity"), default="activation"
     )
@@ -181,6 +225,11 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"latency batch 1, 1 thread: {lat['original']['p50_ms']:.2f} ms → "
         f"{lat['pruned']['p50_ms']:.2f} ms ({report['speedup']:.2f}× faster)"
+    )
+    print(
+        f"kernel time (fastest per node): {report['kernel_ms']['original']:.2f} ms → "
+        f"{report['kernel_ms']['pruned']:.2f} ms ({report['kernel_speedup']:.2f}×; "
+        f"predicted {report['predicted_speedup']:.2f}×)"
     )
     agree = report["top1_agreement"]
     print(

@@ -7,8 +7,11 @@ scikit-learn two more (``load_sample_images``: a temple and a flower). :func:`ph
 turns them into as many views as asked: a random resized crop (a quarter of the area up to
 all of it, aspect 3:4 to 4:3), a horizontal flip half the time and colour jitter
 (brightness, contrast, saturation ±30 %), resized to the model's square input and normalised
-like its training data. Which photos a run trains on and which it judges on are chosen by
-name (:func:`split_photos`), so agreement is measured on photos never trained on.
+like its training data; with ``mix``, some views blend two photos of the same set (mixup: a
+weighted mean; cutmix: a rectangle of one pasted into the other) — inputs no photo alone
+gives, which the teacher labels like any other. Which photos a run trains on and which it
+judges on are chosen by name (:func:`split_photos`), so agreement is measured on photos never
+trained on.
 
 Needs scikit-image, scikit-learn and Pillow; a photo that a package no longer ships (or would
 download) is left out, and :func:`available_photos` says which remain.
@@ -49,6 +52,8 @@ _SKIMAGE = (
     "text",
 )
 _SKLEARN = ("china", "flower")
+#: Photos behind a differently shaped loader: name → (function, index into what it returns).
+_SKIMAGE_PARTS = {"motorcycle": ("stereo_motorcycle", 0)}  # the left view of a stereo pair
 
 
 def _rgb(image: np.ndarray) -> np.ndarray:
@@ -72,6 +77,10 @@ def _photos() -> dict[str, np.ndarray]:
             with contextlib.suppress(Exception), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 photos[name] = _rgb(getattr(skdata, name)())
+        for name, (loader, part) in _SKIMAGE_PARTS.items():
+            with contextlib.suppress(Exception), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                photos[name] = _rgb(getattr(skdata, loader)()[part])
     try:
         from sklearn.datasets import load_sample_images
     except ImportError:
@@ -105,18 +114,20 @@ def photo_views(
     mean: float = 127.0,
     std: float = 128.0,
     seed: int = 0,
+    mix: float = 0.0,
 ) -> np.ndarray:
     """``count`` augmented views of ``photos`` (all by default), float32 ``[count, 3, size, size]``.
 
     Each view is ``(pixels - mean) / std`` of a random resized crop, maybe flipped, with
     colour jitter (see the module docstring); the photos take turns, so every photo gives
-    ``count / len(photos)`` views, give or take one. Seeded: the same arguments give the same
-    views.
+    ``count / len(photos)`` views, give or take one. A share ``mix`` of the views (0 to 1)
+    is then mixed with a view of another of ``photos`` (mixup or cutmix, half each). Seeded:
+    the same arguments give the same views.
     """
-    from PIL import Image
-
     if count < 1 or size < 8:
         raise InvalidArgument(f"need count >= 1 and size >= 8 (got {count}, {size})")
+    if not 0.0 <= mix <= 1.0:
+        raise InvalidArgument(f"mix is a share of the views, from 0 to 1, not {mix}")
     every = _photos()
     names = list(available_photos() if photos is None else photos)
     unknown = [n for n in names if n not in every]
@@ -129,22 +140,40 @@ def photo_views(
     rng = np.random.default_rng(seed)
     out = np.empty((count, 3, size, size), dtype=np.float32)
     for i in range(count):
-        image = every[names[i % len(names)]]
-        h, w = image.shape[:2]
-        area = h * w * rng.uniform(0.25, 1.0)
-        aspect = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
-        ch = int(min(h, max(8, round(np.sqrt(area / aspect)))))
-        cw = int(min(w, max(8, round(np.sqrt(area * aspect)))))
-        top, left = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
-        crop = Image.fromarray(image[top : top + ch, left : left + cw])
-        view = np.asarray(crop.resize((size, size), Image.Resampling.BICUBIC), np.float32)
-        if rng.random() < 0.5:
-            view = view[:, ::-1]
-        brightness, contrast, saturation = rng.uniform(0.7, 1.3, 3)
-        view = view * brightness
-        view = (view - view.mean()) * contrast + view.mean()
-        grey = view.mean(axis=2, keepdims=True)
-        view = (view - grey) * saturation + grey
-        view = np.clip(view, 0, 255)
+        view = _view(every[names[i % len(names)]], size, rng)
+        if mix > 0 and len(names) > 1 and rng.random() < mix:
+            other = names[(i + int(rng.integers(1, len(names)))) % len(names)]
+            second = _view(every[other], size, rng)
+            if rng.random() < 0.5:
+                weight = rng.uniform(0.3, 0.7)
+                view = weight * view + (1 - weight) * second
+            else:
+                side = int(size * np.sqrt(rng.uniform(0.2, 0.5)))
+                top, left = rng.integers(0, size - side + 1, 2)
+                view[top : top + side, left : left + side] = second[
+                    top : top + side, left : left + side
+                ]
         out[i] = ((view - mean) / std).transpose(2, 0, 1)
     return out
+
+
+def _view(image: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """A random resized crop of ``image``, maybe flipped, colour-jittered: float [size, size, 3]."""
+    from PIL import Image
+
+    h, w = image.shape[:2]
+    area = h * w * rng.uniform(0.25, 1.0)
+    aspect = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
+    ch = int(min(h, max(8, round(np.sqrt(area / aspect)))))
+    cw = int(min(w, max(8, round(np.sqrt(area * aspect)))))
+    top, left = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+    crop = Image.fromarray(image[top : top + ch, left : left + cw])
+    view = np.asarray(crop.resize((size, size), Image.Resampling.BICUBIC), np.float32)
+    if rng.random() < 0.5:
+        view = view[:, ::-1]
+    brightness, contrast, saturation = rng.uniform(0.7, 1.3, 3)
+    view = view * brightness
+    view = (view - view.mean()) * contrast + view.mean()
+    grey = view.mean(axis=2, keepdims=True)
+    view = (view - grey) * saturation + grey
+    return np.clip(view, 0, 255)

@@ -13,10 +13,12 @@ engine:
 3. channels are ranked by L1 norm of their weights (times |γ/σ| of a following BatchNorm), or
    by *sensitivity*: how much the outputs move, on a few batches, when the channel is masked;
 4. the same fraction of the lowest-ranked channels is removed from every group, that fraction
-   found by bisection so the Conv/Gemm/MatMul FLOPs fall by at least the target;
+   found by bisection so the Conv/Gemm/MatMul FLOPs fall by at least the target — or, with
+   ``speedup``, each group loses what it can best afford: its sensitivity measured alone, its
+   cost in ONNX Runtime's kernel times, allocated greedily (:mod:`.allocation`);
 5. a short fine-tune by distillation from the original's outputs (:mod:`.training`; labels,
-   when given, add a cross-entropy term); export (opset 17, dynamic batch) and a check
-   against ONNX Runtime.
+   when given, add a cross-entropy term); export (opset 17, dynamic batch), uneven pads
+   folded back into the convolutions (:mod:`.padfold`) and a check against ONNX Runtime.
 
 Unstructured pruning (:func:`prune_unstructured`, no torch) zeroes the smallest weights. ONNX
 Runtime multiplies zeros like any number: the file compresses better, but no speed-up is
@@ -68,6 +70,8 @@ _POOLS = {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool"}
 _MAX_RATIO = 0.95
 #: Positions a least-squares re-fit samples at most (XᵀX costs rows × channels²).
 _MAX_ROWS = 100_000
+#: A least-squares re-fit needs this many rows (positions × samples) per input column.
+_MIN_ROWS_PER_INPUT = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +95,12 @@ class PruneOptions:
     reconstruct_samples: int = 0
     #: Ridge term of that solve, relative to the mean diagonal of XᵀX.
     ridge: float = 1e-3
+    #: When > 0: cut where it buys the most time per unit of distortion until ONNX Runtime's
+    #: kernel times predict this speed-up (:mod:`.allocation`), instead of one ratio for every
+    #: group to ``flops_reduction``.
+    speedup: float = 0.0
+    #: Views the per-group sensitivity runs on (half re-fit each trial, half judge it).
+    sensitivity_samples: int = 64
 
 
 @dataclass(slots=True)
@@ -122,6 +132,10 @@ class PruneResult:
     max_abs_diff: float = 0.0
     #: Consumers re-fitted by least squares after the cut (see :func:`reconstruct`).
     reconstructed: int = 0
+    #: Speed-up the kernel-time model predicted for the plan (0: allocation by FLOPs).
+    predicted_speedup: float = 0.0
+    #: Pad nodes of the export folded back into their convolutions.
+    pads_folded: int = 0
 
     @property
     def reduction(self) -> float:
@@ -143,6 +157,13 @@ class PruneResult:
                 + ", ".join(f"{_short(k)} {a}→{b}" for k, (a, b) in self.channels.items())
             )
         notes += [f"kept whole: {_short(k)} ({why})" for k, why in self.kept_whole.items()]
+        if self.predicted_speedup:
+            notes.append(
+                f"channels allocated by sensitivity per unit of ONNX Runtime kernel time: "
+                f"{self.predicted_speedup:.2f}× predicted at batch 1, one thread"
+            )
+        if self.pads_folded:
+            notes.append(f"{self.pads_folded} Pad nodes of the export folded into their Convs")
         if self.reconstructed:
             notes.append(f"{self.reconstructed} layers re-fitted by least squares after the cut")
         if self.losses:
@@ -411,7 +432,8 @@ def _solve(layer: Dense, inputs: torch.Tensor, target: torch.Tensor, ridge: floa
     """Set ``layer`` (1×1 conv or linear) to the least-squares map ``inputs → target``.
 
     Ridge-regularised towards the layer's current (sliced original) weights, not towards
-    zero: where a few samples do not pin a weight down, it stays what training made it.
+    zero: where a few samples do not pin a weight down, it stays what training made it. With
+    fewer than ``_MIN_ROWS_PER_INPUT`` rows per input column only the bias is corrected.
     """
     import torch
 
@@ -422,6 +444,12 @@ def _solve(layer: Dense, inputs: torch.Tensor, target: torch.Tensor, ridge: floa
         inputs, target = inputs.flatten(2)[:, :, index], target.flatten(2)[:, :, index]
     x = inputs.movedim(1, -1).reshape(-1, inputs.shape[1]).double()
     y = target.movedim(1, -1).reshape(-1, target.shape[1]).double()
+    if len(x) < _MIN_ROWS_PER_INPUT * x.shape[1]:
+        # Fewer rows than unknowns (a dense layer on a few dozen samples): a solve would fit
+        # those samples and nothing else. Only the bias moves, by the mean residual.
+        current = x @ layer.weight.detach().reshape(len(layer.weight), -1).double().T
+        layer.bias = torch.nn.Parameter((y - current).mean(0).float().contiguous())
+        return
     x = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1)
     old = layer.weight.detach().reshape(len(layer.weight), -1).double()
     bias = layer.bias.detach().double() if layer.bias is not None else torch.zeros(len(old))
@@ -441,6 +469,7 @@ def reconstruct(
     groups: list[ChannelGroup],
     inputs: torch.Tensor,
     ridge: float = 1e-3,
+    keeps: Mapping[str, torch.Tensor] | None = None,
 ) -> int:
     """Re-fit the consumers of ``groups`` in ``pruned`` to reproduce ``original``; how many.
 
@@ -451,6 +480,8 @@ def reconstruct(
     network's activations onto the *original*'s outputs at that point (He et al., 2017,
     "Channel pruning for accelerating very deep neural networks"); later layers then see the
     errors of the earlier fits, not of the raw cut. Other consumers are left to the fine-tune.
+    A consumer that lost output channels too (it is itself a pruned producer) is fitted to the
+    original's kept channels, ``keeps[layer]``; without ``keeps`` it is left as it is.
     """
     import torch
 
@@ -467,8 +498,12 @@ def reconstruct(
             out_o = original._run(theirs, [env_o[n] for n in theirs.inputs])
             args = [env_p[n] for n in ours.inputs]
             if ours.layer in wanted and _refittable(pruned, ours):
-                _solve(_dense(pruned, ours.layer), args[0], out_o, ridge)
-                count += 1
+                target = out_o
+                if keeps is not None and ours.layer in keeps:
+                    target = out_o.index_select(1, keeps[ours.layer])
+                if target.shape[1] == _dense(pruned, ours.layer).weight.shape[0]:
+                    _solve(_dense(pruned, ours.layer), args[0], target, ridge)
+                    count += 1
             env_o[theirs.output] = out_o
             env_p[ours.output] = pruned._run(ours, args)
             for name in [n for n in ours.inputs if last_use.get(n) == index]:
@@ -600,13 +635,17 @@ def prune_structured(
         else:
             score = _l1_scores(module, g)
         order[g.producer] = torch.argsort(score)  # ascending: the first are removed first
-    pruned, keeps = _search(
-        module, groups, order, options.flops_reduction, options.channel_multiple
-    )
+    predicted = 0.0
+    if options.speedup > 0:
+        pruned, keeps, predicted = _allocated(model, module, groups, order, inputs, options)
+    else:
+        pruned, keeps = _search(
+            module, groups, order, options.flops_reduction, options.channel_multiple
+        )
     refit = 0
     if options.reconstruct_samples > 0:
         sample = torch.from_numpy(inputs[: options.reconstruct_samples])
-        refit = reconstruct(module, pruned, groups, sample, options.ridge)
+        refit = reconstruct(module, pruned, groups, sample, options.ridge, keeps)
     losses: list[float] = []
     if options.fit.max_steps > 0:
         losses = fit(
@@ -615,6 +654,9 @@ def prune_structured(
     pruned.logits = False
     dynamic = not any(d.dim_value > 0 for d in model.graph.input[0].type.tensor_type.shape.dim[:1])
     export(pruned, output, [inputs[:2]], [in_name], [out_name], dynamic_batch=dynamic)
+    from forwardpass.optimize.padfold import fold_pads
+
+    folded = fold_pads(output)  # uneven "same" pads back into the Convs (see padfold.py)
     import onnx
 
     written = onnx.load(str(output))
@@ -633,7 +675,47 @@ def prune_structured(
         losses=tuple(losses),
         max_abs_diff=after_diff,
         reconstructed=refit,
+        predicted_speedup=predicted,
+        pads_folded=folded,
     )
+
+
+def _allocated(
+    model: onnx.ModelProto,
+    module: GraphModule,
+    groups: list[ChannelGroup],
+    order: Mapping[str, torch.Tensor],
+    inputs: np.ndarray,
+    options: PruneOptions,
+) -> tuple[GraphModule, dict[str, torch.Tensor], float]:
+    """Prune by :func:`.allocation.allocate`: (pruned, kept channels, predicted speed-up)."""
+    import torch
+
+    from forwardpass.optimize.allocation import (
+        allocate,
+        group_sensitivity,
+        layer_times,
+        predicted_time,
+    )
+
+    half = max(1, min(options.sensitivity_samples, len(inputs)) // 2)
+    if len(inputs) < 2 * half:
+        raise Unsupported("sensitivity allocation needs at least two samples")
+    sample = torch.from_numpy(inputs[: 2 * half])
+    found = group_sensitivity(
+        module,
+        groups,
+        order,
+        sample[:half],
+        sample[half:],
+        multiple=options.channel_multiple,
+        ridge=options.ridge,
+    )
+    times = layer_times(model, module)
+    counts = allocate(groups, found, times, options.speedup, options.channel_multiple)
+    keeps = {g.producer: order[g.producer][-counts[g.producer] :].sort().values for g in groups}
+    speedup = times.total / predicted_time(times, groups, counts)
+    return apply_pruning(module, groups, keeps), keeps, speedup
 
 
 def prune_unstructured(model: onnx.ModelProto, output: Path, sparsity: float = 0.5) -> PruneResult:

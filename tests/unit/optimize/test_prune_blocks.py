@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 
-from forwardpass.errors import InvalidArgument
+from forwardpass.errors import InvalidArgument, Unsupported
 from forwardpass.optimize.feedforward import count_flops, fold_shapes, unsupported_ops
 from forwardpass.optimize.photos import available_photos, photo_views, split_photos
 from forwardpass.optimize.pruning import (
@@ -172,3 +173,159 @@ def test_prune_method_accepts_computed_padding_and_offers_expansions(
     assert method.check(ctx) is None  # Shape/Slice/Pad chains fold away
     names = [v.name for v in method.variants(ctx)]
     assert "prune-expansion-40" in names
+    assert {"prune-latency-130", "prune-latency-130-int8"} <= set(names)
+
+
+@pytest.fixture(scope="module")
+def converted(tiny: onnx.ModelProto):  # type: ignore[no-untyped-def]
+    from forwardpass.optimize.torch_graph import convert
+
+    module = convert(tiny)
+    module.record_shapes(torch.from_numpy(views(1)))
+    module.logits = True
+    groups, _ = channel_groups(module)
+    return module, groups
+
+
+def test_kernel_times_are_credited_to_layers_and_scale_with_the_plan(
+    tiny: onnx.ModelProto,
+    converted,  # type: ignore[no-untyped-def]
+) -> None:
+    from forwardpass.optimize.allocation import layer_times, predicted_time
+    from forwardpass.optimize.torch_graph import Dense
+
+    module, groups = converted
+    times = layer_times(tiny, module)
+    dense = {k for k, layer in module.layers.items() if isinstance(layer, Dense)}
+    assert set(times.layers) == dense  # every Conv/Gemm (activations fused in) and only them
+    assert all(t > 0 for t in times.layers.values()) and times.other >= 0
+    whole = {g.producer: g.channels for g in groups}
+    assert predicted_time(times, groups, whole) == pytest.approx(times.total)
+    head = next(g for g in groups if "head" in g.tensor)
+    half = {**whole, head.producer: head.channels // 2}
+    saved = times.total - predicted_time(times, groups, half)
+    fc = next(k for k, _ in head.consumers)
+    # The head conv and the dense layer it feeds each run at half their channels.
+    assert saved == pytest.approx((times.layers[head.producer] + times.layers[fc]) / 2)
+
+
+def test_sensitivity_is_judged_on_other_views_than_the_refit(converted) -> None:  # type: ignore[no-untyped-def]
+    from forwardpass.optimize.allocation import group_sensitivity
+
+    module, groups = converted
+    order = {g.producer: torch.arange(g.channels) for g in groups}
+    fit, judge = torch.from_numpy(views(24)), torch.from_numpy(views(24, seed=5))
+    found = group_sensitivity(module, groups, order, fit, judge, multiple=1)
+    assert set(found) == {g.producer for g in groups}
+    for curve in found.values():
+        assert [p[0] for p in curve.points] == [0.25, 0.5, 0.75]
+        assert all(p[2] >= 0 and 0 <= p[3] <= 1 for p in curve.points)
+        kept = [p[1] for p in curve.points]
+        assert kept == sorted(kept, reverse=True) and kept[-1] < curve.channels
+        assert curve.kl(0) == 0 and curve.kl(0.5) == pytest.approx(curve.points[1][2])
+    # Fitted on the views it is judged on, the 16-input dense layer reproduces the head on
+    # them almost exactly; judged on other views, the cut costs something.
+    head = next(g for g in groups if "head" in g.tensor).producer
+    same = group_sensitivity(module, groups, order, fit, fit, multiple=1)[head]
+    assert found[head].points[-1][2] > same.points[-1][2]
+
+
+def test_allocation_reaches_the_predicted_speedup_or_says_how_far_it_gets(
+    tiny: onnx.ModelProto,
+    tmp_path: Path,
+) -> None:
+    import re
+
+    x = views(48)
+    options = PruneOptions(
+        score="activation",
+        fit=FitSettings(epochs=1, max_steps=2, batch_size=8),
+        channel_multiple=1,
+        reconstruct_samples=24,
+        speedup=50.0,
+        sensitivity_samples=32,
+    )
+    with pytest.raises(Unsupported, match=r"at most .*× faster") as caught:
+        prune_structured(tiny, tmp_path / "too-far.onnx", x, None, options)
+    assert not (tmp_path / "too-far.onnx").exists()
+    # On a 32×32 toy, ONNX Runtime's per-node costs (pads, adds, pooling) dominate: ask for
+    # half of the most the prunable layers can give.
+    most = float(re.search(r"at most ([0-9.]+)×", str(caught.value)).group(1))  # type: ignore[union-attr]
+    assert most > 1.0
+    wanted = 1 + (most - 1) / 2
+    result = prune_structured(
+        tiny, tmp_path / "pruned.onnx", x, None, replace(options, speedup=wanted)
+    )
+    assert result.predicted_speedup >= wanted
+    assert any("allocated by sensitivity" in note for note in result.notes())
+    assert any(after < before for before, after in result.channels.values())
+    assert run_onnx(tmp_path / "pruned.onnx", views(3, seed=4)).shape == (3, 5)
+
+
+def test_photo_views_mix_photos_of_the_same_set() -> None:
+    assert "motorcycle" in available_photos()  # a stereo pair's left view joins the photos
+    plain = photo_views(8, size=32, photos=["chelsea", "coffee"], seed=3)
+    mixed = photo_views(8, size=32, photos=["chelsea", "coffee"], seed=3, mix=1.0)
+    assert mixed.shape == plain.shape and not np.array_equal(mixed, plain)
+    assert np.array_equal(
+        mixed, photo_views(8, size=32, photos=["chelsea", "coffee"], seed=3, mix=1.0)
+    )
+    assert np.array_equal(photo_views(8, size=32, seed=3), photo_views(8, size=32, seed=3, mix=0))
+    with pytest.raises(InvalidArgument, match="mix"):
+        photo_views(2, mix=1.5)
+
+
+def test_prune_latency_variant_chains_with_int8(
+    tiny: onnx.ModelProto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from types import SimpleNamespace
+
+    from forwardpass.optimize.data import Samples
+    from forwardpass.optimize.methods import BuildContext
+    from forwardpass.optimize.methods import prune as prune_method
+    from forwardpass.optimize.target import Target
+
+    # The toy's prunable layers are a sliver of its ONNX Runtime time (see above): ask for
+    # a speed-up it can give, through the variant's own options.
+    monkeypatch.setattr(prune_method, "_SPEEDUP", 1.002)
+    monkeypatch.setattr(prune_method, "_SENSITIVITY_VIEWS", 16)
+    monkeypatch.setattr(prune_method, "_RECONSTRUCT_VIEWS", 16)
+    onnx.save(tiny, str(tmp_path / "model.onnx"))
+    config = SimpleNamespace(
+        inputs=[SimpleNamespace(name="input")], outputs=[object()], batching=True
+    )
+    calibration = Samples({"input": views(32)}, "photos")
+    ctx = BuildContext(tmp_path / "model.onnx", config, Target.CPU, calibration, tmp_path)  # type: ignore[arg-type]
+    method = prune_method.PruneMethod()
+    variant = next(v for v in method.variants(ctx) if v.name == "prune-latency-130-int8")
+    folder = tmp_path / variant.name
+    folder.mkdir()
+    notes = method.build(ctx, variant, folder / "model.onnx")
+    assert any("allocated by sensitivity" in n for n in notes)
+    assert any("static INT8" in n for n in notes) and any("calibrated on 32" in n for n in notes)
+    ops = {n.op_type for n in onnx.load(str(folder / "model.onnx")).graph.node}
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    pruned = onnx.load(str(folder / "pruned.onnx"))
+    assert count_flops(pruned).flops < count_flops(tiny).flops  # the INT8 model is the pruned one
+    assert run_onnx(folder / "model.onnx", views(2, seed=8)).shape == (2, 5)
+
+
+def test_uneven_pads_of_the_export_fold_into_the_convolutions(
+    tiny: onnx.ModelProto, tmp_path: Path
+) -> None:
+    from forwardpass.optimize.padfold import fold_pads
+    from forwardpass.optimize.torch_graph import convert, export
+
+    module = convert(tiny)
+    x = views(4)
+    module.record_shapes(torch.from_numpy(x[:1]))
+    path = tmp_path / "reexported.onnx"
+    export(module, path, [x[:2]], ["input"], ["logits"])
+    before = run_onnx(path, x)
+    pads = sum(n.op_type == "Pad" for n in onnx.load(str(path)).graph.node)
+    assert pads >= 1  # torch writes the stem's uneven "same" pad as a Pad node
+    assert fold_pads(path) == pads
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert "Pad" not in ops and "Conv" in ops
+    assert np.allclose(run_onnx(path, x), before, atol=1e-5)
+    assert fold_pads(path) == 0  # nothing left to fold; the file is left as it is
