@@ -324,3 +324,24 @@ def test_incremental_text_equals_the_whole_decode(smollm2: Any, make_scheduler: 
     )
     for result in results:
         assert result.text == smollm2.model.decode(list(result.token_ids))
+
+
+def test_cache_swap_exchanges_two_slots() -> None:
+    from forwardpass.generation.kvcache import KVCache
+    from forwardpass.zoo.decoder import DecoderShape
+
+    cache = KVCache(DecoderShape(1, 2, 4, 10), context=16, slots=3)
+    rng = np.random.default_rng(1)
+    written = []
+    for count in (3, 9, 5):
+        slot = cache.acquire()
+        assert slot is not None
+        new = [rng.standard_normal((2, 2, count, 4)).astype(np.float32) for _ in range(2)]
+        cache.write_prefill(slot, new, row=1, count=count - 1)  # row 1, all but the last
+        written.append(new)
+    cache.swap(0, 2)
+    assert list(cache.lengths) == [4, 8, 2]
+    for slot, source in ((0, 2), (1, 1), (2, 0)):
+        count = int(cache.lengths[slot])
+        for buffer, array in zip(cache.buffers, written[source], strict=True):
+            np.testing.assert_array_equal(buffer[slot, :, :count], array[1, :, :count])
