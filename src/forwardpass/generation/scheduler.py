@@ -309,7 +309,13 @@ class GenerationScheduler:
     def _work(self) -> None:
         while True:
             with self._cond:
-                while not (self._arrivals or self._waiting or self._running or self._closing):
+                while not (
+                    self._arrivals
+                    or self._waiting
+                    or self._running
+                    or self._prefilling is not None
+                    or self._closing
+                ):
                     self._cond.wait()
                 if self._closing:
                     break

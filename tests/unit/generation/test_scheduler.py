@@ -288,6 +288,16 @@ def test_batched_and_chunked_prefill_match_each_alone(smollm2: Any, make_schedul
         assert scheduler.stats.prefill_seconds.count >= len(prompts[3]) // 32
 
 
+def test_a_lone_long_prompt_is_prefilled_in_chunks(smollm2: Any, make_scheduler: Any) -> None:
+    """Nothing else runs or waits between its chunks: the worker must not go to sleep."""
+    story = " ".join(["Tell me about the sea, the wind and the old lighthouse keeper."] * 4)
+    request = GenerationRequest(chat(smollm2, story), params(max_tokens=3, ignore_eos=True))
+    alone = asyncio.run(run_all(make_scheduler(slots=1), [request]))[0]
+    scheduler = make_scheduler(slots=1, prefill_tokens=16)
+    chunked = asyncio.run(asyncio.wait_for(run_all(scheduler, [request]), 60))[0]
+    assert chunked.token_ids == alone.token_ids and len(chunked.token_ids) == 3
+
+
 def test_cancel_while_a_long_prompt_is_prefilled_in_chunks(
     smollm2: Any, make_scheduler: Any
 ) -> None:
