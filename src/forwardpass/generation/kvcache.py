@@ -136,12 +136,26 @@ class KVCache:
             return [buffer[:rows] for buffer in self.buffers]
         return [np.ascontiguousarray(buffer[:rows, :, :window]) for buffer in self.buffers]
 
-    def write_prefill(self, slot: int, new: list[np.ndarray]) -> None:
-        """Store a prompt's keys and values (``[1, kv, S, d]`` each) at the start of ``slot``."""
+    def swap(self, a: int, b: int) -> None:
+        """Exchange the contents (and lengths) of live slots ``a`` and ``b``."""
+        if a == b:
+            return
+        n = int(max(self.lengths[a], self.lengths[b]))
+        for buffer in self.buffers:
+            held = buffer[a, :, :n].copy()
+            buffer[a, :, :n] = buffer[b, :, :n]
+            buffer[b, :, :n] = held
+        self.lengths[[a, b]] = self.lengths[[b, a]]
+
+    def write_prefill(
+        self, slot: int, new: list[np.ndarray], row: int = 0, count: int | None = None
+    ) -> None:
+        """Append the first ``count`` positions of row ``row`` of a prefill's keys and values
+        (``[B, kv, S, d]`` each; all ``S`` by default) to ``slot``."""
         start = int(self.lengths[slot])
-        count = new[0].shape[2]
+        count = new[0].shape[2] if count is None else count
         for buffer, array in zip(self.buffers, new, strict=True):
-            buffer[slot, :, start : start + count] = array[0]
+            buffer[slot, :, start : start + count] = array[row, :, :count]
         self.lengths[slot] = start + count
 
     def write_step(self, rows: int, new: list[np.ndarray]) -> None:

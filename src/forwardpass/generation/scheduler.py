@@ -3,10 +3,17 @@
 Guarantees:
 
 * **Continuous batching.** Every iteration of the worker thread admits up to
-  ``prefills_per_step`` waiting prompts (one prefill each, into a free cache slot), then runs
-  one decode step for every running sequence together. A sequence joins the batch the
-  iteration after its prefill and leaves it the moment it finishes; nobody waits for the
-  longest sequence of "their" batch.
+  ``prefills_per_step`` waiting prompts, at most ``prefill_tokens`` padded tokens, into free
+  cache slots and prefills them in one batched call, then runs one decode step for every
+  running sequence together. A sequence leaves the batch the moment it finishes; nobody
+  waits for the longest sequence of "their" batch.
+* **Batched prefill, chunked long prompts.** Prompts of a batch are right-padded to the
+  longest; padding never reaches a real position (attention is causal), and the cache keeps
+  only each prompt's own positions. The longest prompts' first token comes from the prefill;
+  a shorter prompt's last token is fed to the decode step that follows instead (its logits
+  in the padded prefill are at a padding position). A prompt longer than ``prefill_tokens``
+  is prefilled alone, one chunk per iteration, while the running sequences keep decoding
+  between its chunks; it sits in the cache's last slot, outside the decode batch, until done.
 * **One answer per request.** Each :class:`GenerationStream` receives its tokens in order and
   exactly one final event (finish reason ``stop``, ``length`` or ``cancelled``), or one
   error. A failed step fails the sequences in it, frees their slots, and the scheduler goes on.
@@ -132,6 +139,11 @@ class _Sequence:
     sent_chars: int = 0
     last_token_at: float = 0.0
     done: bool = False
+    #: Incremental detokenization: ``text`` is final; ids from ``prefix`` on are decoded
+    #: again each step (``read`` of them already gave ``text``'s tail).
+    text: str = ""
+    prefix: int = 0
+    read: int = 0
 
 
 class GenerationStream:
@@ -218,6 +230,9 @@ class GenerationScheduler:
         self._waiting: collections.deque[_Sequence] = collections.deque()
         #: Running sequences by slot: ``_running[i].slot == i``.
         self._running: list[_Sequence] = []
+        #: A prompt longer than ``prefill_tokens`` being prefilled a chunk per iteration; it
+        #: holds the cache's last slot (``len(_running)``), outside the decode batch.
+        self._prefilling: _Sequence | None = None
         self._closing = False
         self._thread = threading.Thread(target=self._work, name=f"fp-generate-{name}", daemon=True)
 
@@ -231,7 +246,7 @@ class GenerationScheduler:
 
     @property
     def running(self) -> int:
-        return len(self._running)
+        return len(self._running) + (self._prefilling is not None)
 
     @property
     def pending(self) -> int:
@@ -294,7 +309,13 @@ class GenerationScheduler:
     def _work(self) -> None:
         while True:
             with self._cond:
-                while not (self._arrivals or self._waiting or self._running or self._closing):
+                while not (
+                    self._arrivals
+                    or self._waiting
+                    or self._running
+                    or self._prefilling is not None
+                    or self._closing
+                ):
                     self._cond.wait()
                 if self._closing:
                     break
@@ -311,6 +332,8 @@ class GenerationScheduler:
         now = time.monotonic()
         for sequence in [s for s in self._running if s.stream.cancelled]:
             self._finish(sequence, FinishReason.CANCELLED, "")
+        if self._prefilling is not None and self._prefilling.stream.cancelled:
+            self._finish(self._prefilling, FinishReason.CANCELLED, "")
         timeout = self.settings.queue_timeout_s
         for sequence in list(self._waiting):
             if sequence.stream.cancelled:
@@ -325,42 +348,115 @@ class GenerationScheduler:
                         f"{timeout:g} s ({self.cache.slots} sequences fit); retry later"
                     )
                 )
-        admitted = 0
-        while self._waiting and admitted < self.settings.prefills_per_step:
-            slot = self.cache.acquire()
-            if slot is None:
-                break
-            sequence = self._waiting.popleft()
-            sequence.slot = slot
-            self._running.append(sequence)
-            admitted += 1
-            try:
-                self._prefill(sequence)
-            except ForwardpassError as exc:
-                self._fail(sequence, exc)
+        prefilled = False
+        if self._prefilling is not None:
+            self._prefill_chunk()
+            prefilled = True
+        elif self._waiting:
+            prefilled = self._admit()
         if self._running:
             self._decode_step()
-        elif self._waiting and not admitted:
+        elif self._waiting and not prefilled:
             # Nothing runs and nothing fits (cannot happen with >= 1 slot); avoid spinning.
             time.sleep(0.001)
 
-    def _prefill(self, sequence: _Sequence) -> None:
-        prompt = np.array([sequence.request.prompt_ids], np.int64)
-        count = prompt.shape[1]
+    def _admit(self) -> bool:
+        """Take waiting prompts into free slots and prefill them; whether any was taken."""
+        budget = self.settings.prefill_tokens
+        batch: list[_Sequence] = []
+        width = 0
+        while self._waiting and len(batch) < self.settings.prefills_per_step:
+            head = self._waiting[0]
+            count = len(head.request.prompt_ids)
+            if batch and (len(batch) + 1) * max(width, count) > budget:
+                break
+            slot = self.cache.acquire()
+            if slot is None:
+                break
+            self._waiting.popleft()
+            head.slot = slot
+            if count > budget:  # alone, in chunks (``batch`` is empty: the budget checks)
+                self._prefilling = head
+                self._prefill_chunk()
+                return True
+            self._running.append(head)
+            batch.append(head)
+            width = max(width, count)
+        if not batch:
+            return False
+        try:
+            self._prefill(batch, width)
+        except ForwardpassError as exc:
+            for sequence in batch:
+                self._fail(sequence, exc)
+        return True
+
+    def _prefill(self, batch: list[_Sequence], width: int) -> None:
+        """One call for ``batch``'s prompts, right-padded to ``width`` tokens."""
+        rows = len(batch)
+        ids = np.zeros((rows, width), np.int64)
+        for row, sequence in enumerate(batch):
+            prompt = sequence.request.prompt_ids
+            ids[row, : len(prompt)] = prompt
         shape = self.decoder.shape
-        empty = np.zeros((1, shape.kv_heads, 0, shape.head_dim), np.float32)
+        empty = np.zeros((rows, shape.kv_heads, 0, shape.head_dim), np.float32)
         began = time.monotonic()
         logits, new = self.decoder.run(
-            prompt,
-            np.arange(count, dtype=np.int64)[None],
-            np.zeros(1, np.int64),
+            ids,
+            np.tile(np.arange(width, dtype=np.int64), (rows, 1)),
+            np.zeros(rows, np.int64),
             [empty] * (2 * shape.layers),
         )
         if self.settings.window == "bucket":
-            self.cache.fit(count)
-        self.cache.write_prefill(sequence.slot, new)
-        self.stats.prompt_tokens += count
+            self.cache.fit(width)
+        ready: list[tuple[_Sequence, np.ndarray]] = []
+        for row, sequence in enumerate(batch):
+            prompt = sequence.request.prompt_ids
+            if len(prompt) == width:
+                self.cache.write_prefill(sequence.slot, new, row)
+                ready.append((sequence, logits[row]))
+            else:  # the last prompt token goes through the decode step (see the docstring)
+                self.cache.write_prefill(sequence.slot, new, row, len(prompt) - 1)
+                sequence.last = prompt[-1]
+            self.stats.prompt_tokens += len(prompt)
         self.stats.prefill_seconds.observe(time.monotonic() - began)
+        for sequence, row_logits in ready:
+            self._advance(sequence, row_logits)
+
+    def _prefill_chunk(self) -> None:
+        """The next ``prefill_tokens`` of the long prompt in the cache's last slot."""
+        sequence = self._prefilling
+        assert sequence is not None
+        cache = self.cache
+        slot = sequence.slot
+        prompt = sequence.request.prompt_ids
+        start = int(cache.lengths[slot])
+        end = min(len(prompt), start + self.settings.prefill_tokens)
+        if self.settings.window == "bucket":
+            cache.fit(end)
+        if self.settings.window == "tight":
+            past = [np.ascontiguousarray(b[slot : slot + 1, :, :start]) for b in cache.buffers]
+        else:  # the slot's whole row, a view; positions from ``start`` on are masked out
+            past = [b[slot : slot + 1] for b in cache.buffers]
+        began = time.monotonic()
+        try:
+            logits, new = self.decoder.run(
+                np.array([prompt[start:end]], np.int64),
+                np.arange(start, end, dtype=np.int64)[None],
+                np.array([start], np.int64),
+                past,
+            )
+        except ForwardpassError as exc:
+            self._fail(sequence, exc)
+            return
+        cache.write_prefill(slot, new)
+        self.stats.prefill_seconds.observe(time.monotonic() - began)
+        if end < len(prompt):
+            return
+        self._prefilling = None
+        assert slot == len(self._running)
+        self._running.append(sequence)
+        self.stats.prompt_tokens += len(prompt)
         self._advance(sequence, logits[0])
 
     def _decode_step(self) -> None:
@@ -423,7 +519,21 @@ class GenerationScheduler:
         self._emit(sequence, delta, (token,), None)
 
     def _text(self, sequence: _Sequence) -> str:
-        return self.decode(sequence.generated) if sequence.generated else ""
+        """The text of ``sequence.generated``, decoding only its last few tokens again (the
+        tokens since the last complete character; a whole-output decode per step would cost
+        O(n) each, O(n^2) per sequence)."""
+        ids = sequence.generated
+        if not ids:
+            return ""
+        before = self.decode(ids[sequence.prefix : sequence.read])
+        now = self.decode(ids[sequence.prefix :])
+        if len(now) > len(before) and not now.endswith("\ufffd"):
+            # Complete characters: fix them, and decode from the last read token on.
+            sequence.text += now[len(before) :]
+            sequence.prefix = sequence.read
+            sequence.read = len(ids)
+            return sequence.text
+        return sequence.text + now[len(before) :]
 
     def _emit(
         self,
@@ -454,8 +564,22 @@ class GenerationScheduler:
         sequence.done = True
         slot = sequence.slot
         moved = self.cache.release(slot)
+        if sequence is self._prefilling:  # the last slot: nothing moved
+            assert moved is None
+            self._prefilling = None
+            return
         last = self._running.pop()
-        if moved is not None:
+        filling = self._prefilling
+        if filling is not None:
+            # The cache moved the prefilling sequence (the last slot) into the hole; it goes
+            # on to the decode batch's new end, and the batch's last row into the hole.
+            end = len(self._running)
+            if last is not sequence:
+                self.cache.swap(slot, end)
+                last.slot = slot
+                self._running[slot] = last
+            filling.slot = end
+        elif moved is not None:
             assert last.slot == moved
             last.slot = slot
             self._running[slot] = last
@@ -468,5 +592,7 @@ class GenerationScheduler:
             self._arrivals.clear()
         for sequence in list(self._running):
             self._fail(sequence, error)
+        if self._prefilling is not None:
+            self._fail(self._prefilling, error)
         while self._waiting:
             self._waiting.popleft().stream._put(error)

@@ -40,8 +40,14 @@ class GenerationSettings:
     #: ``max_tokens`` when the request gives none, and the most a request may ask for.
     default_max_tokens: int = 64
     max_tokens_limit: int = 1024
-    #: Prompts prefilled per scheduler iteration, between decode steps of the running batch.
-    prefills_per_step: int = 1
+    #: Prompts prefilled together (one batched call) per scheduler iteration, between decode
+    #: steps of the running batch.
+    prefills_per_step: int = 32
+    #: Prompt tokens one iteration prefills, padding included (rows x longest prompt): the
+    #: prompts that arrived together are batched up to it, and a longer prompt is prefilled
+    #: in chunks of this many tokens, one per iteration, so the running sequences' decode
+    #: steps are never stalled for a whole long prefill.
+    prefill_tokens: int = 512
     #: ``"tight"``: bind the live prefix of the cache (copied into one batch array per step);
     #: ``"full"``: bind the preallocated buffers themselves (no copy; attention spans the
     #: whole context, masked); ``"bucket"``: the buffers laid out as wide as the longest live
@@ -115,10 +121,15 @@ class GenerationSettings:
         for key in ("context_length", "cache_bytes", "max_batch", "default_max_tokens"):
             if getattr(self, key) < 1:
                 raise InvalidModelConfig(f"model {model!r}: generation {key} must be >= 1")
-        if self.max_waiting < 0 or self.queue_timeout_s <= 0 or self.prefills_per_step < 1:
+        if (
+            self.max_waiting < 0
+            or self.queue_timeout_s <= 0
+            or self.prefills_per_step < 1
+            or self.prefill_tokens < 1
+        ):
             raise InvalidModelConfig(
-                f"model {model!r}: generation max_waiting must be >= 0, queue_timeout_s > 0 "
-                "and prefills_per_step >= 1"
+                f"model {model!r}: generation max_waiting must be >= 0, queue_timeout_s > 0, "
+                "prefills_per_step >= 1 and prefill_tokens >= 1"
             )
         if not 1 <= self.default_max_tokens <= self.max_tokens_limit:
             raise InvalidModelConfig(

@@ -120,6 +120,7 @@ def _module(model: Any) -> Any:
             )
             neg = torch.finfo(torch.float32).min
             mask = torch.where(visible, 0.0, neg)[:, None]  # [B, 1, S, W+S]
+            scale = shape.head_dim**-0.5
             news: list[Any] = []
             for index, layer in enumerate(inner.layers):
                 attn = layer.self_attn
@@ -130,13 +131,29 @@ def _module(model: Any) -> Any:
                 q = q * cos + rotate(q) * sin
                 k = k * cos + rotate(k) * sin
                 news += [k, v]
-                keys = torch.cat((past[2 * index], k), dim=2)
-                values = torch.cat((past[2 * index + 1], v), dim=2)
-                keys = keys.repeat_interleave(group, dim=1)
-                values = values.repeat_interleave(group, dim=1)
-                scores = torch.matmul(q, keys.transpose(2, 3)) * (shape.head_dim**-0.5) + mask
-                probs = torch.softmax(scores, dim=-1)
-                out = torch.matmul(probs, values).transpose(1, 2).reshape(batch, new, -1)
+                # Grouped-query attention without copying the cache: the query heads that
+                # share a key/value head are stacked as rows ([B, Hkv, group*S, D]), and the
+                # past and the new positions are attended separately, then softmaxed together
+                # (no concatenated [B, Hkv, W+S, D] keys, no repeat per query head).
+                past_k, past_v = past[2 * index], past[2 * index + 1]
+                rows = q.reshape(batch, shape.kv_heads, group * new, shape.head_dim) * scale
+                scores = torch.cat(
+                    (
+                        torch.matmul(rows, past_k.transpose(2, 3)),
+                        torch.matmul(rows, k.transpose(2, 3)),
+                    ),
+                    dim=-1,
+                )
+                scores = scores.view(batch, shape.kv_heads, group, new, -1) + mask[:, :, None]
+                probs = torch.softmax(scores, dim=-1).view(batch, shape.kv_heads, group * new, -1)
+                out = torch.matmul(probs[..., :window], past_v) + torch.matmul(
+                    probs[..., window:], v
+                )
+                out = (
+                    out.view(batch, shape.kv_heads, group, new, shape.head_dim)
+                    .permute(0, 3, 1, 2, 4)
+                    .reshape(batch, new, -1)
+                )
                 hidden = hidden + attn.o_proj(out)
                 x = rms(hidden, layer.post_attention_layernorm.weight)
                 mlp = layer.mlp

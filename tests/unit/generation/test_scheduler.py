@@ -260,3 +260,98 @@ def test_bucketed_cache_keeps_the_live_positions() -> None:
     assert cache.width == BUCKET
     for buffer, array in zip(cache.buffers, written[0], strict=True):
         np.testing.assert_array_equal(buffer[0, :, :5], array[0])
+
+
+def test_batched_and_chunked_prefill_match_each_alone(smollm2: Any, make_scheduler: Any) -> None:
+    """Prompts of different lengths arriving together are prefilled in one padded call (the
+    shorter ones' last token through the decode step), and a prompt longer than
+    ``prefill_tokens`` in chunks while the others decode (then a short one finishing first
+    moves it within the cache); each one's tokens are those it gets alone."""
+    story = " ".join(["Tell me about the sea, the wind and the old lighthouse keeper."] * 6)
+    prompts = [chat(smollm2, q) for q in (*QUESTIONS[:3], story)]
+    lengths = [12, 4, 20, 10]
+    assert len(prompts[3]) > 64 and len({len(p) for p in prompts}) > 1
+    requests = [
+        GenerationRequest(p, params(max_tokens=n, ignore_eos=True))
+        for p, n in zip(prompts, lengths, strict=True)
+    ]
+    alone_scheduler = make_scheduler(slots=1, window="tight", prefills_per_step=1)
+    alone = [asyncio.run(run_all(alone_scheduler, [r]))[0] for r in requests]
+    for window in ("tight", "full", "bucket"):
+        scheduler = make_scheduler(slots=4, window=window, prefill_tokens=32)
+        together = asyncio.run(run_all(scheduler, requests))
+        for a, b, n in zip(alone, together, lengths, strict=True):
+            assert b.token_ids == a.token_ids and len(b.token_ids) == n
+            assert b.text == a.text
+        assert scheduler.cache.active == 0 and scheduler._prefilling is None
+        # The long prompt took several prefill calls.
+        assert scheduler.stats.prefill_seconds.count >= len(prompts[3]) // 32
+
+
+def test_a_lone_long_prompt_is_prefilled_in_chunks(smollm2: Any, make_scheduler: Any) -> None:
+    """Nothing else runs or waits between its chunks: the worker must not go to sleep."""
+    story = " ".join(["Tell me about the sea, the wind and the old lighthouse keeper."] * 4)
+    request = GenerationRequest(chat(smollm2, story), params(max_tokens=3, ignore_eos=True))
+    alone = asyncio.run(run_all(make_scheduler(slots=1), [request]))[0]
+    scheduler = make_scheduler(slots=1, prefill_tokens=16)
+    chunked = asyncio.run(asyncio.wait_for(run_all(scheduler, [request]), 60))[0]
+    assert chunked.token_ids == alone.token_ids and len(chunked.token_ids) == 3
+
+
+def test_cancel_while_a_long_prompt_is_prefilled_in_chunks(
+    smollm2: Any, make_scheduler: Any
+) -> None:
+    story = " ".join(["Tell me about the sea, the wind and the old lighthouse keeper."] * 8)
+    scheduler = make_scheduler(slots=2, prefill_tokens=16)
+
+    async def scenario() -> None:
+        stream = scheduler.submit(GenerationRequest(chat(smollm2, story), params(max_tokens=8)))
+        for _ in range(500):  # until it is between two chunks
+            if scheduler._prefilling is not None:
+                break
+            await asyncio.sleep(0.002)
+        assert scheduler._prefilling is not None
+        stream.cancel()
+        final = await stream.collect()
+        assert final.finish is FinishReason.CANCELLED
+        for _ in range(200):
+            if scheduler.cache.active == 0:
+                break
+            await asyncio.sleep(0.01)
+
+    asyncio.run(scenario())
+    assert scheduler.cache.active == 0 and scheduler._prefilling is None
+
+
+def test_incremental_text_equals_the_whole_decode(smollm2: Any, make_scheduler: Any) -> None:
+    """The text streamed from decoding only the last tokens again equals the tokenizer's
+    decode of all the output's ids (multi-byte characters included)."""
+    scheduler = make_scheduler(slots=2)
+    prompts = [chat(smollm2, "Écris une phrase en français avec des accents, et un emoji 🌊.")]
+    prompts.append(chat(smollm2, "Write a haiku about snow."))
+    results = asyncio.run(
+        run_all(scheduler, [GenerationRequest(p, params(max_tokens=40)) for p in prompts])
+    )
+    for result in results:
+        assert result.text == smollm2.model.decode(list(result.token_ids))
+
+
+def test_cache_swap_exchanges_two_slots() -> None:
+    from forwardpass.generation.kvcache import KVCache
+    from forwardpass.zoo.decoder import DecoderShape
+
+    cache = KVCache(DecoderShape(1, 2, 4, 10), context=16, slots=3)
+    rng = np.random.default_rng(1)
+    written = []
+    for count in (3, 9, 5):
+        slot = cache.acquire()
+        assert slot is not None
+        new = [rng.standard_normal((2, 2, count, 4)).astype(np.float32) for _ in range(2)]
+        cache.write_prefill(slot, new, row=1, count=count - 1)  # row 1, all but the last
+        written.append(new)
+    cache.swap(0, 2)
+    assert list(cache.lengths) == [4, 8, 2]
+    for slot, source in ((0, 2), (1, 1), (2, 0)):
+        count = int(cache.lengths[slot])
+        for buffer, array in zip(cache.buffers, written[source], strict=True):
+            np.testing.assert_array_equal(buffer[slot, :, :count], array[1, :, :count])
