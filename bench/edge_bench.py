@@ -15,6 +15,11 @@ process start to the first answer; peak memory is the process's maximum resident
 from a small interpreter that started it. The answers must agree (the export's comparison:
 floats within 1e-4 relative, strings and integers exactly).
 
+Beside both it measures the floor of any Python runner on this stack: a fresh ``python -I``
+that only imports numpy and onnxruntime (and Pillow for pictures), loads no model and answers
+nothing. A bundle cannot start faster or smaller than that with the stock onnxruntime wheel;
+the floor's ratio to the server says how much of a target is reachable at all.
+
 Issue #15's targets for EfficientNet-Lite0 INT8 (``forwardpass optimize efficientnet-lite0
 --target edge --methods int8-static``, then ``--version`` of what it wrote): bundle cold start
 ≤ ⅓ and peak memory ≤ ½ of the server's.
@@ -139,6 +144,17 @@ def serve_once(
     }
 
 
+def floor_once(images: bool, scratch: Path) -> dict[str, Any]:
+    """The least any runner on this stack costs: a fresh ``python -I`` that only imports
+    numpy and onnxruntime (and Pillow for pictures), then prints a line."""
+    modules = "numpy, onnxruntime" + (", PIL.Image" if images else "")
+    command = [sys.executable, "-I", "-c", f"import {modules}; print('ready', flush=True)"]
+    report = measure_process(command, scratch)
+    if report["code"] != 0:
+        raise SystemExit(f"importing {modules} failed: {report['stderr'][-500:]}")
+    return {"cold_start_s": report["cold"], "peak_rss_mib": report["peak_rss_mib"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="digits")
@@ -173,10 +189,11 @@ def main() -> None:
         served_repo = single_model_repository(
             args.model_repository, args.model, version, scratch / "repo"
         )
-        edge, served = [], []
+        edge, served, floor = [], [], []
         for _ in range(args.runs):
             edge.append(run_runner(folder / "runner.py", paths, repeat=0))
             served.append(serve_once(served_repo, args.model, request, scratch))
+            floor.append(floor_once(bool(images), scratch))
         problems = differences(served_arrays(served[0]["answer"]), edge[0].answers[0]["outputs"])
         report = {
             "model": args.model,
@@ -193,23 +210,35 @@ def main() -> None:
                 "cold_start_s": statistics.median(s["cold_start_s"] for s in served),
                 "peak_rss_mib": statistics.median(s["peak_rss_mib"] for s in served),
             },
+            "floor": {
+                "imports": "numpy, onnxruntime" + (", Pillow" if images else ""),
+                "cold_start_s": statistics.median(f["cold_start_s"] for f in floor),
+                "peak_rss_mib": statistics.median(f["peak_rss_mib"] for f in floor),
+            },
             "same_answers": not problems,
             "differences": problems,
         }
     b, v = report["bundle"], report["serve"]
     report["cold_start_ratio"] = b["cold_start_s"] / v["cold_start_s"]
     report["memory_ratio"] = b["peak_rss_mib"] / v["peak_rss_mib"]
+    f = report["floor"]
+    report["floor_cold_start_ratio"] = f["cold_start_s"] / v["cold_start_s"]
+    report["floor_memory_ratio"] = f["peak_rss_mib"] / v["peak_rss_mib"]
     if args.json:
         print(json.dumps(report, indent=2))
     else:
         print(f"{args.model} version {version}, {args.runs} runs each, medians:")
-        for what in ("bundle", "serve"):
+        for what in ("bundle", "serve", "floor"):
             r = report[what]
             print(f"  {what:7s} cold start {r['cold_start_s'] * 1000:7.0f} ms   "
                   f"peak RSS {r['peak_rss_mib']:6.0f} MiB")  # fmt: skip
         print(
             f"  bundle/serve: cold start {report['cold_start_ratio']:.2f} (target <= 0.33), "
             f"memory {report['memory_ratio']:.2f} (target <= 0.5)"
+        )
+        print(
+            f"  floor/serve (python -I importing only {f['imports']}): cold start "
+            f"{report['floor_cold_start_ratio']:.2f}, memory {report['floor_memory_ratio']:.2f}"
         )
         print(f"  bundle {report['bundle_bytes'] / 1024:.0f} KiB; same answers: {not problems}")
         for problem in problems:
