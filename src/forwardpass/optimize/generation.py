@@ -30,7 +30,6 @@ import inspect
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -267,13 +266,9 @@ def optimize_generation(
     """Build, evaluate and (maybe) promote quantized decoders (see the module docstring)."""
     import tempfile
 
-    import onnxruntime
-
     from forwardpass.optimize.candidates import io_mismatch
     from forwardpass.optimize.methods import MethodSkipped
-    from forwardpass.optimize.optimizer import OptimizeResult, _first_line, promote
-    from forwardpass.optimize.report import Report, save_report
-    from forwardpass.optimize.selection import select
+    from forwardpass.optimize.optimizer import _first_line, conclude
     from forwardpass.optimize.target import plan_target
 
     if options.calibration is not None or options.labels is not None:
@@ -367,17 +362,12 @@ def optimize_generation(
                 result.performance = _performance(times[result.name])
         runners.clear()
 
-        selection = select(
+        return conclude(
+            options,
+            version,
             results,
-            max_accuracy_drop=options.max_accuracy_drop,
-            target=options.target,
-            min_gain=options.min_gain,
-        )
-        report = Report(
-            model=options.model,
-            optimized_from=version,
-            target=options.target.value,
-            max_accuracy_drop=options.max_accuracy_drop,
+            model_dir,
+            config,
             providers={"available": list(plan.available), "measured_on": list(plan.providers)},
             data={
                 "evaluation": f"{len(prompts)} chat prompts × {evaluation.new_tokens} greedy "
@@ -397,12 +387,4 @@ def optimize_generation(
                 "latency": "p50_ms is the per-token decode latency at batch 1; throughput is "
                 "decode tokens/s",
             },
-            candidates=results,
-            selection=selection,
-            created=datetime.now(UTC).isoformat(timespec="seconds"),
-            versions={"onnxruntime": onnxruntime.__version__},
         )
-        if selection.promoted and not options.dry_run:
-            return promote(report, results, model_dir, config)
-    paths = tuple(save_report(report, options.report_dir)) if options.report_dir else ()
-    return OptimizeResult(report, None, paths)

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -348,17 +349,12 @@ def optimize(options: OptimizeOptions, progress: ProgressCallback | None = None)
             else:
                 timed[name].performance = performance
 
-        selection = select(
+        return conclude(
+            options,
+            version,
             results,
-            max_accuracy_drop=options.max_accuracy_drop,
-            target=options.target,
-            min_gain=options.min_gain,
-        )
-        report = Report(
-            model=options.model,
-            optimized_from=version,
-            target=options.target.value,
-            max_accuracy_drop=options.max_accuracy_drop,
+            model_dir,
+            config,
             providers={
                 "available": list(plan.available),
                 "measured_on": list(plan.providers),
@@ -366,13 +362,44 @@ def optimize(options: OptimizeOptions, progress: ProgressCallback | None = None)
             },
             data=data.description,
             measurement={**asdict(settings), "task": task, "primary_output": primary},
-            candidates=results,
-            selection=selection,
-            created=datetime.now(UTC).isoformat(timespec="seconds"),
-            versions=_versions(results),
         )
-        if selection.promoted and not options.dry_run:
-            return promote(report, results, model_dir, config)
+
+
+def conclude(
+    options: OptimizeOptions,
+    version: int,
+    results: list[CandidateResult],
+    model_dir: Path,
+    config: ModelConfig,
+    *,
+    providers: dict[str, list[str]],
+    data: dict[str, Any],
+    measurement: dict[str, Any],
+) -> OptimizeResult:
+    """Choose among the measured ``results`` under the options' budget, write the report, and
+    promote the choice (unless a dry run): the end of every optimizer run. Called while the
+    candidates' work folder still exists, since promotion copies the chosen file out of it."""
+    selection = select(
+        results,
+        max_accuracy_drop=options.max_accuracy_drop,
+        target=options.target,
+        min_gain=options.min_gain,
+    )
+    report = Report(
+        model=options.model,
+        optimized_from=version,
+        target=options.target.value,
+        max_accuracy_drop=options.max_accuracy_drop,
+        providers=providers,
+        data=data,
+        measurement=measurement,
+        candidates=results,
+        selection=selection,
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+        versions=_versions(results),
+    )
+    if selection.promoted and not options.dry_run:
+        return promote(report, results, model_dir, config)
     paths = tuple(save_report(report, options.report_dir)) if options.report_dir else ()
     return OptimizeResult(report, None, paths)
 
