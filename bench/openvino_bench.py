@@ -108,6 +108,23 @@ def _ensure(repository: Path, name: str) -> Path:
     return entry.version_dir(version) / (entry.config.default_model_filename or "model.onnx")
 
 
+#: The /proc/cpuinfo flags that decide BF16 and INT8 arithmetic on x86.
+_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+
+
+def _cpu_flags() -> str:
+    """Which of :data:`_FLAGS` this CPU reports, and its model name (Linux)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "no /proc/cpuinfo"
+    lines = text.splitlines()
+    flags = set(next((ln for ln in lines if ln.startswith("flags")), "").split())
+    model = next((ln.split(":", 1)[1].strip() for ln in lines if "model name" in ln), "?")
+    has = ", ".join(f"{f} {'yes' if f in flags else 'no'}" for f in _FLAGS)
+    return f"/proc/cpuinfo of {model}: {has}"
+
+
 def bench_model(
     name: str,
     model_file: Path,
@@ -126,8 +143,8 @@ def bench_model(
 
         caps = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
         skipped["openvino-bf16"] = (
-            f"this CPU does not compute in BF16 (OpenVINO capabilities: {', '.join(caps)}); "
-            "the hint would silently run FP32"
+            f"this CPU does not compute in BF16 (OpenVINO capabilities: {', '.join(caps)}; "
+            f"{_cpu_flags()}); the hint would silently run FP32"
         )
         del engines["openvino-bf16"]
     rows: list[dict[str, Any]] = []
