@@ -329,3 +329,28 @@ def test_uneven_pads_of_the_export_fold_into_the_convolutions(
     assert "Pad" not in ops and "Conv" in ops
     assert np.allclose(run_onnx(path, x), before, atol=1e-5)
     assert fold_pads(path) == 0  # nothing left to fold; the file is left as it is
+
+
+def test_more_photos_are_real_images_held_out_whole() -> None:
+    from forwardpass.optimize.photos import _photos
+
+    every = _photos()
+    names = set(available_photos())
+    faces = {f"lfw-faces-{k}" for k in range(1, 5)}
+    assert faces | {"microaneurysms", "lfw-backgrounds-1"} <= names
+    assert len(every["motorcycle"]) == 2  # both views of the stereo pair: one scene, one photo
+    assert sum(len(every[n]) for n in faces) == 100
+    for name, images in every.items():
+        for image in images:
+            assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3, name
+            grey = image.astype(np.float64).mean(axis=2)
+            assert grey.std() > 5, name  # not a blank
+            # Natural images are smooth: a pixel predicts its right-hand neighbour well.
+            left, right = grey[:, :-1].ravel(), grey[:, 1:].ravel()
+            assert np.corrcoef(left, right)[0, 1] > 0.5, name
+    crops = [image.tobytes() for n in faces for image in every[n]]
+    assert len(set(crops)) == len(crops)  # distinct faces, not one repeated
+    train, held = split_photos()
+    assert faces & set(train) and faces & set(held)  # some faces judged on, never trained on
+    face_views = photo_views(4, size=32, photos=["lfw-faces-1"], seed=0)
+    assert face_views.shape == (4, 3, 32, 32) and len({v.tobytes() for v in face_views}) == 4
