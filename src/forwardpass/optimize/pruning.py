@@ -16,7 +16,9 @@ engine:
    found by bisection so the Conv/Gemm/MatMul FLOPs fall by at least the target — or, with
    ``speedup``, each group loses what it can best afford: its sensitivity measured alone, its
    cost in ONNX Runtime's kernel times, allocated greedily (:mod:`.allocation`);
-5. a short fine-tune by distillation from the original's outputs (:mod:`.training`; labels,
+5. optionally, block-wise reconstruction (:mod:`.blocks`): each changed block trained alone
+   so its output on the pruned network's input matches the original block's;
+6. a short fine-tune by distillation from the original's outputs (:mod:`.training`; labels,
    when given, add a cross-entropy term); export (opset 17, dynamic batch), uneven pads
    folded back into the convolutions (:mod:`.padfold`) and a check against ONNX Runtime.
 
@@ -36,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from forwardpass.errors import Unsupported
+from forwardpass.optimize.blocks import BlockFit, BlockSettings
 from forwardpass.optimize.feedforward import count_flops
 from forwardpass.optimize.training import (
     FitSettings,
@@ -101,6 +104,10 @@ class PruneOptions:
     speedup: float = 0.0
     #: Views the per-group sensitivity runs on (half re-fit each trial, half judge it).
     sensitivity_samples: int = 64
+    #: Views block-wise reconstruction trains each changed block on (0: none), after the
+    #: least-squares re-fit and before the fine-tune, see :mod:`.blocks`.
+    block_samples: int = 0
+    blocks: BlockSettings = field(default_factory=BlockSettings)
 
 
 @dataclass(slots=True)
@@ -136,6 +143,8 @@ class PruneResult:
     predicted_speedup: float = 0.0
     #: Pad nodes of the export folded back into their convolutions.
     pads_folded: int = 0
+    #: Blocks trained to the original's block outputs (see :mod:`.blocks`).
+    blocks: tuple[BlockFit, ...] = ()
 
     @property
     def reduction(self) -> float:
@@ -166,6 +175,14 @@ class PruneResult:
             notes.append(f"{self.pads_folded} Pad nodes of the export folded into their Convs")
         if self.reconstructed:
             notes.append(f"{self.reconstructed} layers re-fitted by least squares after the cut")
+        if self.blocks:
+            kept = [b for b in self.blocks if b.kept]
+            before = sum(b.error_before for b in self.blocks) / len(self.blocks)
+            after = sum(b.error_after for b in self.blocks) / len(self.blocks)
+            notes.append(
+                f"{len(kept)} of {len(self.blocks)} blocks trained to the original's block "
+                f"outputs: relative error on views kept aside {before:.4f} → {after:.4f} (mean)"
+            )
         if self.losses:
             notes.append(f"fine-tune loss {self.losses[0]:.4f} → {self.losses[-1]:.4f}")
         return notes
@@ -646,6 +663,12 @@ def prune_structured(
     if options.reconstruct_samples > 0:
         sample = torch.from_numpy(inputs[: options.reconstruct_samples])
         refit = reconstruct(module, pruned, groups, sample, options.ridge, keeps)
+    block_fits: list[BlockFit] = []
+    if options.block_samples > 0:
+        from forwardpass.optimize.blocks import reconstruct_blocks
+
+        sample = torch.from_numpy(inputs[: options.block_samples])
+        block_fits = reconstruct_blocks(module, pruned, sample, options.blocks)
     losses: list[float] = []
     if options.fit.max_steps > 0:
         losses = fit(
@@ -677,6 +700,7 @@ def prune_structured(
         reconstructed=refit,
         predicted_speedup=predicted,
         pads_folded=folded,
+        blocks=tuple(block_fits),
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import replace
 from pathlib import Path
 
@@ -354,3 +355,55 @@ def test_more_photos_are_real_images_held_out_whole() -> None:
     assert faces & set(train) and faces & set(held)  # some faces judged on, never trained on
     face_views = photo_views(4, size=32, photos=["lfw-faces-1"], seed=0)
     assert face_views.shape == (4, 3, 32, 32) and len({v.tobytes() for v in face_views}) == 4
+
+
+def test_blocks_are_cut_where_one_activation_of_one_shape_lives(tiny: onnx.ModelProto) -> None:
+    from forwardpass.optimize.blocks import run_segment, segments
+    from forwardpass.optimize.torch_graph import convert
+
+    module = convert(tiny)
+    x = torch.from_numpy(views(4))
+    module.record_shapes(x[:1])
+    found = segments(module)
+    assert found[0].start == 0 and found[-1].stop == len(module.steps)
+    assert all(a.stop == b.start and a.output == b.input for a, b in itertools.pairwise(found))
+    adds = [s.output for s in module.steps if s.op == "Add" and len(s.inputs) == 2]
+    assert len(adds) == 2 and set(adds) <= {s.output for s in found}  # each block's output
+    with torch.no_grad():  # the blocks, chained, are the network
+        y = x
+        for segment in found:
+            y = run_segment(module, segment, y)
+        assert torch.allclose(y, module(x), atol=1e-5)
+    groups, _ = channel_groups(module)
+    expansions = [g for g in groups if "expand" in g.tensor]
+    order = {g.producer: torch.arange(g.channels) for g in expansions}
+    pruned, _ = _search(module, expansions, order, 0.3)
+    pruned.record_shapes(x[:1])
+    cut = segments(module, pruned)  # inside a block the widths differ: no cut there
+    assert {s.output for s in cut} >= set(adds) and len(cut) <= len(found)
+
+
+def test_block_wise_reconstruction_lowers_each_blocks_error(tiny: onnx.ModelProto) -> None:
+    from forwardpass.optimize.blocks import BlockSettings, reconstruct_blocks
+    from forwardpass.optimize.torch_graph import convert
+
+    module = convert(tiny)
+    x = torch.from_numpy(views(64))
+    module.record_shapes(x[:1])
+    groups, _ = channel_groups(module)
+    expansions = [g for g in groups if "expand" in g.tensor]
+    order = {g.producer: torch.arange(g.channels) for g in expansions}
+    pruned, _ = _search(module, expansions, order, 0.4)
+    held = torch.from_numpy(views(16, seed=9))
+    with torch.no_grad():
+        reference = module(held)
+        before = float(((pruned(held) - reference) ** 2).mean())
+    settings = BlockSettings(steps=60, batch_size=8, learning_rate=3e-3)
+    fits = reconstruct_blocks(module, pruned, x, settings)
+    assert len(fits) == 2  # the two pruned blocks; the stem and head are untouched
+    assert all(f.kept and f.error_after < f.error_before for f in fits)
+    with torch.no_grad():  # and on views of other seeds, the network's outputs too
+        after = float(((pruned(held) - reference) ** 2).mean())
+    assert after < before
+    with pytest.raises(InvalidArgument, match="at least 2 views"):
+        reconstruct_blocks(module, pruned, x[:1], settings)
