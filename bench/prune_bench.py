@@ -13,7 +13,9 @@ prunes the expansion channels of its inverted-residual blocks to ``--reduction``
 block's projection by least squares on ``--reconstruct`` views and fine-tunes by distillation
 from the original for at most ``--steps`` steps on ``--views`` augmented views of the photos
 scikit-image and scikit-learn ship (:mod:`forwardpass.optimize.photos`; three photos in four
-are trained on). With ``--block-views N``, between the re-fit and the fine-tune each changed
+are trained on; ``--fit-views`` more views for the fine-tune alone, ``--validation-views``
+new views of the training photos it is judged on every 25 steps, keeping its best state).
+With ``--block-views N``, between the re-fit and the fine-tune each changed
 block is trained alone for ``--block-steps`` steps on N views (of which the first
 ``--views`` are the ones above) to reproduce the original block's output
 (:mod:`forwardpass.optimize.blocks`). It then reports, original against pruned, on this CPU:
@@ -130,16 +132,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             add(MODEL, repository)
         source = repository / MODEL / "1" / "model.onnx"
         train_photos, held_photos = split_photos()
-        train = photo_views(
-            max(args.views, args.block_views), photos=train_photos, seed=args.seed, mix=args.mix
-        )
+        count = max(args.views, args.block_views, args.fit_views)
+        train = photo_views(count, photos=train_photos, seed=args.seed, mix=args.mix)
+        validation = None
+        if args.validation_views:  # early stopping on new views of the training photos
+            validation = photo_views(args.validation_views, photos=train_photos, seed=args.seed + 5)
         new_views = photo_views(args.eval_views, photos=train_photos, seed=args.seed + 1)
         unseen = photo_views(args.eval_views, photos=held_photos, seed=args.seed + 2)
         options = PruneOptions(
             flops_reduction=args.reduction,
             score=args.score,
             fit=FitSettings(
-                epochs=10_000,
+                epochs=args.fit_epochs,
                 max_steps=args.steps,
                 batch_size=args.batch_size,
                 learning_rate=args.learning_rate,
@@ -164,7 +168,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         pruned = work / "pruned.onnx"
         start = time.perf_counter()
-        result = prune_structured(onnx.load(str(source)), pruned, train, None, options)
+        result = prune_structured(
+            onnx.load(str(source)), pruned, train, None, options, validation=validation
+        )
         seconds = time.perf_counter() - start
         if args.keep:
             args.keep.parent.mkdir(parents=True, exist_ok=True)
@@ -211,6 +217,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     for b in result.blocks
                 ],
                 "losses": list(result.losses),
+                "validation": [list(v) for v in result.validation],
             },
             "notes": result.notes(),
         }
@@ -245,6 +252,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--block-learning-rate", type=float, default=5e-4)
     parser.add_argument("--all-blocks", action="store_true", help="train unchanged blocks too")
     parser.add_argument("--keep", type=Path, help="copy the pruned model here")
+    parser.add_argument(
+        "--fit-views", type=int, default=0, help="views the fine-tune trains on (at least --views)"
+    )
+    parser.add_argument("--fit-epochs", type=int, default=10_000, help="passes over them")
+    parser.add_argument(
+        "--validation-views",
+        type=int,
+        default=0,
+        help="new views of the training photos that stop the fine-tune early (0: none)",
+    )
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--learning-rate", type=float, default=1e-4)
     parser.add_argument("--temperature", type=float, default=2.0)

@@ -145,6 +145,8 @@ class PruneResult:
     pads_folded: int = 0
     #: Blocks trained to the original's block outputs (see :mod:`.blocks`).
     blocks: tuple[BlockFit, ...] = ()
+    #: The fine-tune's judgements on validation inputs: (step, top-1 agreement, loss).
+    validation: tuple[tuple[int, float, float], ...] = ()
 
     @property
     def reduction(self) -> float:
@@ -185,6 +187,17 @@ class PruneResult:
             )
         if self.losses:
             notes.append(f"fine-tune loss {self.losses[0]:.4f} → {self.losses[-1]:.4f}")
+        if self.validation:
+            start = self.validation[0]
+            best = (
+                min(self.validation, key=lambda v: v[2])
+                if np.isnan(start[1])
+                else max(self.validation, key=lambda v: (v[1], -v[2]))
+            )
+            notes.append(
+                f"fine-tune judged on validation views {len(self.validation) - 1} times: kept "
+                f"step {best[0]} (top-1 agreement {start[1]:.1%} at the start, {best[1]:.1%} kept)"
+            )
         return notes
 
 
@@ -605,10 +618,13 @@ def prune_structured(
     inputs: np.ndarray,
     labels: np.ndarray | None = None,
     options: PruneOptions | None = None,
+    validation: np.ndarray | None = None,
 ) -> PruneResult:
     """Prune ``model`` to ``options.flops_reduction`` fewer FLOPs, fine-tune, write ``output``.
 
     ``inputs`` (one array, samples first) is the fine-tune data; ``labels`` are optional.
+    ``validation`` inputs (never trained on) stop the fine-tune early: it ends in the state
+    that agreed best with the original on them (:func:`.training.fit`).
     Raises :class:`Unsupported` for a model the converter or the pruner cannot handle.
     """
     import torch
@@ -670,9 +686,21 @@ def prune_structured(
         sample = torch.from_numpy(inputs[: options.block_samples])
         block_fits = reconstruct_blocks(module, pruned, sample, options.blocks)
     losses: list[float] = []
+    history: list[tuple[int, float, float]] = []
     if options.fit.max_steps > 0:
+        judged = None
+        if validation is not None:
+            validation = np.ascontiguousarray(validation, dtype=np.float32)
+            judged = ([validation], teacher_targets(run_onnx(model, validation), kind))
         losses = fit(
-            pruned, [inputs], targets, kind, options.fit, labels if classification else None
+            pruned,
+            [inputs],
+            targets,
+            kind,
+            options.fit,
+            labels if classification else None,
+            validation=judged,
+            history=history,
         )
     pruned.logits = False
     dynamic = not any(d.dim_value > 0 for d in model.graph.input[0].type.tensor_type.shape.dim[:1])
@@ -701,6 +729,7 @@ def prune_structured(
         predicted_speedup=predicted,
         pads_folded=folded,
         blocks=tuple(block_fits),
+        validation=tuple(history),
     )
 
 

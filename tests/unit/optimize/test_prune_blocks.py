@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 from dataclasses import replace
 from pathlib import Path
@@ -407,3 +408,34 @@ def test_block_wise_reconstruction_lowers_each_blocks_error(tiny: onnx.ModelProt
     assert after < before
     with pytest.raises(InvalidArgument, match="at least 2 views"):
         reconstruct_blocks(module, pruned, x[:1], settings)
+
+
+def test_fine_tune_stops_where_it_agreed_best_on_validation_views() -> None:
+    from forwardpass.optimize.training import fit
+
+    torch.manual_seed(0)
+    student = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 4))
+    x = np.random.default_rng(0).normal(size=(64, 6)).astype(np.float32)
+    with torch.no_grad():
+        teacher = student(torch.from_numpy(x)).numpy()
+    start = copy.deepcopy(student.state_dict())
+    # Trained towards the wrong answers (the teacher's logits reversed), judged on the right
+    # ones: the student only gets worse, so it must end as it started.
+    wrong = teacher[:, ::-1].copy()
+    settings = FitSettings(epochs=20, batch_size=16, learning_rate=1e-2, validate_every=5)
+    history: list[tuple[int, float, float]] = []
+    losses = fit(
+        student, [x], wrong, "logits", settings, validation=([x], teacher), history=history
+    )
+    assert len(losses) == 20 and history[0][:2] == (0, 1.0)  # all agree at the start
+    assert [h[0] for h in history] == list(range(0, 81, 5))
+    assert min(h[1] for h in history) < 0.5  # it did drift
+    assert all(torch.equal(v, start[k]) for k, v in student.state_dict().items())
+    # Trained towards the right answers from a perturbed start, it keeps a later, better step.
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    history.clear()
+    fit(student, [x], teacher, "logits", settings, validation=([x], teacher), history=history)
+    best = max(history, key=lambda h: (h[1], -h[2]))
+    assert best[0] > 0 and best[1] > history[0][1]
