@@ -112,6 +112,15 @@ def agreement(original: np.ndarray, pruned: np.ndarray) -> float:
     return float(np.mean(original.argmax(1) == pruned.argmax(1)))
 
 
+def confident(original: np.ndarray, pruned: np.ndarray, floor: float = 0.5) -> dict[str, float]:
+    """Top-1 agreement on the views where the original's top-1 probability is >= ``floor``."""
+    logits = original - original.max(1, keepdims=True)
+    top = (np.exp(logits) / np.exp(logits).sum(1, keepdims=True)).max(1)
+    sure = top >= floor
+    share = float(sure.mean())
+    return {"share": share, "agreement": agreement(original[sure], pruned[sure]) if share else 0.0}
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import onnx
     import torch
@@ -205,6 +214,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "predicted_speedup": result.predicted_speedup,
             "top1_agreement": {k: agreement(*v) for k, v in answers.items()},
             "teacher_top1_stability": stability,
+            "top1_agreement_confident": {k: confident(*v) for k, v in answers.items()},
             "training": {
                 "seconds": seconds,
                 "views": len(train),
@@ -293,6 +303,12 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"top-1 agreement: {agree['new_views']:.1%} on new views of the training photos, "
         f"{agree['unseen_photos']:.1%} on held-out photos"
+    )
+    sure = report["top1_agreement_confident"]
+    print(
+        "where the original's top-1 probability is >= 0.5 "
+        f"({sure['new_views']['share']:.0%} / {sure['unseen_photos']['share']:.0%} of the views): "
+        f"{sure['new_views']['agreement']:.1%} / {sure['unseen_photos']['agreement']:.1%}"
     )
     ceiling = report["teacher_top1_stability"]
     print(
