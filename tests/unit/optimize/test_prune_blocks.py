@@ -292,6 +292,7 @@ def test_prune_latency_variant_chains_with_int8(
     monkeypatch.setattr(prune_method, "_SPEEDUP", 1.002)
     monkeypatch.setattr(prune_method, "_SENSITIVITY_VIEWS", 16)
     monkeypatch.setattr(prune_method, "_RECONSTRUCT_VIEWS", 16)
+    monkeypatch.setattr(prune_method, "_BLOCK_STEPS", 10)
     onnx.save(tiny, str(tmp_path / "model.onnx"))
     config = SimpleNamespace(
         inputs=[SimpleNamespace(name="input")], outputs=[object()], batching=True
@@ -304,6 +305,7 @@ def test_prune_latency_variant_chains_with_int8(
     folder.mkdir()
     notes = method.build(ctx, variant, folder / "model.onnx")
     assert any("allocated by sensitivity" in n for n in notes)
+    assert any("blocks trained to the original's block outputs" in n for n in notes)
     assert any("static INT8" in n for n in notes) and any("calibrated on 32" in n for n in notes)
     ops = {n.op_type for n in onnx.load(str(folder / "model.onnx")).graph.node}
     assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
