@@ -306,6 +306,7 @@ def test_prune_latency_variant_chains_with_int8(
     notes = method.build(ctx, variant, folder / "model.onnx")
     assert any("allocated by sensitivity" in n for n in notes)
     assert any("blocks trained to the original's block outputs" in n for n in notes)
+    assert any("judged on validation views" in n for n in notes)  # 4 of the 32 held aside
     assert any("static INT8" in n for n in notes) and any("calibrated on 32" in n for n in notes)
     ops = {n.op_type for n in onnx.load(str(folder / "model.onnx")).graph.node}
     assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
