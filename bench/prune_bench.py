@@ -13,8 +13,9 @@ prunes the expansion channels of its inverted-residual blocks to ``--reduction``
 block's projection by least squares on ``--reconstruct`` views and fine-tunes by distillation
 from the original for at most ``--steps`` steps on ``--views`` augmented views of the photos
 scikit-image and scikit-learn ship (:mod:`forwardpass.optimize.photos`; three photos in four
-are trained on; ``--fit-views`` more views for the fine-tune alone, ``--validation-views``
-new views of the training photos it is judged on every 25 steps, keeping its best state).
+are trained on; the fine-tune runs on ``--fit-views`` of them if more, of which the first are
+the others' views too, ``--fit-epochs`` times; ``--validation-views`` new views of the
+training photos judge it every 25 steps, and its best state is kept).
 With ``--block-views N``, between the re-fit and the fine-tune each changed
 block is trained alone for ``--block-steps`` steps on N views (of which the first
 ``--views`` are the ones above) to reproduce the original block's output
