@@ -1,17 +1,24 @@
 """Unlabelled photos that install with the project's dependencies, augmented into many views.
 
 Fine-tuning a pruned image classifier by distillation needs inputs, not labels: the original
-model labels them. No machine here reaches a data hub, but scikit-image ships about twenty
-real photographs (a cat, coffee, a rocket, an astronaut, textures, micrographs…) and
-scikit-learn two more (``load_sample_images``: a temple and a flower). :func:`photo_views`
-turns them into as many views as asked: a random resized crop (a quarter of the area up to
-all of it, aspect 3:4 to 4:3), a horizontal flip half the time and colour jitter
-(brightness, contrast, saturation ±30 %), resized to the model's square input and normalised
-like its training data; with ``mix``, some views blend two photos of the same set (mixup: a
-weighted mean; cutmix: a rectangle of one pasted into the other) — inputs no photo alone
-gives, which the teacher labels like any other. Which photos a run trains on and which it
-judges on are chosen by name (:func:`split_photos`), so agreement is measured on photos never
-trained on.
+model labels them. No machine here reaches a data hub, so this module gathers every natural
+photograph the installed packages ship (searched for: scikit-image, scikit-learn, SciPy,
+imageio, Pillow, OpenCV, matplotlib's sample data where installed, Tk's demo images; only the
+first two ship any): scikit-image's eighteen (a cat, coffee, a rocket, an astronaut, textures,
+micrographs, a retina…; its synthetic images — blobs, checkerboards, phantoms, logos, the colour
+wheel, the horse silhouette — are left out), both views of its stereo motorcycle (one photo: one
+scene), the 200 crops of its Labeled Faces in the Wild subset (25×25 grey: 100 faces, 100
+backgrounds, each half in four photos of 25 crops, so holding out by photo holds out whole
+crops; the 16 near-blank background crops are left out), and scikit-learn's two
+(``load_sample_images``: a temple and a flower). A *photo* is one name and one or more images of
+it; :func:`photo_views` turns them into as many views as asked: a random resized crop (a quarter
+of the area up to all of it, aspect 3:4 to 4:3) of one of the photo's images, a horizontal flip
+half the time and colour jitter (brightness, contrast, saturation ±30 %), resized to the model's
+square input and normalised like its training data; with ``mix``, some views blend two photos of
+the same set (mixup: a weighted mean; cutmix: a rectangle of one pasted into the other) — inputs
+no photo alone gives, which the teacher labels like any other. Which photos a run trains on and
+which it judges on are chosen by name (:func:`split_photos`), so agreement is measured on photos
+never trained on.
 
 Needs scikit-image, scikit-learn and Pillow; a photo that a package no longer ships (or would
 download) is left out, and :func:`available_photos` says which remain.
@@ -45,6 +52,7 @@ _SKIMAGE = (
     "gravel",
     "hubble_deep_field",
     "immunohistochemistry",
+    "microaneurysms",
     "moon",
     "page",
     "retina",
@@ -52,8 +60,12 @@ _SKIMAGE = (
     "text",
 )
 _SKLEARN = ("china", "flower")
-#: Photos behind a differently shaped loader: name → (function, index into what it returns).
-_SKIMAGE_PARTS = {"motorcycle": ("stereo_motorcycle", 0)}  # the left view of a stereo pair
+#: Photos behind a differently shaped loader: name → (function, indices into what it returns).
+_SKIMAGE_PARTS = {"motorcycle": ("stereo_motorcycle", (0, 1))}  # both views of a stereo pair
+#: ``lfw_subset``: crops 0-99 are faces, 100-199 backgrounds; each half makes this many photos.
+_LFW_PHOTOS = 4
+#: A crop whose pixels vary less than this (a patch of dark background) shows nothing.
+_FLAT = 8.0
 
 
 def _rgb(image: np.ndarray) -> np.ndarray:
@@ -66,8 +78,8 @@ def _rgb(image: np.ndarray) -> np.ndarray:
 
 
 @cache
-def _photos() -> dict[str, np.ndarray]:
-    photos: dict[str, np.ndarray] = {}
+def _photos() -> dict[str, tuple[np.ndarray, ...]]:
+    photos: dict[str, tuple[np.ndarray, ...]] = {}
     try:
         import skimage.data as skdata
     except ImportError:
@@ -76,11 +88,19 @@ def _photos() -> dict[str, np.ndarray]:
         for name in _SKIMAGE:
             with contextlib.suppress(Exception), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                photos[name] = _rgb(getattr(skdata, name)())
-        for name, (loader, part) in _SKIMAGE_PARTS.items():
+                photos[name] = (_rgb(getattr(skdata, name)()),)
+        for name, (loader, parts) in _SKIMAGE_PARTS.items():
             with contextlib.suppress(Exception), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                photos[name] = _rgb(getattr(skdata, loader)()[part])
+                found = getattr(skdata, loader)()
+                photos[name] = tuple(_rgb(found[part]) for part in parts)
+        with contextlib.suppress(Exception), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            crops = skdata.lfw_subset()
+            for kind, half in (("faces", crops[:100]), ("backgrounds", crops[100:200])):
+                for k, part in enumerate(np.array_split(half, _LFW_PHOTOS), 1):
+                    rgb = (_rgb(crop) for crop in part)
+                    photos[f"lfw-{kind}-{k}"] = tuple(c for c in rgb if c.std() >= _FLAT)
     try:
         from sklearn.datasets import load_sample_images
     except ImportError:
@@ -88,7 +108,7 @@ def _photos() -> dict[str, np.ndarray]:
     else:
         with contextlib.suppress(Exception):
             for name, image in zip(_SKLEARN, load_sample_images().images, strict=True):
-                photos[name] = _rgb(image)
+                photos[name] = (_rgb(image),)
     return photos
 
 
@@ -157,10 +177,15 @@ def photo_views(
     return out
 
 
-def _view(image: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
-    """A random resized crop of ``image``, maybe flipped, colour-jittered: float [size, size, 3]."""
+def _view(images: Sequence[np.ndarray], size: int, rng: np.random.Generator) -> np.ndarray:
+    """A random resized crop of one of ``images``, maybe flipped, colour-jittered.
+
+    Float ``[size, size, 3]``. A photo of one image draws no index (the random stream, and so
+    every view, stays what it was before photos could hold several images).
+    """
     from PIL import Image
 
+    image = images[int(rng.integers(len(images)))] if len(images) > 1 else images[0]
     h, w = image.shape[:2]
     area = h * w * rng.uniform(0.25, 1.0)
     aspect = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))

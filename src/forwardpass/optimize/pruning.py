@@ -16,7 +16,9 @@ engine:
    found by bisection so the Conv/Gemm/MatMul FLOPs fall by at least the target — or, with
    ``speedup``, each group loses what it can best afford: its sensitivity measured alone, its
    cost in ONNX Runtime's kernel times, allocated greedily (:mod:`.allocation`);
-5. a short fine-tune by distillation from the original's outputs (:mod:`.training`; labels,
+5. optionally, block-wise reconstruction (:mod:`.blocks`): each changed block trained alone
+   so its output on the pruned network's input matches the original block's;
+6. a short fine-tune by distillation from the original's outputs (:mod:`.training`; labels,
    when given, add a cross-entropy term); export (opset 17, dynamic batch), uneven pads
    folded back into the convolutions (:mod:`.padfold`) and a check against ONNX Runtime.
 
@@ -36,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from forwardpass.errors import Unsupported
+from forwardpass.optimize.blocks import BlockFit, BlockSettings
 from forwardpass.optimize.feedforward import count_flops
 from forwardpass.optimize.training import (
     FitSettings,
@@ -101,6 +104,10 @@ class PruneOptions:
     speedup: float = 0.0
     #: Views the per-group sensitivity runs on (half re-fit each trial, half judge it).
     sensitivity_samples: int = 64
+    #: Views block-wise reconstruction trains each changed block on (0: none), after the
+    #: least-squares re-fit and before the fine-tune, see :mod:`.blocks`.
+    block_samples: int = 0
+    blocks: BlockSettings = field(default_factory=BlockSettings)
 
 
 @dataclass(slots=True)
@@ -136,6 +143,10 @@ class PruneResult:
     predicted_speedup: float = 0.0
     #: Pad nodes of the export folded back into their convolutions.
     pads_folded: int = 0
+    #: Blocks trained to the original's block outputs (see :mod:`.blocks`).
+    blocks: tuple[BlockFit, ...] = ()
+    #: The fine-tune's judgements on validation inputs: (step, top-1 agreement, loss).
+    validation: tuple[tuple[int, float, float], ...] = ()
 
     @property
     def reduction(self) -> float:
@@ -166,8 +177,27 @@ class PruneResult:
             notes.append(f"{self.pads_folded} Pad nodes of the export folded into their Convs")
         if self.reconstructed:
             notes.append(f"{self.reconstructed} layers re-fitted by least squares after the cut")
+        if self.blocks:
+            kept = [b for b in self.blocks if b.kept]
+            before = sum(b.error_before for b in self.blocks) / len(self.blocks)
+            after = sum(b.error_after for b in self.blocks) / len(self.blocks)
+            notes.append(
+                f"{len(kept)} of {len(self.blocks)} blocks trained to the original's block "
+                f"outputs: relative error on views kept aside {before:.4f} → {after:.4f} (mean)"
+            )
         if self.losses:
             notes.append(f"fine-tune loss {self.losses[0]:.4f} → {self.losses[-1]:.4f}")
+        if self.validation:
+            start = self.validation[0]
+            best = (
+                min(self.validation, key=lambda v: v[2])
+                if np.isnan(start[1])
+                else max(self.validation, key=lambda v: (v[1], -v[2]))
+            )
+            notes.append(
+                f"fine-tune judged on validation views {len(self.validation) - 1} times: kept "
+                f"step {best[0]} (top-1 agreement {start[1]:.1%} at the start, {best[1]:.1%} kept)"
+            )
         return notes
 
 
@@ -588,10 +618,13 @@ def prune_structured(
     inputs: np.ndarray,
     labels: np.ndarray | None = None,
     options: PruneOptions | None = None,
+    validation: np.ndarray | None = None,
 ) -> PruneResult:
     """Prune ``model`` to ``options.flops_reduction`` fewer FLOPs, fine-tune, write ``output``.
 
     ``inputs`` (one array, samples first) is the fine-tune data; ``labels`` are optional.
+    ``validation`` inputs (never trained on) stop the fine-tune early: it ends in the state
+    that agreed best with the original on them (:func:`.training.fit`).
     Raises :class:`Unsupported` for a model the converter or the pruner cannot handle.
     """
     import torch
@@ -646,10 +679,28 @@ def prune_structured(
     if options.reconstruct_samples > 0:
         sample = torch.from_numpy(inputs[: options.reconstruct_samples])
         refit = reconstruct(module, pruned, groups, sample, options.ridge, keeps)
+    block_fits: list[BlockFit] = []
+    if options.block_samples > 0:
+        from forwardpass.optimize.blocks import reconstruct_blocks
+
+        sample = torch.from_numpy(inputs[: options.block_samples])
+        block_fits = reconstruct_blocks(module, pruned, sample, options.blocks)
     losses: list[float] = []
+    history: list[tuple[int, float, float]] = []
     if options.fit.max_steps > 0:
+        judged = None
+        if validation is not None:
+            validation = np.ascontiguousarray(validation, dtype=np.float32)
+            judged = ([validation], teacher_targets(run_onnx(model, validation), kind))
         losses = fit(
-            pruned, [inputs], targets, kind, options.fit, labels if classification else None
+            pruned,
+            [inputs],
+            targets,
+            kind,
+            options.fit,
+            labels if classification else None,
+            validation=judged,
+            history=history,
         )
     pruned.logits = False
     dynamic = not any(d.dim_value > 0 for d in model.graph.input[0].type.tensor_type.shape.dim[:1])
@@ -677,6 +728,8 @@ def prune_structured(
         reconstructed=refit,
         predicted_speedup=predicted,
         pads_folded=folded,
+        blocks=tuple(block_fits),
+        validation=tuple(history),
     )
 
 

@@ -11,6 +11,11 @@ ONNX Runtime runs can teach. What the student learns depends on what the teacher
 - anything else (regression, embeddings): mean squared error to the teacher's outputs.
 
 Training is seeded and single-threaded-friendly; it stops after ``epochs`` or ``max_steps``.
+Given *validation* inputs and their teacher targets, it is judged on them every
+``validate_every`` steps and the best state seen is what it returns (early stopping: a
+fine-tune on a few hundred photos' views can fit those views and drift from the teacher
+everywhere else); for a classifier "best" is top-1 agreement with the teacher, loss breaking
+ties, otherwise the loss.
 """
 
 from __future__ import annotations
@@ -44,6 +49,8 @@ class FitSettings:
     #: Weight of the cross-entropy to labels, when there are labels (the KL term weighs 1).
     label_weight: float = 0.5
     seed: int = 0
+    #: Steps between judgements on the validation data, when there is any.
+    validate_every: int = 25
 
 
 def output_kind(model: onnx.ModelProto, output: str, classification: bool) -> OutputKind:
@@ -95,12 +102,18 @@ def fit(
     kind: OutputKind,
     settings: FitSettings,
     labels: np.ndarray | None = None,
+    validation: tuple[Sequence[np.ndarray], np.ndarray] | None = None,
+    history: list[tuple[int, float, float]] | None = None,
 ) -> list[float]:
     """Train ``student`` (its output: logits or values) towards ``targets``; loss per epoch.
 
     BatchNorm statistics and dropout stay as in eval mode: fine-tuning on a few hundred
-    samples should not move a pruned model's normalization.
+    samples should not move a pruned model's normalization. With ``validation`` (inputs,
+    teacher targets), ``student`` ends in the best state judged on it (module docstring),
+    which may be the one it started in; ``history`` (when given) receives each judgement:
+    (step, top-1 agreement — nan for values —, loss).
     """
+
     import torch
 
     generator = torch.Generator().manual_seed(settings.seed)
@@ -114,6 +127,7 @@ def fit(
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps))
     student.eval()  # gradients flow in eval mode; no statistics move
     losses: list[float] = []
+    judge = None if validation is None else _Judge(student, validation, kind, settings)
     step = 0
     while step < total_steps:
         order = torch.randperm(len(ys), generator=generator)
@@ -134,5 +148,68 @@ def fit(
             running += float(loss.item()) * len(index)
             seen += len(index)
             step += 1
+            if judge is not None and (step % settings.validate_every == 0 or step == total_steps):
+                judge.judge(step)
         losses.append(running / max(seen, 1))
+    if judge is not None:
+        judge.restore()
+        if history is not None:
+            history.extend(judge.history)
     return losses
+
+
+class _Judge:
+    """Scores ``student`` on validation data and keeps a copy of its best state."""
+
+    def __init__(
+        self,
+        student: nn.Module,
+        validation: tuple[Sequence[np.ndarray], np.ndarray],
+        kind: OutputKind,
+        settings: FitSettings,
+    ) -> None:
+        import copy
+
+        import torch
+
+        self.student, self.kind, self.settings = student, kind, settings
+        self.inputs = [torch.from_numpy(np.ascontiguousarray(x)) for x in validation[0]]
+        self.targets = torch.from_numpy(np.ascontiguousarray(validation[1]))
+        self.best_step = 0
+        self.best = self._score()
+        self.state = copy.deepcopy(student.state_dict())
+        #: (step, top-1 agreement or nan, loss) of each judgement, the start included.
+        self.history = [(0, *self.best)]
+
+    def _score(self) -> tuple[float, float]:
+        import torch
+
+        outs = []
+        with torch.no_grad():
+            for i in range(0, len(self.targets), self.settings.batch_size):
+                outs.append(
+                    self.student(*(x[i : i + self.settings.batch_size] for x in self.inputs))
+                )
+            out = torch.cat(outs)
+            loss = float(distillation_loss(out, self.targets, self.kind, self.settings.temperature))
+        if self.kind == "values":
+            return float("nan"), loss
+        return float((out.argmax(1) == self.targets.argmax(1)).float().mean()), loss
+
+    def judge(self, step: int) -> None:
+        import copy
+
+        agreement, loss = self._score()
+        self.history.append((step, agreement, loss))
+        best_agreement, best_loss = self.best
+        better = (
+            loss < best_loss
+            if self.kind == "values"
+            else (agreement, -loss) > (best_agreement, -best_loss)
+        )
+        if better:
+            self.best, self.best_step = (agreement, loss), step
+            self.state = copy.deepcopy(self.student.state_dict())
+
+    def restore(self) -> None:
+        self.student.load_state_dict(self.state)

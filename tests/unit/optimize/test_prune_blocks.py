@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import itertools
 from dataclasses import replace
 from pathlib import Path
 
@@ -290,6 +292,7 @@ def test_prune_latency_variant_chains_with_int8(
     monkeypatch.setattr(prune_method, "_SPEEDUP", 1.002)
     monkeypatch.setattr(prune_method, "_SENSITIVITY_VIEWS", 16)
     monkeypatch.setattr(prune_method, "_RECONSTRUCT_VIEWS", 16)
+    monkeypatch.setattr(prune_method, "_BLOCK_STEPS", 10)
     onnx.save(tiny, str(tmp_path / "model.onnx"))
     config = SimpleNamespace(
         inputs=[SimpleNamespace(name="input")], outputs=[object()], batching=True
@@ -302,6 +305,8 @@ def test_prune_latency_variant_chains_with_int8(
     folder.mkdir()
     notes = method.build(ctx, variant, folder / "model.onnx")
     assert any("allocated by sensitivity" in n for n in notes)
+    assert any("blocks trained to the original's block outputs" in n for n in notes)
+    assert any("judged on validation views" in n for n in notes)  # 4 of the 32 held aside
     assert any("static INT8" in n for n in notes) and any("calibrated on 32" in n for n in notes)
     ops = {n.op_type for n in onnx.load(str(folder / "model.onnx")).graph.node}
     assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
@@ -329,3 +334,111 @@ def test_uneven_pads_of_the_export_fold_into_the_convolutions(
     assert "Pad" not in ops and "Conv" in ops
     assert np.allclose(run_onnx(path, x), before, atol=1e-5)
     assert fold_pads(path) == 0  # nothing left to fold; the file is left as it is
+
+
+def test_more_photos_are_real_images_held_out_whole() -> None:
+    from forwardpass.optimize.photos import _photos
+
+    every = _photos()
+    names = set(available_photos())
+    faces = {f"lfw-faces-{k}" for k in range(1, 5)}
+    assert faces | {"microaneurysms", "lfw-backgrounds-1"} <= names
+    assert len(every["motorcycle"]) == 2  # both views of the stereo pair: one scene, one photo
+    assert sum(len(every[n]) for n in faces) == 100
+    for name, images in every.items():
+        for image in images:
+            assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3, name
+            grey = image.astype(np.float64).mean(axis=2)
+            assert grey.std() > 5, name  # not a blank
+            # Natural images are smooth: a pixel predicts its right-hand neighbour well.
+            left, right = grey[:, :-1].ravel(), grey[:, 1:].ravel()
+            assert np.corrcoef(left, right)[0, 1] > 0.5, name
+    crops = [image.tobytes() for n in faces for image in every[n]]
+    assert len(set(crops)) == len(crops)  # distinct faces, not one repeated
+    train, held = split_photos()
+    assert faces & set(train) and faces & set(held)  # some faces judged on, never trained on
+    face_views = photo_views(4, size=32, photos=["lfw-faces-1"], seed=0)
+    assert face_views.shape == (4, 3, 32, 32) and len({v.tobytes() for v in face_views}) == 4
+
+
+def test_blocks_are_cut_where_one_activation_of_one_shape_lives(tiny: onnx.ModelProto) -> None:
+    from forwardpass.optimize.blocks import run_segment, segments
+    from forwardpass.optimize.torch_graph import convert
+
+    module = convert(tiny)
+    x = torch.from_numpy(views(4))
+    module.record_shapes(x[:1])
+    found = segments(module)
+    assert found[0].start == 0 and found[-1].stop == len(module.steps)
+    assert all(a.stop == b.start and a.output == b.input for a, b in itertools.pairwise(found))
+    adds = [s.output for s in module.steps if s.op == "Add" and len(s.inputs) == 2]
+    assert len(adds) == 2 and set(adds) <= {s.output for s in found}  # each block's output
+    with torch.no_grad():  # the blocks, chained, are the network
+        y = x
+        for segment in found:
+            y = run_segment(module, segment, y)
+        assert torch.allclose(y, module(x), atol=1e-5)
+    groups, _ = channel_groups(module)
+    expansions = [g for g in groups if "expand" in g.tensor]
+    order = {g.producer: torch.arange(g.channels) for g in expansions}
+    pruned, _ = _search(module, expansions, order, 0.3)
+    pruned.record_shapes(x[:1])
+    cut = segments(module, pruned)  # inside a block the widths differ: no cut there
+    assert {s.output for s in cut} >= set(adds) and len(cut) <= len(found)
+
+
+def test_block_wise_reconstruction_lowers_each_blocks_error(tiny: onnx.ModelProto) -> None:
+    from forwardpass.optimize.blocks import BlockSettings, reconstruct_blocks
+    from forwardpass.optimize.torch_graph import convert
+
+    module = convert(tiny)
+    x = torch.from_numpy(views(64))
+    module.record_shapes(x[:1])
+    groups, _ = channel_groups(module)
+    expansions = [g for g in groups if "expand" in g.tensor]
+    order = {g.producer: torch.arange(g.channels) for g in expansions}
+    pruned, _ = _search(module, expansions, order, 0.4)
+    held = torch.from_numpy(views(16, seed=9))
+    with torch.no_grad():
+        reference = module(held)
+        before = float(((pruned(held) - reference) ** 2).mean())
+    settings = BlockSettings(steps=60, batch_size=8, learning_rate=3e-3)
+    fits = reconstruct_blocks(module, pruned, x, settings)
+    assert len(fits) == 2  # the two pruned blocks; the stem and head are untouched
+    assert all(f.kept and f.error_after < f.error_before for f in fits)
+    with torch.no_grad():  # and on views of other seeds, the network's outputs too
+        after = float(((pruned(held) - reference) ** 2).mean())
+    assert after < before
+    with pytest.raises(InvalidArgument, match="at least 2 views"):
+        reconstruct_blocks(module, pruned, x[:1], settings)
+
+
+def test_fine_tune_stops_where_it_agreed_best_on_validation_views() -> None:
+    from forwardpass.optimize.training import fit
+
+    torch.manual_seed(0)
+    student = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 4))
+    x = np.random.default_rng(0).normal(size=(64, 6)).astype(np.float32)
+    with torch.no_grad():
+        teacher = student(torch.from_numpy(x)).numpy()
+    start = copy.deepcopy(student.state_dict())
+    # Trained towards the wrong answers (the teacher's logits reversed), judged on the right
+    # ones: the student only gets worse, so it must end as it started.
+    wrong = teacher[:, ::-1].copy()
+    settings = FitSettings(epochs=20, batch_size=16, learning_rate=1e-2, validate_every=5)
+    history: list[tuple[int, float, float]] = []
+    losses = fit(
+        student, [x], wrong, "logits", settings, validation=([x], teacher), history=history
+    )
+    assert len(losses) == 20 and history[0][:2] == (0, 1.0)  # all agree at the start
+    assert [h[0] for h in history] == list(range(0, 81, 5))
+    assert min(h[1] for h in history) < 0.5  # it did drift
+    assert all(torch.equal(v, start[k]) for k, v in student.state_dict().items())
+    # Trained towards the right answers from a perturbed start, it keeps a later, better step.
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    history.clear()
+    fit(student, [x], teacher, "logits", settings, validation=([x], teacher), history=history)
+    best = max(history, key=lambda h: (h[1], -h[2]))
+    assert best[0] > 0 and best[1] > history[0][1]
