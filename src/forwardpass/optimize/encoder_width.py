@@ -170,7 +170,8 @@ def narrow_feed_forward(
         raise InvalidArgument(f"re-fit target {target!r}: one of {', '.join(TARGETS)}")
     if not batches:
         raise InvalidArgument("narrowing the feed-forward needs calibration sentences")
-    layers = list(student.encoder.layer)
+    # Untyped: torch types submodule attributes as ``Tensor | Module``.
+    layers: list[Any] = list(student.encoder.layer)
     mapping = list(teacher_layers) if teacher_layers is not None else list(range(len(layers)))
     if len(mapping) != len(layers):
         raise InvalidArgument(
@@ -212,7 +213,8 @@ def narrow_feed_forward(
             for batch in batches:
                 x, additive, tokens = start(teacher, batch)
                 sums = []
-                for t_layer in teacher.encoder.layer:
+                t_layers: list[Any] = list(teacher.encoder.layer)
+                for t_layer in t_layers:
                     h = t_layer.attention(x, additive)
                     z = t_layer.output.dense(t_layer.intermediate(h)) + h
                     sums.append(z[tokens])
