@@ -62,9 +62,16 @@ def test_lsq_selection_finds_the_columns_the_target_is_made_of() -> None:
 def test_keeping_every_neuron_reproduces_the_teacher(encoder_repo: Path) -> None:  # noqa: F811
     teacher, batches = _setup(encoder_repo)
     weights = teacher.weights()
-    for select, refit in (("weight", False), ("activation", False), ("lsq", True)):
+    for select, refit, normalised in (
+        ("weight", False, True),
+        ("activation", False, True),
+        ("lsq", True, True),
+        ("lsq", True, False),
+    ):
         student = SentenceEncoder(shrink(weights, range(4))).eval()
-        fits = narrow_feed_forward(student, batches, 64, select=select, refit=refit, ridge=1e-9)
+        fits = narrow_feed_forward(
+            student, batches, 64, select=select, refit=refit, ridge=1e-9, normalised=normalised
+        )
         assert [len(f.keep) for f in fits] == [64] * 4
         assert max(f.error_refit for f in fits) < 1e-6
         np.testing.assert_allclose(_embed(student, batches), _embed(teacher, batches), atol=1e-4)
@@ -104,6 +111,18 @@ def test_the_teacher_target_and_bad_arguments(encoder_repo: Path) -> None:  # no
             narrow_feed_forward(student, batches, 8, **kwargs)  # type: ignore[arg-type]
     with pytest.raises(InvalidArgument, match="FFN width 99"):
         narrow_feed_forward(student, batches, 99)
+    with pytest.raises(InvalidArgument, match="3 FFN widths given for a student of 2"):
+        narrow_feed_forward(student, batches, [8, 8, 8])
+
+
+def test_each_layer_can_have_its_own_width(encoder_repo: Path) -> None:  # noqa: F811
+    teacher, batches = _setup(encoder_repo)
+    student = SentenceEncoder(shrink(teacher.weights(), range(4))).eval()
+    fits = narrow_feed_forward(student, batches, [8, 16, 32, 64])
+    assert [len(f.keep) for f in fits] == [8, 16, 32, 64]
+    assert [student.weights().intermediate(i) for i in range(4)] == [8, 16, 32, 64]
+    # More neurons, less error (each layer fitted on the inputs the narrowed ones give it).
+    assert fits[3].error_refit < 1e-3 < fits[0].error_refit
     with pytest.raises(InvalidArgument, match="calibration sentences"):
         narrow_feed_forward(student, [], 8)
 
