@@ -270,7 +270,7 @@ def test_optimize_with_distill_measures_the_student_and_its_int8(
         assert candidate.parameters is not None
     assert by_name["distill-half-int8"].size_bytes < by_name["distill-half"].size_bytes  # type: ignore[operator]
     narrow = next(n for n in by_name["distill-narrow"].notes if n.startswith("student "))
-    assert "4 layers (teacher's [0, 1, 2, 3]), FFN 21 (lsq-selected, re-fitted" in narrow
+    assert "4 layers (teacher's [0, 1, 2, 3]), FFN 24 (lsq-selected, re-fitted" in narrow
     assert result.version_dir is None
 
 
