@@ -5,7 +5,8 @@ Usage::
     python bench/distill_bench.py [--model-repository DIR] [--steps 400] [--layers 0,2,4]
                                   [--intermediate N [--select lsq] [--refit]]
                                   [--hidden-weight 0] [--lr 1e-4]
-                                  [--student FILE] [--rounds 3] [--iterations 200] [--json]
+                                  [--student FILE | --init-student FILE] [--save-student FILE]
+                                  [--rounds 3] [--iterations 200] [--json]
 
 It builds the zoo model ``all-minilm-l6-v2`` (or takes it from ``--model-repository``),
 distils a student that starts from the teacher's ``--layers`` (default: half of them, the
@@ -71,6 +72,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sentences", type=int, default=20000)
     parser.add_argument("--test-sentences", type=int, default=1000)
     parser.add_argument("--student", type=Path, default=None, help="a trained student file")
+    parser.add_argument(
+        "--init-student",
+        type=Path,
+        default=None,
+        help="train on from this student file (e.g. an earlier --save-student)",
+    )
     parser.add_argument("--save-student", type=Path, default=None)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--iterations", type=int, default=200)
@@ -127,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
                 corpus.train,
                 corpus.test,
                 corpus.source,
+                initial=args.init_student,
             )
             training.update(
                 student=result.student,

@@ -272,8 +272,14 @@ def distill_encoder(
     train: Sequence[str],
     test: Sequence[str],
     corpus: str = "",
+    initial: Path | None = None,
 ) -> EncoderDistillResult:
-    """Train a student of the encoder in ``source`` and write it to ``output``."""
+    """Train a student of the encoder in ``source`` and write it to ``output``.
+
+    ``initial``: go on training this student file (an earlier ``output``) instead of
+    deriving one from the teacher; ``settings.layers`` then names the teacher layer each of
+    its layers stands for (default, for a student as deep as the teacher: the same index).
+    """
     import onnx
     import torch
 
@@ -316,14 +322,36 @@ def distill_encoder(
     weights = read_encoder(onnx.load(str(source)))
     teacher = SentenceEncoder(weights).eval()
     tok = tokenize(config, model_dir, settings.max_tokens)
-    if settings.layers is not None:
+    fits: list[LayerFit] = []
+    if initial is not None:
+        student = SentenceEncoder(read_encoder(onnx.load(str(initial))))
+        depth = len(student.encoder.layer)
+        layers = settings.layers or (tuple(range(depth)) if depth == len(weights.layers) else ())
+        if len(layers) != depth or not all(0 <= i < len(weights.layers) for i in layers):
+            raise InvalidArgument(
+                f"the student {initial.name} has {depth} layers: name the teacher layer each "
+                f"stands for (layers {list(layers)} given, the teacher has "
+                f"{len(weights.layers)})"
+            )
+        if student.weights().hidden != weights.hidden:
+            raise InvalidArgument(
+                f"the student {initial.name} is {student.weights().hidden} wide, the teacher "
+                f"{weights.hidden}"
+            )
+        described = (
+            f"{depth} layers (teacher's {list(layers)}), FFN "
+            f"{'/'.join(str(student.weights().intermediate(i)) for i in range(depth))}, "
+            f"trained on from {initial.name}"
+        )
+    elif settings.layers is not None:
         layers, picked = settings.layers, ""
     else:
         probe = tok(list(train)[:: max(1, len(train) // 64)][:64])
         layers, start = pick_layers(teacher, -(-len(weights.layers) // 2), probe)
         picked = f", picked: cosine {start:.3f} before training"
-    fits: list[LayerFit] = []
-    if calibrated:
+    if initial is not None:
+        pass
+    elif calibrated:
         assert settings.intermediate is not None
         student = SentenceEncoder(shrink(weights, layers))
         every = max(1, len(train) // settings.calibration_sentences)
@@ -346,9 +374,10 @@ def distill_encoder(
     else:
         student = SentenceEncoder(shrink(weights, layers, settings.intermediate))
         how = "weight-selected"
-    described = f"{len(layers)} layers (teacher's {list(layers)}{picked})" + (
-        f", FFN {settings.intermediate} ({how})" if settings.intermediate else ""
-    )
+    if initial is None:
+        described = f"{len(layers)} layers (teacher's {list(layers)}{picked})" + (
+            f", FFN {settings.intermediate} ({how})" if settings.intermediate else ""
+        )
 
     test_batches = _Batches(tok, list(test)[: settings.test_sentences]).batches(_EVAL_BATCH)
     diff = verify_encoder(source, teacher, test_batches[0])

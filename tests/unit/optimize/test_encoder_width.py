@@ -154,6 +154,31 @@ def test_distill_with_a_refitted_narrow_student_and_no_training(
     assert "not trained (0 steps)" in notes[2]
     assert sum(n.startswith("feed-forward layer") for n in notes) == 4
     assert read_encoder(onnx.load(str(out))).intermediate(3) == 16
+    # Training goes on from that file: the student as saved, each layer matched to its own.
+    more = tmp_path / "more.onnx"
+    again = distill_encoder(
+        _teacher(encoder_repo),
+        entry.config,
+        entry.path,
+        more,
+        EncoderDistillSettings(steps=2, batch_size=8, hidden_weight=1.0),
+        corpus.train,
+        corpus.test,
+        initial=out,
+    )
+    assert again.student.endswith("FFN 16/16/16/16, trained on from student.onnx")
+    assert len(again.losses) == 2 and read_encoder(onnx.load(str(more))).intermediate(0) == 16
+    with pytest.raises(InvalidArgument, match="has 4 layers: name the teacher layer"):
+        distill_encoder(
+            _teacher(encoder_repo),
+            entry.config,
+            entry.path,
+            more,
+            EncoderDistillSettings(layers=(0, 3), steps=1, batch_size=8),
+            corpus.train,
+            corpus.test,
+            initial=out,
+        )
     for bad, words in (({"select": "norm"}, "neuron selection 'norm'"), ({"steps": -1}, "zero")):
         with pytest.raises(InvalidArgument, match=words):
             distill_encoder(
