@@ -3,12 +3,16 @@
 Usage::
 
     python bench/distill_bench.py [--model-repository DIR] [--steps 400] [--layers 0,2,4]
-                                  [--intermediate N] [--hidden-weight 0] [--lr 1e-4]
-                                  [--student FILE] [--rounds 3] [--iterations 200] [--json]
+                                  [--intermediate N [--select lsq] [--refit]]
+                                  [--hidden-weight 0] [--lr 1e-4]
+                                  [--student FILE | --init-student FILE] [--save-student FILE]
+                                  [--rounds 3] [--iterations 200] [--json]
 
 It builds the zoo model ``all-minilm-l6-v2`` (or takes it from ``--model-repository``),
 distils a student that starts from the teacher's ``--layers`` (default: half of them, the
-subset closest to the teacher before training) on
+subset closest to the teacher before training), optionally with a narrower feed-forward
+(``--intermediate``; ``--select lsq --refit``: the neurons and output projections fitted on
+calibration sentences, :mod:`forwardpass.optimize.encoder_width`), on
 sentences from the installed packages' docstrings and texts
 (:func:`forwardpass.optimize.encoder_distill.distill_encoder`; ``--steps`` bounds training),
 or takes an already trained ``--student`` file, then quantizes teacher and student with
@@ -51,12 +55,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--layers", default=None, help="teacher layers, e.g. 0,2,4")
     parser.add_argument("--intermediate", type=int, default=None)
+    parser.add_argument(
+        "--select",
+        choices=("weight", "activation", "lsq"),
+        default="weight",
+        help="how the kept FFN neurons are chosen (with --intermediate)",
+    )
+    parser.add_argument(
+        "--refit", action="store_true", help="solve the narrowed FFN outputs before training"
+    )
+    parser.add_argument("--refit-target", choices=("own", "teacher"), default="own")
+    parser.add_argument("--calibration-sentences", type=int, default=2000)
     parser.add_argument("--hidden-weight", type=float, default=0.0)
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--sentences", type=int, default=20000)
     parser.add_argument("--test-sentences", type=int, default=1000)
     parser.add_argument("--student", type=Path, default=None, help="a trained student file")
+    parser.add_argument(
+        "--init-student",
+        type=Path,
+        default=None,
+        help="train on from this student file (e.g. an earlier --save-student)",
+    )
     parser.add_argument("--save-student", type=Path, default=None)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--iterations", type=int, default=200)
@@ -88,6 +109,10 @@ def main(argv: list[str] | None = None) -> int:
         settings = EncoderDistillSettings(
             layers=tuple(int(x) for x in args.layers.split(",")) if args.layers else None,
             intermediate=args.intermediate,
+            select=args.select,
+            refit=args.refit,
+            refit_target=args.refit_target,
+            calibration_sentences=args.calibration_sentences,
             steps=args.steps,
             batch_size=args.batch_size,
             learning_rate=args.lr,
@@ -109,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
                 corpus.train,
                 corpus.test,
                 corpus.source,
+                initial=args.init_student,
             )
             training.update(
                 student=result.student,

@@ -14,7 +14,8 @@ naming what is missing.
 :class:`SentenceEncoder` is the same computation in torch (:func:`verify_encoder` proves a
 reading against ONNX Runtime); :func:`shrink` derives a student from it: a subset of the
 layers (e.g. every other one), optionally a narrower feed-forward (the intermediate neurons
-with the largest ``‖w_in‖·‖w_out‖`` kept). :func:`export_encoder` writes it back with the
+with the largest ``‖w_in‖·‖w_out‖`` kept; :mod:`.encoder_width` chooses and re-fits them on
+real activations instead). :func:`export_encoder` writes it back with the
 teacher's input and output names and dynamic batch and sequence axes, so the tokenizer and
 the config stay as they are.
 """

@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,16 @@ class EncoderDistillSettings:
     layers: tuple[int, ...] | None = None
     #: Feed-forward width of the student; ``None`` keeps the teacher's.
     intermediate: int | None = None
+    #: How the kept feed-forward neurons are chosen (:mod:`.encoder_width`): ``"weight"``
+    #: (``‖w_in‖·‖w_out‖``, no data), ``"activation"`` or ``"lsq"`` (on calibration text).
+    select: str = "weight"
+    #: Solve the narrowed layers' output projections on calibration text before training.
+    refit: bool = False
+    #: What the re-fit reproduces: the full feed-forward on the student's inputs (``"own"``)
+    #: or the teacher's pre-LayerNorm sum (``"teacher"``).
+    refit_target: str = "own"
+    #: Training sentences (spread over the set) the selection and re-fit run on.
+    calibration_sentences: int = 2000
     steps: int = 400
     batch_size: int = 32
     learning_rate: float = 3e-4
@@ -103,15 +113,24 @@ class EncoderDistillResult:
     corpus: str
     train_sentences: int
     onnx_vs_torch: float
+    #: Per narrowed layer, how well its kept neurons reproduce the full feed-forward.
+    fits: list[str] = field(default_factory=list)
 
     def notes(self) -> list[str]:
-        first = float(np.mean(self.losses[: max(1, len(self.losses) // 10)]))
-        last = float(np.mean(self.losses[-max(1, len(self.losses) // 10) :]))
+        if self.losses:
+            first = float(np.mean(self.losses[: max(1, len(self.losses) // 10)]))
+            last = float(np.mean(self.losses[-max(1, len(self.losses) // 10) :]))
+            trained = (
+                f"trained {len(self.losses)} steps in {self.seconds:.0f} s on "
+                f"{self.train_sentences} sentences; loss {first:.4f} → {last:.4f}"
+            )
+        else:
+            trained = "not trained (0 steps): the student as initialised"
         return [
             f"student {self.student} from teacher {self.teacher}",
             self.agreement.summary(),
-            f"trained {len(self.losses)} steps in {self.seconds:.0f} s on "
-            f"{self.train_sentences} sentences; loss {first:.4f} → {last:.4f}",
+            trained,
+            *(f"feed-forward {f}" for f in self.fits),
             f"corpus: {self.corpus}",
         ]
 
@@ -253,8 +272,14 @@ def distill_encoder(
     train: Sequence[str],
     test: Sequence[str],
     corpus: str = "",
+    initial: Path | None = None,
 ) -> EncoderDistillResult:
-    """Train a student of the encoder in ``source`` and write it to ``output``."""
+    """Train a student of the encoder in ``source`` and write it to ``output``.
+
+    ``initial``: go on training this student file (an earlier ``output``) instead of
+    deriving one from the teacher; ``settings.layers`` then names the teacher layer each of
+    its layers stands for (default, for a student as deep as the teacher: the same index).
+    """
     import onnx
     import torch
 
@@ -265,9 +290,28 @@ def distill_encoder(
         shrink,
         verify_encoder,
     )
+    from forwardpass.optimize.encoder_width import (
+        SELECTIONS,
+        TARGETS,
+        LayerFit,
+        narrow_feed_forward,
+    )
 
-    if settings.steps < 1 or settings.batch_size < 1:
-        raise InvalidArgument("distillation needs at least one step of at least one sentence")
+    if settings.steps < 0 or settings.batch_size < 1:
+        raise InvalidArgument(
+            "distillation takes zero or more steps (0: the student as initialised) of at "
+            "least one sentence"
+        )
+    if settings.select not in SELECTIONS or settings.refit_target not in TARGETS:
+        raise InvalidArgument(
+            f"neuron selection {settings.select!r} (one of {', '.join(SELECTIONS)}), re-fit "
+            f"target {settings.refit_target!r} (one of {', '.join(TARGETS)})"
+        )
+    calibrated = settings.intermediate is not None and (
+        settings.refit or settings.select != "weight"
+    )
+    if calibrated and settings.calibration_sentences < 1:
+        raise InvalidArgument("the feed-forward selection needs calibration sentences")
     if len(train) < settings.batch_size or len(test) < 2:
         raise InvalidArgument(
             f"too few sentences: {len(train)} to train on (batch {settings.batch_size}), "
@@ -278,16 +322,62 @@ def distill_encoder(
     weights = read_encoder(onnx.load(str(source)))
     teacher = SentenceEncoder(weights).eval()
     tok = tokenize(config, model_dir, settings.max_tokens)
-    if settings.layers is not None:
+    fits: list[LayerFit] = []
+    if initial is not None:
+        student = SentenceEncoder(read_encoder(onnx.load(str(initial))))
+        depth = len(student.encoder.layer)
+        layers = settings.layers or (tuple(range(depth)) if depth == len(weights.layers) else ())
+        if len(layers) != depth or not all(0 <= i < len(weights.layers) for i in layers):
+            raise InvalidArgument(
+                f"the student {initial.name} has {depth} layers: name the teacher layer each "
+                f"stands for (layers {list(layers)} given, the teacher has "
+                f"{len(weights.layers)})"
+            )
+        if student.weights().hidden != weights.hidden:
+            raise InvalidArgument(
+                f"the student {initial.name} is {student.weights().hidden} wide, the teacher "
+                f"{weights.hidden}"
+            )
+        described = (
+            f"{depth} layers (teacher's {list(layers)}), FFN "
+            f"{'/'.join(str(student.weights().intermediate(i)) for i in range(depth))}, "
+            f"trained on from {initial.name}"
+        )
+    elif settings.layers is not None:
         layers, picked = settings.layers, ""
     else:
         probe = tok(list(train)[:: max(1, len(train) // 64)][:64])
         layers, start = pick_layers(teacher, -(-len(weights.layers) // 2), probe)
         picked = f", picked: cosine {start:.3f} before training"
-    student = SentenceEncoder(shrink(weights, layers, settings.intermediate))
-    described = f"{len(layers)} layers (teacher's {list(layers)}{picked})" + (
-        f", FFN {settings.intermediate}" if settings.intermediate else ""
-    )
+    if initial is not None:
+        pass
+    elif calibrated:
+        assert settings.intermediate is not None
+        student = SentenceEncoder(shrink(weights, layers))
+        every = max(1, len(train) // settings.calibration_sentences)
+        calibration = list(train)[::every][: settings.calibration_sentences]
+        fits = narrow_feed_forward(
+            student,
+            _Batches(tok, calibration).batches(64),
+            settings.intermediate,
+            select=settings.select,
+            refit=settings.refit,
+            target=settings.refit_target,
+            teacher=teacher,
+            teacher_layers=layers,
+        )
+        how = f"{settings.select}-selected" + (
+            f", re-fitted ({settings.refit_target}) on {len(calibration)} sentences"
+            if settings.refit
+            else f" on {len(calibration)} sentences"
+        )
+    else:
+        student = SentenceEncoder(shrink(weights, layers, settings.intermediate))
+        how = "weight-selected"
+    if initial is None:
+        described = f"{len(layers)} layers (teacher's {list(layers)}{picked})" + (
+            f", FFN {settings.intermediate} ({how})" if settings.intermediate else ""
+        )
 
     test_batches = _Batches(tok, list(test)[: settings.test_sentences]).batches(_EVAL_BATCH)
     diff = verify_encoder(source, teacher, test_batches[0])
@@ -372,4 +462,5 @@ def distill_encoder(
         corpus,
         len(pool),
         exported,
+        [f.summary() for f in fits],
     )

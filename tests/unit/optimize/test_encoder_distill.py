@@ -255,14 +255,22 @@ def test_optimize_with_distill_measures_the_student_and_its_int8(
         )
     )
     by_name = {c.name: c for c in result.report.candidates}
-    assert set(by_name) == {"original", "distill-half", "distill-half-int8"}
-    for name in ("distill-half", "distill-half-int8"):
+    assert set(by_name) == {
+        "original",
+        "distill-half",
+        "distill-half-int8",
+        "distill-narrow",
+        "distill-narrow-int8",
+    }
+    for name in ("distill-half", "distill-half-int8", "distill-narrow", "distill-narrow-int8"):
         candidate = by_name[name]
         assert candidate.status == "measured", candidate.reason
         assert candidate.performance is not None and candidate.accuracy is not None
         assert any("nearest-neighbour agreement" in n for n in candidate.notes)
         assert candidate.parameters is not None
     assert by_name["distill-half-int8"].size_bytes < by_name["distill-half"].size_bytes  # type: ignore[operator]
+    narrow = next(n for n in by_name["distill-narrow"].notes if n.startswith("student "))
+    assert "4 layers (teacher's [0, 1, 2, 3]), FFN 24 (lsq-selected, re-fitted" in narrow
     assert result.version_dir is None
 
 
