@@ -27,7 +27,7 @@ from forwardpass.export.conversion import STANDARD_DOMAINS, convert
 from forwardpass.export.manifest import Manifest, run_runner
 from forwardpass.export.runner import TextStep, wordpiece_problems
 from forwardpass.export.samples import image_inputs, request_arrays, write_samples
-from forwardpass.export.target import ANY, Target, require_runtime
+from forwardpass.export.target import ANY, TARGETS, Target, require_runtime
 from forwardpass.export.verification import differences
 from forwardpass.model_config import ModelConfig, TensorSpec
 from forwardpass.repository import ModelRepository
@@ -250,9 +250,18 @@ def _build(
     for path, want, got in zip(paths, expected, answers.answers, strict=True):
         problems = differences(want, got["outputs"])
         if problems:
+            # Replayed runtime optimizations pick the kernels of the CPU the bundle loads on;
+            # for a quantized model those can round differently from the engine's.
+            hint = (
+                "; the runtime optimizations replayed at load choose their own kernels (int8 "
+                "ones round differently on some CPUs): try --target "
+                f"{' or '.join(sorted(TARGETS))}, the fixed optimizations for the CPU it runs on"
+                if target.runtime_optimizations
+                else ""
+            )
             raise InternalError(
                 f"the bundle answers sample {path.name} differently from {reference}: "
-                f"{'; '.join(problems)}; nothing was written"
+                f"{'; '.join(problems)}; nothing was written{hint}"
             )
     files = {
         str(p.relative_to(staging)): p.stat().st_size

@@ -17,7 +17,7 @@ from model_builders import run_with_engine, write_model
 from onnx import TensorProto, helper, numpy_helper
 
 import forwardpass
-from forwardpass.errors import InvalidArgument, Unsupported
+from forwardpass.errors import InternalError, InvalidArgument, Unsupported
 from forwardpass.export import TARGETS, ExportOptions, export_bundle
 from forwardpass.export import target as target_module
 from forwardpass.export.manifest import clean_environment
@@ -308,3 +308,25 @@ def test_an_int8_qdq_version_converts(tabular: Path, tmp_path: Path) -> None:
     assert result.manifest.verification["equal"] is True
     assert "com.microsoft.nchwc" not in result.manifest.operators  # x86-only layouts stay out
     shutil.rmtree(out)
+
+
+def test_answers_unlike_the_engines_are_refused_with_the_fixed_targets_as_the_way_out(
+    tabular: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A static INT8 EfficientNet-Lite0 on this AVX2 CPU did this for real: its replayed
+    # runtime optimizations picked other int8 kernels than the engine's (top-1 probability
+    # 0.45 against 0.06), while --target x86_64 matched. Simulated here on a small model.
+    from forwardpass.export import bundle as bundle_module
+
+    monkeypatch.setattr(bundle_module, "differences", lambda want, got: ["y: off by 0.4"])
+    out = tmp_path / "bundle"
+    with pytest.raises(
+        InternalError, match=r"off by 0.4; nothing was written; .*--target arm64 or x86_64"
+    ):
+        export_bundle(ExportOptions("linear", tabular, output=out, repeat=1))
+    assert not out.exists() and not out.with_name("bundle.tar.gz").exists()
+    with pytest.raises(InternalError, match=r"nothing was written$"):
+        export_bundle(
+            ExportOptions("linear", tabular, target=TARGETS["x86_64"], output=out, repeat=1)
+        )
+    assert not out.exists()
