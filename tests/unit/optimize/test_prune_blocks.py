@@ -6,6 +6,7 @@ import copy
 import itertools
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -125,16 +126,23 @@ def test_expansion_layers_only_lose_channels(tiny: onnx.ModelProto, tmp_path: Pa
     assert out.shape == (5, 5)
 
 
+def _cut_expansions(module: Any, ratio: float) -> tuple[list[Any], Any]:
+    """The expansion groups of a converted (shape-recorded) network, and a copy with each cut
+    by ``ratio``, keeping its first channels."""
+    groups, _ = channel_groups(module)
+    expansions = [g for g in groups if "expand" in g.tensor]
+    order = {g.producer: torch.arange(g.channels) for g in expansions}
+    pruned, _ = _search(module, expansions, order, ratio)
+    return expansions, pruned
+
+
 def test_least_squares_refit_brings_the_pruned_net_closer(tiny: onnx.ModelProto) -> None:
     from forwardpass.optimize.torch_graph import convert
 
     module = convert(tiny)
     x = torch.from_numpy(views(48))
     module.record_shapes(x[:1])
-    groups, _ = channel_groups(module)
-    expansions = [g for g in groups if "expand" in g.tensor]
-    order = {g.producer: torch.arange(g.channels) for g in expansions}
-    pruned, _ = _search(module, expansions, order, 0.3)
+    expansions, pruned = _cut_expansions(module, 0.3)
     held = torch.from_numpy(views(16, seed=9))
     with torch.no_grad():
         reference = module(held)
@@ -378,10 +386,7 @@ def test_blocks_are_cut_where_one_activation_of_one_shape_lives(tiny: onnx.Model
         for segment in found:
             y = run_segment(module, segment, y)
         assert torch.allclose(y, module(x), atol=1e-5)
-    groups, _ = channel_groups(module)
-    expansions = [g for g in groups if "expand" in g.tensor]
-    order = {g.producer: torch.arange(g.channels) for g in expansions}
-    pruned, _ = _search(module, expansions, order, 0.3)
+    _, pruned = _cut_expansions(module, 0.3)
     pruned.record_shapes(x[:1])
     cut = segments(module, pruned)  # inside a block the widths differ: no cut there
     assert {s.output for s in cut} >= set(adds) and len(cut) <= len(found)
@@ -394,10 +399,7 @@ def test_block_wise_reconstruction_lowers_each_blocks_error(tiny: onnx.ModelProt
     module = convert(tiny)
     x = torch.from_numpy(views(64))
     module.record_shapes(x[:1])
-    groups, _ = channel_groups(module)
-    expansions = [g for g in groups if "expand" in g.tensor]
-    order = {g.producer: torch.arange(g.channels) for g in expansions}
-    pruned, _ = _search(module, expansions, order, 0.4)
+    _, pruned = _cut_expansions(module, 0.4)
     held = torch.from_numpy(views(16, seed=9))
     with torch.no_grad():
         reference = module(held)
