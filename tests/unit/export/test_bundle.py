@@ -140,7 +140,11 @@ def test_digits_bundle_answers_like_the_engine_without_forwardpass(tmp_path: Pat
     )
     assert probe.returncode == 0 and "isolated" in probe.stdout, probe.stderr
 
-    answers = run_bundle(out, *map(str, DIGIT_SAMPLES[:3]))
+    assert_digits_answered_like_the_engine(run_bundle(out, *map(str, DIGIT_SAMPLES[:3])))
+
+
+def assert_digits_answered_like_the_engine(answers: list[dict[str, Any]]) -> None:
+    """A digits bundle's answers to ``DIGIT_SAMPLES[:3]`` are the engine's, and right."""
     config = export_config(EMBEDDED, "digits")
     for path, answer in zip(DIGIT_SAMPLES[:3], answers, strict=True):
         image = load_image(path, config.inputs[0], config.parameters)[None]

@@ -22,8 +22,8 @@ from model_builders import write_model
 from test_bundle import (
     DIGIT_SAMPLES,
     EMBEDDED,
+    assert_digits_answered_like_the_engine,
     engine_answer,
-    export_config,
     tabular_config,
     tabular_model,
 )
@@ -33,7 +33,6 @@ from forwardpass.datatypes import DataType
 from forwardpass.export import TARGETS, ExportOptions, export_bundle
 from forwardpass.export.manifest import clean_environment
 from forwardpass.export.verification import differences
-from forwardpass.processing.image import load_image
 from forwardpass.types import Tensor
 
 #: What a bundle may need: numpy and onnxruntime, Pillow for pictures (with their libraries).
@@ -91,15 +90,9 @@ def test_the_digits_bundle_answers_like_the_engine_in_a_clean_venv(
 ) -> None:
     out = tmp_path / "digits-edge"
     export_bundle(ExportOptions("digits", EMBEDDED, target=TARGETS["x86_64"], output=out, repeat=1))
-    answers = answer_in(clean_python, copied(out, tmp_path), *DIGIT_SAMPLES[:3])
-    config = export_config(EMBEDDED, "digits")
-    for path, answer in zip(DIGIT_SAMPLES[:3], answers, strict=True):
-        image = load_image(path, config.inputs[0], config.parameters)[None]
-        want = engine_answer(
-            EMBEDDED, "digits", [Tensor("image", config.inputs[0].datatype, image)]
-        )
-        got = np.asarray(answer["outputs"]["probabilities"], dtype=np.float32)
-        np.testing.assert_allclose(got, want["probabilities"], rtol=1e-4, atol=1e-5)
+    assert_digits_answered_like_the_engine(
+        answer_in(clean_python, copied(out, tmp_path), *DIGIT_SAMPLES[:3])
+    )
 
 
 def test_tabular_and_text_bundles_answer_like_the_engine_in_a_clean_venv(
