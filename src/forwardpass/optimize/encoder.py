@@ -41,6 +41,7 @@ __all__ = [
     "EncoderWeights",
     "SentenceEncoder",
     "export_encoder",
+    "largest_weights",
     "read_encoder",
     "shrink",
     "verify_encoder",
@@ -379,6 +380,13 @@ class SentenceEncoder(nn.Module):
         )
 
 
+def largest_weights(w_in: np.ndarray, w_out: np.ndarray, width: int) -> np.ndarray:
+    """The ``width`` feed-forward neurons of largest ``‖w_in‖·‖w_out‖`` (sorted indices), for
+    ``w_in`` (hidden × neurons) and ``w_out`` (neurons × hidden): the data-free choice."""
+    score = np.linalg.norm(w_in, axis=0) * np.linalg.norm(w_out, axis=1)
+    return np.sort(np.argsort(-score, kind="stable")[:width])
+
+
 def shrink(
     weights: EncoderWeights, layers: Sequence[int], intermediate: int | None = None
 ) -> EncoderWeights:
@@ -398,10 +406,9 @@ def shrink(
             width = layer["intermediate.dense.weight"].shape[1]
             if not 1 <= intermediate <= width:
                 raise InvalidArgument(f"student FFN width {intermediate}: between 1 and {width}")
-            score = np.linalg.norm(layer["intermediate.dense.weight"], axis=0) * np.linalg.norm(
-                layer["output.dense.weight"], axis=1
+            keep = largest_weights(
+                layer["intermediate.dense.weight"], layer["output.dense.weight"], intermediate
             )
-            keep = np.sort(np.argsort(-score)[:intermediate])
             layer["intermediate.dense.weight"] = layer["intermediate.dense.weight"][:, keep]
             layer["intermediate.dense.bias"] = layer["intermediate.dense.bias"][keep]
             layer["output.dense.weight"] = layer["output.dense.weight"][keep]

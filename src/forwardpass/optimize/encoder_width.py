@@ -177,7 +177,7 @@ def narrow_feed_forward(
     import torch.nn.functional as F
     from torch import nn
 
-    from forwardpass.optimize.encoder import SentenceEncoder
+    from forwardpass.optimize.encoder import SentenceEncoder, largest_weights
 
     if not isinstance(student, SentenceEncoder):
         raise InvalidArgument("narrow_feed_forward takes a SentenceEncoder")
@@ -273,8 +273,7 @@ def narrow_feed_forward(
                 else np.ones(w_out.shape[1])
             )
             if select == "weight":
-                score = np.linalg.norm(w_in, axis=0) * np.linalg.norm(w_out, axis=1)
-                keep = np.sort(np.argsort(-score, kind="stable")[: widths[index]])
+                keep = largest_weights(w_in, w_out, widths[index])
             elif select == "activation":
                 score = moments.abs_a / moments.count * np.linalg.norm(w_out, axis=1)
                 keep = np.sort(np.argsort(-score, kind="stable")[: widths[index]])
