@@ -343,38 +343,36 @@ def distill_encoder(
             f"{'/'.join(str(student.weights().intermediate(i)) for i in range(depth))}, "
             f"trained on from {initial.name}"
         )
-    elif settings.layers is not None:
-        layers, picked = settings.layers, ""
     else:
-        probe = tok(list(train)[:: max(1, len(train) // 64)][:64])
-        layers, start = pick_layers(teacher, -(-len(weights.layers) // 2), probe)
-        picked = f", picked: cosine {start:.3f} before training"
-    if initial is not None:
-        pass
-    elif calibrated:
-        assert settings.intermediate is not None
-        student = SentenceEncoder(shrink(weights, layers))
-        every = max(1, len(train) // settings.calibration_sentences)
-        calibration = list(train)[::every][: settings.calibration_sentences]
-        fits = narrow_feed_forward(
-            student,
-            _Batches(tok, calibration).batches(64),
-            settings.intermediate,
-            select=settings.select,
-            refit=settings.refit,
-            target=settings.refit_target,
-            teacher=teacher,
-            teacher_layers=layers,
-        )
-        how = f"{settings.select}-selected" + (
-            f", re-fitted ({settings.refit_target}) on {len(calibration)} sentences"
-            if settings.refit
-            else f" on {len(calibration)} sentences"
-        )
-    else:
-        student = SentenceEncoder(shrink(weights, layers, settings.intermediate))
-        how = "weight-selected"
-    if initial is None:
+        if settings.layers is not None:
+            layers, picked = settings.layers, ""
+        else:
+            probe = tok(list(train)[:: max(1, len(train) // 64)][:64])
+            layers, start = pick_layers(teacher, -(-len(weights.layers) // 2), probe)
+            picked = f", picked: cosine {start:.3f} before training"
+        if calibrated:
+            assert settings.intermediate is not None
+            student = SentenceEncoder(shrink(weights, layers))
+            every = max(1, len(train) // settings.calibration_sentences)
+            calibration = list(train)[::every][: settings.calibration_sentences]
+            fits = narrow_feed_forward(
+                student,
+                _Batches(tok, calibration).batches(64),
+                settings.intermediate,
+                select=settings.select,
+                refit=settings.refit,
+                target=settings.refit_target,
+                teacher=teacher,
+                teacher_layers=layers,
+            )
+            how = f"{settings.select}-selected" + (
+                f", re-fitted ({settings.refit_target}) on {len(calibration)} sentences"
+                if settings.refit
+                else f" on {len(calibration)} sentences"
+            )
+        else:
+            student = SentenceEncoder(shrink(weights, layers, settings.intermediate))
+            how = "weight-selected"
         described = f"{len(layers)} layers (teacher's {list(layers)}{picked})" + (
             f", FFN {settings.intermediate} ({how})" if settings.intermediate else ""
         )
