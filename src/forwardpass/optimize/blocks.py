@@ -39,7 +39,6 @@ if TYPE_CHECKING:
 
 __all__ = ["BlockFit", "BlockSettings", "Segment", "reconstruct_blocks", "segments"]
 
-_SOFTMAX = ("Softmax", "LogSoftmax")
 #: Views run at once when caching activations (no gradients).
 _CHUNK = 32
 
@@ -112,13 +111,7 @@ def segments(module: GraphModule, other: GraphModule | None = None) -> list[Segm
 
 def run_segment(module: GraphModule, segment: Segment, x: torch.Tensor) -> torch.Tensor:
     """The output of ``segment`` of ``module`` for its input ``x`` (a final Softmax skipped)."""
-    env = {segment.input: x}
-    for step in module.steps[segment.start : segment.stop]:
-        args = [env[name] for name in step.inputs]
-        if step.op in _SOFTMAX and step.output in module.output_names:
-            env[step.output] = args[0]
-            continue
-        env[step.output] = module._run(step, args)
+    env = module.run_steps({segment.input: x}, segment.start, segment.stop, logits=True)
     return env[segment.output]
 
 

@@ -92,27 +92,32 @@ class GraphModule(nn.Module):
         self.logits = False
         self.shapes: dict[str, tuple[int, ...]] = {}
 
-    def forward(self, *inputs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
-        env = dict(zip(self.input_names, inputs, strict=True))
-        for step in self.steps:
+    def run_steps(
+        self,
+        env: dict[str, torch.Tensor],
+        start: int = 0,
+        stop: int | None = None,
+        logits: bool = False,
+    ) -> dict[str, torch.Tensor]:
+        """Run ``steps[start:stop]`` on the activations in ``env`` (added to it, and returned).
+        With ``logits``, a Softmax or LogSoftmax that makes a model output passes its input on."""
+        for step in self.steps[start:stop]:
             args = [env[name] for name in step.inputs]
-            if (
-                self.logits
-                and step.op in ("Softmax", "LogSoftmax")
-                and step.output in (self.output_names)
-            ):
+            if logits and step.op in ("Softmax", "LogSoftmax") and step.output in self.output_names:
                 env[step.output] = args[0]
                 continue
             env[step.output] = self._run(step, args)
+        return env
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        env = self.run_steps(dict(zip(self.input_names, inputs, strict=True)), logits=self.logits)
         outs = tuple(env[name] for name in self.output_names)
         return outs[0] if len(outs) == 1 else outs
 
     def record_shapes(self, *inputs: torch.Tensor) -> dict[str, tuple[int, ...]]:
         """Every activation's shape for ``inputs`` (kept in :attr:`shapes`)."""
-        env = dict(zip(self.input_names, inputs, strict=True))
         with torch.no_grad():
-            for step in self.steps:
-                env[step.output] = self._run(step, [env[name] for name in step.inputs])
+            env = self.run_steps(dict(zip(self.input_names, inputs, strict=True)))
         self.shapes = {name: tuple(value.shape) for name, value in env.items()}
         return self.shapes
 
