@@ -44,6 +44,7 @@ from forwardpass.optimize.training import (
     FitSettings,
     OutputKind,
     fit,
+    kept_judgement,
     output_kind,
     teacher_targets,
 )
@@ -189,11 +190,7 @@ class PruneResult:
             notes.append(f"fine-tune loss {self.losses[0]:.4f} → {self.losses[-1]:.4f}")
         if self.validation:
             start = self.validation[0]
-            best = (
-                min(self.validation, key=lambda v: v[2])
-                if np.isnan(start[1])
-                else max(self.validation, key=lambda v: (v[1], -v[2]))
-            )
+            best = kept_judgement(self.validation)
             notes.append(
                 f"fine-tune judged on validation views {len(self.validation) - 1} times: kept "
                 f"step {best[0]} (top-1 agreement {start[1]:.1%} at the start, {best[1]:.1%} kept)"

@@ -20,6 +20,7 @@ ties, otherwise the loss.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-__all__ = ["FitSettings", "OutputKind", "fit", "output_kind", "teacher_targets"]
+__all__ = ["FitSettings", "OutputKind", "fit", "kept_judgement", "output_kind", "teacher_targets"]
 
 OutputKind = Literal["probabilities", "log_probabilities", "logits", "values"]
 _EPS = 1e-12
@@ -158,6 +159,18 @@ def fit(
     return losses
 
 
+def _rank(agreement: float, loss: float) -> tuple[float, float]:
+    """How :func:`fit` orders its judgements, higher better: top-1 agreement, then the lower
+    loss; the loss alone where there is no agreement (values: nan)."""
+    return (-loss, 0.0) if math.isnan(agreement) else (agreement, -loss)
+
+
+def kept_judgement(history: Sequence[tuple[int, float, float]]) -> tuple[int, float, float]:
+    """The judgement (step, agreement, loss) whose state :func:`fit` ended in: the first of
+    the best."""
+    return max(history, key=lambda h: _rank(h[1], h[2]))
+
+
 class _Judge:
     """Scores ``student`` on validation data and keeps a copy of its best state."""
 
@@ -175,7 +188,6 @@ class _Judge:
         self.student, self.kind, self.settings = student, kind, settings
         self.inputs = [torch.from_numpy(np.ascontiguousarray(x)) for x in validation[0]]
         self.targets = torch.from_numpy(np.ascontiguousarray(validation[1]))
-        self.best_step = 0
         self.best = self._score()
         self.state = copy.deepcopy(student.state_dict())
         #: (step, top-1 agreement or nan, loss) of each judgement, the start included.
@@ -201,14 +213,8 @@ class _Judge:
 
         agreement, loss = self._score()
         self.history.append((step, agreement, loss))
-        best_agreement, best_loss = self.best
-        better = (
-            loss < best_loss
-            if self.kind == "values"
-            else (agreement, -loss) > (best_agreement, -best_loss)
-        )
-        if better:
-            self.best, self.best_step = (agreement, loss), step
+        if _rank(agreement, loss) > _rank(*self.best):
+            self.best = (agreement, loss)
             self.state = copy.deepcopy(self.student.state_dict())
 
     def restore(self) -> None:
