@@ -30,7 +30,8 @@ __all__ = ["DistillMethod"]
 
 _STUDENT = "distill-student"
 #: The narrow student keeps this fraction of every feed-forward (all-MiniLM-L6-v2: 576 of
-#: 1536 neurons; about 1.6× faster at batch 1 and 8 on one thread, bench/README.md).
+#: 1536 neurons; 1.39× faster at batch 1 and 1.66× at batch 8 on one thread, measured on a
+#: quiet machine, bench/README.md).
 _NARROW = 3 / 8
 #: Every layer's hidden states pulled towards the same teacher layer's (equal depth).
 _NARROW_LEARNING_RATE = 3e-4

@@ -27,7 +27,7 @@ __all__ = ["PruneMethod"]
 
 #: The kernel-time model leaves out the time between kernels, which does not shrink: ask it
 #: for more than the 1.3× wanted on the wall clock. On EfficientNet-Lite0 1.45 gave −32 % FLOPs
-#: and 1.42× (wall, batch 1, one thread), where 1.35 gave −26 % and 1.32× (bench/README.md).
+#: and 1.40–1.42× (wall, batch 1, one thread), where 1.35 gave −26 % and 1.32× (bench/README.md).
 _SPEEDUP = 1.45
 #: Views the latency variants run the sensitivity trials on, and re-fit on.
 _SENSITIVITY_VIEWS = 64
